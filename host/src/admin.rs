@@ -1,0 +1,272 @@
+//! Read-only views of the store for operators: `state show` and
+//! `suppliers export`. They open the database read-only, so they are safe
+//! beside a running job (WAL readers never block the writer).
+
+use crate::store::sqlite::{StreamFilter, list_states, open_read_only};
+use crate::store::{OpenError, StreamState};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::Path;
+
+/// Why an admin command failed: an unusable database is bad input (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("failed to read the database: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("failed to write the output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("failed to write CSV: {0}")]
+    Csv(#[from] csv::Error),
+}
+
+impl AdminError {
+    pub fn is_broken_pipe(&self) -> bool {
+        let io = match self {
+            AdminError::Output(e) => Some(e),
+            AdminError::Csv(e) => match e.kind() {
+                csv::ErrorKind::Io(e) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        };
+        io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+#[derive(Serialize)]
+struct StateRow<'a> {
+    customer_number: &'a str,
+    #[serde(flatten)]
+    state: &'a StreamState,
+}
+
+/// `state show`: the platform's DeltaStreamState fields per stream.
+pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
+    let conn = open_read_only(db)?;
+    let states = list_states(&conn, filter)?;
+    if as_json {
+        let rows: Vec<StateRow<'_>> = states
+            .iter()
+            .map(|(customer_number, state)| StateRow { customer_number, state })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &rows).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if states.is_empty() {
+        writeln!(out, "No delta-state rows match.")?;
+    }
+    for (customer, s) in &states {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        writeln!(out, "{}/{} (customer {customer})", s.connector_name, s.stream_name)?;
+        writeln!(out, "  status             {}", s.status.as_str())?;
+        writeln!(
+            out,
+            "  cursor             {} ({})",
+            or_dash(&s.committed_cursor_value),
+            s.cursor_type.map_or("-", |t| t.as_str())
+        )?;
+        writeln!(out, "  committed at       {}", or_dash(&s.committed_at_utc))?;
+        writeln!(out, "  started at         {}", or_dash(&s.started_at_utc))?;
+        writeln!(out, "  completed at       {}", or_dash(&s.completed_at_utc))?;
+        writeln!(
+            out,
+            "  records processed  {}",
+            s.records_processed.map_or_else(|| "-".into(), |n| n.to_string())
+        )?;
+        if let Some(summary) = &s.error_summary {
+            writeln!(out, "  error summary      {summary}")?;
+        }
+        if let Some(metadata) = &s.metadata {
+            writeln!(out, "  metadata           {metadata}")?;
+        }
+        writeln!(
+            out,
+            "  updated            {} by {}",
+            or_dash(&s.updated_at_utc),
+            or_dash(&s.updated_by)
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per supplier, locations and addresses nested.
+    Jsonl,
+    /// One row per address (or per location, or per supplier without either).
+    Csv,
+}
+
+const SUPPLIER_FIELDS: [&str; 12] = [
+    "customer_number",
+    "supplier_number",
+    "organization_code",
+    "supplier_name",
+    "alternative_supplier_name",
+    "supplier_type",
+    "is_active",
+    "custom_field_1",
+    "custom_field_2",
+    "custom_field_3",
+    "custom_field_4",
+    "custom_field_5",
+];
+const LOCATION_FIELDS: [&str; 14] = [
+    "location_code",
+    "location_name",
+    "organization_code",
+    "default_currency_code",
+    "default_payment_term_code",
+    "default_payment_method",
+    "taxpayer_id",
+    "duns_number",
+    "is_active",
+    "custom_field_1",
+    "custom_field_2",
+    "custom_field_3",
+    "custom_field_4",
+    "custom_field_5",
+];
+const ADDRESS_FIELDS: [&str; 8] = [
+    "street",
+    "city",
+    "state",
+    "postal_code",
+    "country_code",
+    "custom_field_1",
+    "custom_field_2",
+    "custom_field_3",
+];
+
+/// Reads the named columns of one row as JSON values (`is_active` as a boolean).
+fn row_object(
+    r: &rusqlite::Row<'_>,
+    fields: &[&str],
+    offset: usize,
+) -> rusqlite::Result<serde_json::Map<String, Value>> {
+    let mut obj = serde_json::Map::new();
+    for (i, name) in fields.iter().enumerate() {
+        let value = if *name == "is_active" {
+            json!(r.get::<_, i64>(offset + i)? != 0)
+        } else {
+            r.get::<_, Option<String>>(offset + i)?
+                .map_or(Value::Null, Value::String)
+        };
+        obj.insert((*name).to_owned(), value);
+    }
+    Ok(obj)
+}
+
+/// Each supplier with its locations and their addresses, in a stable order
+/// (customer, supplier number, organization code; location code; insertion).
+fn for_each_supplier(
+    conn: &Connection,
+    customer: Option<&str>,
+    mut visit: impl FnMut(Value) -> Result<(), AdminError>,
+) -> Result<(), AdminError> {
+    let mut suppliers = conn.prepare(&format!(
+        "SELECT supplier_id, {} FROM supplier WHERE (?1 IS NULL OR customer_number = ?1)
+         ORDER BY customer_number, supplier_number, organization_code",
+        SUPPLIER_FIELDS.join(", ")
+    ))?;
+    let mut locations = conn.prepare(&format!(
+        "SELECT supplier_location_id, {} FROM supplier_location WHERE supplier_id = ?1 ORDER BY location_code",
+        LOCATION_FIELDS.join(", ")
+    ))?;
+    let mut addresses = conn.prepare(&format!(
+        "SELECT {} FROM supplier_address WHERE supplier_location_id = ?1 ORDER BY supplier_address_id",
+        ADDRESS_FIELDS.join(", ")
+    ))?;
+    let mut rows = suppliers.query(params![customer])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let mut supplier = row_object(r, &SUPPLIER_FIELDS, 1)?;
+        let mut nested = Vec::new();
+        let mut loc_rows = locations.query([id])?;
+        while let Some(l) = loc_rows.next()? {
+            let loc_id: i64 = l.get(0)?;
+            let mut location = row_object(l, &LOCATION_FIELDS, 1)?;
+            let addrs = addresses
+                .query_map([loc_id], |a| row_object(a, &ADDRESS_FIELDS, 0).map(Value::Object))?
+                .collect::<Result<Vec<_>, _>>()?;
+            location.insert("addresses".into(), Value::Array(addrs));
+            nested.push(Value::Object(location));
+        }
+        supplier.insert("locations".into(), Value::Array(nested));
+        visit(Value::Object(supplier))?;
+    }
+    Ok(())
+}
+
+/// `suppliers export`: what the store holds.
+pub fn suppliers_export(
+    db: &Path,
+    customer: Option<&str>,
+    format: ExportFormat,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let conn = open_read_only(db)?;
+    match format {
+        ExportFormat::Jsonl => for_each_supplier(&conn, customer, |s| {
+            serde_json::to_writer(&mut *out, &s).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+            Ok(())
+        }),
+        ExportFormat::Csv => {
+            let mut csv = csv::Writer::from_writer(out);
+            let header: Vec<String> = SUPPLIER_FIELDS
+                .iter()
+                .map(|f| f.to_string())
+                .chain(
+                    LOCATION_FIELDS
+                        .iter()
+                        .map(|f| format!("location_{}", f.trim_start_matches("location_"))),
+                )
+                .chain(ADDRESS_FIELDS.iter().map(|f| format!("address_{f}")))
+                .collect();
+            csv.write_record(&header)?;
+            for_each_supplier(&conn, customer, |s| {
+                let cells = |obj: &Value, fields: &[&str]| -> Vec<String> {
+                    fields
+                        .iter()
+                        .map(|f| match &obj[*f] {
+                            Value::Null => String::new(),
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect()
+                };
+                let supplier_cells = cells(&s, &SUPPLIER_FIELDS);
+                let no_location = vec![String::new(); LOCATION_FIELDS.len()];
+                let no_address = vec![String::new(); ADDRESS_FIELDS.len()];
+                let locations = s["locations"].as_array().cloned().unwrap_or_default();
+                if locations.is_empty() {
+                    csv.write_record(supplier_cells.iter().chain(&no_location).chain(&no_address))?;
+                }
+                for l in &locations {
+                    let location_cells = cells(l, &LOCATION_FIELDS);
+                    let addresses = l["addresses"].as_array().cloned().unwrap_or_default();
+                    if addresses.is_empty() {
+                        csv.write_record(supplier_cells.iter().chain(&location_cells).chain(&no_address))?;
+                    }
+                    for a in &addresses {
+                        csv.write_record(
+                            supplier_cells
+                                .iter()
+                                .chain(&location_cells)
+                                .chain(&cells(a, &ADDRESS_FIELDS)),
+                        )?;
+                    }
+                }
+                Ok(())
+            })?;
+            csv.flush()?;
+            Ok(())
+        }
+    }
+}

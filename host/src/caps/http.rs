@@ -1,0 +1,557 @@
+//! `http`: GET with the platform's retry policy, behind the network policy.
+//!
+//! Retry is two small pieces: [`classify`] sorts an attempt's outcome into
+//! retry or give up, and [`RetryPolicy::delay_after`] is the backoff schedule
+//! (tenacity's `wait_exponential`), which a `Retry-After` header can lengthen.
+
+use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
+use crate::log::LogSink;
+use crate::policy::{Denied, NetworkPolicy, redact_url};
+use crate::settings::Settings;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use url::Url;
+
+/// A retry policy with the host's limits applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_multiplier: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub timeout: Duration,
+    pub retry_statuses: Vec<u16>,
+}
+
+impl Default for RetryPolicy {
+    /// The seed connector's tenacity policy: 5 attempts, exponential backoff
+    /// (multiplier 1 s, min 2 s, max 30 s), 30 s per request, retry 429/5xx.
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff_multiplier: Duration::from_secs(1),
+            backoff_min: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+            retry_statuses: vec![429, 500, 502, 503, 504],
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `attempt` (1-based): multiplier × 2^(attempt−1),
+    /// kept within [min, max].
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exp = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.backoff_multiplier
+            .saturating_mul(exp)
+            .min(self.backoff_max)
+            .max(self.backoff_min)
+    }
+}
+
+/// Host limits: a guest's policy is clamped to them, and they bound every request.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Used when the guest passes no policy.
+    pub default_policy: RetryPolicy,
+    pub max_attempts: u32,
+    pub max_timeout: Duration,
+    pub max_backoff: Duration,
+    /// Shortest wait between attempts, whatever a policy or `Retry-After: 0` says.
+    pub min_backoff: Duration,
+    /// A `Retry-After` longer than this ends the retries instead of waiting.
+    pub max_retry_after: Duration,
+    /// Response bodies beyond this fail with `body-too-large`.
+    pub max_body_bytes: u64,
+    pub max_redirects: u32,
+    /// Requests (attempts and redirect hops) per job.
+    pub max_requests: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            default_policy: RetryPolicy::default(),
+            max_attempts: 10,
+            max_timeout: Duration::from_secs(120),
+            max_backoff: Duration::from_secs(60),
+            min_backoff: Duration::from_millis(100),
+            max_retry_after: Duration::from_secs(60),
+            max_body_bytes: 64 * 1024 * 1024,
+            max_redirects: 5,
+            max_requests: 10_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Applies the host's limits to a guest's policy.
+    pub fn clamp(&self, p: http::RetryPolicy) -> RetryPolicy {
+        let ms = |v: u32| Duration::from_millis(v.into());
+        let backoff_min = ms(p.backoff_min_ms).clamp(self.min_backoff, self.max_backoff);
+        RetryPolicy {
+            max_attempts: p.max_attempts.clamp(1, self.max_attempts),
+            backoff_multiplier: ms(p.backoff_multiplier_ms).min(self.max_backoff),
+            backoff_min,
+            backoff_max: ms(p.backoff_max_ms).clamp(backoff_min, self.max_backoff),
+            timeout: ms(p.timeout_ms).clamp(Duration::from_millis(1), self.max_timeout),
+            retry_statuses: p
+                .retry_statuses
+                .into_iter()
+                .filter(|s| (400..600).contains(s))
+                .take(32)
+                .collect(),
+        }
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Attempt {
+    Done(Response),
+    /// A status the policy retries, with its `Retry-After`, if any.
+    RetryableStatus(Response, Option<Duration>),
+    Timeout(String),
+    Connection(String),
+    /// Ends the request at once: policy refusals, bad redirects, oversized bodies.
+    Fatal(HttpError),
+}
+
+/// Retry or give up: transient statuses, timeouts and connection errors retry.
+fn classify(status: u16, policy: &RetryPolicy) -> bool {
+    policy.retry_statuses.contains(&status)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Resolves host names and keeps only the addresses the policy allows, so the
+/// connection goes to an address that was checked (no second lookup to rebind).
+struct PolicyResolver {
+    policy: Arc<NetworkPolicy>,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let trusted = policy.name_trusted(&host);
+            let allowed: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|a| trusted || policy.address_allowed(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                let addrs: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+                return Err(Box::new(Denied(format!(
+                    "{host} resolves only to private, loopback or link-local addresses ({}); \
+                     an operator can allow it with --allow-host {host}",
+                    addrs.join(", ")
+                ))) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Builds the job's client: no proxies (they would bypass the address checks),
+/// no automatic redirects (each hop is checked here), DNS through the policy.
+pub fn build_client(policy: Arc<NetworkPolicy>) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .dns_resolver(Arc::new(PolicyResolver { policy }))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("nuntiq-host/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+pub struct HttpCap {
+    client: reqwest::Client,
+    policy: Arc<NetworkPolicy>,
+    settings: Arc<Settings>,
+    config: HttpConfig,
+    log: Arc<LogSink>,
+    /// Requests sent so far in this job.
+    pub requests: u64,
+}
+
+/// Headers a connector may not set: the host owns framing and routing.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+impl HttpCap {
+    pub fn new(
+        client: reqwest::Client,
+        policy: Arc<NetworkPolicy>,
+        settings: Arc<Settings>,
+        config: HttpConfig,
+        log: Arc<LogSink>,
+    ) -> Self {
+        Self {
+            client,
+            policy,
+            settings,
+            config,
+            log,
+            requests: 0,
+        }
+    }
+
+    /// Checks the request and turns it into a URL and headers.
+    fn prepare(&self, request: &Request) -> Result<(Url, HeaderMap), HttpError> {
+        let invalid = |m: String| HttpError::InvalidRequest(m);
+        let mut url =
+            Url::parse(&request.url).map_err(|e| invalid(format!("{:?} is not an absolute URL ({e})", request.url)))?;
+        if !request.query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(request.query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &request.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("{name:?} is not a valid header name")))?;
+            if FORBIDDEN_HEADERS.contains(&header.as_str()) {
+                return Err(invalid(format!(
+                    "the {header} header is set by the host, not the connector"
+                )));
+            }
+            if header == reqwest::header::AUTHORIZATION && request.bearer_secret.is_some() {
+                return Err(invalid(
+                    "authorization cannot be set together with bearer-secret".into(),
+                ));
+            }
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| invalid(format!("the value of header {name:?} is not valid")))?;
+            headers.append(header, value);
+        }
+        if let Some(name) = &request.bearer_secret {
+            let token = self
+                .settings
+                .secrets
+                .get(name)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| invalid(format!("bearer-secret {name:?} is not in settings.json's secrets")))?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| invalid(format!("secret {name:?} cannot be sent in a header")))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok((url, headers))
+    }
+
+    /// One attempt: the request and any redirects, each hop checked by the policy.
+    async fn attempt(&mut self, mut url: Url, headers: &HeaderMap, policy: &RetryPolicy, attempt: u32) -> Attempt {
+        let mut headers = headers.clone();
+        let origin = url.origin();
+        for hop in 0..=self.config.max_redirects {
+            if let Err(Denied(why)) = self.policy.check_url(&url) {
+                return Attempt::Fatal(HttpError::Denied(why));
+            }
+            if self.requests >= self.config.max_requests {
+                return Attempt::Fatal(HttpError::Denied(format!(
+                    "the job's budget of {} HTTP requests is spent",
+                    self.config.max_requests
+                )));
+            }
+            self.requests += 1;
+            let sent = self
+                .client
+                .get(url.clone())
+                .headers(headers.clone())
+                .timeout(policy.timeout)
+                .send()
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => return self.send_error(&url, e),
+            };
+            let status = response.status();
+            if status.is_redirection()
+                && let Some(location) = response.headers().get(reqwest::header::LOCATION)
+            {
+                let next = location.to_str().ok().and_then(|l| url.join(l).ok());
+                let Some(next) = next else {
+                    return Attempt::Fatal(HttpError::InvalidRequest(format!(
+                        "{} redirected to an unusable Location",
+                        redact_url(&url)
+                    )));
+                };
+                if hop == self.config.max_redirects {
+                    break;
+                }
+                // Credentials never follow a redirect to another origin.
+                if next.origin() != origin {
+                    headers.remove(reqwest::header::AUTHORIZATION);
+                }
+                url = next;
+                continue;
+            }
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let response = match self.read(response, &url, attempt).await {
+                Ok(r) => r,
+                Err(a) => return a,
+            };
+            return if status.is_success() {
+                Attempt::Done(response)
+            } else if classify(status.as_u16(), policy) {
+                Attempt::RetryableStatus(response, retry_after)
+            } else {
+                Attempt::Fatal(HttpError::Status(response))
+            };
+        }
+        Attempt::Fatal(HttpError::InvalidRequest(format!(
+            "{} redirected more than {} times",
+            redact_url(&url),
+            self.config.max_redirects
+        )))
+    }
+
+    fn send_error(&self, url: &Url, e: reqwest::Error) -> Attempt {
+        // A policy refusal from the resolver travels inside the connect error.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if let Some(Denied(why)) = err.downcast_ref::<Denied>() {
+                return Attempt::Fatal(HttpError::Denied(format!("GET {} refused: {why}", redact_url(url))));
+            }
+            source = err.source();
+        }
+        let cause = error_chain(&e);
+        if e.is_timeout() {
+            Attempt::Timeout(format!("GET {} timed out: {cause}", redact_url(url)))
+        } else {
+            Attempt::Connection(format!("GET {} failed: {cause}", redact_url(url)))
+        }
+    }
+
+    /// Reads the body, cut at the host's limit.
+    async fn read(&self, mut response: reqwest::Response, url: &Url, attempt: u32) -> Result<Response, Attempt> {
+        let limit = self.config.max_body_bytes;
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(Attempt::Fatal(HttpError::BodyTooLarge(limit)));
+        }
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() as u64 + chunk.len() as u64 > limit {
+                        return Err(Attempt::Fatal(HttpError::BodyTooLarge(limit)));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(self.send_error(url, e)),
+            }
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+            attempts: attempt,
+            url: url.to_string(),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl http::Host for HttpCap {
+    async fn get_with_retry(
+        &mut self,
+        request: Request,
+        policy: Option<http::RetryPolicy>,
+    ) -> wasmtime::Result<Result<Response, HttpError>> {
+        let policy = policy.map_or_else(|| self.config.default_policy.clone(), |p| self.config.clamp(p));
+        let (url, headers) = match self.prepare(&request) {
+            Ok(prepared) => prepared,
+            Err(e) => return Ok(Err(e)),
+        };
+        let timeout = request.timeout_ms.map_or(policy.timeout, |ms| {
+            Duration::from_millis(ms.into()).clamp(Duration::from_millis(1), self.config.max_timeout)
+        });
+        let policy = RetryPolicy { timeout, ..policy };
+
+        let mut attempt = 1;
+        loop {
+            let outcome = self.attempt(url.clone(), &headers, &policy, attempt).await;
+            let (status, cause, retry_after, last) = match outcome {
+                Attempt::Done(response) => return Ok(Ok(response)),
+                Attempt::Fatal(error) => return Ok(Err(error)),
+                Attempt::RetryableStatus(response, retry_after) => {
+                    let cause = format!("HTTP {} from {}", response.status, url.host_str().unwrap_or(""));
+                    (
+                        Some(response.status),
+                        cause,
+                        retry_after,
+                        Some(HttpError::Status(response)),
+                    )
+                }
+                Attempt::Timeout(cause) => (None, cause.clone(), None, Some(HttpError::Timeout(cause))),
+                Attempt::Connection(cause) => (None, cause.clone(), None, Some(HttpError::Connection(cause))),
+            };
+            let exhausted = |attempts, cause: String| {
+                Ok(Err(HttpError::RetriesExhausted(RetriesExhausted {
+                    attempts,
+                    last_status: status,
+                    last_cause: cause,
+                })))
+            };
+            if attempt >= policy.max_attempts {
+                return match (attempt, last) {
+                    (1, Some(error)) => Ok(Err(error)),
+                    _ => exhausted(attempt, cause),
+                };
+            }
+            let mut delay = policy.delay_after(attempt).max(self.config.min_backoff);
+            if let Some(wanted) = retry_after {
+                if wanted > self.config.max_retry_after {
+                    return exhausted(
+                        attempt,
+                        format!(
+                            "{cause}; the server asked to retry after {} s, beyond the host's {} s limit",
+                            wanted.as_secs(),
+                            self.config.max_retry_after.as_secs()
+                        ),
+                    );
+                }
+                delay = delay.max(wanted);
+            }
+            self.log.warn(
+                &format!(
+                    "Transient failure ({cause}); retry {} of {} in {:.1} s",
+                    attempt,
+                    policy.max_attempts - 1,
+                    delay.as_secs_f64()
+                ),
+                Some("http_get"),
+                Some(json!({"url": url.as_str(), "attempt": attempt, "status": status})),
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_backoff_matches_tenacity() {
+        // wait_exponential(multiplier=1, min=2, max=30) after attempts 1..=6.
+        let p = RetryPolicy::default();
+        let waits: Vec<u64> = (1..=6).map(|a| p.delay_after(a).as_secs()).collect();
+        assert_eq!(waits, [2, 2, 4, 8, 16, 30]);
+        assert_eq!(p.delay_after(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn transient_statuses_retry_and_others_do_not() {
+        let p = RetryPolicy::default();
+        for s in [429, 500, 502, 503, 504] {
+            assert!(classify(s, &p), "{s}");
+        }
+        for s in [400, 401, 403, 404, 409, 501] {
+            assert!(!classify(s, &p), "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(90)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn guest_policies_are_clamped() {
+        let c = HttpConfig::default();
+        let p = c.clamp(http::RetryPolicy {
+            max_attempts: 1000,
+            backoff_multiplier_ms: 0,
+            backoff_min_ms: 0,
+            backoff_max_ms: u32::MAX,
+            timeout_ms: u32::MAX,
+            retry_statuses: vec![200, 503, 999],
+        });
+        assert_eq!(p.max_attempts, 10);
+        assert_eq!(p.backoff_min, c.min_backoff);
+        assert_eq!(p.backoff_max, c.max_backoff);
+        assert_eq!(p.timeout, c.max_timeout);
+        assert_eq!(p.retry_statuses, [503]);
+        assert_eq!(
+            c.clamp(http::RetryPolicy {
+                max_attempts: 0,
+                ..guest()
+            })
+            .max_attempts,
+            1
+        );
+    }
+
+    fn guest() -> http::RetryPolicy {
+        http::RetryPolicy {
+            max_attempts: 3,
+            backoff_multiplier_ms: 10,
+            backoff_min_ms: 10,
+            backoff_max_ms: 100,
+            timeout_ms: 1000,
+            retry_statuses: vec![503],
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! One `run-plugin` job from start to envelope: validate every input before
+//! anything is written, run the connector, and say how it ended.
+
+use crate::caps::http::HttpConfig;
+use crate::caps::supplier::SupplierConfig;
+use crate::log::{Level, LogFormat, LogSink, Redactor};
+use crate::policy::{AllowedHost, NetworkPolicy};
+use crate::runtime::{Job, Outcome, PluginError, Runtime};
+use crate::settings::{Settings, SettingsError};
+use crate::store::{OpenError, Store};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The operator's choices for one job (the CLI flags).
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    pub plugin: PathBuf,
+    pub settings: PathBuf,
+    pub db: PathBuf,
+    pub params: Vec<String>,
+    pub log_format: LogFormat,
+    pub log_level: Level,
+    pub allow_hosts: Vec<String>,
+    pub allow_private_networks: bool,
+    pub deny_secret_read: bool,
+}
+
+/// Why a job did not run at all: bad input, exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Database(#[from] OpenError),
+    #[error("{0}")]
+    Arguments(String),
+    #[error("{0}")]
+    NetworkDenied(String),
+}
+
+impl InputError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InputError::Settings(_) => "invalid_settings",
+            InputError::Plugin(_) => "invalid_plugin",
+            InputError::Database(_) => "invalid_database",
+            InputError::Arguments(_) => "invalid_arguments",
+            InputError::NetworkDenied(_) => "network_denied",
+        }
+    }
+}
+
+/// How the process ends: the envelope for stdout and the exit code.
+pub struct Report {
+    pub envelope: Value,
+    pub exit_code: u8,
+}
+
+impl Report {
+    fn failure(kind: &str, message: String, exit_code: u8) -> Self {
+        Self {
+            envelope: json!({"success": false, "error": {"kind": kind, "message": message}}),
+            exit_code,
+        }
+    }
+}
+
+/// Runs one job and reports; logs go to stderr.
+pub fn run_plugin(options: JobOptions) -> Report {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    runtime.block_on(run(options))
+}
+
+async fn run(options: JobOptions) -> Report {
+    let early_log = |redactor| Arc::new(LogSink::stderr(options.log_format, options.log_level, redactor));
+    let prepared = match prepare(&options) {
+        Ok(p) => p,
+        Err(e) => {
+            // Settings may not have parsed, so there may be no secrets to redact:
+            // our messages name secrets, never their values.
+            let log = early_log(Redactor::default());
+            let message = e.to_string();
+            log.error(&format!("Nothing was run: {message}"), Some("start"), None);
+            return Report::failure(e.kind(), message, 2);
+        }
+    };
+    let Prepared {
+        settings,
+        runtime,
+        pre,
+        store,
+        policy,
+    } = prepared;
+    let log = early_log(Redactor::new(settings.secret_values()));
+    let plugin_name = options.plugin.file_name().map_or_else(
+        || options.plugin.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    log.info(
+        &format!("Running {plugin_name} for customer {}", settings.customer_number),
+        Some("start"),
+        Some(json!({"plugin": options.plugin, "db": options.db})),
+    );
+    let job = Job {
+        settings: settings.clone(),
+        store,
+        log: log.clone(),
+        policy,
+        http: HttpConfig::default(),
+        suppliers: SupplierConfig::default(),
+        deny_secret_read: options.deny_secret_read,
+        updated_by: format!("nuntiq-host:{plugin_name}"),
+    };
+    let redact = |text: &str| log.redactor().redact(text);
+    match runtime.run(&pre, job).await {
+        Ok(Outcome::Success(mut result)) => {
+            result.insert("success".into(), Value::Bool(true));
+            log.info("Run succeeded", Some("done"), None);
+            Report {
+                envelope: log.redactor().redact_json(Value::Object(result)),
+                exit_code: 0,
+            }
+        }
+        Ok(Outcome::Failure { kind, message }) => {
+            let message = redact(&message);
+            log.error(&format!("Run failed ({kind}): {message}"), Some("done"), None);
+            Report::failure(kind, message, 1)
+        }
+        Err(e) => {
+            let message = redact(&format!("{e:#}"));
+            log.error(&format!("Run failed (internal): {message}"), Some("done"), None);
+            Report::failure("internal", message, 1)
+        }
+    }
+}
+
+struct Prepared {
+    settings: Arc<Settings>,
+    runtime: Runtime,
+    pre: crate::bindings::ConnectorPre<crate::runtime::JobState>,
+    store: Store,
+    policy: Arc<NetworkPolicy>,
+}
+
+/// Checks every input; the database is opened (and created) last, so bad
+/// input writes nothing.
+fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
+    let allowed = options
+        .allow_hosts
+        .iter()
+        .map(|h| AllowedHost::parse(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(InputError::Arguments)?;
+    let settings = Arc::new(Settings::load(&options.settings, &options.params)?);
+    let policy = Arc::new(NetworkPolicy::new(
+        &settings.api_url,
+        allowed,
+        options.allow_private_networks,
+    ));
+    policy
+        .check_url(&settings.api_url)
+        .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
+    let runtime = Runtime::new().map_err(|e| InputError::Arguments(format!("{e:#}")))?;
+    let pre = runtime.load(&options.plugin)?;
+    let store = Store::open_sqlite(&options.db)?;
+    Ok(Prepared {
+        settings,
+        runtime,
+        pre,
+        store,
+        policy,
+    })
+}
+
+/// The envelope as one line of JSON.
+pub fn envelope_line(envelope: &Value) -> String {
+    let mut line = serde_json::to_string(envelope).unwrap_or_else(|_| "{\"success\":false}".into());
+    line.push('\n');
+    line
+}

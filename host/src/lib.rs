@@ -1,0 +1,15 @@
+//! The Nuntiq connector host: runs untrusted tenant connectors, compiled to
+//! wasm32-wasip2 components, in a sandbox that owns the network, the secrets,
+//! the delta-state cursor and the supplier store.
+//!
+//! `main.rs` is only the CLI; [`job::run_plugin`] is one `run-plugin` job.
+
+pub mod admin;
+pub mod bindings;
+pub mod caps;
+pub mod job;
+pub mod log;
+pub mod policy;
+pub mod runtime;
+pub mod settings;
+pub mod store;

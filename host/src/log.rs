@@ -1,0 +1,316 @@
+//! The job's log: one sink for the host's own lines and the connector's, in the
+//! platform's format (`YYYY-MM-DD HH:MM:SS UTC [LEVEL] message`) or as JSON
+//! lines, with every secret value redacted and control characters stripped.
+
+use aho_corasick::AhoCorasick;
+use serde_json::{Map, Value};
+use std::io::Write;
+use std::sync::Mutex;
+
+/// What replaces a secret value wherever it appears.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Longest message kept, in bytes; longer ones are cut and marked.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn label(self) -> &'static str {
+        match self {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// The platform's line format; `step` and `detail` are not printed.
+    #[default]
+    Text,
+    /// One JSON object per line: time, level, message, step, detail.
+    Json,
+}
+
+/// Replaces every secret value, wherever it appears as a substring.
+#[derive(Debug, Default)]
+pub struct Redactor {
+    matcher: Option<AhoCorasick>,
+}
+
+impl Redactor {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut patterns: Vec<&str> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        // Longest first, so a secret that contains another is replaced whole.
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        patterns.dedup();
+        let matcher = (!patterns.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .expect("secret patterns build")
+        });
+        Self { matcher }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        match &self.matcher {
+            Some(m) => m.replace_all(text, &vec![REDACTED; m.patterns_len()]),
+            None => text.to_owned(),
+        }
+    }
+
+    /// Redacts every string and key inside a JSON value.
+    pub fn redact_json(&self, value: Value) -> Value {
+        if self.matcher.is_none() {
+            return value;
+        }
+        match value {
+            Value::String(s) => Value::String(self.redact(&s)),
+            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.redact_json(v)).collect()),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (self.redact(&k), self.redact_json(v)))
+                    .collect::<Map<_, _>>(),
+            ),
+            other => other,
+        }
+    }
+}
+
+/// Strips ANSI escape sequences and control characters (a line break would let a
+/// connector forge log lines) and cuts the text to `max_bytes`.
+pub fn sanitize(text: &str, max_bytes: usize) -> String {
+    let stripped = strip_ansi_escapes::strip_str(text);
+    let mut out = String::with_capacity(stripped.len().min(max_bytes + 32));
+    for c in stripped.chars() {
+        if out.len() + c.len_utf8() > max_bytes {
+            out.push_str(" …[truncated]");
+            break;
+        }
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control() => {}
+            // Bidi overrides can make a line read differently than it is.
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Where the job's log lines go.
+pub struct LogSink {
+    format: LogFormat,
+    min_level: Level,
+    redactor: Redactor,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl LogSink {
+    pub fn new(format: LogFormat, min_level: Level, redactor: Redactor, out: Box<dyn Write + Send>) -> Self {
+        Self {
+            format,
+            min_level,
+            redactor,
+            out: Mutex::new(out),
+        }
+    }
+
+    pub fn stderr(format: LogFormat, min_level: Level, redactor: Redactor) -> Self {
+        Self::new(format, min_level, redactor, Box::new(std::io::stderr()))
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    pub fn enabled(&self, level: Level) -> bool {
+        level >= self.min_level
+    }
+
+    /// Writes one line. Never fails: a log that cannot be written must not end the job.
+    pub fn log(&self, level: Level, message: &str, step: Option<&str>, detail: Option<Value>) {
+        if !self.enabled(level) {
+            return;
+        }
+        let message = sanitize(&self.redactor.redact(message), MAX_MESSAGE_BYTES);
+        let now = chrono::Utc::now();
+        let line = match self.format {
+            LogFormat::Text => format!(
+                "{} [{}] {}\n",
+                now.format("%Y-%m-%d %H:%M:%S UTC"),
+                level.label(),
+                message
+            ),
+            LogFormat::Json => {
+                let mut obj = Map::new();
+                obj.insert(
+                    "time".into(),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into(),
+                );
+                obj.insert("level".into(), level.name().into());
+                obj.insert("message".into(), message.into());
+                let step = step.map(|s| sanitize(&self.redactor.redact(s), 256));
+                obj.insert("step".into(), step.map_or(Value::Null, Value::String));
+                obj.insert(
+                    "detail".into(),
+                    detail.map_or(Value::Null, |d| self.redactor.redact_json(d)),
+                );
+                let mut text = Value::Object(obj).to_string();
+                text.push('\n');
+                text
+            }
+        };
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = out.write_all(line.as_bytes());
+    }
+
+    pub fn info(&self, message: &str, step: Option<&str>, detail: Option<Value>) {
+        self.log(Level::Info, message, step, detail);
+    }
+
+    pub fn warn(&self, message: &str, step: Option<&str>, detail: Option<Value>) {
+        self.log(Level::Warn, message, step, detail);
+    }
+
+    pub fn error(&self, message: &str, step: Option<&str>, detail: Option<Value>) {
+        self.log(Level::Error, message, step, detail);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    /// A writer tests can read back.
+    #[derive(Clone, Default)]
+    pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        pub fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    pub fn sink(format: LogFormat, secrets: &[&str]) -> (LogSink, Captured) {
+        let captured = Captured::default();
+        let sink = LogSink::new(
+            format,
+            Level::Debug,
+            Redactor::new(secrets.iter().copied()),
+            Box::new(captured.clone()),
+        );
+        (sink, captured)
+    }
+
+    #[test]
+    fn text_lines_use_the_platform_format() {
+        let (sink, out) = sink(LogFormat::Text, &[]);
+        sink.info("Fetched page 1 (200 rows)", Some("fetch"), Some(json!({"page": 1})));
+        let text = out.text();
+        let (stamp, rest) = text.split_at(23);
+        assert!(
+            chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S UTC").is_ok(),
+            "{text}"
+        );
+        assert_eq!(rest, " [INFO] Fetched page 1 (200 rows)\n");
+    }
+
+    #[test]
+    fn json_lines_carry_step_and_detail() {
+        let (sink, out) = sink(LogFormat::Json, &[]);
+        sink.warn("retrying", Some("http_get"), Some(json!({"attempt": 2})));
+        let v: Value = serde_json::from_str(out.text().trim()).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["message"], "retrying");
+        assert_eq!(v["step"], "http_get");
+        assert_eq!(v["detail"]["attempt"], 2);
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let (sink, out) = sink(LogFormat::Json, &["s3cr3t", "s3cr3t-longer"]);
+        sink.error(
+            "token s3cr3t-longer and s3cr3t in https://x/?t=s3cr3t",
+            Some("s3cr3t"),
+            Some(json!({"url": "https://x/?token=s3cr3t", "s3cr3t": ["a s3cr3t b"]})),
+        );
+        let text = out.text();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        let v: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(
+            v["message"],
+            "token [REDACTED] and [REDACTED] in https://x/?t=[REDACTED]"
+        );
+        assert_eq!(v["detail"]["[REDACTED]"][0], "a [REDACTED] b");
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_lines() {
+        let (sink, out) = sink(LogFormat::Text, &[]);
+        sink.info(
+            "one\n2026-01-01 00:00:00 UTC [ERROR] forged\x1b[31m red\x07",
+            None,
+            None,
+        );
+        let text = out.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+        assert!(
+            text.ends_with("one 2026-01-01 00:00:00 UTC [ERROR] forged red\n"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut_with_a_marker() {
+        let cut = sanitize(&"é".repeat(20_000), MAX_MESSAGE_BYTES);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES + 20);
+        assert!(cut.ends_with("…[truncated]"));
+    }
+
+    #[test]
+    fn levels_below_the_minimum_are_dropped() {
+        let captured = Captured::default();
+        let sink = LogSink::new(
+            LogFormat::Text,
+            Level::Info,
+            Redactor::default(),
+            Box::new(captured.clone()),
+        );
+        sink.log(Level::Debug, "hidden", None, None);
+        sink.warn("shown", None, None);
+        assert_eq!(captured.text().lines().count(), 1);
+    }
+}

@@ -1,0 +1,295 @@
+//! settings.json: parsed in two stages (raw JSON, then validated types) so every
+//! error names the file and the field.
+
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use url::Url;
+
+/// The platform's four bags, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub customer_number: String,
+    /// Secret values by name; always strings.
+    pub secrets: Map<String, Value>,
+    pub config: Map<String, Value>,
+    /// `job_params` with every `--param` override applied.
+    pub job_params: Map<String, Value>,
+    /// `config.api_url`, parsed: its origin is the one host a connector may reach
+    /// without an operator's `--allow-host`.
+    pub api_url: Url,
+}
+
+/// What is wrong with settings.json (or a `--param`); the CLI exits 2.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not valid JSON: {source}")]
+    Malformed { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {field}: {problem}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+    #[error("--param {arg:?}: {problem}")]
+    Param { arg: String, problem: String },
+}
+
+const TOP_LEVEL_KEYS: [&str; 4] = ["customer_number", "secrets", "config", "job_params"];
+
+impl Settings {
+    /// Reads and validates `path`, then applies `--param KEY=VALUE` overrides.
+    pub fn load(path: &Path, params: &[String]) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: Value = serde_json::from_str(&text).map_err(|source| SettingsError::Malformed {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut settings = Self::from_value(path, raw)?;
+        for arg in params {
+            let (key, value) = parse_param(arg)?;
+            settings.job_params.insert(key, value);
+        }
+        Ok(settings)
+    }
+
+    fn from_value(path: &Path, raw: Value) -> Result<Self, SettingsError> {
+        let field_error = |field: &str, problem: String| SettingsError::Field {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            problem,
+        };
+        let Value::Object(mut top) = raw else {
+            return Err(field_error(
+                "(top level)",
+                format!("expected an object with {}", TOP_LEVEL_KEYS.join(", ")),
+            ));
+        };
+        if let Some(unknown) = top.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
+            return Err(field_error(
+                unknown,
+                format!("unknown key (expected one of {})", TOP_LEVEL_KEYS.join(", ")),
+            ));
+        }
+
+        let customer_number = match top.remove("customer_number") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s,
+            Some(Value::String(_)) => {
+                return Err(field_error("customer_number", "must not be empty".into()));
+            }
+            Some(other) => {
+                return Err(field_error(
+                    "customer_number",
+                    format!("must be a string such as \"10000001\", found {}", json_kind(&other)),
+                ));
+            }
+            None => {
+                return Err(field_error(
+                    "customer_number",
+                    "required: the tenant's customer number, e.g. \"10000001\"".into(),
+                ));
+            }
+        };
+
+        let mut bag = |name: &str| -> Result<Map<String, Value>, SettingsError> {
+            match top.remove(name) {
+                None | Some(Value::Null) => Ok(Map::new()),
+                Some(Value::Object(map)) => Ok(map),
+                Some(other) => Err(field_error(
+                    name,
+                    format!("must be an object, found {}", json_kind(&other)),
+                )),
+            }
+        };
+        let secrets = bag("secrets")?;
+        let config = bag("config")?;
+        let job_params = bag("job_params")?;
+
+        if let Some((name, value)) = secrets.iter().find(|(_, v)| !v.is_string()) {
+            return Err(field_error(
+                &format!("secrets.{name}"),
+                format!("must be a string, found {}", json_kind(value)),
+            ));
+        }
+
+        let api_url = match config.get("api_url") {
+            Some(Value::String(s)) => parse_api_url(s).map_err(|p| field_error("config.api_url", p))?,
+            Some(other) => {
+                return Err(field_error(
+                    "config.api_url",
+                    format!("must be a string URL, found {}", json_kind(other)),
+                ));
+            }
+            None => {
+                return Err(field_error(
+                    "config.api_url",
+                    "required: the connector's API base URL (e.g. \"https://api.acme-erp.com/v2\"); \
+                     it is the one origin the connector may reach"
+                        .into(),
+                ));
+            }
+        };
+
+        Ok(Settings {
+            customer_number,
+            secrets,
+            config,
+            job_params,
+            api_url,
+        })
+    }
+
+    /// Secret values, for redaction.
+    pub fn secret_values(&self) -> impl Iterator<Item = &str> {
+        self.secrets.values().filter_map(Value::as_str)
+    }
+}
+
+fn parse_api_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("{s:?} is not an absolute URL ({e})"))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(format!("{s:?} must be an https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{s:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{s:?} carries credentials; put the token in secrets and let the host attach it"
+        ));
+    }
+    Ok(url)
+}
+
+/// `KEY=VALUE`; VALUE is JSON when it parses as a JSON number, boolean, null,
+/// object or array (or a quoted string), and a plain string otherwise.
+pub fn parse_param(arg: &str) -> Result<(String, Value), SettingsError> {
+    let problem = |p: &str| SettingsError::Param {
+        arg: arg.to_owned(),
+        problem: p.to_owned(),
+    };
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| problem("expected KEY=VALUE, e.g. since_override=2024-01-01T00:00:00Z"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(problem("the key is empty; expected KEY=VALUE"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Settings, SettingsError> {
+        Settings::from_value(Path::new("settings.json"), v)
+    }
+
+    fn valid() -> Value {
+        json!({
+            "customer_number": "10000001",
+            "secrets": {"acme_token": "t0ken"},
+            "config": {"connector_name": "acme_eu", "api_url": "https://api.acme-erp.com/v2"},
+            "job_params": {"lookback_days": 7}
+        })
+    }
+
+    #[test]
+    fn valid_settings_parse() {
+        let s = parse(valid()).unwrap();
+        assert_eq!(s.customer_number, "10000001");
+        assert_eq!(s.api_url.host_str(), Some("api.acme-erp.com"));
+        assert_eq!(s.secret_values().collect::<Vec<_>>(), ["t0ken"]);
+    }
+
+    #[test]
+    fn missing_customer_number_names_the_field() {
+        let mut v = valid();
+        v.as_object_mut().unwrap().remove("customer_number");
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.starts_with("settings.json: customer_number: required"), "{e}");
+    }
+
+    #[test]
+    fn numeric_customer_number_is_refused() {
+        let mut v = valid();
+        v["customer_number"] = json!(10000001);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("customer_number: must be a string"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_refused() {
+        let mut v = valid();
+        v["secret"] = json!({});
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("secret: unknown key"), "{e}");
+    }
+
+    #[test]
+    fn api_url_is_required_and_absolute() {
+        let mut v = valid();
+        v["config"].as_object_mut().unwrap().remove("api_url");
+        assert!(
+            parse(v.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("config.api_url: required")
+        );
+        v["config"]["api_url"] = json!("/v2");
+        assert!(
+            parse(v.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("not an absolute URL")
+        );
+        v["config"]["api_url"] = json!("ftp://x.example/v2");
+        assert!(
+            parse(v.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("must be an https:// URL")
+        );
+        v["config"]["api_url"] = json!("https://user:pw@x.example/v2");
+        assert!(parse(v).unwrap_err().to_string().contains("carries credentials"));
+    }
+
+    #[test]
+    fn non_string_secret_is_refused() {
+        let mut v = valid();
+        v["secrets"]["acme_token"] = json!(12);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("secrets.acme_token: must be a string"), "{e}");
+    }
+
+    #[test]
+    fn params_parse_as_json_or_string() {
+        assert_eq!(
+            parse_param("since_override=2024-01-01T00:00:00Z").unwrap().1,
+            json!("2024-01-01T00:00:00Z")
+        );
+        assert_eq!(parse_param("lookback_days=3").unwrap().1, json!(3));
+        assert_eq!(parse_param("x=\"3\"").unwrap().1, json!("3"));
+        assert_eq!(parse_param("empty=").unwrap().1, json!(""));
+        assert!(parse_param("novalue").is_err());
+        assert!(parse_param("=3").is_err());
+    }
+}
