@@ -1,0 +1,230 @@
+//! Pull suppliers from Acme ERP into Nuntiq (delta sync).
+//!
+//! The platform's REST-pull connector, ported: walk `GET {api_url}/suppliers`
+//! page by page from the `since` lower bound, map each row to a Nuntiq supplier,
+//! flush every 500, and commit the greatest `updated_at` seen as the new cursor.
+//! The bearer token is attached by the host (`bearer_secret`), so this
+//! connector never holds it.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use nuntiq_connector::delta_state::{CursorType, DeltaRun};
+use nuntiq_connector::log::{self, Level};
+use nuntiq_connector::{
+    Guest, Supplier, SupplierLoad, address, context, get_config, get_param, http, location, supplier,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+const STREAM_NAME: &str = "suppliers";
+/// Bump on schema changes so you can spot which version emitted a row.
+const SCHEMA_VERSION: u32 = 1;
+/// Flush every 500: a bounded queue, faster recovery, visible progress.
+const FLUSH_EVERY: usize = 500;
+const TOKEN_SECRET: &str = "acme_token";
+
+struct Acme;
+
+impl Guest for Acme {
+    fn run() -> Result<String, String> {
+        let connector_name = get_config("connector_name");
+        let api_url = get_config("api_url");
+        let (Some(connector_name), Some(api_url), true) = (connector_name, api_url, context::has_secret(TOKEN_SECRET))
+        else {
+            return Err("config.connector_name, config.api_url, secrets.acme_token are required".into());
+        };
+        let page_size = match context::get_config("page_size") {
+            None => 200,
+            Some(v) => v.as_i64().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| {
+                format!(
+                    "config.page_size must be an integer from 1 to 10000, not {}",
+                    v.to_text()
+                )
+            })?,
+        };
+
+        let mut load = SupplierLoad::new();
+        let summary = nuntiq_connector::delta_run(&connector_name, STREAM_NAME, CursorType::TimestampUtc, |r| {
+            let lower_bound = r.lower_bound_cursor();
+            let since = resolve_since(lower_bound.as_deref())?;
+            log::event(
+                Level::Info,
+                "start",
+                &format!("Pulling suppliers updated_after={since}"),
+                &json!({"since": since}),
+            );
+
+            // The watermark starts at the lower bound, so a run that fetches nothing,
+            // or a backfill, never moves the cursor backwards.
+            let mut watermark = parse_timestamp(&since).map_err(|e| format!("since: {e}"))?;
+            if let Some(committed) = lower_bound.as_deref().and_then(|c| parse_timestamp(c).ok()) {
+                watermark = watermark.max(committed);
+            }
+
+            let mut count = 0usize;
+            let mut page = 1u64;
+            loop {
+                let body = fetch_page(&api_url, &since, page, page_size)?;
+                log::event(
+                    Level::Info,
+                    "fetch",
+                    &format!("Fetched page {page} ({} rows)", body.data.len()),
+                    &json!({"page": page, "count": body.data.len()}),
+                );
+                for (row, ext) in body.data.iter().enumerate() {
+                    let updated_at = ext
+                        .updated_at
+                        .as_deref()
+                        .ok_or_else(|| format!("page {page}, row {row}: updated_at is missing"))?;
+                    let updated_at =
+                        parse_timestamp(updated_at).map_err(|e| format!("page {page}, row {row}: updated_at {e}"))?;
+                    watermark = watermark.max(updated_at);
+                    load.add(map_supplier(ext).map_err(|e| format!("page {page}, row {row}: {e}"))?);
+                    count += 1;
+                    if count % FLUSH_EVERY == 0 {
+                        load.save_all()
+                            .map_err(|e| format!("save_all failed: {}", e.message()))?;
+                        log::event(
+                            Level::Info,
+                            "save",
+                            &format!("Flushed {count} so far"),
+                            &json!({"count": count}),
+                        );
+                    }
+                }
+                match body.next_page {
+                    Some(next) if next > page => page = next,
+                    Some(next) if next != 0 => {
+                        return Err(format!("page {page} says next_page is {next}; pages must move forward"));
+                    }
+                    _ => break,
+                }
+            }
+
+            // The final flush goes to the host's queue: complete() writes it in the
+            // same transaction that advances the cursor.
+            load.queue().map_err(|e| format!("save_all failed: {}", e.message()))?;
+            let cursor = watermark.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+            log::event(
+                Level::Info,
+                "done",
+                &format!("Done: {count} suppliers, new cursor = {cursor}"),
+                &json!({"count": count, "cursor": cursor}),
+            );
+            commit(r, &cursor, count, page_size, &since)?;
+            Ok(json!({
+                "connector_name": connector_name,
+                "fetched": count,
+                "cursor_committed": cursor,
+            }))
+        })?;
+        Ok(summary.to_string())
+    }
+}
+
+fn commit(r: &DeltaRun, cursor: &str, count: usize, page_size: i64, since: &str) -> Result<(), String> {
+    r.set_new_cursor(cursor).map_err(|e| e.message())?;
+    r.set_records_processed(count as u64);
+    let metadata = json!({"schema_version": SCHEMA_VERSION, "page_size": page_size, "lower_bound_used": since});
+    r.set_metadata(&metadata.to_string()).map_err(|e| e.message())
+}
+
+/// Override > delta cursor > bootstrap window.
+fn resolve_since(lower_bound: Option<&str>) -> Result<String, String> {
+    if let Some(over) = get_param("since_override") {
+        parse_timestamp(&over).map_err(|e| format!("job_params.since_override {e}"))?;
+        log::event(
+            Level::Info,
+            "since",
+            &format!("since_override set → {over}"),
+            &json!({"since_override": over}),
+        );
+        return Ok(over);
+    }
+    if let Some(lower_bound) = lower_bound {
+        return Ok(lower_bound.to_owned());
+    }
+    let lookback_days = match context::get_param("lookback_days") {
+        None => 7,
+        Some(v) => v.as_i64().filter(|d| (0..=36_500).contains(d)).ok_or_else(|| {
+            format!(
+                "job_params.lookback_days must be a whole number of days, not {}",
+                v.to_text()
+            )
+        })?,
+    };
+    let bootstrap = (Utc::now() - Duration::days(lookback_days))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    log::event(
+        Level::Info,
+        "since",
+        &format!("First-run bootstrap → {bootstrap} (lookback_days={lookback_days})"),
+        &json!({"bootstrap": bootstrap, "lookback_days": lookback_days}),
+    );
+    Ok(bootstrap)
+}
+
+/// Timestamps are compared as instants, never as strings: "10:00+02:00" is before "09:00Z".
+fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{text:?} is not an RFC 3339 timestamp ({e})"))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    data: Vec<AcmeSupplier>,
+    next_page: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct AcmeSupplier {
+    number: Option<Value>,
+    name: Option<String>,
+    active: Option<bool>,
+    updated_at: Option<String>,
+    address: Option<Map<String, Value>>,
+}
+
+fn fetch_page(api_url: &str, since: &str, page: u64, page_size: i64) -> Result<Page, String> {
+    let response = http::get(format!("{}/suppliers", api_url.trim_end_matches('/')))
+        .query("updated_after", since)
+        .query("page", page)
+        .query("per_page", page_size)
+        .header("accept", "application/json")
+        .bearer_secret(TOKEN_SECRET)
+        .send()
+        .map_err(|e| format!("page {page}: {}", e.message()))?;
+    response.json().map_err(|e| {
+        format!("page {page}: the response is not the expected JSON {{\"data\": [...], \"next_page\": N|null}} ({e})")
+    })
+}
+
+/// External Acme row → Nuntiq supplier, with one MAIN location when there is an address.
+fn map_supplier(ext: &AcmeSupplier) -> Result<Supplier, String> {
+    let number = match &ext.number {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err("number is missing".into()),
+    };
+    let name = ext.name.clone().filter(|n| !n.is_empty()).ok_or("name is missing")?;
+    let mut s = supplier(number, name);
+    s.is_active = Some(ext.active.unwrap_or(true));
+    // VAT numbers live on Organization, not Supplier: vat_number is ignored here.
+    if let Some(ext_address) = ext.address.as_ref().filter(|a| !a.is_empty()) {
+        let field = |key: &str| ext_address.get(key).and_then(Value::as_str).map(str::to_owned);
+        let mut loc = location("MAIN");
+        loc.location_name = Some("Headquarters".into());
+        loc.is_active = Some(true);
+        let mut addr = address();
+        addr.street = Some(field("street").unwrap_or_default());
+        addr.city = Some(field("city").unwrap_or_default());
+        addr.country_code = Some(field("country").unwrap_or_else(|| "XX".into()));
+        loc.addresses.push(addr);
+        s.locations.push(loc);
+    }
+    Ok(s)
+}
+
+nuntiq_connector::export_connector!(Acme);

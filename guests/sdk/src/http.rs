@@ -1,0 +1,82 @@
+//! `http::get(url)`: a request builder over the host's `get-with-retry`.
+
+pub use crate::raw_http::{HttpError, Response, RetryPolicy};
+use crate::raw_http::{Request as RawRequest, get_with_retry};
+
+/// Starts a GET request.
+pub fn get(url: impl Into<String>) -> Request {
+    Request {
+        raw: RawRequest {
+            url: url.into(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            timeout_ms: None,
+            bearer_secret: None,
+        },
+        policy: None,
+    }
+}
+
+pub struct Request {
+    raw: RawRequest,
+    policy: Option<RetryPolicy>,
+}
+
+impl Request {
+    pub fn query(mut self, key: &str, value: impl ToString) -> Self {
+        self.raw.query.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.raw.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sends `Authorization: Bearer <secrets[name]>`; the token never enters the connector.
+    pub fn bearer_secret(mut self, name: &str) -> Self {
+        self.raw.bearer_secret = Some(name.to_owned());
+        self
+    }
+
+    pub fn timeout_ms(mut self, ms: u32) -> Self {
+        self.raw.timeout_ms = Some(ms);
+        self
+    }
+
+    /// Replaces the host's default retry policy (the host clamps it to its limits).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    pub fn send(self) -> Result<Response, HttpError> {
+        get_with_retry(&self.raw, self.policy.as_ref())
+    }
+}
+
+impl Response {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+impl HttpError {
+    /// What went wrong, for people (wit-bindgen's `Display` is the `Debug` form).
+    pub fn message(&self) -> String {
+        match self {
+            HttpError::Denied(m) => format!("request refused by the host's network policy: {m}"),
+            HttpError::InvalidRequest(m) => format!("invalid request: {m}"),
+            HttpError::Timeout(m) | HttpError::Connection(m) => m.clone(),
+            HttpError::Status(r) => {
+                let body = String::from_utf8_lossy(&r.body);
+                let body: String = body.chars().take(200).collect();
+                format!("HTTP {} from {}: {}", r.status, r.url, body.trim())
+            }
+            HttpError::RetriesExhausted(e) => {
+                format!("gave up after {} attempts; last: {}", e.attempts, e.last_cause)
+            }
+            HttpError::BodyTooLarge(limit) => format!("the response body is over the host's limit of {limit} bytes"),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The guest SDK for Nuntiq connectors: the `nuntiq:connector` bindings plus a
+//! few helpers in the platform's words (`get_config`, `delta_run`, `SupplierLoad`,
+//! `save_all`).
+//!
+//! A connector is a `cdylib` crate built with `cargo build --target wasm32-wasip2`:
+//!
+//! ```ignore
+//! use nuntiq_connector::{Guest, log};
+//!
+//! struct Hello;
+//!
+//! impl Guest for Hello {
+//!     fn run() -> Result<String, String> {
+//!         log::info(&format!("Hello, customer {}", nuntiq_connector::context::customer_number()));
+//!         Ok(r#"{"greeted": true}"#.into())
+//!     }
+//! }
+//!
+//! nuntiq_connector::export_connector!(Hello);
+//! ```
+
+// Lets the generated code name this crate the same way from inside and outside.
+extern crate self as nuntiq_connector;
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+/// The raw bindings generated from `wit/connector.wit`.
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "connector",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_connector",
+        default_bindings_module: "nuntiq_connector::bindings",
+        runtime_path: "nuntiq_connector::__wit_bindgen::rt",
+    });
+}
+
+pub use bindings::nuntiq::connector::types::SettingValue;
+pub use bindings::nuntiq::connector::{context, delta_state, http as raw_http, supplier_load};
+pub use bindings::{Guest, export_connector};
+
+pub mod http;
+pub mod log;
+pub mod suppliers;
+
+pub use suppliers::{Supplier, SupplierAddress, SupplierLoad, SupplierLocation, address, location, supplier};
+
+use delta_state::{CursorType, DeltaError, DeltaRun};
+
+impl SettingValue {
+    /// The value as text: strings as they are, numbers and booleans written out.
+    pub fn to_text(&self) -> String {
+        match self {
+            SettingValue::Text(s) | SettingValue::Json(s) => s.clone(),
+            SettingValue::Integer(i) => i.to_string(),
+            SettingValue::Float(f) => f.to_string(),
+            SettingValue::Boolean(b) => b.to_string(),
+        }
+    }
+
+    /// An integer, or a string holding one (as `int(...)` would accept).
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            SettingValue::Integer(i) => Some(*i),
+            SettingValue::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(*f as i64),
+            SettingValue::Text(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// `config[key]` as text, if present and not empty.
+pub fn get_config(key: &str) -> Option<String> {
+    context::get_config(key).map(|v| v.to_text()).filter(|s| !s.is_empty())
+}
+
+/// `job_params[key]` as text, if present and not empty.
+pub fn get_param(key: &str) -> Option<String> {
+    context::get_param(key).map(|v| v.to_text()).filter(|s| !s.is_empty())
+}
+
+impl DeltaError {
+    /// What went wrong, for people (wit-bindgen's `Display` is the `Debug` form).
+    pub fn message(&self) -> String {
+        match self {
+            DeltaError::InvalidCursor(m)
+            | DeltaError::CursorRegression(m)
+            | DeltaError::CursorTypeMismatch(m)
+            | DeltaError::AlreadyRunning(m)
+            | DeltaError::NotRunning(m)
+            | DeltaError::InvalidArgument(m)
+            | DeltaError::Store(m) => m.clone(),
+        }
+    }
+}
+
+/// The platform's `with delta_run(...) as r:` — begin, run `work`, then complete;
+/// if `work` fails, the run is failed with its message and the cursor stays.
+/// `work` must call `set_new_cursor` (and may set records processed and metadata).
+pub fn delta_run<T>(
+    connector_name: &str,
+    stream_name: &str,
+    cursor_type: CursorType,
+    work: impl FnOnce(&DeltaRun) -> Result<T, String>,
+) -> Result<T, String> {
+    let run = DeltaRun::begin(connector_name, stream_name, cursor_type).map_err(|e| {
+        format!(
+            "delta-state begin for {connector_name}/{stream_name} failed: {}",
+            e.message()
+        )
+    })?;
+    match work(&run).and_then(|value| {
+        run.complete()
+            .map_err(|e| format!("delta-state complete failed: {}", e.message()))?;
+        Ok(value)
+    }) {
+        Ok(value) => Ok(value),
+        Err(message) => {
+            let _ = run.fail(&message);
+            Err(message)
+        }
+    }
+}

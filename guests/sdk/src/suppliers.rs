@@ -1,0 +1,108 @@
+//! `SupplierLoad`: the platform's BaseLoad pattern — queue suppliers, nothing is
+//! written until `save_all` (or until the delta run completes).
+
+pub use crate::supplier_load::{LoadError, Supplier, SupplierAddress, SupplierLocation};
+
+/// A supplier with only its required fields set.
+pub fn supplier(supplier_number: impl Into<String>, supplier_name: impl Into<String>) -> Supplier {
+    Supplier {
+        supplier_number: supplier_number.into(),
+        supplier_name: supplier_name.into(),
+        alternative_supplier_name: None,
+        supplier_type: None,
+        organization_code: None,
+        is_active: None,
+        custom_field_1: None,
+        custom_field_2: None,
+        custom_field_3: None,
+        custom_field_4: None,
+        custom_field_5: None,
+        locations: Vec::new(),
+    }
+}
+
+/// A location with only its code set.
+pub fn location(location_code: impl Into<String>) -> SupplierLocation {
+    SupplierLocation {
+        location_code: location_code.into(),
+        location_name: None,
+        organization_code: None,
+        default_currency_code: None,
+        default_payment_term_code: None,
+        default_payment_method: None,
+        taxpayer_id: None,
+        duns_number: None,
+        is_active: None,
+        custom_field_1: None,
+        custom_field_2: None,
+        custom_field_3: None,
+        custom_field_4: None,
+        custom_field_5: None,
+        addresses: Vec::new(),
+    }
+}
+
+/// An empty address.
+pub fn address() -> SupplierAddress {
+    SupplierAddress {
+        street: None,
+        city: None,
+        state: None,
+        postal_code: None,
+        country_code: None,
+        custom_field_1: None,
+        custom_field_2: None,
+        custom_field_3: None,
+    }
+}
+
+impl LoadError {
+    /// What went wrong, for people (wit-bindgen's `Display` is the `Debug` form).
+    pub fn message(&self) -> String {
+        match self {
+            LoadError::InvalidRecord(m) | LoadError::QueueFull(m) | LoadError::Store(m) => m.clone(),
+        }
+    }
+}
+
+/// Suppliers built in the connector, handed to the host in one call per batch.
+#[derive(Default)]
+pub struct SupplierLoad {
+    batch: Vec<Supplier>,
+}
+
+impl SupplierLoad {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a supplier to the batch.
+    pub fn add(&mut self, supplier: Supplier) {
+        self.batch.push(supplier);
+    }
+
+    /// Suppliers added since the last hand-over.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// Hands the batch to the host's queue without writing it: a delta run's
+    /// `complete` then writes it in the cursor's transaction.
+    pub fn queue(&mut self) -> Result<(), LoadError> {
+        if !self.batch.is_empty() {
+            crate::supplier_load::queue(&std::mem::take(&mut self.batch))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch over and writes everything queued; returns how many
+    /// suppliers were written.
+    pub fn save_all(&mut self) -> Result<u32, LoadError> {
+        self.queue()?;
+        crate::supplier_load::save_all()
+    }
+}
