@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `nuntiq-host` binary, the real mock API on
+//! 127.0.0.1, and a real SQLite file per test. `make build` first.
+
+mod acme;
+mod admin;
+mod bad_input;
+
+/// The mock API binary of this package.
+pub const MOCK: &str = env!("CARGO_BIN_EXE_acme-mock");

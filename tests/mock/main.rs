@@ -1,0 +1,333 @@
+//! `acme-mock`: a small Acme ERP supplier API for tests, the demo and benchmarks.
+//!
+//! `GET /v2/suppliers?updated_after&page&per_page` with a bearer check serves
+//! seeded suppliers; `/_mock/*` lets a test script faults, change data and read
+//! back what the API was asked. It binds loopback only.
+
+mod data;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use data::Dataset;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "acme-mock", about = "A mock Acme ERP supplier API on 127.0.0.1")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API; prints `listening on http://127.0.0.1:PORT` first.
+    Serve {
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Seeded suppliers.
+        #[arg(long, default_value_t = 1200)]
+        suppliers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The bearer token the API accepts.
+        #[arg(long, default_value = "test-bearer-token-here")]
+        token: String,
+        /// Also write the base URL to this file (for scripts).
+        #[arg(long)]
+        url_file: Option<std::path::PathBuf>,
+    },
+    /// Change `change` suppliers and insert `insert` new ones on a running mock.
+    Mutate {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 3)]
+        change: usize,
+        #[arg(long, default_value_t = 2)]
+        insert: usize,
+    },
+}
+
+/// A scripted fault, consumed by matching supplier requests in order.
+#[derive(Debug, Clone, Deserialize)]
+struct FaultRule {
+    /// Only requests for this page; any page when absent.
+    page: Option<u64>,
+    /// How many requests it applies to.
+    #[serde(default = "one")]
+    times: u32,
+    #[serde(flatten)]
+    action: Action,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum Action {
+    /// Answer with this status (and `Retry-After`, body) instead of the page.
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+        body: Option<String>,
+    },
+    /// Drop the connection without answering.
+    Reset,
+    /// Wait, then answer normally.
+    Delay { delay_ms: u64 },
+    /// Answer 200 with a body that is not JSON.
+    Malformed,
+    /// Answer with a redirect.
+    Redirect { location: String, status: Option<u16> },
+}
+
+struct Mock {
+    data: Dataset,
+    token: String,
+    faults: Vec<FaultRule>,
+    requests: Vec<Value>,
+}
+
+type Shared = Arc<Mutex<Mock>>;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            port,
+            suppliers,
+            seed,
+            token,
+            url_file,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(port, suppliers, seed, token, url_file))
+        }
+        Command::Mutate { url, change, insert } => {
+            let body = json!({"change": change, "insert": insert});
+            let mut response = ureq::post(format!("{}/_mock/mutate", url.trim_end_matches('/'))).send_json(&body)?;
+            println!("{}", response.body_mut().read_to_string()?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(
+    port: u16,
+    suppliers: usize,
+    seed: u64,
+    token: String,
+    url_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mock: Shared = Arc::new(Mutex::new(Mock {
+        data: Dataset::seeded(suppliers, seed, Utc::now()),
+        token,
+        faults: Vec::new(),
+        requests: Vec::new(),
+    }));
+    if let Some(path) = url_file {
+        std::fs::write(path, &url)?;
+    }
+    println!("listening on {url}");
+    std::io::stdout().flush()?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let mock = mock.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(mock.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .expect("static response parts")
+}
+
+async fn handle(mock: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let path = req.uri().path().to_owned();
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/v2/suppliers") => suppliers(mock, &req, query).await,
+        (Method::GET, "/_mock/requests") => Ok(respond(StatusCode::OK, json_text(&mock.lock().unwrap().requests))),
+        (Method::GET, "/_mock/suppliers") => {
+            let m = mock.lock().unwrap();
+            let rows: Vec<&Value> = m.data.rows.iter().map(|r| &r.json).collect();
+            Ok(respond(StatusCode::OK, json_text(&rows)))
+        }
+        (Method::POST, "/_mock/faults") => {
+            let body = read_json(req).await;
+            match body.and_then(|v| serde_json::from_value::<Vec<FaultRule>>(v).map_err(|e| e.to_string())) {
+                Ok(rules) => {
+                    mock.lock().unwrap().faults.extend(rules);
+                    Ok(respond(StatusCode::OK, "{}"))
+                }
+                Err(e) => Ok(respond(StatusCode::BAD_REQUEST, json!({"error": e}).to_string())),
+            }
+        }
+        (Method::POST, "/_mock/mutate") => {
+            let body = read_json(req).await.unwrap_or(json!({}));
+            let count = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+            let (changed, inserted) = mock
+                .lock()
+                .unwrap()
+                .data
+                .mutate(count("change"), count("insert"), Utc::now());
+            Ok(respond(
+                StatusCode::OK,
+                json!({"changed": changed, "inserted": inserted}).to_string(),
+            ))
+        }
+        _ => Ok(respond(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no route for {path}")}).to_string(),
+        )),
+    }
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, String> {
+    use http_body_util::BodyExt;
+    let bytes = req.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+async fn suppliers(
+    mock: Shared,
+    req: &Request<Incoming>,
+    query: HashMap<String, String>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let page: u64 = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    let authorized = {
+        let m = mock.lock().unwrap();
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", m.token))
+    };
+    let fault = {
+        let mut m = mock.lock().unwrap();
+        let found = m.faults.iter().position(|f| f.page.is_none_or(|p| p == page));
+        found.map(|i| {
+            let rule = &mut m.faults[i];
+            rule.times = rule.times.saturating_sub(1);
+            let action = rule.action.clone();
+            if rule.times == 0 {
+                m.faults.remove(i);
+            }
+            action
+        })
+    };
+    let log = |status: u16, note: Option<&str>| {
+        mock.lock().unwrap().requests.push(json!({
+            "path": req.uri().path(),
+            "query": query,
+            "authorized": authorized,
+            "status": status,
+            "fault": note,
+        }));
+    };
+    match fault {
+        Some(Action::Status {
+            status,
+            retry_after,
+            body,
+        }) => {
+            log(status, Some("status"));
+            let mut response = respond(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body.unwrap_or_else(|| json!({"error": "injected fault"}).to_string()),
+            );
+            if let Some(ra) = retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", ra.parse().expect("retry-after is a header value"));
+            }
+            return Ok(response);
+        }
+        Some(Action::Reset) => {
+            log(0, Some("reset"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected reset",
+            ));
+        }
+        Some(Action::Malformed) => {
+            log(200, Some("malformed"));
+            return Ok(respond(StatusCode::OK, "{\"data\": [ this is not json"));
+        }
+        Some(Action::Redirect { location, status }) => {
+            log(status.unwrap_or(302), Some("redirect"));
+            let mut response = respond(
+                StatusCode::from_u16(status.unwrap_or(302)).unwrap_or(StatusCode::FOUND),
+                "",
+            );
+            response
+                .headers_mut()
+                .insert("location", location.parse().expect("location is a header value"));
+            return Ok(response);
+        }
+        Some(Action::Delay { delay_ms }) => tokio::time::sleep(Duration::from_millis(delay_ms)).await,
+        None => {}
+    }
+    if !authorized {
+        log(401, None);
+        return Ok(respond(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid or missing bearer token"}).to_string(),
+        ));
+    }
+    let updated_after = match query.get("updated_after").map(|s| DateTime::parse_from_rfc3339(s)) {
+        None => None,
+        Some(Ok(t)) => Some(t.with_timezone(&Utc)),
+        Some(Err(e)) => {
+            log(400, None);
+            return Ok(respond(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("updated_after: {e}")}).to_string(),
+            ));
+        }
+    };
+    let per_page: usize = query
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(200)
+        .clamp(1, 10_000);
+    let body = {
+        let m = mock.lock().unwrap();
+        let skip = (page.max(1) as usize - 1) * per_page;
+        let mut matching = m.data.updated_after(updated_after).skip(skip);
+        let rows: Vec<&Value> = matching.by_ref().take(per_page).map(|r| &r.json).collect();
+        let next_page = matching.next().map(|_| page + 1);
+        json!({"data": rows, "next_page": next_page}).to_string()
+    };
+    log(200, None);
+    Ok(respond(StatusCode::OK, body))
+}

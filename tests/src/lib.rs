@@ -1,0 +1,384 @@
+//! Test harness: start the mock API, run the real `nuntiq-host` binary, read
+//! the real SQLite file back, and compute what the store should hold from the
+//! mock's own truth (an oracle written apart from the connector's mapping).
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const TOKEN: &str = "test-bearer-token-here";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The host binary `make build` produced (override with NUNTIQ_HOST_BIN).
+pub fn host_bin() -> PathBuf {
+    let path = std::env::var_os("NUNTIQ_HOST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/nuntiq-host"));
+    assert!(path.exists(), "{} is missing: run `make build` first", path.display());
+    path
+}
+
+/// A guest component `make build` put in dist/.
+pub fn guest(name: &str) -> PathBuf {
+    let path = workspace_root().join("dist").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `make build` first", path.display());
+    path
+}
+
+/// A running `acme-mock serve`, killed on drop.
+pub struct Mock {
+    child: Child,
+    pub url: String,
+}
+
+impl Mock {
+    pub fn start(bin: &str, suppliers: usize) -> Self {
+        let mut child = Command::new(bin)
+            .args(["serve", "--suppliers", &suppliers.to_string(), "--token", TOKEN])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("acme-mock starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("acme-mock prints its address");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_owned();
+        Self { child, url }
+    }
+
+    /// The API base, as it goes into config.api_url.
+    pub fn api_url(&self) -> String {
+        format!("{}/v2", self.url)
+    }
+
+    /// The `--allow-host` entry that opens this mock (plain http on loopback).
+    pub fn allow_host(&self) -> String {
+        self.url.clone()
+    }
+
+    pub fn faults(&self, rules: Value) {
+        ureq::post(format!("{}/_mock/faults", self.url))
+            .send_json(&rules)
+            .expect("faults accepted");
+    }
+
+    /// Changes `change` suppliers and inserts `insert`; returns their numbers.
+    pub fn mutate(&self, change: usize, insert: usize) -> (Vec<String>, Vec<String>) {
+        let v: Value = ureq::post(format!("{}/_mock/mutate", self.url))
+            .send_json(json!({"change": change, "insert": insert}))
+            .expect("mutate")
+            .body_mut()
+            .read_json()
+            .expect("mutate answer");
+        let list = |k: &str| {
+            v[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect()
+        };
+        (list("changed"), list("inserted"))
+    }
+
+    /// Every supplier request the mock received, oldest first.
+    pub fn requests(&self) -> Vec<Value> {
+        self.get_json("/_mock/requests").as_array().unwrap().clone()
+    }
+
+    /// Every supplier row the mock holds.
+    pub fn truth(&self) -> Vec<Value> {
+        self.get_json("/_mock/suppliers").as_array().unwrap().clone()
+    }
+
+    fn get_json(&self, path: &str) -> Value {
+        ureq::get(format!("{}{path}", self.url))
+            .call()
+            .expect(path)
+            .body_mut()
+            .read_json()
+            .expect(path)
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temp directory with a settings.json and a database path.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path("nuntiq.db")
+    }
+
+    /// Writes `settings` as `name` and returns its path.
+    pub fn write_settings(&self, name: &str, settings: &Value) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(settings).unwrap()).unwrap();
+        path
+    }
+}
+
+impl Default for Workdir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The seed's settings.json for a mock.
+pub fn acme_settings(api_url: &str, connector_name: &str) -> Value {
+    json!({
+        "customer_number": "10000001",
+        "secrets": {"acme_token": TOKEN},
+        "config": {"connector_name": connector_name, "api_url": api_url, "page_size": 200},
+        "job_params": {"lookback_days": 7}
+    })
+}
+
+/// What one `nuntiq-host` process did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub envelope: Value,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn error_kind(&self) -> &str {
+        self.envelope["error"]["kind"].as_str().unwrap_or("")
+    }
+
+    pub fn error_message(&self) -> &str {
+        self.envelope["error"]["message"].as_str().unwrap_or("")
+    }
+
+    /// The stderr lines of `--log-format json`, parsed.
+    pub fn json_logs(&self) -> Vec<Value> {
+        self.stderr
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}")))
+            .collect()
+    }
+}
+
+/// Runs the host binary; asserts stdout is exactly one JSON object.
+pub fn nuntiq_host<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = Command::new(host_bin()).args(args).output().expect("nuntiq-host runs");
+    let stdout = String::from_utf8(output.stdout).expect("stdout is UTF-8");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "stdout must be exactly one line:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let envelope: Value =
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}"));
+    assert!(envelope.is_object(), "the envelope is an object: {envelope}");
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        envelope,
+        stderr,
+    }
+}
+
+/// `run-plugin acme.wasm settings --db db --allow-host mock [extra...]`.
+pub fn run_acme(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec![
+        "run-plugin".into(),
+        guest("acme").display().to_string(),
+        settings.display().to_string(),
+        "--db".into(),
+        db.display().to_string(),
+        "--allow-host".into(),
+        mock.allow_host(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    nuntiq_host(args)
+}
+
+/// (location_code, location_name, [(street, city, country_code)])
+pub type StoredLocation = (String, String, Vec<(String, String, String)>);
+
+/// A supplier as the store holds it (or should): name, active flag and
+/// locations with their addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub name: String,
+    pub is_active: bool,
+    pub locations: Vec<StoredLocation>,
+}
+
+/// The seed's mapping, restated independently as the oracle.
+pub fn expected_from(truth: &[Value], updated_after: DateTime<Utc>) -> BTreeMap<String, Stored> {
+    truth
+        .iter()
+        .filter(|row| parse_time(row["updated_at"].as_str().unwrap()) > updated_after)
+        .map(|row| {
+            let text = |v: &Value, default: &str| v.as_str().unwrap_or(default).to_owned();
+            let address = &row["address"];
+            let locations = match address.as_object() {
+                Some(a) if !a.is_empty() => vec![(
+                    "MAIN".to_owned(),
+                    "Headquarters".to_owned(),
+                    vec![(
+                        text(&address["street"], ""),
+                        text(&address["city"], ""),
+                        text(&address["country"], "XX"),
+                    )],
+                )],
+                _ => vec![],
+            };
+            (
+                row["number"].as_str().unwrap().to_owned(),
+                Stored {
+                    name: text(&row["name"], ""),
+                    is_active: row["active"].as_bool().unwrap_or(true),
+                    locations,
+                },
+            )
+        })
+        .collect()
+}
+
+pub fn parse_time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        .with_timezone(&Utc)
+}
+
+/// The newest `updated_at` among rows updated after `after`.
+pub fn newest_after(truth: &[Value], after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    truth
+        .iter()
+        .map(|r| parse_time(r["updated_at"].as_str().unwrap()))
+        .filter(|t| *t > after)
+        .max()
+}
+
+/// Read access to the host's SQLite file.
+pub struct Db(rusqlite::Connection);
+
+impl Db {
+    pub fn open(path: &Path) -> Self {
+        Self(rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("db opens"))
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.0
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Every supplier of a customer, with locations and addresses.
+    pub fn suppliers(&self, customer: &str) -> BTreeMap<String, Stored> {
+        let mut out = BTreeMap::new();
+        let mut stmt = self
+            .0
+            .prepare("SELECT supplier_id, supplier_number, supplier_name, is_active FROM supplier WHERE customer_number = ?1")
+            .unwrap();
+        let rows: Vec<(i64, String, String, bool)> = stmt
+            .query_map([customer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (id, number, name, is_active) in rows {
+            let mut locs = self
+                .0
+                .prepare("SELECT supplier_location_id, location_code, location_name FROM supplier_location WHERE supplier_id = ?1 ORDER BY location_code")
+                .unwrap();
+            let locations: Vec<(i64, String, String)> = locs
+                .query_map([id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?.unwrap_or_default()))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let locations = locations
+                .into_iter()
+                .map(|(loc_id, code, loc_name)| {
+                    let mut addr = self
+                        .0
+                        .prepare("SELECT street, city, country_code FROM supplier_address WHERE supplier_location_id = ?1 ORDER BY supplier_address_id")
+                        .unwrap();
+                    let addresses = addr
+                        .query_map([loc_id], |r| {
+                            let s = |i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default);
+                            Ok((s(0)?, s(1)?, s(2)?))
+                        })
+                        .unwrap()
+                        .collect::<Result<_, _>>()
+                        .unwrap();
+                    (code, loc_name, addresses)
+                })
+                .collect();
+            out.insert(
+                number,
+                Stored {
+                    name,
+                    is_active,
+                    locations,
+                },
+            );
+        }
+        out
+    }
+
+    /// The delta-state row as a JSON object (column → value), if any.
+    pub fn state(&self, connector: &str, stream: &str) -> Option<Value> {
+        let mut stmt = self
+            .0
+            .prepare("SELECT * FROM delta_stream_state WHERE connector_name = ?1 AND stream_name = ?2")
+            .unwrap();
+        let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        stmt.query_row([connector, stream], |r| {
+            let mut obj = serde_json::Map::new();
+            for (i, name) in names.iter().enumerate() {
+                let v = match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => Value::Null,
+                    rusqlite::types::ValueRef::Integer(n) => json!(n),
+                    rusqlite::types::ValueRef::Real(f) => json!(f),
+                    rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+                    rusqlite::types::ValueRef::Blob(_) => Value::Null,
+                };
+                obj.insert(name.clone(), v);
+            }
+            Ok(Value::Object(obj))
+        })
+        .ok()
+    }
+}
