@@ -1,0 +1,35 @@
+# Nuntiq connector host. `make demo` shows it working; `make test` proves it.
+# Everything needed is installed here: the wasm32-wasip2 target via rustup.
+
+CARGO ?= cargo
+GUEST_TARGET := wasm32-wasip2
+# Guest components copied to dist/ (crate names; dist/ uses these names).
+GUESTS := acme wrong-world unknown-import
+
+.PHONY: all build guests host guest-target demo test clean
+
+all: build
+
+build: host guests
+
+host:
+	$(CARGO) build --release --locked -p nuntiq-host -p nuntiq-e2e --bins
+
+guest-target:
+	@rustup target list --installed | grep -qx $(GUEST_TARGET) || rustup target add $(GUEST_TARGET)
+
+guests: guest-target
+	$(CARGO) build --locked --profile guest --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
+	@mkdir -p dist
+	@for g in $(GUESTS); do cp target/$(GUEST_TARGET)/guest/$$(echo $$g | tr - _).wasm dist/$$g.wasm; done
+	@echo "guests: $(addprefix dist/,$(addsuffix .wasm,$(GUESTS)))"
+
+demo: build
+	tests/demo.sh
+
+test: build
+	$(CARGO) test --release --locked -p nuntiq-host -p nuntiq-e2e
+
+clean:
+	$(CARGO) clean
+	rm -rf dist demo
