@@ -3,6 +3,7 @@
 
 use crate::caps::http::HttpConfig;
 use crate::caps::supplier::SupplierConfig;
+use crate::limits::Limits;
 use crate::log::{Level, LogFormat, LogSink, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
 use crate::runtime::{Job, Outcome, PluginError, Runtime};
@@ -24,6 +25,9 @@ pub struct JobOptions {
     pub allow_hosts: Vec<String>,
     pub allow_private_networks: bool,
     pub deny_secret_read: bool,
+    pub limits: Limits,
+    pub http: HttpConfig,
+    pub suppliers: SupplierConfig,
 }
 
 /// Why a job did not run at all: bad input, exit code 2.
@@ -78,13 +82,12 @@ pub fn run_plugin(options: JobOptions) -> Report {
 }
 
 async fn run(options: JobOptions) -> Report {
-    let early_log = |redactor| Arc::new(LogSink::stderr(options.log_format, options.log_level, redactor));
     let prepared = match prepare(&options) {
         Ok(p) => p,
         Err(e) => {
             // Settings may not have parsed, so there may be no secrets to redact:
             // our messages name secrets, never their values.
-            let log = early_log(Redactor::default());
+            let log = LogSink::stderr(options.log_format, options.log_level, Redactor::default());
             let message = e.to_string();
             log.error(&format!("Nothing was run: {message}"), Some("start"), None);
             return Report::failure(e.kind(), message, 2);
@@ -97,7 +100,15 @@ async fn run(options: JobOptions) -> Report {
         store,
         policy,
     } = prepared;
-    let log = early_log(Redactor::new(settings.secret_values()));
+    redact_panics(&settings);
+    let log = Arc::new(
+        LogSink::stderr(
+            options.log_format,
+            options.log_level,
+            Redactor::new(settings.secret_values()),
+        )
+        .with_connector_budget(options.limits.max_log_lines, options.limits.max_log_bytes),
+    );
     let plugin_name = options.plugin.file_name().map_or_else(
         || options.plugin.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -112,9 +123,10 @@ async fn run(options: JobOptions) -> Report {
         store,
         log: log.clone(),
         policy,
-        http: HttpConfig::default(),
-        suppliers: SupplierConfig::default(),
+        http: options.http.clone(),
+        suppliers: options.suppliers.clone(),
         deny_secret_read: options.deny_secret_read,
+        limits: options.limits.clone(),
         updated_by: format!("nuntiq-host:{plugin_name}"),
     };
     let redact = |text: &str| log.redactor().redact(text);
@@ -166,7 +178,7 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
     policy
         .check_url(&settings.api_url)
         .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
-    let runtime = Runtime::new().map_err(|e| InputError::Arguments(format!("{e:#}")))?;
+    let runtime = Runtime::new(&options.limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
     let pre = runtime.load(&options.plugin)?;
     let store = Store::open_sqlite(&options.db)?;
     Ok(Prepared {
@@ -176,6 +188,14 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         store,
         policy,
     })
+}
+
+/// A host panic must not print a secret either: the hook redacts its message.
+fn redact_panics(settings: &Settings) {
+    let redactor = Redactor::new(settings.secret_values());
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("nuntiq-host panicked: {}", redactor.redact(&info.to_string()));
+    }));
 }
 
 /// The envelope as one line of JSON.

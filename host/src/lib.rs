@@ -8,6 +8,7 @@ pub mod admin;
 pub mod bindings;
 pub mod caps;
 pub mod job;
+pub mod limits;
 pub mod log;
 pub mod policy;
 pub mod runtime;

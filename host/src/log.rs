@@ -6,6 +6,7 @@ use aho_corasick::AhoCorasick;
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What replaces a secret value wherever it appears.
 pub const REDACTED: &str = "[REDACTED]";
@@ -117,12 +118,24 @@ pub fn sanitize(text: &str, max_bytes: usize) -> String {
     out
 }
 
+/// How much a connector may log in one run. Past it, its lines are dropped
+/// and counted; the host's own lines are never dropped.
+#[derive(Debug, Default)]
+struct Budget {
+    max_lines: u64,
+    max_bytes: u64,
+    lines: AtomicU64,
+    bytes: AtomicU64,
+    dropped: AtomicU64,
+}
+
 /// Where the job's log lines go.
 pub struct LogSink {
     format: LogFormat,
     min_level: Level,
     redactor: Redactor,
     out: Mutex<Box<dyn Write + Send>>,
+    budget: Budget,
 }
 
 impl LogSink {
@@ -132,7 +145,39 @@ impl LogSink {
             min_level,
             redactor,
             out: Mutex::new(out),
+            budget: Budget {
+                max_lines: u64::MAX,
+                max_bytes: u64::MAX,
+                ..Budget::default()
+            },
         }
+    }
+
+    /// Caps what the connector may log (lines and bytes per run).
+    pub fn with_connector_budget(mut self, max_lines: u64, max_bytes: u64) -> Self {
+        self.budget.max_lines = max_lines;
+        self.budget.max_bytes = max_bytes;
+        self
+    }
+
+    /// Connector lines dropped because the budget was spent.
+    pub fn dropped(&self) -> u64 {
+        self.budget.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A line from the connector: counted against its budget, dropped past it.
+    pub fn connector_log(&self, level: Level, message: &str, step: Option<&str>, detail: Option<Value>) {
+        if !self.enabled(level) {
+            return;
+        }
+        let b = &self.budget;
+        if b.lines.load(Ordering::Relaxed) >= b.max_lines || b.bytes.load(Ordering::Relaxed) >= b.max_bytes {
+            b.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let written = self.write_line(level, message, step, detail);
+        b.lines.fetch_add(1, Ordering::Relaxed);
+        b.bytes.fetch_add(written as u64, Ordering::Relaxed);
     }
 
     pub fn stderr(format: LogFormat, min_level: Level, redactor: Redactor) -> Self {
@@ -147,11 +192,16 @@ impl LogSink {
         level >= self.min_level
     }
 
-    /// Writes one line. Never fails: a log that cannot be written must not end the job.
+    /// Writes one of the host's own lines. Never fails: a log that cannot be
+    /// written must not end the job.
     pub fn log(&self, level: Level, message: &str, step: Option<&str>, detail: Option<Value>) {
-        if !self.enabled(level) {
-            return;
+        if self.enabled(level) {
+            self.write_line(level, message, step, detail);
         }
+    }
+
+    /// Formats and writes one line; returns its length in bytes.
+    fn write_line(&self, level: Level, message: &str, step: Option<&str>, detail: Option<Value>) -> usize {
         let message = sanitize(&self.redactor.redact(message), MAX_MESSAGE_BYTES);
         let now = chrono::Utc::now();
         let line = match self.format {
@@ -182,6 +232,7 @@ impl LogSink {
         };
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let _ = out.write_all(line.as_bytes());
+        line.len()
     }
 
     pub fn info(&self, message: &str, step: Option<&str>, detail: Option<Value>) {
@@ -298,6 +349,41 @@ pub(crate) mod tests {
         let cut = sanitize(&"é".repeat(20_000), MAX_MESSAGE_BYTES);
         assert!(cut.len() <= MAX_MESSAGE_BYTES + 20);
         assert!(cut.ends_with("…[truncated]"));
+    }
+
+    #[test]
+    fn connector_lines_past_the_budget_are_dropped_and_counted() {
+        let captured = Captured::default();
+        let sink = LogSink::new(
+            LogFormat::Text,
+            Level::Debug,
+            Redactor::default(),
+            Box::new(captured.clone()),
+        )
+        .with_connector_budget(3, u64::MAX);
+        for i in 0..10 {
+            sink.connector_log(Level::Info, &format!("line {i}"), None, None);
+        }
+        sink.warn("host lines are never dropped", None, None);
+        assert_eq!(sink.dropped(), 7);
+        let text = captured.text();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(text.contains("line 2") && !text.contains("line 3"));
+
+        let captured = Captured::default();
+        let sink = LogSink::new(
+            LogFormat::Text,
+            Level::Debug,
+            Redactor::default(),
+            Box::new(captured.clone()),
+        )
+        .with_connector_budget(u64::MAX, 100);
+        for _ in 0..10 {
+            sink.connector_log(Level::Info, &"x".repeat(60), None, None);
+        }
+        // Each line is 92 bytes: the second one crosses the 100-byte budget, the rest are dropped.
+        assert_eq!(captured.text().lines().count(), 2, "the byte budget holds too");
+        assert_eq!(sink.dropped(), 8);
     }
 
     #[test]

@@ -3,12 +3,16 @@
 
 use clap::{Parser, Subcommand};
 use nuntiq_host::admin::{self, AdminError, ExportFormat};
+use nuntiq_host::caps::http::HttpConfig;
+use nuntiq_host::caps::supplier::SupplierConfig;
 use nuntiq_host::job::{JobOptions, envelope_line, run_plugin};
+use nuntiq_host::limits::{self, Limits};
 use nuntiq_host::log::{Level, LogFormat};
 use nuntiq_host::store::sqlite::StreamFilter;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Runs Nuntiq connectors (wasm32-wasip2 components) in a sandbox.
 ///
@@ -29,6 +33,7 @@ enum Command {
     /// stdout carries exactly one JSON object: the connector's result with
     /// "success": true, or {"success": false, "error": {"kind", "message"}}.
     /// stderr carries the log.
+    #[command(after_long_help = SECURITY_MODEL)]
     RunPlugin(RunPluginArgs),
     /// Delta-state rows (the platform's DeltaStreamState).
     State {
@@ -80,6 +85,34 @@ struct DbArg {
     db: PathBuf,
 }
 
+/// `run-plugin --help`: what a connector can and cannot do.
+const SECURITY_MODEL: &str = "\
+Security model (the connector is untrusted):
+  A connector gets no files, no environment variables, no arguments and no
+  sockets. It reaches the outside only through the host's interfaces:
+  - HTTP GET to config.api_url's origin over https, plus --allow-host entries.
+    Plain http and private, loopback, link-local (cloud metadata), CGNAT,
+    unique-local and unspecified addresses need the operator's --allow-host
+    (or --allow-private-networks); names are resolved once by the host and the
+    connection goes to the checked address; every redirect hop is re-checked.
+  - Secrets: by name, as a bearer token the host attaches; get-secret can be
+    switched off with --deny-secret-read. Secret values are redacted from logs,
+    the envelope and delta error summaries.
+  - Delta state and suppliers of its own customer number only.
+
+Limits (exceeding one fails the run with that error kind; the delta run is
+failed, the cursor does not move, exit code 1):
+  --timeout 15m               whole run, host calls included        timeout
+  --max-memory 256MiB         linear memory and tables              memory_limit
+  --max-stack 512KiB          wasm stack (recursion)                trap
+  --max-response-body 64MiB   per HTTP response                     body_too_large
+  --max-requests 10000        HTTP requests per run                 request_budget
+  --max-queued-suppliers 10000  unsaved suppliers                   batch_too_large
+  (refused host or address)                                         network_denied
+  --max-log-lines 50000, --max-log-bytes 32MiB: later connector log lines are
+  dropped and counted (not a failure); log messages are cut at 16KiB.
+";
+
 #[derive(clap::Args)]
 struct RunPluginArgs {
     /// The connector: a wasm32-wasip2 component implementing nuntiq:connector/connector.
@@ -109,10 +142,91 @@ struct RunPluginArgs {
     /// get-secret returns nothing; bearer-secret injection still works.
     #[arg(long)]
     deny_secret_read: bool,
+    /// Wall-clock limit for the whole run, host calls included [default: 15m].
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
+    timeout: Option<Duration>,
+    /// Connector memory (linear memory and tables) [default: 256MiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    max_memory: Option<usize>,
+    /// Connector wasm stack; deeper recursion traps [default: 512KiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    max_stack: Option<usize>,
+    /// Connector log lines per run; later lines are dropped and counted [default: 50000].
+    #[arg(long, value_name = "N")]
+    max_log_lines: Option<u64>,
+    /// Connector log bytes per run, likewise [default: 32MiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    max_log_bytes: Option<usize>,
+    /// Largest HTTP response body [default: 64MiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    max_response_body: Option<usize>,
+    /// HTTP requests per run, retries and redirects included [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u64>,
+    /// Suppliers queued and not yet saved [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_queued_suppliers: Option<usize>,
+}
+
+impl RunPluginArgs {
+    fn into_options(self) -> JobOptions {
+        let mut limits = Limits::default();
+        let mut http = HttpConfig::default();
+        let mut suppliers = SupplierConfig::default();
+        set(&mut limits.timeout, self.timeout);
+        set(&mut limits.max_memory_bytes, self.max_memory);
+        set(&mut limits.max_wasm_stack_bytes, self.max_stack);
+        set(&mut limits.max_log_lines, self.max_log_lines);
+        set(&mut limits.max_log_bytes, self.max_log_bytes.map(|b| b as u64));
+        set(&mut http.max_body_bytes, self.max_response_body.map(|b| b as u64));
+        set(&mut http.max_requests, self.max_requests);
+        set(&mut suppliers.max_queued, self.max_queued_suppliers);
+        JobOptions {
+            plugin: self.plugin,
+            settings: self.settings,
+            db: self.db,
+            params: self.params,
+            log_format: self.log_format,
+            log_level: self.log_level,
+            allow_hosts: self.allow_hosts,
+            allow_private_networks: self.allow_private_networks,
+            deny_secret_read: self.deny_secret_read,
+            limits,
+            http,
+            suppliers,
+        }
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let _ = e.print();
+            // run-plugin keeps its promise of one envelope on stdout, even for bad flags.
+            if std::env::args().nth(1).as_deref() == Some("run-plugin") {
+                let rendered = e.render().to_string();
+                let message = rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid arguments")
+                    .trim_start_matches("error: ");
+                let envelope = serde_json::json!({"success": false, "error": {
+                    "kind": "invalid_arguments",
+                    "message": format!("{message}; see nuntiq-host run-plugin --help"),
+                }});
+                print!("{}", envelope_line(&envelope));
+            }
+            return ExitCode::from(2);
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     let args = match cli.command {
         Command::RunPlugin(args) => args,
@@ -144,19 +258,7 @@ fn main() -> ExitCode {
             ));
         }
     };
-    let report = {
-        run_plugin(JobOptions {
-            plugin: args.plugin,
-            settings: args.settings,
-            db: args.db,
-            params: args.params,
-            log_format: args.log_format,
-            log_level: args.log_level,
-            allow_hosts: args.allow_hosts,
-            allow_private_networks: args.allow_private_networks,
-            deny_secret_read: args.deny_secret_read,
-        })
-    };
+    let report = run_plugin(args.into_options());
     let _ = stdout.write_all(envelope_line(&report.envelope).as_bytes());
     let _ = stdout.flush();
     ExitCode::from(report.exit_code)

@@ -334,6 +334,8 @@ mod tests {
         // WHATWG URL parsing turns these into 127.0.0.1, which the operator allowed.
         assert!(check(&p, "http://2130706433:8080/").is_ok());
         assert!(check(&p, "http://0x7f.1:8080/").is_ok());
+        assert!(check(&p, "http://0177.0.0.1:8080/").is_ok());
+        assert!(check(&p, "http://127.1:8080/").is_ok());
         let p = policy("https://api.acme-erp.com/v2", &[]);
         assert!(check(&p, "https://2130706433/").is_err());
     }

@@ -7,6 +7,7 @@ use crate::caps::delta::{DeltaCap, DeltaView};
 use crate::caps::http::{HttpCap, HttpConfig};
 use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
+use crate::limits::{GuestLimiter, LimitExceeded, Limits};
 use crate::log::LogSink;
 use crate::policy::NetworkPolicy;
 use crate::settings::Settings;
@@ -14,8 +15,10 @@ use crate::store::Store as StateStore;
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasData, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Everything one job's store holds: a state per capability, the resource
@@ -28,6 +31,7 @@ pub struct JobState {
     http: HttpCap,
     delta: DeltaCap,
     supplier: SupplierCap,
+    limiter: GuestLimiter,
 }
 
 impl WasiView for JobState {
@@ -70,11 +74,19 @@ pub struct Runtime {
     linker: Linker<JobState>,
 }
 
+/// How often the epoch advances; a spinning connector is checked this often.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
 impl Runtime {
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new(limits: &Limits) -> anyhow::Result<Self> {
         let mut config = Config::new();
         // Concurrent component-model features are unused and make boundary calls dearer.
         config.concurrency_support(false);
+        // Epochs stop a connector that spins without calling the host.
+        config.epoch_interruption(limits.epoch_interruption);
+        config.max_wasm_stack(limits.max_wasm_stack_bytes);
+        // Host functions run on the same fiber stack, above the wasm frames.
+        config.async_stack_size(limits.max_wasm_stack_bytes + (1 << 20));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("failed to create the wasm engine: {e:#}"))?;
 
         let mut linker = Linker::<JobState>::new(&engine);
@@ -136,6 +148,7 @@ pub struct Job {
     pub http: HttpConfig,
     pub suppliers: SupplierConfig,
     pub deny_secret_read: bool,
+    pub limits: Limits,
     /// Recorded as the delta rows' `updated_by`.
     pub updated_by: String,
 }
@@ -155,9 +168,11 @@ impl Runtime {
     pub async fn run(&self, pre: &ConnectorPre<JobState>, job: Job) -> anyhow::Result<Outcome> {
         let client = crate::caps::http::build_client(job.policy.clone())?;
         let customer = job.settings.customer_number.clone();
+        let stderr = GuestOutput::stderr(job.log.clone());
+        let panic = stderr.panic_message();
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestOutput::stdout(job.log.clone()))
-            .stderr(GuestOutput::stderr(job.log.clone()))
+            .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -176,15 +191,40 @@ impl Runtime {
             ),
             delta: DeltaCap::new(customer.clone(), job.store.clone(), job.updated_by, job.log.clone()),
             supplier: SupplierCap::new(customer, job.store.clone(), job.suppliers),
+            limiter: GuestLimiter::new(&job.limits),
         };
         let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
 
-        let returned = match pre.instantiate_async(&mut store).await {
-            Ok(connector) => Connector::call_run(&connector, &mut store).await,
-            Err(e) => Err(e),
+        // One deadline for the whole run: the epoch callback cuts a connector
+        // spinning in wasm; the timeout around the call cuts one waiting in a
+        // host call (retries, slow responses).
+        let timeout = job.limits.timeout;
+        let deadline = Instant::now() + timeout;
+        let _ticker = job.limits.epoch_interruption.then(|| {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                if Instant::now() >= deadline {
+                    Err(LimitExceeded::Timeout(timeout).into())
+                } else {
+                    Ok(UpdateDeadline::Continue(1))
+                }
+            });
+            EpochTicker::start(self.engine.clone())
+        });
+        let call = async {
+            let connector = pre.instantiate_async(&mut store).await?;
+            Connector::call_run(&connector, &mut store).await
         };
+        let returned = match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(returned) => returned,
+            Err(_elapsed) => Err(LimitExceeded::Timeout(timeout).into()),
+        };
+
         let log = job.log;
-        let delta = &mut store.data_mut().delta;
+        let data = store.data_mut();
+        let limit_hit = data.http.limit_hit.clone().or_else(|| data.supplier.limit_hit.clone());
+        let delta = &mut data.delta;
         let outcome = match returned {
             Ok(Ok(result)) => match serde_json::from_str::<Value>(&result) {
                 Ok(Value::Object(object)) => {
@@ -218,31 +258,107 @@ impl Runtime {
                 }
             },
             Ok(Err(message)) => {
+                // A connector that gave up because it hit a host limit: name the limit.
+                let (kind, message) = match limit_hit {
+                    Some(hit) => (
+                        hit.kind,
+                        format!("{}; the connector then failed: {message}", hit.message),
+                    ),
+                    None => ("connector_error", message),
+                };
                 delta.fail_open_runs(&message).await;
-                Outcome::Failure {
-                    kind: "connector_error",
-                    message,
-                }
+                Outcome::Failure { kind, message }
             }
             Err(trap) => {
-                let message = describe_trap(&trap);
-                log.error(&format!("The connector trapped: {trap:?}"), Some("trap"), None);
+                let (kind, message) = match trap.downcast_ref::<LimitExceeded>() {
+                    Some(limit) => (limit.kind(), limit.to_string()),
+                    None => ("trap", describe_trap(&trap, panic.lock().unwrap().as_deref())),
+                };
+                let (frames, detail) = wasm_backtrace(&trap);
+                log.error(
+                    &format!(
+                        "The connector was stopped: {}; wasm backtrace: {frames}",
+                        trap.root_cause()
+                    ),
+                    Some("trap"),
+                    Some(detail),
+                );
                 delta.fail_open_runs(&message).await;
-                Outcome::Failure { kind: "trap", message }
+                Outcome::Failure { kind, message }
             }
         };
+        let dropped = log.dropped();
+        if dropped > 0 {
+            log.warn(
+                &format!(
+                    "{dropped} connector log lines were dropped: the run's budget is {} lines and {} bytes \
+                     (--max-log-lines, --max-log-bytes)",
+                    job.limits.max_log_lines, job.limits.max_log_bytes
+                ),
+                Some("log"),
+                Some(serde_json::json!({"dropped": dropped})),
+            );
+        }
         Ok(outcome)
     }
 }
 
-/// One line for the envelope; the backtrace goes to the log.
-fn describe_trap(error: &wasmtime::Error) -> String {
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::UnreachableCodeReached) => {
-            "the connector trapped (wasm `unreachable`, which is how a Rust panic ends); see the log for its message"
-                .into()
-        }
-        Some(trap) => format!("the connector trapped: {trap}"),
-        None => format!("the connector trapped: {error}"),
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("nuntiq-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("the epoch thread starts");
+        Self { stop }
     }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One line for the envelope; the backtrace goes to the log.
+fn describe_trap(error: &wasmtime::Error, panic: Option<&str>) -> String {
+    match (error.downcast_ref::<wasmtime::Trap>(), panic) {
+        (Some(wasmtime::Trap::UnreachableCodeReached), Some(panic)) => format!("the connector panicked: {panic}"),
+        (Some(wasmtime::Trap::StackOverflow), _) => {
+            "the connector trapped: call stack exhausted (unbounded recursion? the limit is --max-stack)".into()
+        }
+        (Some(trap), _) => format!("the connector trapped: {trap}"),
+        (None, _) => format!("the connector trapped: {}", error.root_cause()),
+    }
+}
+
+/// The wasm frames of a trap: one line for text logs, a list for JSON logs.
+fn wasm_backtrace(error: &wasmtime::Error) -> (String, Value) {
+    let Some(trace) = error.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return ("(none)".into(), Value::Null);
+    };
+    let frames: Vec<String> = trace
+        .frames()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let name = f
+                .func_name()
+                .map_or_else(|| format!("wasm function {}", f.func_index()), str::to_owned);
+            let offset = f.module_offset().map_or_else(String::new, |o| format!(" @ {o:#x}"));
+            format!("#{i} {name}{offset}")
+        })
+        .collect();
+    (frames.join(", "), serde_json::json!({ "wasm_backtrace": frames }))
 }

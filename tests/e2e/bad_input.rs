@@ -228,3 +228,28 @@ fn unusable_db_and_flags_are_refused() {
     assert_eq!(run.error_kind(), "invalid_plugin");
     assert!(run.error_message().contains("missing.wasm"), "{}", run.envelope);
 }
+
+#[test]
+fn bad_flag_values_still_print_one_envelope() {
+    let work = Workdir::new();
+    let settings = settings_file(&work, acme_settings(API, "acme_eu"));
+    let db = work.db();
+    let run = nuntiq_host([
+        "run-plugin",
+        guest("acme").to_str().unwrap(),
+        settings.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--timeout",
+        "soon",
+    ]);
+    assert_eq!(run.code, 2);
+    assert_eq!(run.error_kind(), "invalid_arguments");
+    assert!(
+        run.error_message()
+            .contains("\"soon\" is not a duration such as 15m or 90s"),
+        "{}",
+        run.envelope
+    );
+    assert!(!db.exists());
+}

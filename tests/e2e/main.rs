@@ -4,6 +4,7 @@
 mod acme;
 mod admin;
 mod bad_input;
+mod hostile;
 
 /// The mock API binary of this package.
 pub const MOCK: &str = env!("CARGO_BIN_EXE_acme-mock");

@@ -5,6 +5,7 @@
 //! (tenacity's `wait_exponential`), which a `Retry-After` header can lengthen.
 
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
+use crate::limits::LimitHit;
 use crate::log::LogSink;
 use crate::policy::{Denied, NetworkPolicy, redact_url};
 use crate::settings::Settings;
@@ -117,8 +118,10 @@ enum Attempt {
     RetryableStatus(Response, Option<Duration>),
     Timeout(String),
     Connection(String),
-    /// Ends the request at once: policy refusals, bad redirects, oversized bodies.
+    /// Ends the request at once: a bad redirect, a status not retried.
     Fatal(HttpError),
+    /// Ends the request at once because a host limit refused it (the envelope's kind).
+    Limit(&'static str, HttpError),
 }
 
 /// Retry or give up: transient statuses, timeouts and connection errors retry.
@@ -148,23 +151,30 @@ impl reqwest::dns::Resolve for PolicyResolver {
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let trusted = policy.name_trusted(&host);
-            let allowed: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|a| trusted || policy.address_allowed(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                let addrs: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
-                return Err(Box::new(Denied(format!(
-                    "{host} resolves only to private, loopback or link-local addresses ({}); \
-                     an operator can allow it with --allow-host {host}",
-                    addrs.join(", ")
-                ))) as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let allowed = allowed_addresses(&policy, &host, &resolved)?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// The resolved addresses the connector may connect to: all of them for a name
+/// the operator named, only public ones otherwise.
+fn allowed_addresses(policy: &NetworkPolicy, host: &str, resolved: &[SocketAddr]) -> Result<Vec<SocketAddr>, Denied> {
+    let trusted = policy.name_trusted(host);
+    let allowed: Vec<SocketAddr> = resolved
+        .iter()
+        .copied()
+        .filter(|a| trusted || policy.address_allowed(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        let addrs: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+        return Err(Denied(format!(
+            "{host} resolves only to private, loopback or link-local addresses ({}); \
+             an operator can allow it with --allow-host {host}",
+            addrs.join(", ")
+        )));
+    }
+    Ok(allowed)
 }
 
 /// Builds the job's client: no proxies (they would bypass the address checks),
@@ -186,6 +196,8 @@ pub struct HttpCap {
     log: Arc<LogSink>,
     /// Requests sent so far in this job.
     pub requests: u64,
+    /// The last host limit that refused a request.
+    pub limit_hit: Option<LimitHit>,
 }
 
 /// Headers a connector may not set: the host owns framing and routing.
@@ -218,6 +230,7 @@ impl HttpCap {
             config,
             log,
             requests: 0,
+            limit_hit: None,
         }
     }
 
@@ -269,13 +282,16 @@ impl HttpCap {
         let origin = url.origin();
         for hop in 0..=self.config.max_redirects {
             if let Err(Denied(why)) = self.policy.check_url(&url) {
-                return Attempt::Fatal(HttpError::Denied(why));
+                return Attempt::Limit("network_denied", HttpError::Denied(why));
             }
             if self.requests >= self.config.max_requests {
-                return Attempt::Fatal(HttpError::Denied(format!(
-                    "the job's budget of {} HTTP requests is spent",
-                    self.config.max_requests
-                )));
+                return Attempt::Limit(
+                    "request_budget",
+                    HttpError::Denied(format!(
+                        "the job's budget of {} HTTP requests is spent (--max-requests)",
+                        self.config.max_requests
+                    )),
+                );
             }
             self.requests += 1;
             let sent = self
@@ -339,7 +355,10 @@ impl HttpCap {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = source {
             if let Some(Denied(why)) = err.downcast_ref::<Denied>() {
-                return Attempt::Fatal(HttpError::Denied(format!("GET {} refused: {why}", redact_url(url))));
+                return Attempt::Limit(
+                    "network_denied",
+                    HttpError::Denied(format!("GET {} refused: {why}", redact_url(url))),
+                );
             }
             source = err.source();
         }
@@ -355,7 +374,7 @@ impl HttpCap {
     async fn read(&self, mut response: reqwest::Response, url: &Url, attempt: u32) -> Result<Response, Attempt> {
         let limit = self.config.max_body_bytes;
         if response.content_length().is_some_and(|n| n > limit) {
-            return Err(Attempt::Fatal(HttpError::BodyTooLarge(limit)));
+            return Err(Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit)));
         }
         let status = response.status().as_u16();
         let headers = response
@@ -373,7 +392,7 @@ impl HttpCap {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() as u64 + chunk.len() as u64 > limit {
-                        return Err(Attempt::Fatal(HttpError::BodyTooLarge(limit)));
+                        return Err(Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit)));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -427,6 +446,18 @@ impl http::Host for HttpCap {
             let (status, cause, retry_after, last) = match outcome {
                 Attempt::Done(response) => return Ok(Ok(response)),
                 Attempt::Fatal(error) => return Ok(Err(error)),
+                Attempt::Limit(kind, error) => {
+                    let message = match &error {
+                        HttpError::BodyTooLarge(limit) => format!(
+                            "a response from {} was larger than the limit of {limit} bytes (--max-response-body)",
+                            redact_url(&url)
+                        ),
+                        HttpError::Denied(why) => why.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    self.limit_hit = Some(LimitHit { kind, message });
+                    return Ok(Err(error));
+                }
                 Attempt::RetryableStatus(response, retry_after) => {
                     let cause = format!("HTTP {} from {}", response.status, url.host_str().unwrap_or(""));
                     (
@@ -540,6 +571,36 @@ mod tests {
                 ..guest()
             })
             .max_attempts,
+            1
+        );
+    }
+
+    #[test]
+    fn names_resolving_to_private_addresses_are_cut_to_the_public_ones() {
+        use crate::policy::AllowedHost;
+        let api = url::Url::parse("https://api.acme-erp.com/v2").unwrap();
+        let policy = NetworkPolicy::new(&api, vec![AllowedHost::parse("erp.internal").unwrap()], false);
+        let addr = |s: &str| SocketAddr::new(s.parse().unwrap(), 0);
+        // DNS rebinding: the api host now answers with the metadata address.
+        let e = allowed_addresses(&policy, "api.acme-erp.com", &[addr("169.254.169.254")]).unwrap_err();
+        assert!(e.0.contains("api.acme-erp.com resolves only to private"), "{e}");
+        assert!(e.0.contains("169.254.169.254"), "{e}");
+        // Mixed answers keep only the public addresses: the connection goes to a checked one.
+        let kept = allowed_addresses(
+            &policy,
+            "api.acme-erp.com",
+            &[addr("10.0.0.1"), addr("93.184.216.34"), addr("::1")],
+        )
+        .unwrap();
+        assert_eq!(kept, [addr("93.184.216.34")]);
+        // A name the operator allowed keeps its private addresses.
+        let kept = allowed_addresses(&policy, "erp.internal", &[addr("10.0.0.1")]).unwrap();
+        assert_eq!(kept, [addr("10.0.0.1")]);
+        let open = NetworkPolicy::new(&api, vec![], true);
+        assert_eq!(
+            allowed_addresses(&open, "api.acme-erp.com", &[addr("10.0.0.1")])
+                .unwrap()
+                .len(),
             1
         );
     }

@@ -5,7 +5,7 @@ use crate::bindings::logger;
 use crate::log::{Level, LogSink, MAX_MESSAGE_BYTES};
 use serde_json::Value;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 pub struct LoggerCap {
@@ -43,7 +43,7 @@ impl logger::Host for LoggerCap {
         }
         // Detail that is not JSON is kept, as a JSON string.
         let detail = detail.map(|d| serde_json::from_str(&d).unwrap_or(Value::String(d)));
-        self.sink.log(level, &message, step.as_deref(), detail);
+        self.sink.connector_log(level, &message, step.as_deref(), detail);
         Ok(())
     }
 }
@@ -54,6 +54,7 @@ pub struct GuestOutput {
     sink: Arc<LogSink>,
     level: Level,
     step: &'static str,
+    panic: Arc<Mutex<Option<String>>>,
 }
 
 impl GuestOutput {
@@ -62,6 +63,7 @@ impl GuestOutput {
             sink,
             level: Level::Info,
             step: "stdout",
+            panic: Arc::default(),
         }
     }
 
@@ -70,7 +72,14 @@ impl GuestOutput {
             sink,
             level: Level::Warn,
             step: "stderr",
+            panic: Arc::default(),
         }
+    }
+
+    /// The message of the last Rust panic printed here ("… at file:line"),
+    /// so a trap can say why the connector stopped.
+    pub fn panic_message(&self) -> Arc<Mutex<Option<String>>> {
+        self.panic.clone()
     }
 }
 
@@ -87,6 +96,8 @@ impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
             level: self.level,
             step: self.step,
             pending: Vec::new(),
+            panic: self.panic.clone(),
+            panic_location: None,
         })
     }
 }
@@ -98,13 +109,25 @@ struct LineWriter {
     level: Level,
     step: &'static str,
     pending: Vec<u8>,
+    panic: Arc<Mutex<Option<String>>>,
+    /// Set by a "thread '…' panicked at FILE:LINE:" line; the next line is the message.
+    panic_location: Option<String>,
 }
 
 impl LineWriter {
-    fn emit(&self, line: &[u8]) {
+    fn emit(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        self.sink
-            .log(self.level, text.trim_end_matches('\r'), Some(self.step), None);
+        let text = text.trim_end_matches('\r');
+        if text.trim().is_empty() {
+            return;
+        }
+        if let Some(location) = self.panic_location.take() {
+            let message = crate::log::sanitize(text, 1024);
+            *self.panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{message} (at {location})"));
+        } else if let Some((_, location)) = text.split_once(" panicked at ") {
+            self.panic_location = Some(location.trim_end_matches(':').to_owned());
+        }
+        self.sink.connector_log(self.level, text, Some(self.step), None);
     }
 
     fn take_lines(&mut self) {

@@ -3,6 +3,7 @@
 //! cursor's transaction (see `caps::delta`).
 
 use crate::bindings::supplier_load::{self, LoadError, Supplier};
+use crate::limits::LimitHit;
 use crate::store::Store;
 
 /// Host limits on what a connector may hand over.
@@ -54,6 +55,8 @@ pub struct SupplierCap {
     pub queue: SupplierQueue,
     /// Suppliers written by `save-all` during this job.
     pub saved: u64,
+    /// Set when the queue limit refused a batch.
+    pub limit_hit: Option<LimitHit>,
 }
 
 impl SupplierCap {
@@ -64,6 +67,7 @@ impl SupplierCap {
             config,
             queue: SupplierQueue::default(),
             saved: 0,
+            limit_hit: None,
         }
     }
 }
@@ -178,13 +182,18 @@ fn check_sizes<'a>(fields: &[(&'a str, Option<&String>)], config: &SupplierConfi
 impl supplier_load::Host for SupplierCap {
     async fn queue(&mut self, suppliers: Vec<Supplier>) -> wasmtime::Result<Result<u32, LoadError>> {
         if self.queue.len() + suppliers.len() > self.config.max_queued {
-            return Ok(Err(LoadError::QueueFull(format!(
-                "{} suppliers are queued and {} more would pass the limit of {}; call save-all more often \
-                 (the platform flushes every 500)",
+            let message = format!(
+                "{} suppliers are queued and {} more would pass the limit of {} (--max-queued-suppliers); \
+                 call save-all more often (the platform flushes every 500)",
                 self.queue.len(),
                 suppliers.len(),
                 self.config.max_queued
-            ))));
+            );
+            self.limit_hit = Some(LimitHit {
+                kind: "batch_too_large",
+                message: message.clone(),
+            });
+            return Ok(Err(LoadError::QueueFull(message)));
         }
         if let Err(problem) = validate(&suppliers, &self.config) {
             return Ok(Err(LoadError::InvalidRecord(format!(
