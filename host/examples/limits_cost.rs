@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             limits,
             http: HttpConfig::default(),
             suppliers: SupplierConfig::default(),
+            lease: Duration::from_secs(300),
         });
         anyhow::ensure!(report.exit_code == 0, "run failed: {}", report.envelope);
         Ok(started.elapsed())

@@ -2,8 +2,9 @@
 //! `suppliers export`. They open the database read-only, so they are safe
 //! beside a running job (WAL readers never block the writer).
 
-use crate::store::sqlite::{StreamFilter, list_states, open_read_only};
-use crate::store::{OpenError, StreamState};
+use crate::store::delta::{Reset, StreamFilter, list_audit, list_runs, list_states, reset_cursor};
+use crate::store::schema::{open, open_read_only};
+use crate::store::{OpenError, StoreError, StreamKey};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -21,6 +22,9 @@ pub enum AdminError {
     Output(#[from] std::io::Error),
     #[error("failed to write CSV: {0}")]
     Csv(#[from] csv::Error),
+    /// The operator asked for something the state does not allow (exit 2).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl AdminError {
@@ -37,33 +41,35 @@ impl AdminError {
     }
 }
 
-#[derive(Serialize)]
-struct StateRow<'a> {
-    customer_number: &'a str,
-    #[serde(flatten)]
-    state: &'a StreamState,
-}
-
-/// `state show`: the platform's DeltaStreamState fields per stream.
+/// `state show`: the platform's DeltaStreamState fields per stream, and who
+/// holds a running stream's lease.
 pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
     let conn = open_read_only(db)?;
-    let states = list_states(&conn, filter)?;
+    let rows = list_states(&conn, filter)?;
     if as_json {
-        let rows: Vec<StateRow<'_>> = states
-            .iter()
-            .map(|(customer_number, state)| StateRow { customer_number, state })
-            .collect();
-        serde_json::to_writer_pretty(&mut *out, &rows).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-        return Ok(());
+        return write_json(out, &rows);
     }
-    if states.is_empty() {
+    if rows.is_empty() {
         writeln!(out, "No delta-state rows match.")?;
     }
-    for (customer, s) in &states {
+    for row in &rows {
+        let s = &row.state;
         let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        writeln!(out, "{}/{} (customer {customer})", s.connector_name, s.stream_name)?;
+        writeln!(
+            out,
+            "{}/{} (customer {})",
+            s.connector_name, s.stream_name, row.customer_number
+        )?;
         writeln!(out, "  status             {}", s.status.as_str())?;
+        if let Some(run_id) = &row.lease.run_id {
+            writeln!(
+                out,
+                "  running as         run {run_id}, process {} on {}, lease until {}",
+                row.lease.owner_pid.unwrap_or(0),
+                row.lease.owner_host.as_deref().unwrap_or("?"),
+                or_dash(&row.lease.lease_expires_at_utc)
+            )?;
+        }
         writeln!(
             out,
             "  cursor             {} ({})",
@@ -91,6 +97,154 @@ pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn
             or_dash(&s.updated_by)
         )?;
     }
+    Ok(())
+}
+
+fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), AdminError> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `state audit`: cursor_advance and cursor_reset events, newest first.
+pub fn state_audit(
+    db: &Path,
+    filter: &StreamFilter,
+    limit: usize,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let conn = open_read_only(db)?;
+    let events = list_audit(&conn, filter, limit)?;
+    if as_json {
+        return write_json(out, &events);
+    }
+    for e in &events {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        write!(
+            out,
+            "{}  {:<14} {}/{} (customer {})  {} -> {}  by {}",
+            e.created_at_utc,
+            e.event_type,
+            e.connector_name,
+            e.stream_name,
+            e.customer_number,
+            or_dash(&e.old_cursor_value),
+            or_dash(&e.new_cursor_value),
+            or_dash(&e.api_user)
+        )?;
+        match &e.reason {
+            Some(reason) => writeln!(out, "  reason: {reason}")?,
+            None => writeln!(out)?,
+        }
+    }
+    Ok(())
+}
+
+/// `runs`: run history, newest first.
+pub fn runs(
+    db: &Path,
+    filter: &StreamFilter,
+    limit: usize,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let conn = open_read_only(db)?;
+    let runs = list_runs(&conn, filter, limit)?;
+    if as_json {
+        return write_json(out, &runs);
+    }
+    for r in &runs {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{} {}/{} (customer {})  {}",
+            r.run_id, r.connector_name, r.stream_name, r.customer_number, r.status
+        )?;
+        writeln!(
+            out,
+            "  started {}  ended {}",
+            r.started_at_utc,
+            or_dash(&r.ended_at_utc)
+        )?;
+        writeln!(
+            out,
+            "  records {}  cursor {} -> {}",
+            r.records_processed.map_or_else(|| "-".into(), |n| n.to_string()),
+            or_dash(&r.cursor_before),
+            or_dash(&r.cursor_after)
+        )?;
+        writeln!(
+            out,
+            "  process {} on {}  plugin sha256 {}",
+            r.owner_pid.unwrap_or(0),
+            or_dash(&r.owner_host),
+            or_dash(&r.plugin_sha256)
+        )?;
+        if let Some(e) = &r.error_summary {
+            writeln!(out, "  error: {e}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `state reset`: the stream named by connector and stream (and customer, when
+/// more than one has it) gets `reset.new_cursor_value`, audited.
+pub fn state_reset(
+    db: &Path,
+    customer: Option<String>,
+    connector: String,
+    stream: String,
+    reset: &Reset,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let mut conn = open_read_only(db).and_then(|_| open(db))?;
+    let key = match customer {
+        Some(customer_number) => StreamKey {
+            customer_number,
+            connector_name: connector,
+            stream_name: stream,
+        },
+        None => {
+            let filter = StreamFilter {
+                customer_number: None,
+                connector_name: Some(connector.clone()),
+                stream_name: Some(stream.clone()),
+            };
+            let rows = list_states(&conn, &filter)?;
+            match rows.as_slice() {
+                [row] => StreamKey {
+                    customer_number: row.customer_number.clone(),
+                    connector_name: connector,
+                    stream_name: stream,
+                },
+                [] => {
+                    return Err(AdminError::Refused(format!(
+                        "no stream {connector}/{stream} in {}; pass --customer to create one",
+                        db.display()
+                    )));
+                }
+                many => {
+                    let customers: Vec<&str> = many.iter().map(|r| r.customer_number.as_str()).collect();
+                    return Err(AdminError::Refused(format!(
+                        "stream {connector}/{stream} exists for customers {}; pass --customer",
+                        customers.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let old = reset_cursor(&mut conn, &key, reset).map_err(|e| match e {
+        StoreError::Database(e) => AdminError::Query(e),
+        other => AdminError::Refused(other.to_string()),
+    })?;
+    writeln!(
+        out,
+        "Reset {key}: cursor {} -> {} (status idle). Reason: {}",
+        old.as_deref().unwrap_or("-"),
+        reset.new_cursor_value,
+        reset.reason
+    )?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! One `run-plugin` job from start to envelope: validate every input before
 //! anything is written, run the connector, and say how it ended.
 
+use crate::caps::delta::RunIdentity;
 use crate::caps::http::HttpConfig;
 use crate::caps::supplier::SupplierConfig;
 use crate::limits::Limits;
@@ -28,6 +29,8 @@ pub struct JobOptions {
     pub limits: Limits,
     pub http: HttpConfig,
     pub suppliers: SupplierConfig,
+    /// How long a stream's lease lasts without a heartbeat.
+    pub lease: std::time::Duration,
 }
 
 /// Why a job did not run at all: bad input, exit code 2.
@@ -96,7 +99,7 @@ async fn run(options: JobOptions) -> Report {
     let Prepared {
         settings,
         runtime,
-        pre,
+        plugin,
         store,
         policy,
     } = prepared;
@@ -127,10 +130,14 @@ async fn run(options: JobOptions) -> Report {
         suppliers: options.suppliers.clone(),
         deny_secret_read: options.deny_secret_read,
         limits: options.limits.clone(),
-        updated_by: format!("nuntiq-host:{plugin_name}"),
+        identity: RunIdentity {
+            updated_by: format!("nuntiq-host:{plugin_name}"),
+            plugin_sha256: plugin.sha256.clone(),
+            lease: options.lease,
+        },
     };
     let redact = |text: &str| log.redactor().redact(text);
-    match runtime.run(&pre, job).await {
+    match runtime.run(&plugin.pre, job).await {
         Ok(Outcome::Success(mut result)) => {
             result.insert("success".into(), Value::Bool(true));
             log.info("Run succeeded", Some("done"), None);
@@ -155,7 +162,7 @@ async fn run(options: JobOptions) -> Report {
 struct Prepared {
     settings: Arc<Settings>,
     runtime: Runtime,
-    pre: crate::bindings::ConnectorPre<crate::runtime::JobState>,
+    plugin: crate::runtime::Plugin,
     store: Store,
     policy: Arc<NetworkPolicy>,
 }
@@ -179,12 +186,12 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         .check_url(&settings.api_url)
         .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
     let runtime = Runtime::new(&options.limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
-    let pre = runtime.load(&options.plugin)?;
+    let plugin = runtime.load(&options.plugin)?;
     let store = Store::open_sqlite(&options.db)?;
     Ok(Prepared {
         settings,
         runtime,
-        pre,
+        plugin,
         store,
         policy,
     })

@@ -8,7 +8,7 @@ use nuntiq_host::caps::supplier::SupplierConfig;
 use nuntiq_host::job::{JobOptions, envelope_line, run_plugin};
 use nuntiq_host::limits::{self, Limits};
 use nuntiq_host::log::{Level, LogFormat};
-use nuntiq_host::store::sqlite::StreamFilter;
+use nuntiq_host::store::{CursorType, Reset, StreamFilter};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,21 +45,86 @@ enum Command {
         #[command(subcommand)]
         command: SuppliersCommand,
     },
+    /// Run history: start and end, status, records, cursor before and after,
+    /// error summary, plugin file hash; newest first.
+    Runs {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        streams: StreamArgs,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// A JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct StreamArgs {
+    #[arg(long)]
+    customer: Option<String>,
+    #[arg(long)]
+    connector: Option<String>,
+    #[arg(long)]
+    stream: Option<String>,
+}
+
+impl StreamArgs {
+    fn filter(self) -> StreamFilter {
+        StreamFilter {
+            customer_number: self.customer,
+            connector_name: self.connector,
+            stream_name: self.stream,
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum StateCommand {
-    /// Show each stream's status, committed cursor and last run.
+    /// Show each stream's status, committed cursor, last run and lease.
     Show {
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        streams: StreamArgs,
+        /// A JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a stream's committed cursor, in any direction; audited as cursor_reset.
+    Reset {
+        #[command(flatten)]
+        db: DbArg,
+        /// Needed when more than one customer has this connector and stream.
         #[arg(long)]
         customer: Option<String>,
         #[arg(long)]
-        connector: Option<String>,
+        connector: String,
         #[arg(long)]
-        stream: Option<String>,
-        /// A JSON array instead of text.
+        stream: String,
+        /// The new committed cursor, valid for the stream's cursor type.
+        #[arg(long)]
+        cursor: String,
+        /// Why (required; kept in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Only for a stream that has no cursor type yet.
+        #[arg(long, value_parser = ["timestamp_utc", "numeric_id", "opaque_token"])]
+        cursor_type: Option<String>,
+        /// Reset even while a live run holds the stream; that run then cannot complete.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The audit log (cursor_advance, cursor_reset), newest first.
+    Audit {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        streams: StreamArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -166,6 +231,10 @@ struct RunPluginArgs {
     /// Suppliers queued and not yet saved [default: 10000].
     #[arg(long, value_name = "N")]
     max_queued_suppliers: Option<usize>,
+    /// A stream's lease: a run is renewed every quarter of it while alive, and
+    /// another process may take the stream over once it expires.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = limits::parse_duration)]
+    lease: Duration,
 }
 
 impl RunPluginArgs {
@@ -194,6 +263,7 @@ impl RunPluginArgs {
             limits,
             http,
             suppliers,
+            lease: self.lease,
         }
     }
 }
@@ -231,22 +301,52 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::RunPlugin(args) => args,
         Command::State {
+            command: StateCommand::Show { db, streams, json },
+        } => return admin_exit(admin::state_show(&db.db, &streams.filter(), json, &mut stdout)),
+        Command::State {
             command:
-                StateCommand::Show {
+                StateCommand::Audit {
+                    db,
+                    streams,
+                    limit,
+                    json,
+                },
+        } => return admin_exit(admin::state_audit(&db.db, &streams.filter(), limit, json, &mut stdout)),
+        Command::State {
+            command:
+                StateCommand::Reset {
                     db,
                     customer,
                     connector,
                     stream,
-                    json,
+                    cursor,
+                    reason,
+                    cursor_type,
+                    force,
                 },
         } => {
-            let filter = StreamFilter {
-                customer_number: customer,
-                connector_name: connector,
-                stream_name: stream,
+            let reset = Reset {
+                new_cursor_value: cursor,
+                cursor_type: cursor_type.as_deref().and_then(CursorType::parse),
+                reason,
+                api_user: operator(),
+                force,
             };
-            return admin_exit(admin::state_show(&db.db, &filter, json, &mut stdout));
+            return admin_exit(admin::state_reset(
+                &db.db,
+                customer,
+                connector,
+                stream,
+                &reset,
+                &mut stdout,
+            ));
         }
+        Command::Runs {
+            db,
+            streams,
+            limit,
+            json,
+        } => return admin_exit(admin::runs(&db.db, &streams.filter(), limit, json, &mut stdout)),
         Command::Suppliers {
             command: SuppliersCommand::Export { db, customer, format },
         } => {
@@ -264,6 +364,12 @@ fn main() -> ExitCode {
     ExitCode::from(report.exit_code)
 }
 
+/// Who runs an admin command, for the audit log: `user@host (nuntiq-host)`.
+fn operator() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    format!("{user}@{} (nuntiq-host)", nuntiq_host::store::owner::this_host())
+}
+
 /// Admin commands print their error on stderr: 2 for an unusable database, 1 otherwise.
 fn admin_exit(result: Result<(), AdminError>) -> ExitCode {
     match result {
@@ -272,7 +378,11 @@ fn admin_exit(result: Result<(), AdminError>) -> ExitCode {
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nuntiq-host: {e}");
-            ExitCode::from(if matches!(e, AdminError::Open(_)) { 2 } else { 1 })
+            ExitCode::from(if matches!(e, AdminError::Open(_) | AdminError::Refused(_)) {
+                2
+            } else {
+                1
+            })
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::bindings::{Connector, ConnectorPre, context, http, logger, supplier_load, types};
 use crate::caps::context::ContextCap;
-use crate::caps::delta::{DeltaCap, DeltaView};
+use crate::caps::delta::{DeltaCap, DeltaView, RunIdentity};
 use crate::caps::http::{HttpCap, HttpConfig};
 use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
@@ -109,7 +109,7 @@ impl Runtime {
     }
 
     /// Reads, compiles and checks a connector against the world.
-    pub fn load(&self, path: &Path) -> Result<ConnectorPre<JobState>, PluginError> {
+    pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| PluginError::Unreadable {
             path: shown.clone(),
@@ -132,11 +132,27 @@ impl Runtime {
                 path: shown.clone(),
                 reason: format!("{e:#}"),
             })?;
-        ConnectorPre::new(pre).map_err(|e| PluginError::WrongWorld {
+        let pre = ConnectorPre::new(pre).map_err(|e| PluginError::WrongWorld {
             path: shown,
             reason: format!("{e:#}"),
+        })?;
+        Ok(Plugin {
+            pre,
+            sha256: hex_sha256(&bytes),
         })
     }
+}
+
+/// A connector checked against the world, ready to instantiate.
+pub struct Plugin {
+    pub pre: ConnectorPre<JobState>,
+    /// SHA-256 of the file, recorded in run history.
+    pub sha256: String,
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Everything a job needs besides the component.
@@ -149,8 +165,8 @@ pub struct Job {
     pub suppliers: SupplierConfig,
     pub deny_secret_read: bool,
     pub limits: Limits,
-    /// Recorded as the delta rows' `updated_by`.
-    pub updated_by: String,
+    /// Who the job's delta runs are: `updated_by`, plugin hash, lease.
+    pub identity: RunIdentity,
 }
 
 /// How a job ended.
@@ -189,7 +205,7 @@ impl Runtime {
                 job.http,
                 job.log.clone(),
             ),
-            delta: DeltaCap::new(customer.clone(), job.store.clone(), job.updated_by, job.log.clone()),
+            delta: DeltaCap::new(customer.clone(), job.store.clone(), job.identity, job.log.clone()),
             supplier: SupplierCap::new(customer, job.store.clone(), job.suppliers),
             limiter: GuestLimiter::new(&job.limits),
         };
@@ -223,7 +239,9 @@ impl Runtime {
 
         let log = job.log;
         let data = store.data_mut();
-        let limit_hit = data.http.limit_hit.clone().or_else(|| data.supplier.limit_hit.clone());
+        let limit_hit = (data.delta.refused.clone())
+            .or_else(|| data.http.limit_hit.clone())
+            .or_else(|| data.supplier.limit_hit.clone());
         let delta = &mut data.delta;
         let outcome = match returned {
             Ok(Ok(result)) => match serde_json::from_str::<Value>(&result) {

@@ -4,6 +4,7 @@
 mod acme;
 mod admin;
 mod bad_input;
+mod delivery;
 mod hostile;
 
 /// The mock API binary of this package.

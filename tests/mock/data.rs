@@ -124,8 +124,14 @@ impl Dataset {
                 self.rows[i].json["name"].as_str().unwrap_or(""),
                 stamp.timestamp()
             );
-            let mut row = self.render(&number, n + 1, &renamed, stamp);
-            row.json["vat_number"] = self.rows[i].json["vat_number"].clone();
+            // Same shape (address present or not, active or not); a new name and city.
+            let mut row = self.render(&number, n, &renamed, stamp);
+            if let Some(address) = row.json["address"].as_object_mut() {
+                address.insert(
+                    "city".into(),
+                    json!(CITIES[(n + 1 + self.rng.usize(0..5)) % CITIES.len()].0),
+                );
+            }
             self.rows[i] = row;
             changed.push(number);
         }

@@ -218,6 +218,33 @@ where
 
 /// `run-plugin acme.wasm settings --db db --allow-host mock [extra...]`.
 pub fn run_acme(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Run {
+    nuntiq_host(acme_args(mock, settings, db, extra))
+}
+
+/// The same job as a child process, for tests that kill it or run several at once.
+pub fn spawn_acme(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Child {
+    Command::new(host_bin())
+        .args(acme_args(mock, settings, db, extra))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nuntiq-host starts")
+}
+
+/// Waits for a spawned job and reads its envelope.
+pub fn finish(child: Child) -> Run {
+    let output = child.wait_with_output().expect("nuntiq-host ends");
+    let stdout = String::from_utf8(output.stdout).expect("stdout is UTF-8");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let envelope = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        envelope,
+        stderr,
+    }
+}
+
+fn acme_args(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "run-plugin".into(),
         guest("acme").display().to_string(),
@@ -228,7 +255,7 @@ pub fn run_acme(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Run 
         mock.allow_host(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    nuntiq_host(args)
+    args
 }
 
 /// (location_code, location_name, [(street, city, country_code)])
@@ -241,6 +268,31 @@ pub struct Stored {
     pub name: String,
     pub is_active: bool,
     pub locations: Vec<StoredLocation>,
+}
+
+/// Asserts two supplier maps are equal, naming the first differences instead
+/// of printing thousands of rows.
+#[track_caller]
+pub fn assert_same_suppliers(stored: &BTreeMap<String, Stored>, expected: &BTreeMap<String, Stored>) {
+    let missing: Vec<&String> = expected.keys().filter(|k| !stored.contains_key(*k)).take(5).collect();
+    let extra: Vec<&String> = stored.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+    let differ: Vec<String> = expected
+        .iter()
+        .filter_map(|(k, e)| {
+            stored
+                .get(k)
+                .filter(|s| *s != e)
+                .map(|s| format!("{k}: stored {s:?}, expected {e:?}"))
+        })
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "store != truth ({} stored, {} expected)\nmissing: {missing:?}\nextra: {extra:?}\ndiffer:\n{}",
+        stored.len(),
+        expected.len(),
+        differ.join("\n")
+    );
 }
 
 /// The seed's mapping, restated independently as the oracle.
@@ -296,6 +348,11 @@ pub struct Db(rusqlite::Connection);
 impl Db {
     pub fn open(path: &Path) -> Self {
         Self(rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("db opens"))
+    }
+
+    /// A writable connection, for tests that stage a state no run would leave.
+    pub fn open_rw(path: &Path) -> rusqlite::Connection {
+        rusqlite::Connection::open(path).expect("db opens")
     }
 
     pub fn count(&self, table: &str) -> i64 {

@@ -131,7 +131,11 @@ fn commit(r: &DeltaRun, cursor: &str, count: usize, page_size: i64, since: &str)
 /// Override > delta cursor > bootstrap window.
 fn resolve_since(lower_bound: Option<&str>) -> Result<String, String> {
     if let Some(over) = get_param("since_override") {
-        parse_timestamp(&over).map_err(|e| format!("job_params.since_override {e}"))?;
+        let at = parse_timestamp(&over).map_err(|e| format!("job_params.since_override {e}"))?;
+        // A cursor in the future would skip every change until then.
+        if at > Utc::now() {
+            return Err(format!("job_params.since_override {over} is in the future"));
+        }
         log::event(
             Level::Info,
             "since",

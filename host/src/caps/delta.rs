@@ -4,10 +4,12 @@
 
 use super::supplier::SupplierQueue;
 use crate::bindings::delta_state::{self, CursorType as WitCursorType, DeltaError, RunStatus as WitRunStatus};
+use crate::limits::LimitHit;
 use crate::log::LogSink;
-use crate::store::{Completion, CursorType, RunStatus, Store, StoreError, StreamKey, StreamState};
+use crate::store::{Completion, CursorType, RunOwner, RunStatus, Store, StoreError, StreamKey, StreamState};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 use wasmtime::component::{Resource, ResourceTable};
 
 /// Longest connector or stream name accepted.
@@ -23,6 +25,7 @@ pub struct DeltaRunHandle {
 /// One run as the host tracks it.
 pub struct DeltaRun {
     pub key: StreamKey,
+    owner: RunOwner,
     cursor_type: CursorType,
     lower_bound: Option<String>,
     new_cursor: Option<String>,
@@ -32,28 +35,60 @@ pub struct DeltaRun {
     pub open: bool,
 }
 
+/// Who this job's runs are, for leases and run history.
+#[derive(Debug, Clone)]
+pub struct RunIdentity {
+    /// Written to the rows' `updated_by`.
+    pub updated_by: String,
+    pub plugin_sha256: String,
+    /// How long a lease lasts without a heartbeat; heartbeats come every quarter of it.
+    pub lease: Duration,
+}
+
 pub struct DeltaCap {
     customer_number: String,
     store: Store,
-    /// Written to the rows' `updated_by`.
-    updated_by: String,
+    identity: RunIdentity,
     log: Arc<LogSink>,
     runs: BTreeMap<u64, DeltaRun>,
     next_id: u64,
     /// Runs the host had to fail because the connector let go of them.
     pub abandoned: Vec<StreamKey>,
+    /// Set when the store refused a begin or complete over a lease.
+    pub refused: Option<LimitHit>,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl DeltaCap {
-    pub fn new(customer_number: String, store: Store, updated_by: String, log: Arc<LogSink>) -> Self {
+    pub fn new(customer_number: String, store: Store, identity: RunIdentity, log: Arc<LogSink>) -> Self {
         Self {
             customer_number,
             store,
-            updated_by,
+            identity,
             log,
             runs: BTreeMap::new(),
             next_id: 0,
             abandoned: Vec::new(),
+            refused: None,
+            heartbeat: None,
+        }
+    }
+
+    /// The open runs the heartbeat renews.
+    fn leased(&mut self) -> Arc<Mutex<Vec<(StreamKey, RunOwner)>>> {
+        let (store, log, lease) = (self.store.clone(), self.log.clone(), self.identity.lease);
+        self.heartbeat
+            .get_or_insert_with(|| Heartbeat::start(store, log, lease))
+            .runs
+            .clone()
+    }
+
+    fn release(&mut self, run_id: &str) {
+        if let Some(hb) = &self.heartbeat {
+            hb.runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(_, o)| o.run_id != run_id);
         }
     }
 
@@ -73,11 +108,13 @@ impl DeltaCap {
     async fn fail_run(&mut self, id: u64, summary: &str) -> Option<StreamKey> {
         let run = self.runs.get_mut(&id)?;
         run.open = false;
-        let key = run.key.clone();
+        let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
+        self.release(&run_id);
         let summary = self.log.redactor().redact(summary);
-        if let Err(e) = self.store.fail_run(key.clone(), summary, self.updated_by.clone()).await {
+        let updated_by = self.identity.updated_by.clone();
+        if let Err(e) = self.store.fail_run(key.clone(), run_id, summary, updated_by).await {
             self.log
-                .error(&format!("failed to mark stream {key} failed: {e}"), Some("delta"), None);
+                .warn(&format!("Could not mark stream {key} failed: {e}"), Some("delta"), None);
         }
         Some(key)
     }
@@ -153,7 +190,9 @@ impl From<StoreError> for DeltaError {
             StoreError::CursorRegression(_) => DeltaError::CursorRegression(e.to_string()),
             StoreError::CursorTypeMismatch(m) => DeltaError::CursorTypeMismatch(m),
             StoreError::InvalidCursor(m) => DeltaError::InvalidCursor(m),
-            StoreError::NotRunning(m) => DeltaError::NotRunning(m),
+            StoreError::NotRunning(m) | StoreError::LeaseLost(m) => DeltaError::NotRunning(m),
+            StoreError::AlreadyRunning(m) => DeltaError::AlreadyRunning(m),
+            StoreError::Invalid(m) => DeltaError::InvalidArgument(m),
             other => DeltaError::Store(other.to_string()),
         }
     }
@@ -192,23 +231,37 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
             ))));
         }
         let cursor_type = CursorType::from(cursor_type);
-        let lower_bound = match self
-            .cap
-            .store
-            .begin_run(key.clone(), cursor_type, self.cap.updated_by.clone())
-            .await
-        {
-            Ok(lower_bound) => lower_bound,
-            Err(e) => return Ok(Err(e.into())),
+        let id = &self.cap.identity;
+        let owner = RunOwner::this_process(&id.plugin_sha256, &id.updated_by, id.lease);
+        let begun = match self.cap.store.begin_run(key.clone(), cursor_type, owner.clone()).await {
+            Ok(begun) => begun,
+            Err(e) => {
+                if let StoreError::AlreadyRunning(message) = &e {
+                    self.cap.refused = Some(LimitHit {
+                        kind: "already_running",
+                        message: message.clone(),
+                    });
+                }
+                return Ok(Err(e.into()));
+            }
         };
+        if let Some(note) = &begun.took_over {
+            self.cap.log.warn(&format!("Taking over: {note}"), Some("delta"), None);
+        }
+        self.cap
+            .leased()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key.clone(), owner.clone()));
         let id = self.cap.next_id;
         self.cap.next_id += 1;
         self.cap.runs.insert(
             id,
             DeltaRun {
                 key,
+                owner,
                 cursor_type,
-                lower_bound,
+                lower_bound: begun.lower_bound,
                 new_cursor: None,
                 records_processed: None,
                 metadata: None,
@@ -269,7 +322,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         &mut self,
         handle: Resource<DeltaRunHandle>,
     ) -> wasmtime::Result<Result<delta_state::StreamState, DeltaError>> {
-        let updated_by = self.cap.updated_by.clone();
+        let updated_by = self.cap.identity.updated_by.clone();
         let run = self.run(&handle)?;
         if !run.open {
             return Ok(Err(DeltaError::NotRunning(format!(
@@ -282,7 +335,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 "set-new-cursor is required before complete; the run stays open".into(),
             )));
         };
-        let key = run.key.clone();
+        let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
         let completion = Completion {
             cursor_type: run.cursor_type,
             new_cursor_value,
@@ -291,12 +344,29 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
             updated_by,
         };
         let pending = self.queue.take();
-        match self.cap.store.complete_run(key, completion, pending).await {
+        match self
+            .cap
+            .store
+            .complete_run(key, run_id.clone(), completion, pending)
+            .await
+        {
             Ok(state) => {
                 self.run(&handle)?.open = false;
+                self.cap.release(&run_id);
                 Ok(Ok(state.into()))
             }
-            Err(e) => Ok(Err(e.into())),
+            Err(e) => {
+                if let StoreError::LeaseLost(message) = &e {
+                    // Another run owns the stream now: this one ends here, unwritten.
+                    self.run(&handle)?.open = false;
+                    self.cap.release(&run_id);
+                    self.cap.refused = Some(LimitHit {
+                        kind: "lease_lost",
+                        message: message.clone(),
+                    });
+                }
+                Ok(Err(e.into()))
+            }
         }
     }
 
@@ -347,5 +417,50 @@ impl delta_state::Host for DeltaView<'_> {
             stream_name,
         };
         Ok(self.cap.store.get_state(key).await.map(Into::into).map_err(Into::into))
+    }
+}
+
+/// Renews the leases of this job's open runs from its own thread, so a run
+/// stays alive while the connector computes, waits or retries.
+struct Heartbeat {
+    runs: Arc<Mutex<Vec<(StreamKey, RunOwner)>>>,
+    /// Dropping it stops the thread.
+    _stop: mpsc::Sender<()>,
+}
+
+impl Heartbeat {
+    fn start(store: Store, log: Arc<LogSink>, lease: Duration) -> Self {
+        let runs: Arc<Mutex<Vec<(StreamKey, RunOwner)>>> = Arc::default();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let every = (lease / 4).max(Duration::from_millis(50));
+        let shared = runs.clone();
+        std::thread::Builder::new()
+            .name("nuntiq-lease".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    let open = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if open.is_empty() {
+                        continue;
+                    }
+                    match store.renew_leases_blocking(open) {
+                        Ok(lost) => {
+                            for run_id in lost {
+                                log.warn(
+                                    &format!("Run {run_id} lost its lease; it will not be allowed to complete"),
+                                    Some("delta"),
+                                    None,
+                                );
+                                shared
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .retain(|(_, o)| o.run_id != run_id);
+                            }
+                        }
+                        Err(e) => log.warn(&format!("Could not renew the run's lease: {e}"), Some("delta"), None),
+                    }
+                }
+            })
+            .expect("the lease thread starts");
+        Self { runs, _stop: stop }
     }
 }

@@ -222,7 +222,7 @@ impl supplier_load::Host for SupplierCap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::tests::supplier;
+    use crate::store::suppliers::tests::supplier;
 
     #[test]
     fn valid_batches_pass() {

@@ -5,10 +5,15 @@
 //! never blocks the runtime's threads and writes keep their order.
 
 pub mod cursor;
-pub mod sqlite;
+pub mod delta;
+pub mod owner;
+pub mod schema;
+pub mod suppliers;
 
 use crate::bindings::supplier_load::Supplier;
 pub use cursor::CursorType;
+pub use delta::{Begun, Reset, StreamFilter};
+pub use owner::RunOwner;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -50,7 +55,7 @@ impl RunStatus {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "running" => RunStatus::Running,
             "succeeded" => RunStatus::Succeeded,
@@ -120,6 +125,14 @@ pub enum StoreError {
     InvalidCursor(String),
     #[error("{0}")]
     NotRunning(String),
+    /// Another live run holds the stream's lease.
+    #[error("{0}")]
+    AlreadyRunning(String),
+    /// This run no longer holds the stream's lease.
+    #[error("{0}")]
+    LeaseLost(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
     #[error("the store's writer thread stopped")]
@@ -145,7 +158,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) and migrates the SQLite database at `path`.
     pub fn open_sqlite(path: &Path) -> Result<Self, OpenError> {
-        let conn = sqlite::open(path)?;
+        let conn = schema::open(path)?;
         let (jobs, mut rx) = mpsc::channel::<Job>(64);
         std::thread::Builder::new()
             .name("nuntiq-store".into())
@@ -162,52 +175,80 @@ impl Store {
         Ok(Self { jobs })
     }
 
+    fn job<R: Send + 'static>(
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> (Job, oneshot::Receiver<Result<R, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        (job, answer)
+    }
+
     /// Runs `f` on the writer thread and waits for its answer.
     async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
-        });
+        let (job, answer) = Self::job(f);
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like `call`, for threads outside the async runtime (the lease heartbeat).
+    fn call_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (job, answer) = Self::job(f);
+        self.jobs.blocking_send(job).map_err(|_| StoreError::Closed)?;
+        answer.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     pub async fn begin_run(
         &self,
         key: StreamKey,
         cursor_type: CursorType,
-        updated_by: String,
-    ) -> Result<Option<String>, StoreError> {
-        self.call(move |c| sqlite::begin_run(c, &key, cursor_type, &updated_by))
-            .await
+        owner: RunOwner,
+    ) -> Result<Begun, StoreError> {
+        self.call(move |c| delta::begin_run(c, &key, cursor_type, &owner)).await
     }
 
-    /// Writes `pending` and advances the cursor in one transaction.
+    /// Writes `pending` and advances the cursor in one transaction, if `run_id` still holds the lease.
     pub async fn complete_run(
         &self,
         key: StreamKey,
+        run_id: String,
         completion: Completion,
         pending: Vec<Supplier>,
     ) -> Result<StreamState, StoreError> {
-        self.call(move |c| sqlite::complete_run(c, &key, &completion, &pending))
+        self.call(move |c| delta::complete_run(c, &key, &run_id, &completion, &pending))
             .await
     }
 
-    pub async fn fail_run(&self, key: StreamKey, error_summary: String, updated_by: String) -> Result<(), StoreError> {
-        self.call(move |c| sqlite::fail_run(c, &key, &error_summary, &updated_by))
+    pub async fn fail_run(
+        &self,
+        key: StreamKey,
+        run_id: String,
+        error_summary: String,
+        updated_by: String,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| delta::fail_run(c, &key, &run_id, &error_summary, &updated_by))
             .await
+    }
+
+    /// Extends the leases of `runs`; returns the run ids that lost theirs.
+    pub fn renew_leases_blocking(&self, runs: Vec<(StreamKey, RunOwner)>) -> Result<Vec<String>, StoreError> {
+        self.call_blocking(move |c| delta::renew_leases(c, &runs))
     }
 
     pub async fn get_state(&self, key: StreamKey) -> Result<StreamState, StoreError> {
-        self.call(move |c| sqlite::get_state(c, &key)).await
+        self.call(move |c| delta::get_state(c, &key)).await
     }
 
-    /// Upserts suppliers, at most [`sqlite::SUPPLIERS_PER_TRANSACTION`] per transaction.
-    pub async fn save_suppliers(&self, customer_number: String, suppliers: Vec<Supplier>) -> Result<usize, StoreError> {
-        self.call(move |c| sqlite::save_suppliers(c, &customer_number, &suppliers))
+    /// Upserts suppliers, at most [`suppliers::SUPPLIERS_PER_TRANSACTION`] per transaction.
+    pub async fn save_suppliers(&self, customer_number: String, batch: Vec<Supplier>) -> Result<usize, StoreError> {
+        self.call(move |c| suppliers::save_suppliers(c, &customer_number, &batch))
             .await
     }
 }

@@ -1,0 +1,906 @@
+//! Delta state in SQLite: the platform's begin / complete / fail / reset, a
+//! lease so one run per stream holds it at a time, run history and the audit log.
+
+use super::owner::{RunOwner, process_alive};
+use super::schema::now_utc;
+use super::suppliers::{SUPPLIERS_PER_TRANSACTION, save_suppliers, upsert_suppliers};
+use super::{Completion, CursorType, RunStatus, StoreError, StreamKey, StreamState};
+use crate::bindings::supplier_load::Supplier;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+/// The columns [`state_from_row`] reads, in order.
+const STATE_COLUMNS: &str = "connector_name, stream_name, cursor_type, committed_cursor_value, committed_at_utc,
+    status, started_at_utc, completed_at_utc, records_processed, error_summary, metadata, updated_at_utc,
+    updated_by, customer_number, run_id, owner_host, owner_pid, owner_process_start, lease_expires_at_utc";
+
+/// The lease fields of a stream row (not part of the platform's schema).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Lease {
+    pub run_id: Option<String>,
+    pub owner_host: Option<String>,
+    pub owner_pid: Option<u32>,
+    #[serde(skip)]
+    pub owner_process_start: Option<String>,
+    pub lease_expires_at_utc: Option<String>,
+}
+
+fn state_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, StreamState, Lease)> {
+    let cursor_type: Option<String> = r.get(2)?;
+    let status: String = r.get(5)?;
+    let metadata: Option<String> = r.get(10)?;
+    let state = StreamState {
+        connector_name: r.get(0)?,
+        stream_name: r.get(1)?,
+        cursor_type: cursor_type.as_deref().and_then(CursorType::parse),
+        committed_cursor_value: r.get(3)?,
+        committed_at_utc: r.get(4)?,
+        status: RunStatus::parse(&status),
+        started_at_utc: r.get(6)?,
+        completed_at_utc: r.get(7)?,
+        records_processed: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
+        error_summary: r.get(9)?,
+        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+        updated_at_utc: r.get(11)?,
+        updated_by: r.get(12)?,
+    };
+    let lease = Lease {
+        run_id: r.get(14)?,
+        owner_host: r.get(15)?,
+        owner_pid: r.get(16)?,
+        owner_process_start: r.get(17)?,
+        lease_expires_at_utc: r.get(18)?,
+    };
+    Ok((r.get(13)?, state, lease))
+}
+
+fn read_state(conn: &Connection, key: &StreamKey) -> rusqlite::Result<Option<(StreamState, Lease)>> {
+    conn.prepare_cached(&format!(
+        "SELECT {STATE_COLUMNS} FROM delta_stream_state
+         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3"
+    ))?
+    .query_row(params![key.customer_number, key.connector_name, key.stream_name], |r| {
+        state_from_row(r).map(|(_, state, lease)| (state, lease))
+    })
+    .optional()
+}
+
+pub fn get_state(conn: &mut Connection, key: &StreamKey) -> Result<StreamState, StoreError> {
+    Ok(read_state(conn, key)?.map_or_else(|| StreamState::idle(key), |(s, _)| s))
+}
+
+/// Which streams a listing covers; `None` matches any.
+#[derive(Debug, Default, Clone)]
+pub struct StreamFilter {
+    pub customer_number: Option<String>,
+    pub connector_name: Option<String>,
+    pub stream_name: Option<String>,
+}
+
+/// A stream row as `state show` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateRow {
+    pub customer_number: String,
+    #[serde(flatten)]
+    pub state: StreamState,
+    #[serde(flatten)]
+    pub lease: Lease,
+}
+
+/// Every stream matching `filter`, in key order.
+pub fn list_states(conn: &Connection, filter: &StreamFilter) -> rusqlite::Result<Vec<StateRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {STATE_COLUMNS} FROM delta_stream_state
+         WHERE (?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
+           AND (?3 IS NULL OR stream_name = ?3)
+         ORDER BY customer_number, connector_name, stream_name"
+    ))?;
+    stmt.query_map(
+        params![filter.customer_number, filter.connector_name, filter.stream_name],
+        |r| {
+            let (customer_number, state, lease) = state_from_row(r)?;
+            Ok(StateRow {
+                customer_number,
+                state,
+                lease,
+            })
+        },
+    )?
+    .collect()
+}
+
+/// What `begin` hands out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Begun {
+    /// The committed cursor: the lower bound to fetch from.
+    pub lower_bound: Option<String>,
+    /// Set when this run took a stream over from a dead or expired run; says which and why.
+    pub took_over: Option<String>,
+}
+
+fn lease_until(owner: &RunOwner) -> String {
+    let lease = chrono::Duration::from_std(owner.lease).unwrap_or(chrono::Duration::hours(1));
+    (chrono::Utc::now() + lease).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The platform's begin, with a lease: refused while another live run holds
+/// the stream; a run whose owner died on this host, or whose lease expired,
+/// is failed and taken over. Returns the committed cursor.
+pub fn begin_run(
+    conn: &mut Connection,
+    key: &StreamKey,
+    cursor_type: CursorType,
+    owner: &RunOwner,
+) -> Result<Begun, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let existing = read_state(&tx, key)?;
+    let now = now_utc();
+    let mut took_over = None;
+    if let Some((state, lease)) = &existing {
+        if let Some(stored) = state.cursor_type
+            && stored != cursor_type
+        {
+            return Err(StoreError::CursorTypeMismatch(format!(
+                "stream {key} keeps a {stored} cursor, but begin asked for {cursor_type}; \
+                 an operator must reset the stream to change its cursor type"
+            )));
+        }
+        if state.status == RunStatus::Running
+            && let Some(run_id) = &lease.run_id
+        {
+            let host = lease.owner_host.as_deref().unwrap_or("?");
+            let pid = lease.owner_pid.unwrap_or(0);
+            let expires = lease.lease_expires_at_utc.as_deref().unwrap_or("");
+            let owner_dead_here = host == owner.host && !process_alive(pid, lease.owner_process_start.as_deref());
+            let lease_valid = expires > now.as_str();
+            if lease_valid && !owner_dead_here {
+                return Err(StoreError::AlreadyRunning(format!(
+                    "stream {key} is already running: run {run_id} started {} by process {pid} on {host}, \
+                     its lease runs until {expires}; this run was refused and changed nothing. \
+                     The stream is taken over once that process ends or its lease expires",
+                    state.started_at_utc.as_deref().unwrap_or("?")
+                )));
+            }
+            let why = if owner_dead_here {
+                format!("its process {pid} on {host} no longer exists")
+            } else {
+                format!("its lease expired at {expires}")
+            };
+            tx.execute(
+                "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3
+                 WHERE run_id = ?1 AND status = 'running'",
+                params![
+                    run_id,
+                    now,
+                    format!("abandoned: {why}; taken over by run {}", owner.run_id)
+                ],
+            )?;
+            took_over = Some(format!("took over stream {key} from run {run_id}: {why}"));
+        }
+    }
+    let lower_bound = existing.as_ref().and_then(|(s, _)| s.committed_cursor_value.clone());
+    tx.execute(
+        "INSERT INTO delta_stream_state
+             (customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
+              completed_at_utc, error_summary, records_processed, updated_at_utc, updated_by,
+              run_id, owner_host, owner_pid, owner_process_start, lease_expires_at_utc)
+         VALUES (?1, ?2, ?3, ?4, 'running', ?5, NULL, NULL, NULL, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (customer_number, connector_name, stream_name) DO UPDATE SET
+             cursor_type = excluded.cursor_type, status = 'running', started_at_utc = excluded.started_at_utc,
+             completed_at_utc = NULL, error_summary = NULL, records_processed = NULL,
+             updated_at_utc = excluded.updated_at_utc, updated_by = excluded.updated_by,
+             run_id = excluded.run_id, owner_host = excluded.owner_host, owner_pid = excluded.owner_pid,
+             owner_process_start = excluded.owner_process_start,
+             lease_expires_at_utc = excluded.lease_expires_at_utc",
+        params![
+            key.customer_number,
+            key.connector_name,
+            key.stream_name,
+            cursor_type.as_str(),
+            now,
+            owner.updated_by,
+            owner.run_id,
+            owner.host,
+            owner.pid,
+            owner.process_start,
+            lease_until(owner)
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO delta_run
+             (run_id, customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
+              cursor_before, plugin_sha256, owner_host, owner_pid)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10)",
+        params![
+            owner.run_id,
+            key.customer_number,
+            key.connector_name,
+            key.stream_name,
+            cursor_type.as_str(),
+            now,
+            lower_bound,
+            owner.plugin_sha256,
+            owner.host,
+            owner.pid
+        ],
+    )?;
+    tx.commit()?;
+    Ok(Begun { lower_bound, took_over })
+}
+
+/// Refuses when `run_id` no longer holds the stream's lease.
+fn check_lease(key: &StreamKey, run_id: &str, row: Option<&(StreamState, Lease)>) -> Result<(), StoreError> {
+    let Some((state, lease)) = row else {
+        return Err(StoreError::NotRunning(format!(
+            "stream {key} not found: call begin first"
+        )));
+    };
+    if lease.run_id.as_deref() != Some(run_id) || state.status != RunStatus::Running {
+        return Err(StoreError::LeaseLost(format!(
+            "run {run_id} no longer holds stream {key}: it is {} by run {} (process {} on {}); \
+             a run that lost its lease may not complete, and the next run re-fetches its window",
+            state.status.as_str(),
+            lease.run_id.as_deref().unwrap_or("-"),
+            lease.owner_pid.unwrap_or(0),
+            lease.owner_host.as_deref().unwrap_or("?"),
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the final suppliers and advances the cursor. Earlier chunks of an
+/// oversized `pending` commit on their own; the last chunk shares the cursor's
+/// transaction, so after a crash the cursor is never ahead of the data.
+pub fn complete_run(
+    conn: &mut Connection,
+    key: &StreamKey,
+    run_id: &str,
+    completion: &Completion,
+    pending: &[Supplier],
+) -> Result<StreamState, StoreError> {
+    check_lease(key, run_id, read_state(conn, key)?.as_ref())?;
+    let last_chunk_start = pending.len().saturating_sub(1) / SUPPLIERS_PER_TRANSACTION * SUPPLIERS_PER_TRANSACTION;
+    let (earlier, last) = pending.split_at(last_chunk_start);
+    save_suppliers(conn, &key.customer_number, earlier)?;
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let row = read_state(&tx, key)?;
+    check_lease(key, run_id, row.as_ref())?;
+    let old = row.as_ref().and_then(|(s, _)| s.committed_cursor_value.clone());
+    let advances = completion
+        .cursor_type
+        .advances(old.as_deref(), &completion.new_cursor_value)
+        .map_err(StoreError::InvalidCursor)?;
+    if !advances {
+        return Err(StoreError::CursorRegression(format!(
+            "{} cursor {:?} does not move past the committed {:?} of stream {key}",
+            completion.cursor_type,
+            completion.new_cursor_value,
+            old.unwrap_or_default()
+        )));
+    }
+    upsert_suppliers(&tx, &key.customer_number, last)?;
+    let now = now_utc();
+    let metadata = completion.metadata.as_ref().map(|m| m.to_string());
+    let records = completion.records_processed.map(|n| n as i64);
+    tx.execute(
+        "UPDATE delta_stream_state SET
+             committed_cursor_value = ?4, committed_at_utc = ?5, status = 'succeeded',
+             completed_at_utc = ?5, records_processed = ?6, metadata = ?7, error_summary = NULL,
+             updated_at_utc = ?5, updated_by = ?8, run_id = NULL, lease_expires_at_utc = NULL
+         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3",
+        params![
+            key.customer_number,
+            key.connector_name,
+            key.stream_name,
+            completion.new_cursor_value,
+            now,
+            records,
+            metadata,
+            completion.updated_by
+        ],
+    )?;
+    tx.execute(
+        "UPDATE delta_run SET status = 'succeeded', ended_at_utc = ?2, records_processed = ?3, cursor_after = ?4
+         WHERE run_id = ?1",
+        params![run_id, now, records, completion.new_cursor_value],
+    )?;
+    audit(
+        &tx,
+        key,
+        "cursor_advance",
+        old.as_deref(),
+        &completion.new_cursor_value,
+        None,
+        &completion.updated_by,
+        &now,
+    )?;
+    let (state, _) = read_state(&tx, key)?.expect("row exists inside this transaction");
+    tx.commit()?;
+    Ok(state)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit(
+    conn: &Connection,
+    key: &StreamKey,
+    event_type: &str,
+    old: Option<&str>,
+    new: &str,
+    reason: Option<&str>,
+    api_user: &str,
+    now: &str,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO delta_audit_log
+             (customer_number, connector_name, stream_name, event_type, old_cursor_value, new_cursor_value,
+              reason, api_user, created_at_utc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            key.customer_number,
+            key.connector_name,
+            key.stream_name,
+            event_type,
+            old,
+            new,
+            reason,
+            api_user,
+            now
+        ],
+    )
+}
+
+/// The platform's fail: status `failed` with a summary; the cursor stays. A run
+/// that lost its lease only records its failure in the history.
+pub fn fail_run(
+    conn: &mut Connection,
+    key: &StreamKey,
+    run_id: &str,
+    error_summary: &str,
+    updated_by: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_utc();
+    tx.execute(
+        "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3 WHERE run_id = ?1",
+        params![run_id, now, error_summary],
+    )?;
+    let changed = tx.execute(
+        "UPDATE delta_stream_state SET status = 'failed', error_summary = ?5, completed_at_utc = ?6,
+             updated_at_utc = ?6, updated_by = ?7, run_id = NULL, lease_expires_at_utc = NULL
+         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3 AND run_id = ?4",
+        params![
+            key.customer_number,
+            key.connector_name,
+            key.stream_name,
+            run_id,
+            error_summary,
+            now,
+            updated_by
+        ],
+    )?;
+    tx.commit()?;
+    if changed == 0 {
+        return Err(StoreError::LeaseLost(format!(
+            "run {run_id} no longer holds stream {key}; its failure is recorded in the run history only"
+        )));
+    }
+    Ok(())
+}
+
+/// Extends the leases of runs still open; returns the run ids that lost theirs.
+pub fn renew_leases(conn: &mut Connection, runs: &[(StreamKey, RunOwner)]) -> Result<Vec<String>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut lost = Vec::new();
+    for (key, owner) in runs {
+        let changed = tx.execute(
+            "UPDATE delta_stream_state SET lease_expires_at_utc = ?5
+             WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3 AND run_id = ?4
+               AND status = 'running'",
+            params![
+                key.customer_number,
+                key.connector_name,
+                key.stream_name,
+                owner.run_id,
+                lease_until(owner)
+            ],
+        )?;
+        if changed == 0 {
+            lost.push(owner.run_id.clone());
+        }
+    }
+    tx.commit()?;
+    Ok(lost)
+}
+
+/// An operator's cursor reset, as the platform defines it.
+#[derive(Debug, Clone)]
+pub struct Reset {
+    pub new_cursor_value: String,
+    /// Needed when the stream has no row yet.
+    pub cursor_type: Option<CursorType>,
+    pub reason: String,
+    pub api_user: String,
+    /// Reset even while a live run holds the stream (that run then cannot complete).
+    pub force: bool,
+}
+
+/// The platform's reset: any direction, `reason` required, always audited
+/// (`cursor_reset`); the status becomes `idle`. Returns the old cursor.
+pub fn reset_cursor(conn: &mut Connection, key: &StreamKey, reset: &Reset) -> Result<Option<String>, StoreError> {
+    if reset.reason.trim().is_empty() {
+        return Err(StoreError::Invalid("--reason must say why the cursor is reset".into()));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let row = read_state(&tx, key)?;
+    let cursor_type = match (row.as_ref().and_then(|(s, _)| s.cursor_type), reset.cursor_type) {
+        (Some(stored), Some(asked)) if stored != asked => {
+            return Err(StoreError::CursorTypeMismatch(format!(
+                "stream {key} keeps a {stored} cursor, not {asked}"
+            )));
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => {
+            return Err(StoreError::Invalid(format!(
+                "stream {key} has no cursor type yet; pass --cursor-type timestamp_utc|numeric_id|opaque_token"
+            )));
+        }
+    };
+    cursor_type
+        .validate(&reset.new_cursor_value)
+        .map_err(|e| StoreError::InvalidCursor(format!("--cursor: {e}")))?;
+    if let Some((state, lease)) = &row
+        && state.status == RunStatus::Running
+        && lease.lease_expires_at_utc.as_deref() > Some(now_utc().as_str())
+        && !reset.force
+    {
+        return Err(StoreError::AlreadyRunning(format!(
+            "stream {key} is running (run {} by process {} on {}, started {}); wait for it to end or pass --force",
+            lease.run_id.as_deref().unwrap_or("-"),
+            lease.owner_pid.unwrap_or(0),
+            lease.owner_host.as_deref().unwrap_or("?"),
+            state.started_at_utc.as_deref().unwrap_or("?"),
+        )));
+    }
+    let old = row.as_ref().and_then(|(s, _)| s.committed_cursor_value.clone());
+    let now = now_utc();
+    tx.execute(
+        "INSERT INTO delta_stream_state
+             (customer_number, connector_name, stream_name, cursor_type, committed_cursor_value, committed_at_utc,
+              status, updated_at_utc, updated_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'idle', ?6, ?7)
+         ON CONFLICT (customer_number, connector_name, stream_name) DO UPDATE SET
+             cursor_type = excluded.cursor_type, committed_cursor_value = excluded.committed_cursor_value,
+             committed_at_utc = excluded.committed_at_utc, status = 'idle', updated_at_utc = excluded.updated_at_utc,
+             updated_by = excluded.updated_by, run_id = NULL, lease_expires_at_utc = NULL",
+        params![
+            key.customer_number,
+            key.connector_name,
+            key.stream_name,
+            cursor_type.as_str(),
+            reset.new_cursor_value,
+            now,
+            reset.api_user
+        ],
+    )?;
+    if let Some((_, lease)) = &row
+        && let Some(run_id) = &lease.run_id
+    {
+        tx.execute(
+            "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3
+             WHERE run_id = ?1 AND status = 'running'",
+            params![
+                run_id,
+                now,
+                format!("the cursor was reset by {}: {}", reset.api_user, reset.reason)
+            ],
+        )?;
+    }
+    audit(
+        &tx,
+        key,
+        "cursor_reset",
+        old.as_deref(),
+        &reset.new_cursor_value,
+        Some(&reset.reason),
+        &reset.api_user,
+        &now,
+    )?;
+    tx.commit()?;
+    Ok(old)
+}
+
+/// One row of run history.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub customer_number: String,
+    pub connector_name: String,
+    pub stream_name: String,
+    pub status: String,
+    pub started_at_utc: String,
+    pub ended_at_utc: Option<String>,
+    pub records_processed: Option<i64>,
+    pub cursor_before: Option<String>,
+    pub cursor_after: Option<String>,
+    pub error_summary: Option<String>,
+    pub plugin_sha256: Option<String>,
+    pub owner_host: Option<String>,
+    pub owner_pid: Option<u32>,
+}
+
+/// Run history, newest first.
+pub fn list_runs(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusqlite::Result<Vec<RunRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT run_id, customer_number, connector_name, stream_name, status, started_at_utc, ended_at_utc,
+                records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid
+         FROM delta_run
+         WHERE (?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
+           AND (?3 IS NULL OR stream_name = ?3)
+         ORDER BY started_at_utc DESC, rowid DESC LIMIT ?4",
+    )?;
+    stmt.query_map(
+        params![
+            filter.customer_number,
+            filter.connector_name,
+            filter.stream_name,
+            limit as i64
+        ],
+        |r| {
+            Ok(RunRecord {
+                run_id: r.get(0)?,
+                customer_number: r.get(1)?,
+                connector_name: r.get(2)?,
+                stream_name: r.get(3)?,
+                status: r.get(4)?,
+                started_at_utc: r.get(5)?,
+                ended_at_utc: r.get(6)?,
+                records_processed: r.get(7)?,
+                cursor_before: r.get(8)?,
+                cursor_after: r.get(9)?,
+                error_summary: r.get(10)?,
+                plugin_sha256: r.get(11)?,
+                owner_host: r.get(12)?,
+                owner_pid: r.get(13)?,
+            })
+        },
+    )?
+    .collect()
+}
+
+/// One audit event: `cursor_advance` or `cursor_reset`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub customer_number: String,
+    pub connector_name: String,
+    pub stream_name: String,
+    pub event_type: String,
+    pub old_cursor_value: Option<String>,
+    pub new_cursor_value: Option<String>,
+    pub reason: Option<String>,
+    pub api_user: Option<String>,
+    pub created_at_utc: String,
+}
+
+/// The audit log, newest first.
+pub fn list_audit(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusqlite::Result<Vec<AuditRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT customer_number, connector_name, stream_name, event_type, old_cursor_value, new_cursor_value,
+                reason, api_user, created_at_utc
+         FROM delta_audit_log
+         WHERE (?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
+           AND (?3 IS NULL OR stream_name = ?3)
+         ORDER BY id DESC LIMIT ?4",
+    )?;
+    stmt.query_map(
+        params![
+            filter.customer_number,
+            filter.connector_name,
+            filter.stream_name,
+            limit as i64
+        ],
+        |r| {
+            Ok(AuditRecord {
+                customer_number: r.get(0)?,
+                connector_name: r.get(1)?,
+                stream_name: r.get(2)?,
+                event_type: r.get(3)?,
+                old_cursor_value: r.get(4)?,
+                new_cursor_value: r.get(5)?,
+                reason: r.get(6)?,
+                api_user: r.get(7)?,
+                created_at_utc: r.get(8)?,
+            })
+        },
+    )?
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::owner::RunOwner;
+    use crate::store::schema::open;
+    use crate::store::suppliers::tests::{count, supplier};
+    use std::time::Duration;
+
+    fn key() -> StreamKey {
+        StreamKey {
+            customer_number: "10000001".into(),
+            connector_name: "acme_eu".into(),
+            stream_name: "suppliers".into(),
+        }
+    }
+
+    fn owner() -> RunOwner {
+        RunOwner::this_process("sha", "test", Duration::from_secs(60))
+    }
+
+    fn completion(cursor: &str) -> Completion {
+        Completion {
+            cursor_type: CursorType::TimestampUtc,
+            new_cursor_value: cursor.into(),
+            records_processed: Some(1),
+            metadata: Some(serde_json::json!({"schema_version": 1})),
+            updated_by: "test".into(),
+        }
+    }
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("t.db")).unwrap();
+        (dir, conn)
+    }
+
+    /// Begins and completes a run at `cursor`.
+    fn commit(conn: &mut Connection, cursor: &str) {
+        let o = owner();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        complete_run(conn, &key(), &o.run_id, &completion(cursor), &[]).unwrap();
+    }
+
+    #[test]
+    fn lifecycle_advances_audits_and_keeps_history() {
+        let (_dir, mut conn) = db();
+        let k = key();
+        assert_eq!(get_state(&mut conn, &k).unwrap().status, RunStatus::Idle);
+        let o = owner();
+        let begun = begin_run(&mut conn, &k, CursorType::TimestampUtc, &o).unwrap();
+        assert_eq!(
+            begun,
+            Begun {
+                lower_bound: None,
+                took_over: None
+            }
+        );
+        assert_eq!(get_state(&mut conn, &k).unwrap().status, RunStatus::Running);
+        let state = complete_run(
+            &mut conn,
+            &k,
+            &o.run_id,
+            &completion("2024-05-01T09:00:00Z"),
+            &[supplier("S1", "One", None)],
+        )
+        .unwrap();
+        assert_eq!(state.status, RunStatus::Succeeded);
+        assert_eq!(state.committed_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
+        assert_eq!(count(&conn, "supplier"), 1);
+        let audit = list_audit(&conn, &StreamFilter::default(), 10).unwrap();
+        assert_eq!((audit.len(), audit[0].event_type.as_str()), (1, "cursor_advance"));
+        let runs = list_runs(&conn, &StreamFilter::default(), 10).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, "succeeded");
+        assert_eq!(runs[0].cursor_after.as_deref(), Some("2024-05-01T09:00:00Z"));
+        assert_eq!(runs[0].plugin_sha256.as_deref(), Some("sha"));
+        let next = begin_run(&mut conn, &k, CursorType::TimestampUtc, &owner()).unwrap();
+        assert_eq!(next.lower_bound.as_deref(), Some("2024-05-01T09:00:00Z"));
+    }
+
+    #[test]
+    fn regression_is_refused_and_writes_nothing() {
+        let (_dir, mut conn) = db();
+        commit(&mut conn, "2024-05-01T09:00:00Z");
+        let o = owner();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        let err = complete_run(
+            &mut conn,
+            &key(),
+            &o.run_id,
+            &completion("2024-05-01T10:00:00+02:00"),
+            &[supplier("S9", "Nine", None)],
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::CursorRegression(_)), "{err}");
+        assert!(err.to_string().starts_with("CURSOR_REGRESSION"));
+        assert_eq!(count(&conn, "supplier"), 0);
+        assert_eq!(
+            get_state(&mut conn, &key()).unwrap().committed_cursor_value.as_deref(),
+            Some("2024-05-01T09:00:00Z")
+        );
+    }
+
+    #[test]
+    fn fail_keeps_the_cursor_and_begin_clears_the_summary() {
+        let (_dir, mut conn) = db();
+        commit(&mut conn, "2024-05-01T09:00:00Z");
+        let o = owner();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        fail_run(&mut conn, &key(), &o.run_id, "page 3: 500", "test").unwrap();
+        let s = get_state(&mut conn, &key()).unwrap();
+        assert_eq!(
+            (s.status, s.error_summary.as_deref()),
+            (RunStatus::Failed, Some("page 3: 500"))
+        );
+        assert_eq!(s.committed_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner()).unwrap();
+        assert_eq!(get_state(&mut conn, &key()).unwrap().error_summary, None);
+    }
+
+    #[test]
+    fn cursor_type_cannot_change_silently() {
+        let (_dir, mut conn) = db();
+        commit(&mut conn, "2024-05-01T09:00:00Z");
+        let err = begin_run(&mut conn, &key(), CursorType::NumericId, &owner()).unwrap_err();
+        assert!(matches!(err, StoreError::CursorTypeMismatch(_)), "{err}");
+    }
+
+    #[test]
+    fn oversized_final_batch_keeps_the_last_chunk_with_the_cursor() {
+        let (_dir, mut conn) = db();
+        let o = owner();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        let many: Vec<_> = (0..2500).map(|i| supplier(&format!("S{i}"), "x", None)).collect();
+        complete_run(&mut conn, &key(), &o.run_id, &completion("2024-05-01T09:00:00Z"), &many).unwrap();
+        assert_eq!(count(&conn, "supplier"), 2500);
+    }
+
+    #[test]
+    fn a_live_run_holds_the_stream() {
+        let (_dir, mut conn) = db();
+        let first = owner();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &first).unwrap();
+        // Another process on another host, while the lease is valid: refused.
+        let mut other = owner();
+        other.host = "elsewhere".into();
+        let err = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &other).unwrap_err();
+        let StoreError::AlreadyRunning(message) = &err else {
+            panic!("{err}")
+        };
+        assert!(message.contains(&format!("run {} started", first.run_id)), "{message}");
+        assert!(
+            message.contains(&format!("by process {} on {}", first.pid, first.host)),
+            "{message}"
+        );
+        // This same live process counts as alive too.
+        assert!(begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner()).is_err());
+        assert_eq!(
+            list_runs(&conn, &StreamFilter::default(), 10).unwrap().len(),
+            1,
+            "the refusal changed nothing"
+        );
+    }
+
+    #[test]
+    fn a_dead_owner_on_this_host_is_taken_over_at_once() {
+        let (_dir, mut conn) = db();
+        let mut dead = owner();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        dead.pid = child.id();
+        dead.process_start = None;
+        child.wait().unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &dead).unwrap();
+        let next = owner();
+        let begun = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &next).unwrap();
+        let note = begun.took_over.expect("took over");
+        assert!(
+            note.contains(&format!("its process {} on {} no longer exists", dead.pid, dead.host)),
+            "{note}"
+        );
+        let runs = list_runs(&conn, &StreamFilter::default(), 10).unwrap();
+        let old = runs.iter().find(|r| r.run_id == dead.run_id).unwrap();
+        assert_eq!(old.status, "failed");
+        assert!(old.error_summary.as_deref().unwrap().starts_with("abandoned: "));
+        // The dead run may not complete now.
+        let err = complete_run(
+            &mut conn,
+            &key(),
+            &dead.run_id,
+            &completion("2024-05-01T09:00:00Z"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
+        complete_run(
+            &mut conn,
+            &key(),
+            &next.run_id,
+            &completion("2024-05-01T09:00:00Z"),
+            &[],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over_and_renewal_keeps_a_live_one() {
+        let (_dir, mut conn) = db();
+        let mut remote = owner();
+        remote.host = "elsewhere".into();
+        remote.lease = Duration::from_millis(50);
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &remote).unwrap();
+        // Renewal keeps it alive past its first expiry.
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(renew_leases(&mut conn, &[(key(), remote.clone())]).unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner()).is_err(),
+            "still held"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        let next = owner();
+        let begun = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &next).unwrap();
+        assert!(begun.took_over.unwrap().contains("its lease expired at"));
+        // The old owner learns it lost the lease at its next heartbeat, and cannot fail the new run.
+        assert_eq!(
+            renew_leases(&mut conn, &[(key(), remote.clone())]).unwrap(),
+            [remote.run_id.clone()]
+        );
+        assert!(matches!(
+            fail_run(&mut conn, &key(), &remote.run_id, "late", "test"),
+            Err(StoreError::LeaseLost(_))
+        ));
+        assert_eq!(get_state(&mut conn, &key()).unwrap().status, RunStatus::Running);
+    }
+
+    #[test]
+    fn reset_moves_the_cursor_any_way_audits_and_idles() {
+        let (_dir, mut conn) = db();
+        commit(&mut conn, "2024-05-01T09:00:00Z");
+        let reset = Reset {
+            new_cursor_value: "2024-01-01T00:00:00Z".into(),
+            cursor_type: None,
+            reason: "backfill after the ERP migration".into(),
+            api_user: "ops".into(),
+            force: false,
+        };
+        let old = reset_cursor(&mut conn, &key(), &reset).unwrap();
+        assert_eq!(old.as_deref(), Some("2024-05-01T09:00:00Z"));
+        let s = get_state(&mut conn, &key()).unwrap();
+        assert_eq!(
+            (s.status, s.committed_cursor_value.as_deref()),
+            (RunStatus::Idle, Some("2024-01-01T00:00:00Z"))
+        );
+        let audit = list_audit(&conn, &StreamFilter::default(), 10).unwrap();
+        assert_eq!(audit[0].event_type, "cursor_reset");
+        assert_eq!(audit[0].reason.as_deref(), Some("backfill after the ERP migration"));
+        assert_eq!(audit[0].old_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
+        // Bad values and missing reasons are refused.
+        let bad = Reset {
+            new_cursor_value: "yesterday".into(),
+            ..reset.clone()
+        };
+        assert!(matches!(
+            reset_cursor(&mut conn, &key(), &bad),
+            Err(StoreError::InvalidCursor(_))
+        ));
+        let silent = Reset {
+            reason: " ".into(),
+            ..reset.clone()
+        };
+        assert!(matches!(
+            reset_cursor(&mut conn, &key(), &silent),
+            Err(StoreError::Invalid(_))
+        ));
+        // A live run holds the stream unless forced.
+        let o = owner();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        assert!(matches!(
+            reset_cursor(&mut conn, &key(), &reset),
+            Err(StoreError::AlreadyRunning(_))
+        ));
+        reset_cursor(&mut conn, &key(), &Reset { force: true, ..reset }).unwrap();
+        assert!(matches!(
+            complete_run(&mut conn, &key(), &o.run_id, &completion("2024-06-01T00:00:00Z"), &[]),
+            Err(StoreError::LeaseLost(_))
+        ));
+    }
+}
