@@ -15,7 +15,7 @@ all: build
 build: host guests
 
 host:
-	$(CARGO) build --release --locked -p nuntiq-host -p nuntiq-e2e --bins
+	$(CARGO) build --release --locked -p nuntiq-host -p nuntiq-e2e -p nuntiq-bench --bins
 
 guest-target:
 	@rustup target list --installed | grep -qx $(GUEST_TARGET) || rustup target add $(GUEST_TARGET)

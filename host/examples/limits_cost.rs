@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             http: HttpConfig::default(),
             suppliers: SupplierConfig::default(),
             lease: Duration::from_secs(300),
+            cache_dir: Some(root.join("target/limits-cost-cache")),
         });
         anyhow::ensure!(report.exit_code == 0, "run failed: {}", report.envelope);
         Ok(started.elapsed())

@@ -1,6 +1,7 @@
 //! One `run-plugin` job from start to envelope: validate every input before
 //! anything is written, run the connector, and say how it ended.
 
+use crate::cache::{CacheOutcome, CompileCache};
 use crate::caps::delta::RunIdentity;
 use crate::caps::http::HttpConfig;
 use crate::caps::supplier::SupplierConfig;
@@ -31,6 +32,8 @@ pub struct JobOptions {
     pub suppliers: SupplierConfig,
     /// How long a stream's lease lasts without a heartbeat.
     pub lease: std::time::Duration,
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Why a job did not run at all: bad input, exit code 2.
@@ -116,6 +119,7 @@ async fn run(options: JobOptions) -> Report {
         || options.plugin.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
+    log_compilation(&log, &plugin_name, &plugin, options.cache_dir.as_deref());
     log.info(
         &format!("Running {plugin_name} for customer {}", settings.customer_number),
         Some("start"),
@@ -186,7 +190,8 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         .check_url(&settings.api_url)
         .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
     let runtime = Runtime::new(&options.limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
-    let plugin = runtime.load(&options.plugin)?;
+    let cache = options.cache_dir.clone().map(CompileCache::new);
+    let plugin = runtime.load(&options.plugin, cache.as_ref())?;
     let store = Store::open_sqlite(&options.db)?;
     Ok(Prepared {
         settings,
@@ -194,6 +199,49 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         plugin,
         store,
         policy,
+    })
+}
+
+/// Says where the compiled component came from.
+fn log_compilation(log: &LogSink, name: &str, plugin: &crate::runtime::Plugin, cache_dir: Option<&std::path::Path>) {
+    let ms = plugin.load_time.as_secs_f64() * 1000.0;
+    let dir = cache_dir.map_or_else(String::new, |d| d.display().to_string());
+    match &plugin.cached {
+        CacheOutcome::Hit => log.debug(&format!("Loaded {name} from the compile cache in {ms:.1} ms"), Some("compile"), None),
+        CacheOutcome::Compiled { stored: true } => {
+            log.info(&format!("Compiled {name} in {ms:.0} ms; cached in {dir}"), Some("compile"), None)
+        }
+        CacheOutcome::Compiled { stored: false } => log.warn(
+            &format!("Compiled {name} in {ms:.0} ms but could not write the compile cache in {dir}; check that the directory is writable, or pass --cache-dir"),
+            Some("compile"),
+            None,
+        ),
+        CacheOutcome::Replaced(why) => log.warn(
+            &format!("The compile cache entry for {name} was unusable: {why}; recompiled it in {ms:.0} ms"),
+            Some("compile"),
+            None,
+        ),
+        CacheOutcome::Disabled => log.debug(&format!("Compiled {name} in {ms:.0} ms (no compile cache)"), Some("compile"), None),
+    }
+}
+
+/// `nuntiq-host compile`: compiles a plugin into the cache ahead of time.
+pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf) -> Result<String, InputError> {
+    let runtime = Runtime::new(&Limits::default()).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
+    let cache = CompileCache::new(cache_dir);
+    let loaded = runtime.load(plugin, Some(&cache))?;
+    let ms = loaded.load_time.as_secs_f64() * 1000.0;
+    let entry = cache.entry_path(runtime.engine(), &loaded.sha256);
+    Ok(match loaded.cached {
+        CacheOutcome::Hit => format!("{} is already compiled: {}", plugin.display(), entry.display()),
+        CacheOutcome::Compiled { stored: false } => {
+            return Err(InputError::Arguments(format!(
+                "compiled {} but could not write {}; check that the directory is writable",
+                plugin.display(),
+                entry.display()
+            )));
+        }
+        _ => format!("compiled {} in {ms:.0} ms: {}", plugin.display(), entry.display()),
     })
 }
 

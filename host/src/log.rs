@@ -235,6 +235,10 @@ impl LogSink {
         line.len()
     }
 
+    pub fn debug(&self, message: &str, step: Option<&str>, detail: Option<Value>) {
+        self.log(Level::Debug, message, step, detail);
+    }
+
     pub fn info(&self, message: &str, step: Option<&str>, detail: Option<Value>) {
         self.log(Level::Info, message, step, detail);
     }

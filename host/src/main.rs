@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use nuntiq_host::admin::{self, AdminError, ExportFormat};
+use nuntiq_host::cache::CompileCache;
 use nuntiq_host::caps::http::HttpConfig;
 use nuntiq_host::caps::supplier::SupplierConfig;
 use nuntiq_host::job::{JobOptions, envelope_line, run_plugin};
@@ -44,6 +45,13 @@ enum Command {
     Suppliers {
         #[command(subcommand)]
         command: SuppliersCommand,
+    },
+    /// Compile a plugin into the compile cache ahead of time.
+    Compile {
+        plugin: PathBuf,
+        /// [default: ~/.cache/nuntiq-host]
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Run history: start and end, status, records, cursor before and after,
     /// error summary, plugin file hash; newest first.
@@ -231,6 +239,12 @@ struct RunPluginArgs {
     /// Suppliers queued and not yet saved [default: 10000].
     #[arg(long, value_name = "N")]
     max_queued_suppliers: Option<usize>,
+    /// Compiled components are cached here [default: ~/.cache/nuntiq-host].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the plugin every time instead of using the cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_compile_cache: bool,
     /// A stream's lease: a run is renewed every quarter of it while alive, and
     /// another process may take the stream over once it expires.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = limits::parse_duration)]
@@ -264,6 +278,11 @@ impl RunPluginArgs {
             http,
             suppliers,
             lease: self.lease,
+            cache_dir: if self.no_compile_cache {
+                None
+            } else {
+                self.cache_dir.or_else(CompileCache::default_dir)
+            },
         }
     }
 }
@@ -340,6 +359,22 @@ fn main() -> ExitCode {
                 &reset,
                 &mut stdout,
             ));
+        }
+        Command::Compile { plugin, cache_dir } => {
+            let Some(dir) = cache_dir.or_else(CompileCache::default_dir) else {
+                eprintln!("nuntiq-host: no cache directory is known here; pass --cache-dir");
+                return ExitCode::from(2);
+            };
+            return match nuntiq_host::job::compile(&plugin, dir) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("nuntiq-host: {e}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Runs {
             db,

@@ -2,6 +2,7 @@
 //! connector component, and running one job in its own store.
 
 use crate::bindings::{Connector, ConnectorPre, context, http, logger, supplier_load, types};
+use crate::cache::{CacheOutcome, CompileCache};
 use crate::caps::context::ContextCap;
 use crate::caps::delta::{DeltaCap, DeltaView, RunIdentity};
 use crate::caps::http::{HttpCap, HttpConfig};
@@ -108,8 +109,12 @@ impl Runtime {
         Ok(Self { engine, linker })
     }
 
-    /// Reads, compiles and checks a connector against the world.
-    pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, compiles (or loads from `cache`) and checks a connector against the world.
+    pub fn load(&self, path: &Path, cache: Option<&CompileCache>) -> Result<Plugin, PluginError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| PluginError::Unreadable {
             path: shown.clone(),
@@ -121,10 +126,17 @@ impl Runtime {
         if !wasmparser::Parser::is_component(&bytes) {
             return Err(PluginError::NotWasm { path: shown });
         }
-        let component = Component::new(&self.engine, &bytes).map_err(|e| PluginError::Invalid {
+        let sha256 = hex_sha256(&bytes);
+        let started = Instant::now();
+        let (component, cached) = match cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &bytes, &sha256),
+            None => Component::new(&self.engine, &bytes).map(|c| (c, CacheOutcome::Disabled)),
+        }
+        .map_err(|e| PluginError::Invalid {
             path: shown.clone(),
             reason: format!("{e:#}"),
         })?;
+        let load_time = started.elapsed();
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -138,7 +150,9 @@ impl Runtime {
         })?;
         Ok(Plugin {
             pre,
-            sha256: hex_sha256(&bytes),
+            sha256,
+            cached,
+            load_time,
         })
     }
 }
@@ -148,6 +162,10 @@ pub struct Plugin {
     pub pre: ConnectorPre<JobState>,
     /// SHA-256 of the file, recorded in run history.
     pub sha256: String,
+    /// Whether it came from the compile cache.
+    pub cached: CacheOutcome,
+    /// Compiling or loading it took this long.
+    pub load_time: Duration,
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
@@ -304,6 +322,14 @@ impl Runtime {
                 delta.fail_open_runs(&message).await;
                 Outcome::Failure { kind, message }
             }
+        };
+        // Background supplier writes finish before the process reports.
+        let outcome = match (outcome, job.store.drain().await) {
+            (Outcome::Success(_), Err(e)) => Outcome::Failure {
+                kind: "store_error",
+                message: format!("suppliers could not be written: {e}"),
+            },
+            (outcome, _) => outcome,
         };
         let dropped = log.dropped();
         if dropped > 0 {

@@ -3,10 +3,9 @@
 use crate::MOCK;
 use nuntiq_e2e::*;
 use serde_json::Value;
-use std::process::Command;
 
 fn admin(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(host_bin()).args(args).output().expect("nuntiq-host runs");
+    let out = host_command().args(args).output().expect("nuntiq-host runs");
     (
         out.status.code().unwrap(),
         String::from_utf8(out.stdout).unwrap(),

@@ -6,7 +6,6 @@ use chrono::{Duration as Days, Utc};
 use nuntiq_e2e::*;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Every request to the mock waits this long, so a run spans many pages of time.
@@ -242,7 +241,7 @@ fn a_live_run_keeps_its_lease_past_expiry_and_readers_are_never_blocked() {
     let mut reads = 0;
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(2500) {
-        let out = Command::new(host_bin())
+        let out = host_command()
             .args(["state", "show", "--json", "--db", db.to_str().unwrap()])
             .output()
             .unwrap();
@@ -258,7 +257,7 @@ fn a_live_run_keeps_its_lease_past_expiry_and_readers_are_never_blocked() {
                 "{rows}"
             );
         }
-        let export = Command::new(host_bin())
+        let export = host_command()
             .args(["suppliers", "export", "--db", db.to_str().unwrap()])
             .output()
             .unwrap();
@@ -286,7 +285,7 @@ fn a_live_run_keeps_its_lease_past_expiry_and_readers_are_never_blocked() {
 }
 
 fn history(db: &Path) -> Vec<Value> {
-    let out = Command::new(host_bin())
+    let out = host_command()
         .args(["runs", "--json", "--db", db.to_str().unwrap()])
         .output()
         .unwrap();
@@ -299,7 +298,7 @@ fn history(db: &Path) -> Vec<Value> {
 }
 
 fn host(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(host_bin()).args(args).output().unwrap();
+    let out = host_command().args(args).output().unwrap();
     (
         out.status.code().unwrap(),
         String::from_utf8(out.stdout).unwrap(),

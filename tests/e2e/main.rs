@@ -4,6 +4,7 @@
 mod acme;
 mod admin;
 mod bad_input;
+mod cache;
 mod delivery;
 mod hostile;
 

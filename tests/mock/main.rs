@@ -4,15 +4,13 @@
 //! seeded suppliers; `/_mock/*` lets a test script faults, change data and read
 //! back what the API was asked. It binds loopback only.
 
-mod data;
-
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use data::Dataset;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use nuntiq_e2e::dataset::Dataset;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -98,6 +96,9 @@ struct Mock {
     token: String,
     faults: Vec<FaultRule>,
     requests: Vec<Value>,
+    /// Rendered pages by (updated_after, page, per_page), so the mock is never
+    /// the bottleneck of a benchmark; cleared when the data changes.
+    pages: HashMap<(Option<DateTime<Utc>>, u64, usize), Bytes>,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -141,6 +142,7 @@ async fn serve(
         token,
         faults: Vec::new(),
         requests: Vec::new(),
+        pages: HashMap::new(),
     }));
     if let Some(path) = url_file {
         std::fs::write(path, &url)?;
@@ -195,11 +197,11 @@ async fn handle(mock: Shared, req: Request<Incoming>) -> Result<Response<Full<By
         (Method::POST, "/_mock/mutate") => {
             let body = read_json(req).await.unwrap_or(json!({}));
             let count = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-            let (changed, inserted) = mock
-                .lock()
-                .unwrap()
-                .data
-                .mutate(count("change"), count("insert"), Utc::now());
+            let mut m = mock.lock().unwrap();
+            // Rendered pages show the old data: drop them.
+            m.pages.clear();
+            let (changed, inserted) = m.data.mutate(count("change"), count("insert"), Utc::now());
+            drop(m);
             Ok(respond(
                 StatusCode::OK,
                 json!({"changed": changed, "inserted": inserted}).to_string(),
@@ -321,13 +323,26 @@ async fn suppliers(
         .unwrap_or(200)
         .clamp(1, 10_000);
     let body = {
-        let m = mock.lock().unwrap();
-        let skip = (page.max(1) as usize - 1) * per_page;
-        let mut matching = m.data.updated_after(updated_after).skip(skip);
-        let rows: Vec<&Value> = matching.by_ref().take(per_page).map(|r| &r.json).collect();
-        let next_page = matching.next().map(|_| page + 1);
-        json!({"data": rows, "next_page": next_page}).to_string()
+        let mut m = mock.lock().unwrap();
+        let cache_key = (updated_after, page, per_page);
+        match m.pages.get(&cache_key) {
+            Some(body) => body.clone(),
+            None => {
+                let body = render_page(&m.data, updated_after, page, per_page);
+                m.pages.insert(cache_key, body.clone());
+                body
+            }
+        }
     };
     log(200, None);
     Ok(respond(StatusCode::OK, body))
+}
+
+/// `{"data": [...], "next_page": N|null}` for one page of rows updated after `after`.
+fn render_page(data: &Dataset, after: Option<DateTime<Utc>>, page: u64, per_page: usize) -> Bytes {
+    let skip = (page.max(1) as usize - 1) * per_page;
+    let mut matching = data.updated_after(after).skip(skip);
+    let rows: Vec<&Value> = matching.by_ref().take(per_page).map(|r| &r.json).collect();
+    let next_page = matching.next().map(|_| page + 1);
+    Bytes::from(json!({"data": rows, "next_page": next_page}).to_string())
 }

@@ -2,6 +2,8 @@
 //! the real SQLite file back, and compute what the store should hold from the
 //! mock's own truth (an oracle written apart from the connector's mapping).
 
+pub mod dataset;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -25,6 +27,13 @@ pub fn host_bin() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release/nuntiq-host"));
     assert!(path.exists(), "{} is missing: run `make build` first", path.display());
     path
+}
+
+/// The host binary, with its compile cache in target/ (shared by the tests, never the user's).
+pub fn host_command() -> Command {
+    let mut command = Command::new(host_bin());
+    command.env("XDG_CACHE_HOME", workspace_root().join("target/e2e-cache"));
+    command
 }
 
 /// A guest component `make build` put in dist/.
@@ -197,7 +206,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let output = Command::new(host_bin()).args(args).output().expect("nuntiq-host runs");
+    let output = host_command().args(args).output().expect("nuntiq-host runs");
     let stdout = String::from_utf8(output.stdout).expect("stdout is UTF-8");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let lines: Vec<&str> = stdout.lines().collect();
@@ -223,7 +232,7 @@ pub fn run_acme(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Run 
 
 /// The same job as a child process, for tests that kill it or run several at once.
 pub fn spawn_acme(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Child {
-    Command::new(host_bin())
+    host_command()
         .args(acme_args(mock, settings, db, extra))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -16,7 +16,8 @@ pub use delta::{Begun, Reset, StreamFilter};
 pub use owner::RunOwner;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// A stream's identity: one delta-state row per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -137,6 +138,9 @@ pub enum StoreError {
     Database(#[from] rusqlite::Error),
     #[error("the store's writer thread stopped")]
     Closed,
+    /// An earlier background supplier write failed; nothing after it commits.
+    #[error("an earlier save-all failed, so nothing more is written: {0}")]
+    EarlierWrite(String),
 }
 
 /// Why a database could not be opened; the CLI exits 2 naming the path.
@@ -153,7 +157,21 @@ type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Job>,
+    writes: Arc<BackgroundWrites>,
 }
+
+/// Supplier batches written behind the connector's back: it fetches the next
+/// page while the last one is written. Bounded, and ordered before any later
+/// job — so a cursor commit always comes after the data it covers.
+struct BackgroundWrites {
+    /// Batches in flight; a connector that outruns the disk waits here.
+    permits: Arc<Semaphore>,
+    /// The first background write that failed; later writes and commits refuse.
+    failed: Mutex<Option<String>>,
+}
+
+/// Supplier batches written in the background at most at once.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 impl Store {
     /// Opens (creating if needed) and migrates the SQLite database at `path`.
@@ -172,7 +190,17 @@ impl Store {
                 path: path.to_owned(),
                 reason: format!("failed to start the store thread: {e}"),
             })?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            writes: Arc::new(BackgroundWrites {
+                permits: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
+                failed: Mutex::new(None),
+            }),
+        })
+    }
+
+    fn earlier_write_failure(&self) -> Option<String> {
+        self.writes.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn job<R: Send + 'static>(
@@ -222,8 +250,15 @@ impl Store {
         completion: Completion,
         pending: Vec<Supplier>,
     ) -> Result<StreamState, StoreError> {
-        self.call(move |c| delta::complete_run(c, &key, &run_id, &completion, &pending))
-            .await
+        let writes = self.writes.clone();
+        self.call(move |c| {
+            // The data this cursor covers must all be durable: refuse after a failed write.
+            if let Some(e) = writes.failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return Err(StoreError::EarlierWrite(e));
+            }
+            delta::complete_run(c, &key, &run_id, &completion, &pending)
+        })
+        .await
     }
 
     pub async fn fail_run(
@@ -246,9 +281,110 @@ impl Store {
         self.call(move |c| delta::get_state(c, &key)).await
     }
 
-    /// Upserts suppliers, at most [`suppliers::SUPPLIERS_PER_TRANSACTION`] per transaction.
+    /// Hands a batch to the writer thread and returns once it is queued (it
+    /// waits only while [`BATCHES_IN_FLIGHT`] batches are ahead of it). The batch
+    /// is upserted in order, at most [`suppliers::SUPPLIERS_PER_TRANSACTION`]
+    /// per transaction; a failure surfaces at the next save, commit or [`Store::drain`].
     pub async fn save_suppliers(&self, customer_number: String, batch: Vec<Supplier>) -> Result<usize, StoreError> {
-        self.call(move |c| suppliers::save_suppliers(c, &customer_number, &batch))
+        if let Some(e) = self.earlier_write_failure() {
+            return Err(StoreError::EarlierWrite(e));
+        }
+        let permit = self
+            .writes
+            .permits
+            .clone()
+            .acquire_owned()
             .await
+            .map_err(|_| StoreError::Closed)?;
+        let writes = self.writes.clone();
+        let count = batch.len();
+        let job: Job = Box::new(move |conn| {
+            if let Err(e) = suppliers::save_suppliers(conn, &customer_number, &batch) {
+                writes
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e.to_string());
+            }
+            drop(permit);
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        Ok(count)
+    }
+
+    /// Waits until every write handed over so far is done; reports a failed one.
+    pub async fn drain(&self) -> Result<(), StoreError> {
+        self.call(|_| Ok(())).await?;
+        match self.earlier_write_failure() {
+            Some(e) => Err(StoreError::EarlierWrite(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::suppliers::tests::supplier;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_failed_background_write_stops_later_writes_and_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open_sqlite(&path).unwrap();
+        let key = StreamKey {
+            customer_number: "c1".into(),
+            connector_name: "acme_eu".into(),
+            stream_name: "suppliers".into(),
+        };
+        let owner = RunOwner::this_process("sha", "test", Duration::from_secs(60));
+        store
+            .begin_run(key.clone(), CursorType::TimestampUtc, owner.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .save_suppliers("c1".into(), vec![supplier("S1", "One", Some("Delft"))])
+                .await
+                .unwrap(),
+            1
+        );
+        store.drain().await.unwrap();
+
+        // Break the schema under the writer: the next background write fails.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE supplier_address")
+            .unwrap();
+        assert_eq!(
+            store
+                .save_suppliers("c1".into(), vec![supplier("S2", "Two", Some("Gouda"))])
+                .await
+                .unwrap(),
+            1
+        );
+        let err = store.drain().await.unwrap_err();
+        assert!(matches!(err, StoreError::EarlierWrite(_)), "{err}");
+        assert!(matches!(
+            store.save_suppliers("c1".into(), vec![]).await,
+            Err(StoreError::EarlierWrite(_))
+        ));
+        let completion = Completion {
+            cursor_type: CursorType::TimestampUtc,
+            new_cursor_value: "2024-01-01T00:00:00Z".into(),
+            records_processed: Some(2),
+            metadata: None,
+            updated_by: "test".into(),
+        };
+        let err = store
+            .complete_run(key.clone(), owner.run_id, completion, vec![])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::EarlierWrite(_)),
+            "the cursor never covers a lost write: {err}"
+        );
+        assert_eq!(store.get_state(key).await.unwrap().committed_cursor_value, None);
     }
 }

@@ -1,4 +1,4 @@
-//! The mock's suppliers: seeded, deterministic, deliberately untidy (mixed UTC
+//! The Acme mock's suppliers (also the benchmark's data): seeded, deterministic, deliberately untidy (mixed UTC
 //! offsets, fractional seconds, missing fields) — and changeable by tests.
 
 use chrono::{DateTime, Duration, FixedOffset, SecondsFormat, SubsecRound, Utc};

@@ -1,0 +1,177 @@
+//! Contenders 0 and 2 without wasm: the store alone, and the Acme connector's
+//! fetch → parse → map → upsert written as plain Rust on the host's own store.
+
+use nuntiq_e2e::dataset::Dataset;
+use nuntiq_host::bindings::supplier_load::{Supplier, SupplierAddress, SupplierLocation};
+use nuntiq_host::store::{Completion, CursorType, RunOwner, Store, StreamKey};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// The seed connector's flush size.
+const FLUSH_EVERY: usize = 500;
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    data: Vec<AcmeSupplier>,
+    next_page: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct AcmeSupplier {
+    number: Option<Value>,
+    name: Option<String>,
+    active: Option<bool>,
+    updated_at: Option<String>,
+    address: Option<Map<String, Value>>,
+}
+
+/// The seed's mapping: number/name/active, and one MAIN location when there is an address.
+fn map_supplier(ext: AcmeSupplier) -> Supplier {
+    let number = match ext.number {
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let locations = ext
+        .address
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let field = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_owned);
+            SupplierLocation {
+                location_code: "MAIN".into(),
+                location_name: Some("Headquarters".into()),
+                organization_code: None,
+                default_currency_code: None,
+                default_payment_term_code: None,
+                default_payment_method: None,
+                taxpayer_id: None,
+                duns_number: None,
+                is_active: Some(true),
+                custom_field_1: None,
+                custom_field_2: None,
+                custom_field_3: None,
+                custom_field_4: None,
+                custom_field_5: None,
+                addresses: vec![SupplierAddress {
+                    street: Some(field("street").unwrap_or_default()),
+                    city: Some(field("city").unwrap_or_default()),
+                    state: None,
+                    postal_code: None,
+                    country_code: Some(field("country").unwrap_or_else(|| "XX".into())),
+                    custom_field_1: None,
+                    custom_field_2: None,
+                    custom_field_3: None,
+                }],
+            }
+        })
+        .into_iter()
+        .collect();
+    Supplier {
+        supplier_number: number,
+        supplier_name: ext.name.unwrap_or_default(),
+        alternative_supplier_name: None,
+        supplier_type: None,
+        organization_code: None,
+        is_active: Some(ext.active.unwrap_or(true)),
+        custom_field_1: None,
+        custom_field_2: None,
+        custom_field_3: None,
+        custom_field_4: None,
+        custom_field_5: None,
+        locations,
+    }
+}
+
+fn key() -> StreamKey {
+    StreamKey {
+        customer_number: "10000001".into(),
+        connector_name: "acme_eu".into(),
+        stream_name: "suppliers".into(),
+    }
+}
+
+/// Contender 0: the same mapped rows upserted straight into the same schema,
+/// 1000 per transaction, through the host's own store code.
+pub fn store_only(suppliers: usize, db: &Path) -> anyhow::Result<usize> {
+    let data = Dataset::seeded(suppliers, 42, chrono::Utc::now());
+    let rows: Vec<Supplier> = data
+        .rows
+        .iter()
+        .map(|r| serde_json::from_value::<AcmeSupplier>(r.json.clone()).map(map_supplier))
+        .collect::<Result<_, _>>()?;
+    let mut conn = nuntiq_host::store::schema::open(db)?;
+    let started = std::time::Instant::now();
+    let saved = nuntiq_host::store::suppliers::save_suppliers(&mut conn, "10000001", &rows)?;
+    eprintln!(
+        "store-only: {saved} suppliers upserted in {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(saved)
+}
+
+/// Contender 2: the Acme connector in plain Rust — fetch, parse, map, flush
+/// every 500 in the background, final flush with the cursor.
+pub fn native(api_url: &str, token: &str, since: &str, page_size: u32, db: &Path) -> anyhow::Result<usize> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = Store::open_sqlite(db)?;
+        let client = reqwest::Client::new();
+        let owner = RunOwner::this_process("native", "nuntiq-bench", Duration::from_secs(300));
+        store.begin_run(key(), CursorType::TimestampUtc, owner.clone()).await?;
+        let mut batch = Vec::with_capacity(FLUSH_EVERY);
+        let (mut count, mut page, mut watermark) = (0usize, 1u64, since.to_owned());
+        let mut newest = chrono::DateTime::parse_from_rfc3339(since)?;
+        loop {
+            let body = client
+                .get(format!("{api_url}/suppliers"))
+                .query(&[
+                    ("updated_after", since),
+                    ("page", &page.to_string()),
+                    ("per_page", &page_size.to_string()),
+                ])
+                .bearer_auth(token)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            let parsed: Page = serde_json::from_slice(&body)?;
+            for ext in parsed.data {
+                if let Some(at) = ext
+                    .updated_at
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    && at > newest
+                {
+                    newest = at;
+                    watermark = at
+                        .with_timezone(&chrono::Utc)
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+                }
+                batch.push(map_supplier(ext));
+                count += 1;
+                if batch.len() == FLUSH_EVERY {
+                    store
+                        .save_suppliers("10000001".into(), std::mem::take(&mut batch))
+                        .await?;
+                }
+            }
+            match parsed.next_page {
+                Some(next) if next > page => page = next,
+                _ => break,
+            }
+        }
+        let completion = Completion {
+            cursor_type: CursorType::TimestampUtc,
+            new_cursor_value: watermark,
+            records_processed: Some(count as u64),
+            metadata: None,
+            updated_by: "nuntiq-bench".into(),
+        };
+        store.complete_run(key(), owner.run_id, completion, batch).await?;
+        Ok(count)
+    })
+}

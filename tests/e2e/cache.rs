@@ -1,0 +1,138 @@
+//! The compiled-component cache: `compile` ahead of time, hits on later runs,
+//! and corrupt, truncated or foreign entries recompiled rather than loaded.
+
+use crate::MOCK;
+use nuntiq_e2e::*;
+use std::path::{Path, PathBuf};
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn run_with_cache(mock: &Mock, work: &Workdir, cache: &Path) -> Run {
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    run_acme(
+        mock,
+        &settings,
+        &work.db(),
+        &["--cache-dir", cache.to_str().unwrap(), "--log-level", "debug"],
+    )
+}
+
+#[test]
+fn compile_ahead_of_time_then_runs_load_from_the_cache() {
+    let mock = Mock::start(MOCK, 20);
+    let work = Workdir::new();
+    let cache = work.path("cache");
+    let out = host_command()
+        .args([
+            "compile",
+            guest("acme").to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.starts_with("compiled ") && said.contains(".cwasm"), "{said}");
+    assert_eq!(entries(&cache).len(), 1);
+
+    let run = run_with_cache(&mock, &work, &cache);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("[DEBUG] Loaded acme.wasm from the compile cache"),
+        "{}",
+        run.stderr
+    );
+    let again = host_command()
+        .args([
+            "compile",
+            guest("acme").to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(again.stdout).unwrap().contains("is already compiled"));
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_entries_are_recompiled_never_loaded() {
+    let mock = Mock::start(MOCK, 20);
+    let work = Workdir::new();
+    let cache = work.path("cache");
+    let first = run_with_cache(&mock, &work, &cache);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        first.stderr.contains("[INFO] Compiled acme.wasm in "),
+        "{}",
+        first.stderr
+    );
+    let entry = entries(&cache).pop().expect("an entry was written");
+    let good = std::fs::read(&entry).unwrap();
+
+    let mut corrupt = good.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0x55;
+    let damaged: [(&str, Vec<u8>); 3] = [
+        ("its checksum does not match", corrupt),
+        ("its checksum does not match", good[..good.len() - 100].to_vec()),
+        ("it is not a nuntiq-host cache entry", b"\x7fELF not ours".to_vec()),
+    ];
+    for (why, bytes) in damaged {
+        std::fs::write(&entry, bytes).unwrap();
+        let run = run_with_cache(&mock, &work, &cache);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "[WARN] The compile cache entry for acme.wasm was unusable: {why}"
+            )) && run.stderr.contains("; recompiled it in "),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(std::fs::read(&entry).unwrap(), good, "the entry was rewritten whole");
+    }
+}
+
+#[test]
+fn no_compile_cache_writes_nothing_and_the_default_is_the_user_cache_dir() {
+    let mock = Mock::start(MOCK, 20);
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let home = work.path("xdg");
+    let args = acme_args_for_test(&mock, &settings, &work.db());
+    let out = host_command()
+        .env("XDG_CACHE_HOME", &home)
+        .args(&args)
+        .arg("--no-compile-cache")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!home.exists(), "nothing cached");
+    let out = host_command()
+        .env("XDG_CACHE_HOME", &home)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(entries(&home.join("nuntiq-host")).len(), 1);
+}
+
+fn acme_args_for_test(mock: &Mock, settings: &Path, db: &Path) -> Vec<String> {
+    vec![
+        "run-plugin".into(),
+        guest("acme").display().to_string(),
+        settings.display().to_string(),
+        "--db".into(),
+        db.display().to_string(),
+        "--allow-host".into(),
+        mock.allow_host(),
+    ]
+}
