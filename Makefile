@@ -35,3 +35,16 @@ test: build
 clean:
 	$(CARGO) clean
 	rm -rf dist demo
+
+# The Python contenders live in a venv under bench/ (from PyPI).
+BENCH_PY := bench/.venv/bin/python
+
+$(BENCH_PY): bench/requirements.txt
+	python3 -m venv bench/.venv
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet -r bench/requirements.txt
+	@touch $(BENCH_PY)
+
+.PHONY: bench
+bench: build $(BENCH_PY)
+	target/release/nuntiq-bench run --python $(BENCH_PY) --out bench/results.json

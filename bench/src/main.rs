@@ -2,6 +2,7 @@
 //! and peak RSS are measured the same way for all), and the harness that runs
 //! every contender on the same data and prints the table.
 
+mod harness;
 mod native;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create an empty database with the host's schema (for the Python contender).
+    InitDb {
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Run every contender and print the table (what `make bench` does).
+    Run {
+        #[arg(long, default_value_t = 100_000)]
+        suppliers: usize,
+        /// Runs per contender; the table shows the median.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Suppliers for the flat-memory run of the host and the native baseline (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        large: usize,
+        /// The venv's python with requests, tenacity and dlt; without it the Python contenders are skipped.
+        #[arg(long)]
+        python: Option<PathBuf>,
+        #[arg(long, default_value = "bench/results.json")]
+        out: PathBuf,
+    },
     /// Contender 0: the mapped rows upserted straight into the store.
     StoreOnly {
         #[arg(long)]
@@ -42,7 +64,33 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let rows = match Cli::parse().command {
-        Command::StoreOnly { suppliers, db } => native::store_only(suppliers, &db)?,
+        Command::InitDb { db } => {
+            nuntiq_host::store::schema::open(&db)?;
+            return Ok(());
+        }
+        Command::Run {
+            suppliers,
+            runs,
+            large,
+            python,
+            out,
+        } => {
+            return harness::run(harness::Options {
+                suppliers,
+                runs,
+                large,
+                python,
+                out,
+            });
+        }
+        Command::StoreOnly { suppliers, db } => {
+            let (rows, store_seconds) = native::store_only(suppliers, &db)?;
+            println!(
+                "{{\"rows\": {rows}, \"seconds\": {:.4}, \"store_seconds\": {store_seconds:.4}}}",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
         Command::Native {
             api_url,
             token,

@@ -95,7 +95,7 @@ fn key() -> StreamKey {
 
 /// Contender 0: the same mapped rows upserted straight into the same schema,
 /// 1000 per transaction, through the host's own store code.
-pub fn store_only(suppliers: usize, db: &Path) -> anyhow::Result<usize> {
+pub fn store_only(suppliers: usize, db: &Path) -> anyhow::Result<(usize, f64)> {
     let data = Dataset::seeded(suppliers, 42, chrono::Utc::now());
     let rows: Vec<Supplier> = data
         .rows
@@ -105,11 +105,7 @@ pub fn store_only(suppliers: usize, db: &Path) -> anyhow::Result<usize> {
     let mut conn = nuntiq_host::store::schema::open(db)?;
     let started = std::time::Instant::now();
     let saved = nuntiq_host::store::suppliers::save_suppliers(&mut conn, "10000001", &rows)?;
-    eprintln!(
-        "store-only: {saved} suppliers upserted in {:.3} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(saved)
+    Ok((saved, started.elapsed().as_secs_f64()))
 }
 
 /// Contender 2: the Acme connector in plain Rust — fetch, parse, map, flush
