@@ -200,36 +200,29 @@ fn host_command(dir: &Path, mock: &MockServer, db: &Path, cache: &Path, backfill
     Ok(c)
 }
 
+/// Where every contender reads from: the mock, its token, the window and the page size.
+fn source_args(mock: &MockServer) -> Vec<String> {
+    let api_url = mock.api_url();
+    let page_size = PAGE_SIZE.to_string();
+    ["--api-url", &api_url, "--token", TOKEN, "--page-size", &page_size]
+        .map(str::to_owned)
+        .to_vec()
+}
+
 fn native_command(mock: &MockServer, db: &Path) -> Command {
     let mut c = Command::new(bin("nuntiq-bench"));
-    c.args([
-        "native",
-        "--api-url",
-        &mock.api_url(),
-        "--token",
-        TOKEN,
-        "--since",
-        SINCE,
-        "--page-size",
-        &PAGE_SIZE.to_string(),
-    ])
-    .arg("--db")
-    .arg(db);
+    c.arg("native")
+        .args(source_args(mock))
+        .args(["--since", SINCE, "--db"])
+        .arg(db);
     c
 }
 
 fn python_seed_command(python: &Path, mock: &MockServer, db: &Path, backfill: bool) -> Command {
     let mut c = Command::new(python);
     c.arg(root().join("bench/python/seed_connector.py"))
-        .args([
-            "--api-url",
-            &mock.api_url(),
-            "--token",
-            TOKEN,
-            "--page-size",
-            &PAGE_SIZE.to_string(),
-            "--db",
-        ])
+        .args(source_args(mock))
+        .arg("--db")
         .arg(db);
     if backfill {
         c.args(["--since", SINCE]);
@@ -372,17 +365,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let dlt = repeat(runs, n, |dir, _| {
             let mut c = Command::new(python);
             c.arg(root().join("bench/python/dlt_pipeline.py"))
-                .args([
-                    "--api-url",
-                    &mock.api_url(),
-                    "--token",
-                    TOKEN,
-                    "--since",
-                    SINCE,
-                    "--page-size",
-                    &PAGE_SIZE.to_string(),
-                    "--db",
-                ])
+                .args(source_args(&mock))
+                .args(["--since", SINCE, "--db"])
                 .arg(dir.join("d.duckdb"))
                 .arg("--pipelines-dir")
                 .arg(dir.join("pipelines"))

@@ -2,7 +2,8 @@
 //! fetch → parse → map → upsert written as plain Rust on the host's own store.
 
 use nuntiq_e2e::dataset::Dataset;
-use nuntiq_host::bindings::supplier_load::{Supplier, SupplierAddress, SupplierLocation};
+use nuntiq_host::bindings::supplier_load::Supplier;
+use nuntiq_host::store::suppliers::{new_address, new_location, new_supplier};
 use nuntiq_host::store::{Completion, CursorType, RunOwner, Store, StreamKey};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -35,54 +36,21 @@ fn map_supplier(ext: AcmeSupplier) -> Supplier {
         Some(other) => other.to_string(),
         None => String::new(),
     };
-    let locations = ext
-        .address
-        .filter(|a| !a.is_empty())
-        .map(|a| {
-            let field = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_owned);
-            SupplierLocation {
-                location_code: "MAIN".into(),
-                location_name: Some("Headquarters".into()),
-                organization_code: None,
-                default_currency_code: None,
-                default_payment_term_code: None,
-                default_payment_method: None,
-                taxpayer_id: None,
-                duns_number: None,
-                is_active: Some(true),
-                custom_field_1: None,
-                custom_field_2: None,
-                custom_field_3: None,
-                custom_field_4: None,
-                custom_field_5: None,
-                addresses: vec![SupplierAddress {
-                    street: Some(field("street").unwrap_or_default()),
-                    city: Some(field("city").unwrap_or_default()),
-                    state: None,
-                    postal_code: None,
-                    country_code: Some(field("country").unwrap_or_else(|| "XX".into())),
-                    custom_field_1: None,
-                    custom_field_2: None,
-                    custom_field_3: None,
-                }],
-            }
-        })
-        .into_iter()
-        .collect();
-    Supplier {
-        supplier_number: number,
-        supplier_name: ext.name.unwrap_or_default(),
-        alternative_supplier_name: None,
-        supplier_type: None,
-        organization_code: None,
-        is_active: Some(ext.active.unwrap_or(true)),
-        custom_field_1: None,
-        custom_field_2: None,
-        custom_field_3: None,
-        custom_field_4: None,
-        custom_field_5: None,
-        locations,
+    let mut supplier = new_supplier(number, ext.name.unwrap_or_default());
+    supplier.is_active = Some(ext.active.unwrap_or(true));
+    if let Some(a) = ext.address.filter(|a| !a.is_empty()) {
+        let field = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_owned);
+        let mut location = new_location("MAIN");
+        location.location_name = Some("Headquarters".into());
+        location.is_active = Some(true);
+        let mut address = new_address();
+        address.street = Some(field("street").unwrap_or_default());
+        address.city = Some(field("city").unwrap_or_default());
+        address.country_code = Some(field("country").unwrap_or_else(|| "XX".into()));
+        location.addresses.push(address);
+        supplier.locations.push(location);
     }
+    supplier
 }
 
 fn key() -> StreamKey {

@@ -107,7 +107,7 @@ fn no_compile_cache_writes_nothing_and_the_default_is_the_user_cache_dir() {
     let work = Workdir::new();
     let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
     let home = work.path("xdg");
-    let args = acme_args_for_test(&mock, &settings, &work.db());
+    let args = acme_args(&mock, &settings, &work.db(), &[]);
     let out = host_command()
         .env("XDG_CACHE_HOME", &home)
         .args(&args)
@@ -123,16 +123,4 @@ fn no_compile_cache_writes_nothing_and_the_default_is_the_user_cache_dir() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(entries(&home.join("nuntiq-host")).len(), 1);
-}
-
-fn acme_args_for_test(mock: &Mock, settings: &Path, db: &Path) -> Vec<String> {
-    vec![
-        "run-plugin".into(),
-        guest("acme").display().to_string(),
-        settings.display().to_string(),
-        "--db".into(),
-        db.display().to_string(),
-        "--allow-host".into(),
-        mock.allow_host(),
-    ]
 }

@@ -253,7 +253,8 @@ pub fn finish(child: Child) -> Run {
     }
 }
 
-fn acme_args(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Vec<String> {
+/// The arguments of an Acme job against `mock`.
+pub fn acme_args(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "run-plugin".into(),
         guest("acme").display().to_string(),

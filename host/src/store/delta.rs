@@ -69,6 +69,10 @@ pub fn get_state(conn: &mut Connection, key: &StreamKey) -> Result<StreamState, 
     Ok(read_state(conn, key)?.map_or_else(|| StreamState::idle(key), |(s, _)| s))
 }
 
+/// The WHERE clause of a [`StreamFilter`], bound as ?1, ?2, ?3.
+const STREAM_FILTER: &str = "(?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
+    AND (?3 IS NULL OR stream_name = ?3)";
+
 /// Which streams a listing covers; `None` matches any.
 #[derive(Debug, Default, Clone)]
 pub struct StreamFilter {
@@ -91,8 +95,7 @@ pub struct StateRow {
 pub fn list_states(conn: &Connection, filter: &StreamFilter) -> rusqlite::Result<Vec<StateRow>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {STATE_COLUMNS} FROM delta_stream_state
-         WHERE (?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
-           AND (?3 IS NULL OR stream_name = ?3)
+         WHERE {STREAM_FILTER}
          ORDER BY customer_number, connector_name, stream_name"
     ))?;
     stmt.query_map(
@@ -531,14 +534,13 @@ pub struct RunRecord {
 
 /// Run history, newest first.
 pub fn list_runs(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusqlite::Result<Vec<RunRecord>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(&format!(
         "SELECT run_id, customer_number, connector_name, stream_name, status, started_at_utc, ended_at_utc,
                 records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid
          FROM delta_run
-         WHERE (?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
-           AND (?3 IS NULL OR stream_name = ?3)
-         ORDER BY started_at_utc DESC, rowid DESC LIMIT ?4",
-    )?;
+         WHERE {STREAM_FILTER}
+         ORDER BY started_at_utc DESC, rowid DESC LIMIT ?4"
+    ))?;
     stmt.query_map(
         params![
             filter.customer_number,
@@ -584,14 +586,13 @@ pub struct AuditRecord {
 
 /// The audit log, newest first.
 pub fn list_audit(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusqlite::Result<Vec<AuditRecord>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(&format!(
         "SELECT customer_number, connector_name, stream_name, event_type, old_cursor_value, new_cursor_value,
                 reason, api_user, created_at_utc
          FROM delta_audit_log
-         WHERE (?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
-           AND (?3 IS NULL OR stream_name = ?3)
-         ORDER BY id DESC LIMIT ?4",
-    )?;
+         WHERE {STREAM_FILTER}
+         ORDER BY id DESC LIMIT ?4"
+    ))?;
     stmt.query_map(
         params![
             filter.customer_number,

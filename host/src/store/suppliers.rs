@@ -2,11 +2,64 @@
 
 use super::StoreError;
 use super::schema::now_utc;
-use crate::bindings::supplier_load::{Supplier, SupplierLocation};
+use crate::bindings::supplier_load::{Supplier, SupplierAddress, SupplierLocation};
 use rusqlite::{Connection, Transaction, params};
 
 /// The platform splits `save_all` into requests of 1000 rows; so do our transactions.
 pub const SUPPLIERS_PER_TRANSACTION: usize = 1000;
+
+/// A supplier with only its required fields set.
+pub fn new_supplier(supplier_number: impl Into<String>, supplier_name: impl Into<String>) -> Supplier {
+    Supplier {
+        supplier_number: supplier_number.into(),
+        supplier_name: supplier_name.into(),
+        alternative_supplier_name: None,
+        supplier_type: None,
+        organization_code: None,
+        is_active: None,
+        custom_field_1: None,
+        custom_field_2: None,
+        custom_field_3: None,
+        custom_field_4: None,
+        custom_field_5: None,
+        locations: Vec::new(),
+    }
+}
+
+/// A location with only its code set.
+pub fn new_location(location_code: impl Into<String>) -> SupplierLocation {
+    SupplierLocation {
+        location_code: location_code.into(),
+        location_name: None,
+        organization_code: None,
+        default_currency_code: None,
+        default_payment_term_code: None,
+        default_payment_method: None,
+        taxpayer_id: None,
+        duns_number: None,
+        is_active: None,
+        custom_field_1: None,
+        custom_field_2: None,
+        custom_field_3: None,
+        custom_field_4: None,
+        custom_field_5: None,
+        addresses: Vec::new(),
+    }
+}
+
+/// An empty address.
+pub fn new_address() -> SupplierAddress {
+    SupplierAddress {
+        street: None,
+        city: None,
+        state: None,
+        postal_code: None,
+        country_code: None,
+        custom_field_1: None,
+        custom_field_2: None,
+        custom_field_3: None,
+    }
+}
 
 pub fn save_suppliers(
     conn: &mut Connection,
@@ -146,52 +199,24 @@ fn upsert_location_row(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::bindings::supplier_load::SupplierAddress;
     use crate::store::schema::open;
 
+    /// A supplier with a MAIN location in `city` (or none).
     pub(crate) fn supplier(number: &str, name: &str, city: Option<&str>) -> Supplier {
-        Supplier {
-            supplier_number: number.into(),
-            supplier_name: name.into(),
-            alternative_supplier_name: None,
-            supplier_type: None,
-            organization_code: None,
-            is_active: Some(true),
-            custom_field_1: None,
-            custom_field_2: None,
-            custom_field_3: None,
-            custom_field_4: None,
-            custom_field_5: None,
-            locations: city
-                .map(|city| SupplierLocation {
-                    location_code: "MAIN".into(),
-                    location_name: Some("Headquarters".into()),
-                    organization_code: None,
-                    default_currency_code: None,
-                    default_payment_term_code: None,
-                    default_payment_method: None,
-                    taxpayer_id: None,
-                    duns_number: None,
-                    is_active: Some(true),
-                    custom_field_1: None,
-                    custom_field_2: None,
-                    custom_field_3: None,
-                    custom_field_4: None,
-                    custom_field_5: None,
-                    addresses: vec![SupplierAddress {
-                        street: Some("1 Main St".into()),
-                        city: Some(city.into()),
-                        state: None,
-                        postal_code: None,
-                        country_code: Some("NL".into()),
-                        custom_field_1: None,
-                        custom_field_2: None,
-                        custom_field_3: None,
-                    }],
-                })
-                .into_iter()
-                .collect(),
+        let mut s = new_supplier(number, name);
+        s.is_active = Some(true);
+        if let Some(city) = city {
+            let mut location = new_location("MAIN");
+            location.location_name = Some("Headquarters".into());
+            location.is_active = Some(true);
+            let mut address = new_address();
+            address.street = Some("1 Main St".into());
+            address.city = Some(city.into());
+            address.country_code = Some("NL".into());
+            location.addresses.push(address);
+            s.locations.push(location);
         }
+        s
     }
 
     pub(crate) fn count(conn: &Connection, table: &str) -> i64 {
