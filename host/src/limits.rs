@@ -83,7 +83,8 @@ impl LimitExceeded {
 /// error it could handle). If the run then fails, the envelope names the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitHit {
-    /// The envelope's error kind: `body_too_large`, `request_budget`, `network_denied`, `batch_too_large`.
+    /// The envelope's error kind: `body_too_large`, `request_budget`, `too_many_redirects`,
+    /// `network_denied`, `batch_too_large`, `already_running`, `lease_lost`.
     pub kind: &'static str,
     pub message: String,
 }

@@ -180,6 +180,7 @@ failed, the cursor does not move, exit code 1):
   --max-stack 512KiB          wasm stack (recursion)                trap
   --max-response-body 64MiB   per HTTP response                     body_too_large
   --max-requests 10000        HTTP requests per run                 request_budget
+  (redirects: 5 per request, each hop re-checked)                   too_many_redirects
   --max-queued-suppliers 10000  unsaved suppliers                   batch_too_large
   (refused host or address)                                         network_denied
   --max-log-lines 50000, --max-log-bytes 32MiB: later connector log lines are

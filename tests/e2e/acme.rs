@@ -136,24 +136,29 @@ fn lower_bound_used_first(run: &Run) -> chrono::DateTime<Utc> {
 }
 
 #[test]
-fn rate_limits_and_503_bursts_are_retried() {
+fn rate_limits_503_bursts_and_resets_are_retried() {
     let mock = Mock::start(MOCK, 450);
     let work = Workdir::new();
     let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
     mock.faults(json!([
         {"page": 1, "action": "status", "status": 429, "retry_after": "1"},
         {"page": 2, "times": 2, "action": "status", "status": 503},
+        {"page": 3, "action": "reset"},
     ]));
     let run = run_acme(&mock, &settings, &work.db(), &["--log-format", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.envelope, run.stderr);
 
     let warns: Vec<Value> = run.json_logs().into_iter().filter(|l| l["level"] == "warn").collect();
-    assert_eq!(warns.len(), 3, "one warn per retry: {warns:#?}");
+    assert_eq!(warns.len(), 4, "one warn per retry: {warns:#?}");
     assert!(warns.iter().all(|w| w["step"] == "http_get"));
     let statuses: Vec<&Value> = warns.iter().map(|w| &w["detail"]["status"]).collect();
-    assert_eq!(statuses, [&json!(429), &json!(503), &json!(503)]);
+    assert_eq!(
+        statuses,
+        [&json!(429), &json!(503), &json!(503), &Value::Null],
+        "the reset has no status"
+    );
     let attempts: Vec<&Value> = warns.iter().map(|w| &w["detail"]["attempt"]).collect();
-    assert_eq!(attempts, [&json!(1), &json!(1), &json!(2)]);
+    assert_eq!(attempts, [&json!(1), &json!(1), &json!(2), &json!(1)]);
     assert!(warns.iter().all(|w| {
         w["detail"]["url"]
             .as_str()
@@ -165,7 +170,7 @@ fn rate_limits_and_503_bursts_are_retried() {
         .iter()
         .map(|r| r["query"]["page"].as_str().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(&pages[..5], [1, 1, 2, 2, 2]);
+    assert_eq!(pages, [1, 1, 2, 2, 2, 3, 3]);
     let db = Db::open(&work.db());
     assert_eq!(db.count("supplier") as u64, run.envelope["fetched"].as_u64().unwrap());
 }

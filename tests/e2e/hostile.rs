@@ -221,6 +221,26 @@ fn redirect_from_the_allowed_host_to_a_forbidden_one_is_refused() {
 }
 
 #[test]
+fn redirect_loops_stop_after_five_hops() {
+    let arena = Arena::new();
+    let location = format!("{}/v2/suppliers?page=1", arena.mock.url);
+    arena
+        .mock
+        .faults(json!([{"action": "redirect", "location": location, "times": 20}]));
+    let mut settings = arena.settings();
+    settings["job_params"]["since_override"] = json!("2020-01-01T00:00:00Z");
+    let before = arena.supplier_requests();
+    let run = arena.attack_with("acme", &settings, &[]);
+    arena.assert_contained(&run, "too_many_redirects");
+    assert!(
+        run.error_message().contains("redirected more than 5 times"),
+        "{}",
+        run.envelope
+    );
+    assert_eq!(arena.supplier_requests(), before + 6, "the first request and five hops");
+}
+
+#[test]
 fn sandbox_has_no_files_env_preopens_or_sockets() {
     let arena = Arena::new();
     let mut settings = arena.settings();

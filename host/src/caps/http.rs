@@ -90,6 +90,28 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
+    /// The wait after failed attempt `attempt`: the backoff schedule, lengthened
+    /// by a `Retry-After` — never shorter than the host's floor, so
+    /// `Retry-After: 0` cannot make a hot loop. A `Retry-After` past the host's
+    /// cap ends the retries (`Err` says why).
+    pub fn wait_before_retry(
+        &self,
+        policy: &RetryPolicy,
+        attempt: u32,
+        retry_after: Option<Duration>,
+    ) -> Result<Duration, String> {
+        let backoff = policy.delay_after(attempt).max(self.min_backoff);
+        match retry_after {
+            Some(wanted) if wanted > self.max_retry_after => Err(format!(
+                "the server asked to retry after {} s, beyond the host's {} s limit",
+                wanted.as_secs(),
+                self.max_retry_after.as_secs()
+            )),
+            Some(wanted) => Ok(backoff.max(wanted)),
+            None => Ok(backoff),
+        }
+    }
+
     /// Applies the host's limits to a guest's policy.
     pub fn clamp(&self, p: http::RetryPolicy) -> RetryPolicy {
         let ms = |v: u32| Duration::from_millis(v.into());
@@ -343,11 +365,15 @@ impl HttpCap {
                 Attempt::Fatal(HttpError::Status(response))
             };
         }
-        Attempt::Fatal(HttpError::InvalidRequest(format!(
-            "{} redirected more than {} times",
-            redact_url(&url),
-            self.config.max_redirects
-        )))
+        Attempt::Limit(
+            "too_many_redirects",
+            HttpError::InvalidRequest(format!(
+                "{} redirected more than {} times; the host follows at most {}",
+                redact_url(&url),
+                self.config.max_redirects,
+                self.config.max_redirects
+            )),
+        )
     }
 
     fn send_error(&self, url: &Url, e: reqwest::Error) -> Attempt {
@@ -452,7 +478,7 @@ impl http::Host for HttpCap {
                             "a response from {} was larger than the limit of {limit} bytes (--max-response-body)",
                             redact_url(&url)
                         ),
-                        HttpError::Denied(why) => why.clone(),
+                        HttpError::Denied(why) | HttpError::InvalidRequest(why) => why.clone(),
                         other => format!("{other:?}"),
                     };
                     self.limit_hit = Some(LimitHit { kind, message });
@@ -483,20 +509,10 @@ impl http::Host for HttpCap {
                     _ => exhausted(attempt, cause),
                 };
             }
-            let mut delay = policy.delay_after(attempt).max(self.config.min_backoff);
-            if let Some(wanted) = retry_after {
-                if wanted > self.config.max_retry_after {
-                    return exhausted(
-                        attempt,
-                        format!(
-                            "{cause}; the server asked to retry after {} s, beyond the host's {} s limit",
-                            wanted.as_secs(),
-                            self.config.max_retry_after.as_secs()
-                        ),
-                    );
-                }
-                delay = delay.max(wanted);
-            }
+            let delay = match self.config.wait_before_retry(&policy, attempt, retry_after) {
+                Ok(delay) => delay,
+                Err(why) => return exhausted(attempt, format!("{cause}; {why}")),
+            };
             self.log.warn(
                 &format!(
                     "Transient failure ({cause}); retry {} of {} in {:.1} s",
@@ -524,6 +540,30 @@ mod tests {
         let waits: Vec<u64> = (1..=6).map(|a| p.delay_after(a).as_secs()).collect();
         assert_eq!(waits, [2, 2, 4, 8, 16, 30]);
         assert_eq!(p.delay_after(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn retry_after_lengthens_the_wait_but_never_shortens_it() {
+        let c = HttpConfig::default();
+        let p = RetryPolicy::default();
+        let secs = |d: Result<Duration, String>| d.map(|d| d.as_secs_f64());
+        // Retry-After: 0 still waits the backoff: no hot loop.
+        assert_eq!(secs(c.wait_before_retry(&p, 1, Some(Duration::ZERO))), Ok(2.0));
+        assert_eq!(secs(c.wait_before_retry(&p, 4, Some(Duration::ZERO))), Ok(8.0));
+        assert_eq!(secs(c.wait_before_retry(&p, 1, Some(Duration::from_secs(7)))), Ok(7.0));
+        assert_eq!(secs(c.wait_before_retry(&p, 1, None)), Ok(2.0));
+        let too_long = c.wait_before_retry(&p, 1, Some(Duration::from_secs(3600))).unwrap_err();
+        assert!(
+            too_long.contains("retry after 3600 s, beyond the host's 60 s limit"),
+            "{too_long}"
+        );
+        // A guest policy with no backoff still gets the host's floor.
+        let eager = c.clamp(http::RetryPolicy {
+            backoff_min_ms: 0,
+            backoff_multiplier_ms: 0,
+            ..guest()
+        });
+        assert_eq!(c.wait_before_retry(&eager, 1, Some(Duration::ZERO)), Ok(c.min_backoff));
     }
 
     #[test]
@@ -613,6 +653,163 @@ mod tests {
             backoff_max_ms: 100,
             timeout_ms: 1000,
             retry_statuses: vec![503],
+        }
+    }
+
+    mod against_a_loopback_server {
+        use super::*;
+        use crate::bindings::http::Host;
+        use crate::log::{LogFormat, tests::sink};
+        use crate::policy::AllowedHost;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        /// Answers each connection with the next canned response ("HANG" never answers).
+        async fn canned(responses: Vec<String>) -> (String, Arc<AtomicUsize>) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let hits = Arc::new(AtomicUsize::new(0));
+            let counter = hits.clone();
+            tokio::spawn(async move {
+                for response in responses {
+                    let (mut socket, _) = listener.accept().await.unwrap();
+                    let mut request = vec![0u8; 8192];
+                    let _ = socket.read(&mut request).await;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if response == "HANG" {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    } else {
+                        let _ = socket.write_all(response.as_bytes()).await;
+                    }
+                }
+            });
+            (url, hits)
+        }
+
+        fn reply(status: u16, body: &str) -> String {
+            format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+
+        fn cap(url: &str, config: HttpConfig) -> (HttpCap, crate::log::tests::Captured) {
+            let api = Url::parse(url).unwrap();
+            let policy = Arc::new(NetworkPolicy::new(&api, vec![AllowedHost::parse(url).unwrap()], false));
+            let settings = Arc::new(Settings {
+                customer_number: "1".into(),
+                secrets: serde_json::Map::new(),
+                config: serde_json::Map::new(),
+                job_params: serde_json::Map::new(),
+                api_url: api,
+            });
+            let (log, captured) = sink(LogFormat::Json, &[]);
+            let client = build_client(policy.clone()).unwrap();
+            (HttpCap::new(client, policy, settings, config, Arc::new(log)), captured)
+        }
+
+        fn request(url: &str) -> Request {
+            Request {
+                url: format!("{url}/suppliers"),
+                query: vec![("page".into(), "1".into())],
+                headers: vec![],
+                timeout_ms: None,
+                bearer_secret: None,
+            }
+        }
+
+        fn fast(max_attempts: u32) -> Option<http::RetryPolicy> {
+            Some(http::RetryPolicy {
+                max_attempts,
+                timeout_ms: 500,
+                ..guest()
+            })
+        }
+
+        #[tokio::test]
+        async fn transient_statuses_are_retried_until_success() {
+            let (url, hits) = canned(vec![reply(503, ""), reply(503, ""), reply(200, "{}")]).await;
+            let (mut cap, log) = cap(
+                &url,
+                HttpConfig {
+                    min_backoff: Duration::from_millis(1),
+                    ..HttpConfig::default()
+                },
+            );
+            let response = cap.get_with_retry(request(&url), fast(5)).await.unwrap().unwrap();
+            assert_eq!(
+                (response.status, response.attempts, response.body.as_slice()),
+                (200, 3, b"{}".as_slice())
+            );
+            assert_eq!(hits.load(Ordering::SeqCst), 3);
+            assert_eq!(
+                log.text()
+                    .lines()
+                    .filter(|l| l.contains("\"step\":\"http_get\""))
+                    .count(),
+                2
+            );
+        }
+
+        #[tokio::test]
+        async fn retries_exhausted_reports_the_last_status() {
+            let (url, hits) = canned(vec![reply(503, ""); 5]).await;
+            let (mut cap, _) = cap(
+                &url,
+                HttpConfig {
+                    min_backoff: Duration::from_millis(1),
+                    ..HttpConfig::default()
+                },
+            );
+            let error = cap.get_with_retry(request(&url), fast(3)).await.unwrap().unwrap_err();
+            let HttpError::RetriesExhausted(e) = error else {
+                panic!("{error:?}")
+            };
+            assert_eq!((e.attempts, e.last_status), (3, Some(503)));
+            assert_eq!(hits.load(Ordering::SeqCst), 3);
+        }
+
+        #[tokio::test]
+        async fn other_statuses_return_at_once_with_the_response() {
+            let (url, hits) = canned(vec![reply(404, "no such page"), reply(200, "")]).await;
+            let (mut cap, _) = cap(&url, HttpConfig::default());
+            let error = cap.get_with_retry(request(&url), fast(5)).await.unwrap().unwrap_err();
+            let HttpError::Status(r) = error else {
+                panic!("{error:?}")
+            };
+            assert_eq!((r.status, r.body.as_slice()), (404, b"no such page".as_slice()));
+            assert_eq!(hits.load(Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test]
+        async fn a_single_attempt_that_times_out_is_a_timeout() {
+            let (url, _) = canned(vec!["HANG".into()]).await;
+            let (mut cap, _) = cap(&url, HttpConfig::default());
+            let policy = Some(http::RetryPolicy {
+                max_attempts: 1,
+                timeout_ms: 100,
+                ..guest()
+            });
+            let error = cap.get_with_retry(request(&url), policy).await.unwrap().unwrap_err();
+            assert!(
+                matches!(&error, HttpError::Timeout(m) if m.contains("timed out")),
+                "{error:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn oversized_bodies_are_cut_and_recorded_as_a_limit() {
+            let (url, _) = canned(vec![reply(200, &"x".repeat(100))]).await;
+            let (mut cap, _) = cap(
+                &url,
+                HttpConfig {
+                    max_body_bytes: 10,
+                    ..HttpConfig::default()
+                },
+            );
+            let error = cap.get_with_retry(request(&url), None).await.unwrap().unwrap_err();
+            assert!(matches!(error, HttpError::BodyTooLarge(10)), "{error:?}");
+            assert_eq!(cap.limit_hit.unwrap().kind, "body_too_large");
         }
     }
 }
