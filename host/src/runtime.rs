@@ -264,15 +264,13 @@ impl Runtime {
         let outcome = match returned {
             Ok(Ok(result)) => match serde_json::from_str::<Value>(&result) {
                 Ok(Value::Object(object)) => {
-                    let open: Vec<String> = delta.open_runs().map(|r| r.key.to_string()).collect();
                     let failed = delta
                         .fail_open_runs("the connector returned without completing its delta run")
                         .await;
-                    let abandoned: Vec<String> = delta.abandoned.iter().map(ToString::to_string).collect();
-                    if failed.is_empty() && abandoned.is_empty() {
+                    let streams: Vec<String> = failed.iter().chain(&delta.abandoned).map(ToString::to_string).collect();
+                    if streams.is_empty() {
                         Outcome::Success(object)
                     } else {
-                        let streams: Vec<String> = open.into_iter().chain(abandoned).collect();
                         Outcome::Failure {
                             kind: "cursor_not_committed",
                             message: format!(
