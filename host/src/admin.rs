@@ -54,7 +54,6 @@ pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn
     }
     for row in &rows {
         let s = &row.state;
-        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         writeln!(
             out,
             "{}/{} (customer {})",
@@ -67,18 +66,18 @@ pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn
                 "  running as         run {run_id}, process {} on {}, lease until {}",
                 row.lease.owner_pid.unwrap_or(0),
                 row.lease.owner_host.as_deref().unwrap_or("?"),
-                or_dash(&row.lease.lease_expires_at_utc)
+                dash(&row.lease.lease_expires_at_utc)
             )?;
         }
         writeln!(
             out,
             "  cursor             {} ({})",
-            or_dash(&s.committed_cursor_value),
+            dash(&s.committed_cursor_value),
             s.cursor_type.map_or("-", |t| t.as_str())
         )?;
-        writeln!(out, "  committed at       {}", or_dash(&s.committed_at_utc))?;
-        writeln!(out, "  started at         {}", or_dash(&s.started_at_utc))?;
-        writeln!(out, "  completed at       {}", or_dash(&s.completed_at_utc))?;
+        writeln!(out, "  committed at       {}", dash(&s.committed_at_utc))?;
+        writeln!(out, "  started at         {}", dash(&s.started_at_utc))?;
+        writeln!(out, "  completed at       {}", dash(&s.completed_at_utc))?;
         writeln!(
             out,
             "  records processed  {}",
@@ -93,11 +92,16 @@ pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn
         writeln!(
             out,
             "  updated            {} by {}",
-            or_dash(&s.updated_at_utc),
-            or_dash(&s.updated_by)
+            dash(&s.updated_at_utc),
+            dash(&s.updated_by)
         )?;
     }
     Ok(())
+}
+
+/// An optional field as text, "-" when absent.
+fn dash(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or("-")
 }
 
 fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), AdminError> {
@@ -120,7 +124,6 @@ pub fn state_audit(
         return write_json(out, &events);
     }
     for e in &events {
-        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         write!(
             out,
             "{}  {:<14} {}/{} (customer {})  {} -> {}  by {}",
@@ -129,9 +132,9 @@ pub fn state_audit(
             e.connector_name,
             e.stream_name,
             e.customer_number,
-            or_dash(&e.old_cursor_value),
-            or_dash(&e.new_cursor_value),
-            or_dash(&e.api_user)
+            dash(&e.old_cursor_value),
+            dash(&e.new_cursor_value),
+            dash(&e.api_user)
         )?;
         match &e.reason {
             Some(reason) => writeln!(out, "  reason: {reason}")?,
@@ -155,31 +158,25 @@ pub fn runs(
         return write_json(out, &runs);
     }
     for r in &runs {
-        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         writeln!(
             out,
             "{} {}/{} (customer {})  {}",
             r.run_id, r.connector_name, r.stream_name, r.customer_number, r.status
         )?;
-        writeln!(
-            out,
-            "  started {}  ended {}",
-            r.started_at_utc,
-            or_dash(&r.ended_at_utc)
-        )?;
+        writeln!(out, "  started {}  ended {}", r.started_at_utc, dash(&r.ended_at_utc))?;
         writeln!(
             out,
             "  records {}  cursor {} -> {}",
             r.records_processed.map_or_else(|| "-".into(), |n| n.to_string()),
-            or_dash(&r.cursor_before),
-            or_dash(&r.cursor_after)
+            dash(&r.cursor_before),
+            dash(&r.cursor_after)
         )?;
         writeln!(
             out,
             "  process {} on {}  plugin sha256 {}",
             r.owner_pid.unwrap_or(0),
-            or_dash(&r.owner_host),
-            or_dash(&r.plugin_sha256)
+            dash(&r.owner_host),
+            dash(&r.plugin_sha256)
         )?;
         if let Some(e) = &r.error_summary {
             writeln!(out, "  error: {e}")?;

@@ -4,15 +4,6 @@ use crate::MOCK;
 use nuntiq_e2e::*;
 use serde_json::Value;
 
-fn admin(args: &[&str]) -> (i32, String, String) {
-    let out = host_command().args(args).output().expect("nuntiq-host runs");
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn state_show_and_suppliers_export_reflect_the_store() {
     let mock = Mock::start(MOCK, 120);
@@ -23,7 +14,7 @@ fn state_show_and_suppliers_export_reflect_the_store() {
     let db = work.db();
     let db = db.to_str().unwrap();
 
-    let (code, out, _) = admin(&["state", "show", "--db", db, "--json"]);
+    let (code, out, _) = host_output(&["state", "show", "--db", db, "--json"]);
     assert_eq!(code, 0);
     let states: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(states.as_array().unwrap().len(), 1);
@@ -33,16 +24,16 @@ fn state_show_and_suppliers_export_reflect_the_store() {
     assert_eq!(states[0]["committed_cursor_value"], run.envelope["cursor_committed"]);
     assert_eq!(states[0]["metadata"]["schema_version"], 1);
 
-    let (_, out, _) = admin(&["state", "show", "--db", db, "--json", "--connector", "acme_us"]);
+    let (_, out, _) = host_output(&["state", "show", "--db", db, "--json", "--connector", "acme_us"]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), serde_json::json!([]));
-    let (code, out, _) = admin(&["state", "show", "--db", db]);
+    let (code, out, _) = host_output(&["state", "show", "--db", db]);
     assert_eq!(code, 0);
     assert!(
         out.starts_with("acme_eu/suppliers (customer 10000001)\n  status             succeeded"),
         "{out}"
     );
 
-    let (code, out, _) = admin(&["suppliers", "export", "--db", db]);
+    let (code, out, _) = host_output(&["suppliers", "export", "--db", db]);
     assert_eq!(code, 0);
     let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len() as u64, run.envelope["fetched"].as_u64().unwrap());
@@ -62,7 +53,7 @@ fn state_show_and_suppliers_export_reflect_the_store() {
         }
     }
 
-    let (code, out, _) = admin(&["suppliers", "export", "--db", db, "--format", "csv"]);
+    let (code, out, _) = host_output(&["suppliers", "export", "--db", db, "--format", "csv"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("customer_number,supplier_number,organization_code,supplier_name,"));
@@ -74,7 +65,7 @@ fn state_show_and_suppliers_export_reflect_the_store() {
 fn admin_commands_refuse_a_missing_database() {
     let work = Workdir::new();
     let missing = work.path("missing.db");
-    let (code, out, err) = admin(&["state", "show", "--db", missing.to_str().unwrap()]);
+    let (code, out, err) = host_output(&["state", "show", "--db", missing.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(out.is_empty());
     assert!(err.contains("missing.db: no such database"), "{err}");

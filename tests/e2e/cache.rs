@@ -15,6 +15,15 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+fn compile(cache: &Path) -> (i32, String, String) {
+    host_output(&[
+        "compile",
+        guest("acme").to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ])
+}
+
 fn run_with_cache(mock: &Mock, work: &Workdir, cache: &Path) -> Run {
     let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
     run_acme(
@@ -30,17 +39,8 @@ fn compile_ahead_of_time_then_runs_load_from_the_cache() {
     let mock = Mock::start(MOCK, 20);
     let work = Workdir::new();
     let cache = work.path("cache");
-    let out = host_command()
-        .args([
-            "compile",
-            guest("acme").to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let said = String::from_utf8(out.stdout).unwrap();
+    let (code, said, err) = compile(&cache);
+    assert_eq!(code, 0, "{err}");
     assert!(said.starts_with("compiled ") && said.contains(".cwasm"), "{said}");
     assert_eq!(entries(&cache).len(), 1);
 
@@ -51,16 +51,7 @@ fn compile_ahead_of_time_then_runs_load_from_the_cache() {
         "{}",
         run.stderr
     );
-    let again = host_command()
-        .args([
-            "compile",
-            guest("acme").to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8(again.stdout).unwrap().contains("is already compiled"));
+    assert!(compile(&cache).1.contains("is already compiled"));
 }
 
 #[test]

@@ -285,25 +285,9 @@ fn a_live_run_keeps_its_lease_past_expiry_and_readers_are_never_blocked() {
 }
 
 fn history(db: &Path) -> Vec<Value> {
-    let out = host_command()
-        .args(["runs", "--json", "--db", db.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn host(args: &[&str]) -> (i32, String, String) {
-    let out = host_command().args(args).output().unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, out, err) = host_output(&["runs", "--json", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
 }
 
 #[test]
@@ -319,7 +303,7 @@ fn reset_is_audited_and_the_next_run_starts_from_it() {
 
     // Backwards, with a reason: allowed and audited.
     let back = (Utc::now() - Days::days(2)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let (code, out, err) = host(&[
+    let (code, out, err) = host_output(&[
         "state",
         "reset",
         "--db",
@@ -344,7 +328,7 @@ fn reset_is_audited_and_the_next_run_starts_from_it() {
         (Some("idle"), Some(back.as_str()))
     );
 
-    let (code, out, _) = host(&["state", "audit", "--db", dbs, "--json"]);
+    let (code, out, _) = host_output(&["state", "audit", "--db", dbs, "--json"]);
     assert_eq!(code, 0);
     let events: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(events[0]["event_type"], "cursor_reset");
@@ -366,7 +350,7 @@ fn reset_is_audited_and_the_next_run_starts_from_it() {
     assert_eq!(next.envelope["fetched"], window);
 
     // Refusals: no reason, a malformed cursor, an unknown stream.
-    let (code, _, err) = host(&[
+    let (code, _, err) = host_output(&[
         "state",
         "reset",
         "--db",
@@ -380,7 +364,7 @@ fn reset_is_audited_and_the_next_run_starts_from_it() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("--reason"), "{err}");
-    let (code, _, err) = host(&[
+    let (code, _, err) = host_output(&[
         "state",
         "reset",
         "--db",
@@ -399,7 +383,7 @@ fn reset_is_audited_and_the_next_run_starts_from_it() {
         err.contains("--cursor: \"last tuesday\" is not an RFC 3339 timestamp"),
         "{err}"
     );
-    let (code, _, err) = host(&[
+    let (code, _, err) = host_output(&[
         "state",
         "reset",
         "--db",
@@ -453,7 +437,7 @@ fn run_history_records_every_run_with_the_plugin_hash() {
             .all(|r| r["owner_pid"].is_number() && r["owner_host"].is_string())
     );
 
-    let (code, out, _) = host(&["runs", "--db", db.to_str().unwrap(), "--limit", "1"]);
+    let (code, out, _) = host_output(&["runs", "--db", db.to_str().unwrap(), "--limit", "1"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("failed") && !out.contains("succeeded"),

@@ -36,6 +36,16 @@ pub fn host_command() -> Command {
     command
 }
 
+/// Runs an admin command (`state …`, `runs`, `suppliers …`, `compile`): exit code, stdout, stderr.
+pub fn host_output(args: &[&str]) -> (i32, String, String) {
+    let out = host_command().args(args).output().expect("nuntiq-host runs");
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A guest component `make build` put in dist/.
 pub fn guest(name: &str) -> PathBuf {
     let path = workspace_root().join("dist").join(format!("{name}.wasm"));

@@ -53,8 +53,6 @@ pub struct SupplierCap {
     store: Store,
     config: SupplierConfig,
     pub queue: SupplierQueue,
-    /// Suppliers written by `save-all` during this job.
-    pub saved: u64,
     /// Set when the queue limit refused a batch.
     pub limit_hit: Option<LimitHit>,
 }
@@ -66,7 +64,6 @@ impl SupplierCap {
             store,
             config,
             queue: SupplierQueue::default(),
-            saved: 0,
             limit_hit: None,
         }
     }
@@ -210,10 +207,7 @@ impl supplier_load::Host for SupplierCap {
             return Ok(Ok(0));
         }
         match self.store.save_suppliers(self.customer_number.clone(), batch).await {
-            Ok(n) => {
-                self.saved += n as u64;
-                Ok(Ok(n as u32))
-            }
+            Ok(n) => Ok(Ok(n as u32)),
             Err(e) => Ok(Err(LoadError::Store(format!("failed to save suppliers: {e}")))),
         }
     }
