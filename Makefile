@@ -6,7 +6,8 @@ GUEST_TARGET := wasm32-wasip2
 # Guest components copied to dist/ (crate names; dist/ uses these names).
 GUESTS := acme wrong-world unknown-import \
   spin-loop memory-hog deep-recursion log-flood outside-allowlist loopback-probe \
-  sandbox-escape secret-logger panic-mid-run no-commit giant-batch header-smuggler
+  sandbox-escape secret-logger panic-mid-run no-commit giant-batch header-smuggler \
+  payload-bomb trespasser secret-splitter
 
 .PHONY: all build guests host guest-target demo test clean
 

@@ -2,9 +2,10 @@
 //! fetch → parse → map → upsert written as plain Rust on the host's own store.
 
 use nuntiq_e2e::dataset::Dataset;
-use nuntiq_host::bindings::supplier_load::Supplier;
-use nuntiq_host::store::suppliers::{new_address, new_location, new_supplier};
-use nuntiq_host::store::{Completion, CursorType, RunOwner, Store, StreamKey};
+use nuntiq_host::limits::Stop;
+use nuntiq_host::store::{
+    AddressRecord, Completion, CursorType, LocationRecord, RunOwner, SaveCounts, Store, StreamKey, SupplierRecord,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -30,20 +31,20 @@ struct AcmeSupplier {
 }
 
 /// The seed's mapping: number/name/active, and one MAIN location when there is an address.
-fn map_supplier(ext: AcmeSupplier) -> Supplier {
+fn map_supplier(ext: AcmeSupplier) -> SupplierRecord {
     let number = match ext.number {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
         None => String::new(),
     };
-    let mut supplier = new_supplier(number, ext.name.unwrap_or_default());
+    let mut supplier = SupplierRecord::new(number, ext.name.unwrap_or_default());
     supplier.is_active = Some(ext.active.unwrap_or(true));
     if let Some(a) = ext.address.filter(|a| !a.is_empty()) {
         let field = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_owned);
-        let mut location = new_location("MAIN");
+        let mut location = LocationRecord::new("MAIN");
         location.location_name = Some("Headquarters".into());
         location.is_active = Some(true);
-        let mut address = new_address();
+        let mut address = AddressRecord::default();
         address.street = Some(field("street").unwrap_or_default());
         address.city = Some(field("city").unwrap_or_default());
         address.country_code = Some(field("country").unwrap_or_else(|| "XX".into()));
@@ -65,7 +66,7 @@ fn key() -> StreamKey {
 /// 1000 per transaction, through the host's own store code.
 pub fn store_only(suppliers: usize, db: &Path) -> anyhow::Result<(usize, f64)> {
     let data = Dataset::seeded(suppliers, 42, chrono::Utc::now());
-    let rows: Vec<Supplier> = data
+    let rows: Vec<SupplierRecord> = data
         .rows
         .iter()
         .map(|r| serde_json::from_value::<AcmeSupplier>(r.json.clone()).map(map_supplier))
@@ -73,7 +74,7 @@ pub fn store_only(suppliers: usize, db: &Path) -> anyhow::Result<(usize, f64)> {
     let mut conn = nuntiq_host::store::schema::open(db)?;
     let started = std::time::Instant::now();
     let saved = nuntiq_host::store::suppliers::save_suppliers(&mut conn, "10000001", &rows)?;
-    Ok((saved, started.elapsed().as_secs_f64()))
+    Ok((saved.total() as usize, started.elapsed().as_secs_f64()))
 }
 
 /// Contender 2: the Acme connector in plain Rust — fetch, parse, map, flush
@@ -84,7 +85,10 @@ pub fn native(api_url: &str, token: &str, since: &str, page_size: u32, db: &Path
         let store = Store::open_sqlite(db)?;
         let client = reqwest::Client::new();
         let owner = RunOwner::this_process("native", "nuntiq-bench", Duration::from_secs(300));
-        store.begin_run(key(), CursorType::TimestampUtc, owner.clone()).await?;
+        let stop = Stop::never();
+        let (_, before) = store
+            .begin_run(key(), CursorType::TimestampUtc, owner.clone(), stop.clone())
+            .await?;
         let mut batch = Vec::with_capacity(FLUSH_EVERY);
         let (mut count, mut page, mut watermark) = (0usize, 1u64, since.to_owned());
         let mut newest = chrono::DateTime::parse_from_rfc3339(since)?;
@@ -119,7 +123,7 @@ pub fn native(api_url: &str, token: &str, since: &str, page_size: u32, db: &Path
                 count += 1;
                 if batch.len() == FLUSH_EVERY {
                     store
-                        .save_suppliers("10000001".into(), std::mem::take(&mut batch))
+                        .save_suppliers("10000001".into(), std::mem::take(&mut batch), stop.clone())
                         .await?;
                 }
             }
@@ -134,8 +138,13 @@ pub fn native(api_url: &str, token: &str, since: &str, page_size: u32, db: &Path
             records_processed: Some(count as u64),
             metadata: None,
             updated_by: "nuntiq-bench".into(),
+            max_cursor_skew: nuntiq_host::store::cursor::DEFAULT_MAX_CURSOR_SKEW,
         };
-        store.complete_run(key(), owner.run_id, completion, batch).await?;
+        store
+            .complete_run(key(), owner.run_id, completion, batch, before, stop)
+            .await
+            .map_err(|e| e.error)?;
+        let _: SaveCounts = store.drain().await?;
         Ok(count)
     })
 }

@@ -4,6 +4,7 @@
 //!
 //! `make build && cargo run --release -p nuntiq-host --example limits_cost [suppliers] [rounds]`
 
+use nuntiq_host::caps::delta::DeltaConfig;
 use nuntiq_host::caps::http::HttpConfig;
 use nuntiq_host::caps::supplier::SupplierConfig;
 use nuntiq_host::job::{JobOptions, run_plugin};
@@ -50,11 +51,13 @@ fn main() -> anyhow::Result<()> {
             log_format: LogFormat::Text,
             log_level: Level::Warn,
             allow_hosts: vec![url.clone()],
+            bearer_hosts: vec![],
             allow_private_networks: false,
             deny_secret_read: false,
             limits,
             http: HttpConfig::default(),
             suppliers: SupplierConfig::default(),
+            delta: DeltaConfig::default(),
             lease: Duration::from_secs(300),
             cache_dir: Some(root.join("target/limits-cost-cache")),
         });

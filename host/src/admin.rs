@@ -57,15 +57,18 @@ pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn
         writeln!(
             out,
             "{}/{} (customer {})",
-            s.connector_name, s.stream_name, row.customer_number
+            esc(&s.connector_name),
+            esc(&s.stream_name),
+            esc(&row.customer_number)
         )?;
         writeln!(out, "  status             {}", s.status.as_str())?;
         if let Some(run_id) = &row.lease.run_id {
             writeln!(
                 out,
-                "  running as         run {run_id}, process {} on {}, lease until {}",
+                "  running as         run {}, process {} on {}, lease until {}",
+                esc(run_id),
                 row.lease.owner_pid.unwrap_or(0),
-                row.lease.owner_host.as_deref().unwrap_or("?"),
+                dash(&row.lease.owner_host),
                 dash(&row.lease.lease_expires_at_utc)
             )?;
         }
@@ -84,10 +87,10 @@ pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn
             s.records_processed.map_or_else(|| "-".into(), |n| n.to_string())
         )?;
         if let Some(summary) = &s.error_summary {
-            writeln!(out, "  error summary      {summary}")?;
+            writeln!(out, "  error summary      {}", esc(summary))?;
         }
         if let Some(metadata) = &s.metadata {
-            writeln!(out, "  metadata           {metadata}")?;
+            writeln!(out, "  metadata           {}", esc(&metadata.to_string()))?;
         }
         writeln!(
             out,
@@ -99,9 +102,30 @@ pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn
     Ok(())
 }
 
-/// An optional field as text, "-" when absent.
-fn dash(value: &Option<String>) -> &str {
-    value.as_deref().unwrap_or("-")
+/// An optional field as text for a terminal, "-" when absent.
+fn dash(value: &Option<String>) -> String {
+    value.as_deref().map_or_else(|| "-".into(), esc)
+}
+
+/// Text for a terminal: connector-written values (cursors, summaries,
+/// metadata, names) may hold line breaks that forge fields and escapes that
+/// drive the operator's terminal, so control and bidi characters and the
+/// backslash are written as escapes. JSON output stays exact.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || crate::log::is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), AdminError> {
@@ -127,17 +151,17 @@ pub fn state_audit(
         write!(
             out,
             "{}  {:<14} {}/{} (customer {})  {} -> {}  by {}",
-            e.created_at_utc,
-            e.event_type,
-            e.connector_name,
-            e.stream_name,
-            e.customer_number,
+            esc(&e.created_at_utc),
+            esc(&e.event_type),
+            esc(&e.connector_name),
+            esc(&e.stream_name),
+            esc(&e.customer_number),
             dash(&e.old_cursor_value),
             dash(&e.new_cursor_value),
             dash(&e.api_user)
         )?;
         match &e.reason {
-            Some(reason) => writeln!(out, "  reason: {reason}")?,
+            Some(reason) => writeln!(out, "  reason: {}", esc(reason))?,
             None => writeln!(out)?,
         }
     }
@@ -161,16 +185,35 @@ pub fn runs(
         writeln!(
             out,
             "{} {}/{} (customer {})  {}",
-            r.run_id, r.connector_name, r.stream_name, r.customer_number, r.status
+            esc(&r.run_id),
+            esc(&r.connector_name),
+            esc(&r.stream_name),
+            esc(&r.customer_number),
+            esc(&r.status)
         )?;
-        writeln!(out, "  started {}  ended {}", r.started_at_utc, dash(&r.ended_at_utc))?;
+        writeln!(
+            out,
+            "  started {}  ended {}",
+            esc(&r.started_at_utc),
+            dash(&r.ended_at_utc)
+        )?;
+        let n = |v: Option<i64>| v.map_or_else(|| "-".into(), |n| n.to_string());
         writeln!(
             out,
             "  records {}  cursor {} -> {}",
-            r.records_processed.map_or_else(|| "-".into(), |n| n.to_string()),
+            n(r.records_processed),
             dash(&r.cursor_before),
             dash(&r.cursor_after)
         )?;
+        if r.suppliers_inserted.is_some() {
+            writeln!(
+                out,
+                "  suppliers {} inserted, {} updated, {} unchanged",
+                n(r.suppliers_inserted),
+                n(r.suppliers_updated),
+                n(r.suppliers_unchanged)
+            )?;
+        }
         writeln!(
             out,
             "  process {} on {}  plugin sha256 {}",
@@ -179,7 +222,7 @@ pub fn runs(
             dash(&r.plugin_sha256)
         )?;
         if let Some(e) = &r.error_summary {
-            writeln!(out, "  error: {e}")?;
+            writeln!(out, "  error: {}", esc(e))?;
         }
     }
     Ok(())
@@ -237,10 +280,11 @@ pub fn state_reset(
     })?;
     writeln!(
         out,
-        "Reset {key}: cursor {} -> {} (status idle). Reason: {}",
-        old.as_deref().unwrap_or("-"),
-        reset.new_cursor_value,
-        reset.reason
+        "Reset {}: cursor {} -> {} (status idle). Reason: {}",
+        esc(&key.to_string()),
+        dash(&old),
+        esc(&reset.new_cursor_value),
+        esc(&reset.reason)
     )?;
     Ok(())
 }
@@ -314,36 +358,43 @@ fn row_object(
 }
 
 /// Each supplier with its locations and their addresses, in a stable order
-/// (customer, supplier number, organization code; location code; insertion).
+/// (customer, supplier number, organization code; location code; position).
 fn for_each_supplier(
     conn: &Connection,
     customer: Option<&str>,
     mut visit: impl FnMut(Value) -> Result<(), AdminError>,
 ) -> Result<(), AdminError> {
     let mut suppliers = conn.prepare(&format!(
-        "SELECT supplier_id, {} FROM supplier WHERE (?1 IS NULL OR customer_number = ?1)
+        "SELECT {} FROM supplier WHERE (?1 IS NULL OR customer_number = ?1)
          ORDER BY customer_number, supplier_number, organization_code",
         SUPPLIER_FIELDS.join(", ")
     ))?;
     let mut locations = conn.prepare(&format!(
-        "SELECT supplier_location_id, {} FROM supplier_location WHERE supplier_id = ?1 ORDER BY location_code",
+        "SELECT {} FROM supplier_location
+         WHERE customer_number = ?1 AND supplier_number = ?2 AND supplier_organization_code = ?3
+         ORDER BY location_code",
         LOCATION_FIELDS.join(", ")
     ))?;
     let mut addresses = conn.prepare(&format!(
-        "SELECT {} FROM supplier_address WHERE supplier_location_id = ?1 ORDER BY supplier_address_id",
+        "SELECT {} FROM supplier_address
+         WHERE customer_number = ?1 AND supplier_number = ?2 AND supplier_organization_code = ?3
+           AND location_code = ?4
+         ORDER BY position",
         ADDRESS_FIELDS.join(", ")
     ))?;
     let mut rows = suppliers.query(params![customer])?;
     while let Some(r) = rows.next()? {
-        let id: i64 = r.get(0)?;
-        let mut supplier = row_object(r, &SUPPLIER_FIELDS, 1)?;
+        let mut supplier = row_object(r, &SUPPLIER_FIELDS, 0)?;
+        let key: [String; 3] = [r.get(0)?, r.get(1)?, r.get(2)?];
         let mut nested = Vec::new();
-        let mut loc_rows = locations.query([id])?;
+        let mut loc_rows = locations.query(params![key[0], key[1], key[2]])?;
         while let Some(l) = loc_rows.next()? {
-            let loc_id: i64 = l.get(0)?;
-            let mut location = row_object(l, &LOCATION_FIELDS, 1)?;
+            let mut location = row_object(l, &LOCATION_FIELDS, 0)?;
+            let code: String = l.get(0)?;
             let addrs = addresses
-                .query_map([loc_id], |a| row_object(a, &ADDRESS_FIELDS, 0).map(Value::Object))?
+                .query_map(params![key[0], key[1], key[2], code], |a| {
+                    row_object(a, &ADDRESS_FIELDS, 0).map(Value::Object)
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             location.insert("addresses".into(), Value::Array(addrs));
             nested.push(Value::Object(location));

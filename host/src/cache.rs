@@ -1,19 +1,29 @@
 //! The compiled-component cache: a scheduled run should not pay for Cranelift.
 //!
-//! Entries are keyed by the plugin's SHA-256 and the engine's compatibility
-//! hash, written atomically (temp file + rename), and framed with a magic and
-//! a BLAKE3 digest of the payload. wasmtime's deserialisation trusts its input,
-//! so an entry is only handed to it after the digest matches; anything
-//! corrupt, truncated or foreign is removed and recompiled, never loaded.
+//! An entry is native code that wasmtime loads without checking it, so the
+//! cache trusts nothing it did not write itself:
+//!
+//! - each entry is framed with a MAC (keyed BLAKE3) over the plugin's SHA-256,
+//!   the engine's compatibility hash and the payload, under a key kept outside
+//!   the cache directory (`<config dir>/nuntiq-host/cache.key`, mode 0600): an
+//!   entry of another plugin copied to this plugin's name, or a file someone
+//!   planted, fails the check and is recompiled, never loaded;
+//! - entries are opened without following symlinks and written atomically
+//!   (temp file + rename);
+//! - a cache directory or key file that another user could write is not used
+//!   at all: the plugin is compiled and the log says how to fix it.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-const MAGIC: &[u8; 16] = b"NUNTIQ-CWASM\0v1\0";
-const DIGEST_LEN: usize = 32;
+const MAGIC: &[u8; 16] = b"NUNTIQ-CWASM\0v2\0";
+const MAC_LEN: usize = 32;
+/// Separates this MAC's inputs from any other use of the key.
+const MAC_CONTEXT: &[u8] = b"nuntiq-host compile cache entry v2";
 
 /// How a component was obtained.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,14 +34,18 @@ pub enum CacheOutcome {
     Compiled { stored: bool },
     /// The entry was unusable (the reason says why); compiled and replaced.
     Replaced(String),
+    /// The cache directory or its key is not safe to use (the reason says why
+    /// and how to fix it); compiled without the cache.
+    Refused(String),
     /// Caching is off.
     Disabled,
 }
 
-/// A directory of compiled components.
+/// A directory of compiled components and the key that authenticates them.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    key_file: PathBuf,
 }
 
 impl CompileCache {
@@ -40,8 +54,23 @@ impl CompileCache {
         dirs::cache_dir().map(|d| d.join("nuntiq-host"))
     }
 
+    /// `$XDG_CONFIG_HOME/nuntiq-host/cache.key` (usually `~/.config/…`), or
+    /// beside the cache directory when no config directory is known.
+    pub fn default_key_file(dir: &Path) -> PathBuf {
+        dirs::config_dir().map_or_else(
+            || dir.with_extension("key"),
+            |d| d.join("nuntiq-host").join("cache.key"),
+        )
+    }
+
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+        let key_file = Self::default_key_file(&dir);
+        Self { dir, key_file }
+    }
+
+    pub fn with_key_file(mut self, key_file: PathBuf) -> Self {
+        self.key_file = key_file;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -50,10 +79,8 @@ impl CompileCache {
 
     /// The entry for this plugin under this engine's configuration.
     pub fn entry_path(&self, engine: &Engine, plugin_sha256: &str) -> PathBuf {
-        let mut hasher = std::hash::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        env!("CARGO_PKG_VERSION").hash(&mut hasher);
-        self.dir.join(format!("{plugin_sha256}-{:016x}.cwasm", hasher.finish()))
+        self.dir
+            .join(format!("{plugin_sha256}-{:016x}.cwasm", engine_hash(engine)))
     }
 
     /// Loads the compiled component, or compiles and stores it.
@@ -63,11 +90,20 @@ impl CompileCache {
         wasm: &[u8],
         plugin_sha256: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        let key = match self.prepare() {
+            Ok(key) => key,
+            Err(why) => {
+                let component = Component::new(engine, wasm)?;
+                return Ok((component, CacheOutcome::Refused(why)));
+            }
+        };
         let path = self.entry_path(engine, plugin_sha256);
-        let problem = match std::fs::read(&path) {
-            Ok(entry) => match verified_payload(&entry) {
-                // SAFETY: the digest proves these are the bytes this host wrote
-                // from `precompile_component`; wasmtime re-checks the engine.
+        let binding = Binding::new(plugin_sha256, engine);
+        let problem = match read_entry(&path) {
+            Ok(entry) => match verified_payload(&entry, &key, &binding) {
+                // SAFETY: the MAC proves this host wrote these bytes from
+                // `precompile_component` for this plugin and engine; wasmtime
+                // re-checks the engine.
                 Ok(payload) => match unsafe { Component::deserialize(engine, payload) } {
                     Ok(component) => return Ok((component, CacheOutcome::Hit)),
                     Err(e) => Some(format!("it was built for another engine ({e})")),
@@ -83,7 +119,7 @@ impl CompileCache {
         let payload = engine.precompile_component(wasm)?;
         // SAFETY: just produced by this engine.
         let component = unsafe { Component::deserialize(engine, &payload)? };
-        let stored = self.store(&path, &payload).is_ok();
+        let stored = self.store(&path, &key, &binding, &payload).is_ok();
         let outcome = match (problem, stored) {
             (Some(why), true) => CacheOutcome::Replaced(why),
             (_, stored) => CacheOutcome::Compiled { stored },
@@ -91,12 +127,23 @@ impl CompileCache {
         Ok((component, outcome))
     }
 
+    /// Makes sure the directory and the key are ours alone; returns the key.
+    fn prepare(&self) -> Result<[u8; 32], String> {
+        if let Err(e) = create_private_dir(&self.dir) {
+            // An unwritable location still compiles; storing will fail and say so.
+            if !self.dir.exists() {
+                return Err(format!("{} cannot be created ({e})", self.dir.display()));
+            }
+        }
+        check_private(&self.dir, "the compile cache directory", 0o022)?;
+        load_or_create_key(&self.key_file)
+    }
+
     /// Writes an entry atomically: a reader sees the old file, the new one, or none.
-    fn store(&self, path: &Path, payload: &[u8]) -> std::io::Result<()> {
-        create_private_dir(&self.dir)?;
+    fn store(&self, path: &Path, key: &[u8; 32], binding: &Binding, payload: &[u8]) -> std::io::Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(MAGIC)?;
-        tmp.write_all(blake3::hash(payload).as_bytes())?;
+        tmp.write_all(&mac(key, binding, payload))?;
         tmp.write_all(payload)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
@@ -104,15 +151,73 @@ impl CompileCache {
     }
 }
 
-/// The payload of an entry whose frame and digest check out.
-fn verified_payload(entry: &[u8]) -> Result<&[u8], String> {
-    let header = MAGIC.len() + DIGEST_LEN;
+/// What an entry is bound to besides its payload.
+struct Binding {
+    plugin_sha256: String,
+    engine_hash: u64,
+}
+
+impl Binding {
+    fn new(plugin_sha256: &str, engine: &Engine) -> Self {
+        Self {
+            plugin_sha256: plugin_sha256.to_owned(),
+            engine_hash: engine_hash(engine),
+        }
+    }
+}
+
+fn engine_hash(engine: &Engine) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    env!("CARGO_PKG_VERSION").hash(&mut hasher);
+    hasher.finish()
+}
+
+fn mac(key: &[u8; 32], binding: &Binding, payload: &[u8]) -> [u8; MAC_LEN] {
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    hasher.update(MAC_CONTEXT);
+    hasher.update(binding.plugin_sha256.as_bytes());
+    hasher.update(&binding.engine_hash.to_le_bytes());
+    hasher.update(payload);
+    *hasher.finalize().as_bytes()
+}
+
+/// Reads an entry without following a symlink to it.
+fn read_entry(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("it is a symlink, which the cache never follows")
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    let mut entry = Vec::new();
+    file.read_to_end(&mut entry)?;
+    Ok(entry)
+}
+
+/// The payload of an entry whose frame and MAC check out for this binding.
+fn verified_payload<'a>(entry: &'a [u8], key: &[u8; 32], binding: &Binding) -> Result<&'a [u8], String> {
+    let header = MAGIC.len() + MAC_LEN;
     if entry.len() < header || &entry[..MAGIC.len()] != MAGIC {
         return Err("it is not a nuntiq-host cache entry".into());
     }
-    let (digest, payload) = entry[MAGIC.len()..].split_at(DIGEST_LEN);
-    if blake3::hash(payload).as_bytes() != digest {
-        return Err("its checksum does not match (corrupt or truncated)".into());
+    let (tag, payload) = entry[MAGIC.len()..].split_at(MAC_LEN);
+    // Constant-time comparison (blake3's Hash equality).
+    if blake3::Hash::from_bytes(mac(key, binding, payload))
+        != blake3::Hash::from_bytes(tag.try_into().expect("32 bytes"))
+    {
+        return Err(
+            "its MAC does not match (corrupt, truncated, written for another plugin, or not written by this host)"
+                .into(),
+        );
     }
     Ok(payload)
 }
@@ -123,9 +228,75 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
+/// Refuses a path that is a symlink, belongs to another user, or whose mode
+/// has any bit of `forbidden` set.
+fn check_private(path: &Path, what: &str, forbidden: u32) -> Result<(), String> {
+    let meta =
+        std::fs::symlink_metadata(path).map_err(|e| format!("{what} {} cannot be read ({e})", path.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "{what} {} is a symlink; point --cache-dir at the real directory",
+            path.display()
+        ));
+    }
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if meta.uid() != uid {
+        return Err(format!(
+            "{what} {} belongs to user {}, not to this user ({uid}); use a directory of your own",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & forbidden != 0 {
+        return Err(format!(
+            "{what} {} has mode {mode:03o}, so other users could plant code or read the key; \
+             fix it with `chmod {:03o} {}`",
+            path.display(),
+            mode & !forbidden,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The cache key: read from `path`, or created there (mode 0600) on first use.
+fn load_or_create_key(path: &Path) -> Result<[u8; 32], String> {
+    let shown = path.display();
+    if !path.exists() {
+        if let Some(parent) = path.parent() {
+            create_private_dir(parent).map_err(|e| format!("the cache key's directory cannot be created ({e})"))?;
+        }
+        let mut seed = Vec::with_capacity(64);
+        for _ in 0..4 {
+            seed.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        }
+        let key = *blake3::hash(&seed).as_bytes();
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(&key).and_then(|_| f.sync_all()));
+        match written {
+            Ok(()) => return Ok(key),
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("the cache key {shown} cannot be written ({e})")),
+        }
+    }
+    check_private(path, "the cache key", 0o077)?;
+    let bytes = read_entry(path).map_err(|e| format!("the cache key {shown} cannot be read ({e})"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("the cache key {shown} is not 32 bytes; delete it and a new one is made"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn engine() -> Engine {
         Engine::default()
@@ -134,24 +305,28 @@ mod tests {
     /// The smallest component.
     const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
 
+    fn cache(dir: &Path) -> CompileCache {
+        CompileCache::new(dir.join("c")).with_key_file(dir.join("config").join("cache.key"))
+    }
+
     #[test]
-    fn second_load_is_a_hit() {
+    fn second_load_is_a_hit_and_everything_is_private() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(dir.path().join("c"));
+        let cache = cache(dir.path());
         let e = engine();
         let (_, first) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
         assert_eq!(first, CacheOutcome::Compiled { stored: true });
         let (_, second) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
         assert_eq!(second, CacheOutcome::Hit);
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(cache.dir()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(cache.dir()), 0o700);
+        assert_eq!(mode(&dir.path().join("config/cache.key")), 0o600);
     }
 
     #[test]
-    fn corrupt_truncated_and_foreign_entries_are_replaced() {
+    fn corrupt_truncated_foreign_and_unkeyed_entries_are_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CompileCache::new(dir.path().to_owned());
+        let cache = cache(dir.path());
         let e = engine();
         cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
         let path = cache.entry_path(&e, "abc");
@@ -163,7 +338,7 @@ mod tests {
         std::fs::write(&path, &flipped).unwrap();
         let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
         assert!(
-            matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("checksum")),
+            matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("MAC does not match")),
             "{outcome:?}"
         );
         assert_eq!(std::fs::read(&path).unwrap(), good, "rewritten");
@@ -172,15 +347,15 @@ mod tests {
         let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
         assert!(matches!(outcome, CacheOutcome::Replaced(_)));
 
-        // A well-framed entry whose payload is not this engine's code.
+        // Framed like ours, with an unkeyed digest: someone without the key wrote it.
         let garbage = b"definitely not a compiled component";
-        let mut foreign = MAGIC.to_vec();
-        foreign.extend_from_slice(blake3::hash(garbage).as_bytes());
-        foreign.extend_from_slice(garbage);
-        std::fs::write(&path, &foreign).unwrap();
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(blake3::hash(garbage).as_bytes());
+        forged.extend_from_slice(garbage);
+        std::fs::write(&path, &forged).unwrap();
         let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
         assert!(
-            matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("another engine")),
+            matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("MAC does not match")),
             "{outcome:?}"
         );
 
@@ -192,12 +367,48 @@ mod tests {
     }
 
     #[test]
+    fn another_plugins_entry_under_this_plugins_name_is_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let e = engine();
+        cache.load_or_compile(&e, EMPTY_COMPONENT, "other").unwrap();
+        std::fs::copy(cache.entry_path(&e, "other"), cache.entry_path(&e, "mine")).unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "mine").unwrap();
+        assert!(
+            matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("written for another plugin")),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn symlinked_entries_and_shared_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let e = engine();
+        cache.load_or_compile(&e, EMPTY_COMPONENT, "other").unwrap();
+        let path = cache.entry_path(&e, "mine");
+        std::os::unix::fs::symlink(cache.entry_path(&e, "other"), &path).unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "mine").unwrap();
+        assert!(
+            matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("symlink")),
+            "{outcome:?}"
+        );
+
+        std::fs::set_permissions(cache.dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "mine").unwrap();
+        assert!(
+            matches!(&outcome, CacheOutcome::Refused(why) if why.contains("has mode 777") && why.contains("chmod 755")),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
     fn an_unwritable_cache_still_compiles() {
         let dir = tempfile::tempdir().unwrap();
         let blocker = dir.path().join("file");
         std::fs::write(&blocker, b"").unwrap();
-        let cache = CompileCache::new(blocker.join("sub"));
+        let cache = CompileCache::new(blocker.join("sub")).with_key_file(dir.path().join("k"));
         let (_, outcome) = cache.load_or_compile(&engine(), EMPTY_COMPONENT, "abc").unwrap();
-        assert_eq!(outcome, CacheOutcome::Compiled { stored: false });
+        assert!(matches!(outcome, CacheOutcome::Refused(_)), "{outcome:?}");
     }
 }

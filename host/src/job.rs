@@ -2,11 +2,11 @@
 //! anything is written, run the connector, and say how it ended.
 
 use crate::cache::{CacheOutcome, CompileCache};
-use crate::caps::delta::RunIdentity;
+use crate::caps::delta::{DeltaConfig, RunIdentity};
 use crate::caps::http::HttpConfig;
 use crate::caps::supplier::SupplierConfig;
-use crate::limits::Limits;
-use crate::log::{Level, LogFormat, LogSink, Redactor};
+use crate::limits::{Limits, Stop};
+use crate::log::{Level, LogFormat, LogSink, MAX_MESSAGE_BYTES, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
 use crate::runtime::{Job, Outcome, PluginError, Runtime};
 use crate::settings::{Settings, SettingsError};
@@ -25,11 +25,15 @@ pub struct JobOptions {
     pub log_format: LogFormat,
     pub log_level: Level,
     pub allow_hosts: Vec<String>,
+    /// Origins besides config.api_url's that may receive a bearer secret.
+    pub bearer_hosts: Vec<String>,
     pub allow_private_networks: bool,
     pub deny_secret_read: bool,
     pub limits: Limits,
     pub http: HttpConfig,
     pub suppliers: SupplierConfig,
+    /// Stream limits; `connector_name` comes from the settings.
+    pub delta: DeltaConfig,
     /// How long a stream's lease lasts without a heartbeat.
     pub lease: std::time::Duration,
     /// Where compiled components are cached; `None` compiles every time.
@@ -78,23 +82,56 @@ impl Report {
     }
 }
 
-/// Runs one job and reports; logs go to stderr.
+/// Runs one job and reports; logs go to stderr. SIGTERM and SIGINT stop it
+/// like the deadline does; a second one ends the process at once.
 pub fn run_plugin(options: JobOptions) -> Report {
+    let stop = Stop::new(options.limits.timeout);
+    listen_for_signals(stop.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    runtime.block_on(run(options))
+    runtime.block_on(run(options, stop))
 }
 
-async fn run(options: JobOptions) -> Report {
+/// Watches for SIGTERM and SIGINT on a thread of its own (a connector spinning
+/// in wasm never yields to the async runtime, but it checks the stop).
+fn listen_for_signals(stop: Arc<Stop>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("nuntiq-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                seen += 1;
+                if seen == 1 {
+                    stop.cancel(name);
+                    continue;
+                }
+                // A second signal: the operator wants out now.
+                let envelope = json!({"success": false, "error": {"kind": "cancelled", "message": format!(
+                    "the run was cancelled by {name} a second time and stopped at once, without settling the store; \
+                     an open delta run stays running until its lease expires or a run on this machine finds this \
+                     process gone"
+                )}});
+                print!("{}", envelope_line(&envelope));
+                std::process::exit(1);
+            }
+        });
+}
+
+async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
     let prepared = match prepare(&options) {
         Ok(p) => p,
         Err(e) => {
             // Settings may not have parsed, so there may be no secrets to redact:
             // our messages name secrets, never their values.
             let log = LogSink::stderr(options.log_format, options.log_level, Redactor::default());
-            let message = e.to_string();
+            let message = Redactor::default().clean(&e.to_string(), MAX_MESSAGE_BYTES);
             log.error(&format!("Nothing was run: {message}"), Some("start"), None);
             return Report::failure(e.kind(), message, 2);
         }
@@ -105,8 +142,18 @@ async fn run(options: JobOptions) -> Report {
         plugin,
         store,
         policy,
+        bearer_hosts,
     } = prepared;
     redact_panics(&settings);
+    if let Some(limit) = stop.exceeded() {
+        let message = format!("{limit} before the connector started; nothing was run");
+        LogSink::stderr(options.log_format, options.log_level, Redactor::default()).error(
+            &message,
+            Some("start"),
+            None,
+        );
+        return Report::failure(limit.kind(), message, 1);
+    }
     let log = Arc::new(
         LogSink::stderr(
             options.log_format,
@@ -130,8 +177,15 @@ async fn run(options: JobOptions) -> Report {
         store,
         log: log.clone(),
         policy,
-        http: options.http.clone(),
+        http: HttpConfig {
+            bearer_hosts,
+            ..options.http.clone()
+        },
         suppliers: options.suppliers.clone(),
+        delta: DeltaConfig {
+            connector_name: settings.connector_name.clone(),
+            ..options.delta.clone()
+        },
         deny_secret_read: options.deny_secret_read,
         limits: options.limits.clone(),
         identity: RunIdentity {
@@ -139,14 +193,25 @@ async fn run(options: JobOptions) -> Report {
             plugin_sha256: plugin.sha256.clone(),
             lease: options.lease,
         },
+        stop: stop.clone(),
     };
-    let redact = |text: &str| log.redactor().redact(text);
+    let redact = |text: &str| log.redactor().clean(text, MAX_ENVELOPE_MESSAGE_BYTES);
     match runtime.run(&plugin.pre, job).await {
-        Ok(Outcome::Success(mut result)) => {
+        Ok(Outcome::Success(mut result, written)) => {
+            result.insert("inserted".into(), written.inserted.into());
+            result.insert("updated".into(), written.updated.into());
+            result.insert("unchanged".into(), written.unchanged.into());
             result.insert("success".into(), Value::Bool(true));
-            log.info("Run succeeded", Some("done"), None);
+            log.info(
+                &format!(
+                    "Run succeeded: {} suppliers inserted, {} updated, {} unchanged",
+                    written.inserted, written.updated, written.unchanged
+                ),
+                Some("done"),
+                None,
+            );
             Report {
-                envelope: log.redactor().redact_json(Value::Object(result)),
+                envelope: log.redactor().clean_json(Value::Object(result)),
                 exit_code: 0,
             }
         }
@@ -163,12 +228,16 @@ async fn run(options: JobOptions) -> Report {
     }
 }
 
+/// Longest error message in the envelope, in bytes.
+const MAX_ENVELOPE_MESSAGE_BYTES: usize = 8 * 1024;
+
 struct Prepared {
     settings: Arc<Settings>,
     runtime: Runtime,
     plugin: crate::runtime::Plugin,
     store: Store,
     policy: Arc<NetworkPolicy>,
+    bearer_hosts: Vec<AllowedHost>,
 }
 
 /// Checks every input; the database is opened (and created) last, so bad
@@ -178,6 +247,12 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         .allow_hosts
         .iter()
         .map(|h| AllowedHost::parse(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(InputError::Arguments)?;
+    let bearer_hosts = options
+        .bearer_hosts
+        .iter()
+        .map(|h| AllowedHost::parse(h).map_err(|e| e.replacen("--allow-host", "--bearer-host", 1)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(InputError::Arguments)?;
     let settings = Arc::new(Settings::load(&options.settings, &options.params)?);
@@ -199,6 +274,7 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         plugin,
         store,
         policy,
+        bearer_hosts,
     })
 }
 
@@ -218,6 +294,11 @@ fn log_compilation(log: &LogSink, name: &str, plugin: &crate::runtime::Plugin, c
         ),
         CacheOutcome::Replaced(why) => log.warn(
             &format!("The compile cache entry for {name} was unusable: {why}; recompiled it in {ms:.0} ms"),
+            Some("compile"),
+            None,
+        ),
+        CacheOutcome::Refused(why) => log.warn(
+            &format!("Compiled {name} in {ms:.0} ms without the compile cache: {why}"),
             Some("compile"),
             None,
         ),
@@ -241,6 +322,12 @@ pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf) -> Result<String, I
                 entry.display()
             )));
         }
+        CacheOutcome::Refused(why) => {
+            return Err(InputError::Arguments(format!(
+                "compiled {} but did not cache it: {why}",
+                plugin.display()
+            )));
+        }
         _ => format!("compiled {} in {ms:.0} ms: {}", plugin.display(), entry.display()),
     })
 }
@@ -249,7 +336,10 @@ pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf) -> Result<String, I
 fn redact_panics(settings: &Settings) {
     let redactor = Redactor::new(settings.secret_values());
     std::panic::set_hook(Box::new(move |info| {
-        eprintln!("nuntiq-host panicked: {}", redactor.redact(&info.to_string()));
+        eprintln!(
+            "nuntiq-host panicked: {}",
+            redactor.clean(&info.to_string(), MAX_MESSAGE_BYTES)
+        );
     }));
 }
 

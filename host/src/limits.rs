@@ -2,7 +2,8 @@
 //! operator sets them with flags. Each limit that ends a run has its own error
 //! kind in the envelope.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The operator's limits for one job.
 #[derive(Debug, Clone)]
@@ -23,7 +24,17 @@ pub struct Limits {
     /// Epoch interruption (what stops a connector spinning without host calls).
     /// Off only in [`Limits::unenforced`], to measure what the limits cost.
     pub epoch_interruption: bool,
+    /// Bytes the host copies out of the connector in one call (wasmtime's
+    /// hostcall fuel): strings and lists it hands over, however they alias.
+    pub max_call_bytes: usize,
+    /// After the deadline or a signal: how long the host may take to stop the
+    /// connector, settle the store and report, before it reports anyway.
+    pub grace: Duration,
 }
+
+/// The largest result object a connector may return, as JSON text: it is a
+/// summary that the host prints in the envelope.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -35,6 +46,8 @@ impl Default for Limits {
             max_log_lines: 50_000,
             max_log_bytes: 32 << 20,
             epoch_interruption: true,
+            max_call_bytes: 16 << 20,
+            grace: Duration::from_secs(10),
         }
     }
 }
@@ -51,6 +64,8 @@ impl Limits {
             max_log_lines: u64::MAX,
             max_log_bytes: u64::MAX,
             epoch_interruption: false,
+            max_call_bytes: usize::MAX,
+            grace: Limits::default().grace,
         }
     }
 }
@@ -67,15 +82,137 @@ pub enum LimitExceeded {
     Table { desired: usize, limit: usize },
     #[error("the run exceeded its time limit of {} (--timeout)", humantime::format_duration(*.0))]
     Timeout(Duration),
+    #[error("the run was cancelled by {0}")]
+    Cancelled(&'static str),
+    #[error(
+        "the connector handed the host more than {limit} bytes in one call (--max-call-bytes); \
+         the host bounds what it copies out of a connector, however its strings and lists alias"
+    )]
+    CallTooLarge { limit: usize },
 }
 
 impl LimitExceeded {
     /// The envelope's error kind.
     pub fn kind(&self) -> &'static str {
         match self {
-            LimitExceeded::Memory { .. } | LimitExceeded::Table { .. } => "memory_limit",
+            LimitExceeded::Memory { .. } | LimitExceeded::Table { .. } | LimitExceeded::CallTooLarge { .. } => {
+                "memory_limit"
+            }
             LimitExceeded::Timeout(_) => "timeout",
+            LimitExceeded::Cancelled(_) => "cancelled",
         }
+    }
+
+    /// The limit behind a trap, if a limit caused it: ours travel in the error,
+    /// wasmtime's hostcall fuel is recognised by its message.
+    pub fn of_trap(error: &wasmtime::Error, max_call_bytes: usize) -> Option<LimitExceeded> {
+        if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+            return Some(limit.clone());
+        }
+        error
+            .chain()
+            .any(|e| e.to_string().starts_with(HOSTCALL_FUEL_EXHAUSTED))
+            .then_some(LimitExceeded::CallTooLarge { limit: max_call_bytes })
+    }
+}
+
+/// How wasmtime 48 words a hostcall-fuel trap (its error type is private);
+/// the `alias-bomb` end-to-end test keeps this honest.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "too much data is being copied between the host and the guest";
+
+/// Why a job is being stopped from outside the connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Deadline,
+    /// SIGTERM or SIGINT, by name.
+    Signal(&'static str),
+}
+
+/// The job's deadline and cancellation, shared by the runtime (epoch checks,
+/// the call itself) and the store (no commit after the job was stopped).
+#[derive(Debug)]
+pub struct Stop {
+    deadline: Instant,
+    timeout: Duration,
+    signal: OnceLock<&'static str>,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    pub fn new(timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            deadline: Instant::now() + timeout,
+            timeout,
+            signal: OnceLock::new(),
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A stop that never comes (admin commands, tests).
+    pub fn never() -> Arc<Self> {
+        Self::new(Duration::from_secs(100 * 365 * 24 * 3600))
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Records a signal; the first one wins.
+    pub fn cancel(&self, signal: &'static str) {
+        if self.signal.set(signal).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        if let Some(signal) = self.signal.get() {
+            return Some(StopReason::Signal(signal));
+        }
+        (Instant::now() >= self.deadline).then_some(StopReason::Deadline)
+    }
+
+    /// The limit a stopped job reports.
+    pub fn exceeded(&self) -> Option<LimitExceeded> {
+        self.reason().map(|r| match r {
+            StopReason::Deadline => LimitExceeded::Timeout(self.timeout),
+            StopReason::Signal(signal) => LimitExceeded::Cancelled(signal),
+        })
+    }
+
+    /// Resolves once the deadline passes or a signal arrives.
+    pub async fn stopped(&self) -> LimitExceeded {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(limit) = self.exceeded() {
+                return limit;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(self.deadline.into()) => {}
+            }
+        }
+    }
+}
+
+/// The last answer a limit-guarded capability (http, delta-state,
+/// supplier-load) gave the connector. When the connector then fails, the
+/// envelope names the limit only if a limit refused its last such call.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<Mutex<Option<LimitHit>>>);
+
+impl Refusals {
+    /// A limit refused the call.
+    pub fn refused(&self, hit: LimitHit) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hit);
+    }
+
+    /// The call was answered otherwise: any earlier refusal is history.
+    pub fn answered(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn last(&self) -> Option<LimitHit> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -84,7 +221,8 @@ impl LimitExceeded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitHit {
     /// The envelope's error kind: `body_too_large`, `request_budget`, `too_many_redirects`,
-    /// `network_denied`, `batch_too_large`, `already_running`, `lease_lost`.
+    /// `network_denied`, `batch_too_large`, `already_running`, `lease_lost`,
+    /// `stream_denied`, `stream_limit`.
     pub kind: &'static str,
     pub message: String,
 }
@@ -176,6 +314,37 @@ mod tests {
         );
         assert!(limiter.table_growing(0, 10, None).unwrap());
         assert!(limiter.table_growing(0, 1_000_000, None).is_err());
+    }
+
+    #[test]
+    fn refusals_name_only_the_last_answer() {
+        let r = Refusals::default();
+        r.refused(LimitHit {
+            kind: "body_too_large",
+            message: "big".into(),
+        });
+        assert_eq!(r.last().unwrap().kind, "body_too_large");
+        r.answered();
+        assert_eq!(r.last(), None, "a later answer makes the refusal history");
+    }
+
+    #[tokio::test]
+    async fn a_stop_comes_at_the_deadline_or_with_a_signal() {
+        let stop = Stop::new(Duration::from_millis(30));
+        assert_eq!(stop.reason(), None);
+        assert_eq!(stop.stopped().await, LimitExceeded::Timeout(Duration::from_millis(30)));
+        assert_eq!(stop.reason(), Some(StopReason::Deadline));
+
+        let stop = Stop::never();
+        let waiter = {
+            let stop = stop.clone();
+            tokio::spawn(async move { stop.stopped().await })
+        };
+        tokio::task::yield_now().await;
+        stop.cancel("SIGTERM");
+        stop.cancel("SIGINT");
+        assert_eq!(waiter.await.unwrap(), LimitExceeded::Cancelled("SIGTERM"));
+        assert_eq!(LimitExceeded::Cancelled("SIGTERM").kind(), "cancelled");
     }
 
     #[test]

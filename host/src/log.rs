@@ -13,6 +13,11 @@ pub const REDACTED: &str = "[REDACTED]";
 
 /// Longest message kept, in bytes; longer ones are cut and marked.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Longest step kept, in bytes.
+pub const MAX_STEP_BYTES: usize = 256;
+/// Largest `detail` (JSON text) a connector line may carry; a larger one is
+/// replaced by a note of its size, so no line outgrows the budget.
+pub const MAX_DETAIL_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Level {
@@ -51,71 +56,185 @@ pub enum LogFormat {
     Json,
 }
 
-/// Replaces every secret value, wherever it appears as a substring.
+/// Secrets shorter than this are redacted only where they stand as a whole
+/// token (not inside a longer run of letters and digits): a one-letter secret
+/// must not turn every `t` of every line into `[REDACTED]`, while `pin=4821`
+/// still loses its PIN. Longer secrets are redacted wherever they appear.
+pub const MIN_SUBSTRING_SECRET: usize = 8;
+
+/// Replaces every secret value in text that has already been sanitised
+/// (see [`Redactor::clean`], which does both in the right order).
 #[derive(Debug, Default)]
 pub struct Redactor {
-    matcher: Option<AhoCorasick>,
+    /// Secrets of at least [`MIN_SUBSTRING_SECRET`] bytes, matched as substrings.
+    long: Option<AhoCorasick>,
+    /// Shorter secrets, matched only as whole tokens.
+    short: Option<AhoCorasick>,
+    /// The longest secret, in bytes: how much of a cut message may hold part of one.
+    longest: usize,
 }
 
 impl Redactor {
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut patterns: Vec<&str> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
-        // Longest first, so a secret that contains another is replaced whole.
-        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        patterns.dedup();
-        let matcher = (!patterns.is_empty()).then(|| {
-            AhoCorasick::builder()
-                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-                .build(&patterns)
-                .expect("secret patterns build")
-        });
-        Self { matcher }
+        // A secret is compared as it prints: control characters never reach a log line.
+        let mut long: Vec<String> = Vec::new();
+        let mut short: Vec<String> = Vec::new();
+        for secret in secrets {
+            let printed = strip_controls(secret);
+            if printed.is_empty() {
+                continue;
+            }
+            if printed.len() >= MIN_SUBSTRING_SECRET {
+                &mut long
+            } else {
+                &mut short
+            }
+            .push(printed);
+        }
+        let longest = long.iter().chain(&short).map(String::len).max().unwrap_or(0);
+        let build = |mut patterns: Vec<String>, kind| {
+            patterns.sort();
+            patterns.dedup();
+            (!patterns.is_empty()).then(|| {
+                AhoCorasick::builder()
+                    .match_kind(kind)
+                    .build(&patterns)
+                    .expect("secret patterns build")
+            })
+        };
+        Self {
+            long: build(long, aho_corasick::MatchKind::LeftmostLongest),
+            short: build(short, aho_corasick::MatchKind::Standard),
+            longest,
+        }
     }
 
+    fn is_empty(&self) -> bool {
+        self.long.is_none() && self.short.is_none()
+    }
+
+    /// Replaces secrets in `text`, which must already be sanitised.
     pub fn redact(&self, text: &str) -> String {
-        match &self.matcher {
+        let text = match &self.long {
             Some(m) => m.replace_all(text, &vec![REDACTED; m.patterns_len()]),
             None => text.to_owned(),
+        };
+        let Some(short) = &self.short else { return text };
+        // Overlapping matches, so a rejected match cannot hide an accepted one.
+        let mut spans: Vec<(usize, usize)> = short
+            .find_overlapping_iter(&text)
+            .map(|m| (m.start(), m.end()))
+            .filter(|&(start, end)| is_token(&text, start, end))
+            .collect();
+        if spans.is_empty() {
+            return text;
         }
+        spans.sort_unstable();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end) in spans {
+            if end <= at {
+                continue;
+            }
+            if start >= at {
+                out.push_str(&text[at..start]);
+                out.push_str(REDACTED);
+            }
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        out
     }
 
-    /// Redacts every string and key inside a JSON value.
-    pub fn redact_json(&self, value: Value) -> Value {
-        if self.matcher.is_none() {
-            return value;
+    /// Text for people: sanitised first (so a secret split by a control
+    /// character is whole again), then redacted, then cut to `max_bytes`. Only
+    /// a bounded prefix of `text` is ever looked at.
+    pub fn clean(&self, text: &str, max_bytes: usize) -> String {
+        // ANSI sequences and controls only shrink text; a window this wide
+        // always holds what survives up to the cut, plus any secret crossing it.
+        let window = max_bytes.saturating_add(self.longest).saturating_add(4096);
+        let cut = text.len() > window;
+        let head = if cut {
+            &text[..text.floor_char_boundary(window)]
+        } else {
+            text
+        };
+        let mut printed = strip_controls(head);
+        if cut {
+            // The window's tail may hold the start of a secret that continues past it.
+            printed.truncate(printed.floor_char_boundary(printed.len().saturating_sub(self.longest)));
         }
+        let mut out = if self.is_empty() {
+            printed
+        } else {
+            self.redact(&printed)
+        };
+        if cut || out.len() > max_bytes {
+            out.truncate(out.floor_char_boundary(max_bytes));
+            // The cut may have made a short secret a whole token.
+            if self.short.is_some() {
+                out = self.redact(&out);
+            }
+            out.push_str(" …[truncated]");
+        }
+        out
+    }
+
+    /// Cleans every string and key inside a JSON value; a number that spells a
+    /// secret becomes the string `[REDACTED]`.
+    pub fn clean_json(&self, value: Value) -> Value {
         match value {
-            Value::String(s) => Value::String(self.redact(&s)),
-            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.redact_json(v)).collect()),
+            Value::String(s) => Value::String(self.clean(&s, usize::MAX / 2)),
+            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.clean_json(v)).collect()),
             Value::Object(map) => Value::Object(
                 map.into_iter()
-                    .map(|(k, v)| (self.redact(&k), self.redact_json(v)))
+                    .map(|(k, v)| (self.clean(&k, usize::MAX / 2), self.clean_json(v)))
                     .collect::<Map<_, _>>(),
             ),
+            Value::Number(n) if !self.is_empty() => {
+                let text = n.to_string();
+                if self.redact(&text) == text {
+                    Value::Number(n)
+                } else {
+                    Value::String(REDACTED.into())
+                }
+            }
             other => other,
         }
     }
 }
 
-/// Strips ANSI escape sequences and control characters (a line break would let a
-/// connector forge log lines) and cuts the text to `max_bytes`.
-pub fn sanitize(text: &str, max_bytes: usize) -> String {
+/// Whether `text[start..end]` stands alone: no letter or digit touches it.
+fn is_token(text: &str, start: usize, end: usize) -> bool {
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+}
+
+/// Characters that reorder how a line reads (Trojan Source): never printed.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Strips ANSI escape sequences, control and bidi characters; line breaks and
+/// tabs become spaces (a line break would let a connector forge log lines).
+fn strip_controls(text: &str) -> String {
     let stripped = strip_ansi_escapes::strip_str(text);
-    let mut out = String::with_capacity(stripped.len().min(max_bytes + 32));
+    let mut out = String::with_capacity(stripped.len());
     for c in stripped.chars() {
-        if out.len() + c.len_utf8() > max_bytes {
-            out.push_str(" …[truncated]");
-            break;
-        }
         match c {
             '\n' | '\r' | '\t' => out.push(' '),
-            c if c.is_control() => {}
-            // Bidi overrides can make a line read differently than it is.
-            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {}
+            c if c.is_control() || is_bidi_control(c) => {}
             c => out.push(c),
         }
     }
     out
+}
+
+/// Strips ANSI escape sequences and control characters and cuts the text to
+/// `max_bytes` (for text that holds no secret, such as a panic location).
+pub fn sanitize(text: &str, max_bytes: usize) -> String {
+    Redactor::default().clean(text, max_bytes)
 }
 
 /// How much a connector may log in one run. Past it, its lines are dropped
@@ -192,6 +311,11 @@ impl LogSink {
         level >= self.min_level
     }
 
+    /// Whether lines carry `detail` (only the JSON format prints it).
+    pub fn prints_detail(&self) -> bool {
+        self.format == LogFormat::Json
+    }
+
     /// Writes one of the host's own lines. Never fails: a log that cannot be
     /// written must not end the job.
     pub fn log(&self, level: Level, message: &str, step: Option<&str>, detail: Option<Value>) {
@@ -202,7 +326,7 @@ impl LogSink {
 
     /// Formats and writes one line; returns its length in bytes.
     fn write_line(&self, level: Level, message: &str, step: Option<&str>, detail: Option<Value>) -> usize {
-        let message = sanitize(&self.redactor.redact(message), MAX_MESSAGE_BYTES);
+        let message = self.redactor.clean(message, MAX_MESSAGE_BYTES);
         let now = chrono::Utc::now();
         let line = match self.format {
             LogFormat::Text => format!(
@@ -219,11 +343,11 @@ impl LogSink {
                 );
                 obj.insert("level".into(), level.name().into());
                 obj.insert("message".into(), message.into());
-                let step = step.map(|s| sanitize(&self.redactor.redact(s), 256));
+                let step = step.map(|s| self.redactor.clean(s, MAX_STEP_BYTES));
                 obj.insert("step".into(), step.map_or(Value::Null, Value::String));
                 obj.insert(
                     "detail".into(),
-                    detail.map_or(Value::Null, |d| self.redactor.redact_json(d)),
+                    detail.map_or(Value::Null, |d| self.redactor.clean_json(d)),
                 );
                 let mut text = Value::Object(obj).to_string();
                 text.push('\n');
@@ -329,6 +453,69 @@ pub(crate) mod tests {
             "token [REDACTED] and [REDACTED] in https://x/?t=[REDACTED]"
         );
         assert_eq!(v["detail"]["[REDACTED]"][0], "a [REDACTED] b");
+    }
+
+    #[test]
+    fn a_secret_split_by_control_characters_is_still_redacted() {
+        let (sink, out) = sink(LogFormat::Json, &["s3cr3t-token"]);
+        for split in ["\u{7}", "\u{0}", "\u{202e}", "\u{2066}", "\u{1b}[31m"] {
+            let message = format!("s3cr3t{split}-token");
+            sink.error(&message, Some(&message), Some(json!({ "k": message, "n": [message] })));
+        }
+        let text = out.text();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert_eq!(text.matches(REDACTED).count(), 5 * 4, "{text}");
+    }
+
+    #[test]
+    fn numeric_secrets_are_redacted_in_json_numbers() {
+        let (sink, out) = sink(LogFormat::Json, &["4821", "99887766554433"]);
+        sink.info(
+            "pin=4821",
+            None,
+            Some(json!({"pin": 4821, "account": 99887766554433u64, "other": 48210})),
+        );
+        let v: Value = serde_json::from_str(out.text().trim()).unwrap();
+        assert_eq!(v["message"], "pin=[REDACTED]");
+        assert_eq!(v["detail"]["pin"], REDACTED);
+        assert_eq!(v["detail"]["account"], REDACTED);
+        assert_eq!(v["detail"]["other"], 48210, "a longer number is not the short secret");
+    }
+
+    #[test]
+    fn short_secrets_are_redacted_only_as_whole_tokens() {
+        let r = Redactor::new(["t", "ab12"]);
+        assert_eq!(r.redact("the test token is t."), "the test token is [REDACTED].");
+        assert_eq!(r.redact("t"), REDACTED);
+        assert_eq!(r.redact("xab12 ab12x ab12/ab12"), "xab12 ab12x [REDACTED]/[REDACTED]");
+        // Long secrets go wherever they are, even inside words.
+        let r = Redactor::new(["correct-horse"]);
+        assert_eq!(r.redact("xcorrect-horsey"), "x[REDACTED]y");
+    }
+
+    #[test]
+    fn a_cut_never_leaves_part_of_a_secret() {
+        let secret = "abcdefghijklmnop";
+        let r = Redactor::new([secret]);
+        for pad in 0..40 {
+            let text = format!(
+                "{}{secret}{}",
+                "x".repeat(MAX_MESSAGE_BYTES + 4096 - pad),
+                "y".repeat(5000)
+            );
+            let cleaned = r.clean(&text, MAX_MESSAGE_BYTES);
+            assert!(cleaned.len() <= MAX_MESSAGE_BYTES + 20);
+            for n in 4..=secret.len() {
+                assert!(
+                    !cleaned.contains(&secret[..n]),
+                    "pad {pad}: {n} bytes of the secret survive"
+                );
+            }
+        }
+        // A short secret the cut turns into a whole token.
+        let r = Redactor::new(["4821"]);
+        let text = format!("{}4821zz", "x ".repeat(MAX_MESSAGE_BYTES / 2 - 2));
+        assert!(!r.clean(&text, MAX_MESSAGE_BYTES).contains("4821"));
     }
 
     #[test]

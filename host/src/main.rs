@@ -4,11 +4,13 @@
 use clap::{Parser, Subcommand};
 use nuntiq_host::admin::{self, AdminError, ExportFormat};
 use nuntiq_host::cache::CompileCache;
+use nuntiq_host::caps::delta::DeltaConfig;
 use nuntiq_host::caps::http::HttpConfig;
 use nuntiq_host::caps::supplier::SupplierConfig;
 use nuntiq_host::job::{JobOptions, envelope_line, run_plugin};
 use nuntiq_host::limits::{self, Limits};
 use nuntiq_host::log::{Level, LogFormat};
+use nuntiq_host::store::cursor::DEFAULT_MAX_CURSOR_SKEW;
 use nuntiq_host::store::{CursorType, Reset, StreamFilter};
 use std::io::Write;
 use std::path::PathBuf;
@@ -118,12 +120,16 @@ enum StateCommand {
         /// Why (required; kept in the audit log).
         #[arg(long)]
         reason: String,
-        /// Only for a stream that has no cursor type yet.
+        /// The stream's cursor type: required when it has none yet; otherwise
+        /// it changes the type (the connector's next begin must ask for it).
         #[arg(long, value_parser = ["timestamp_utc", "numeric_id", "opaque_token"])]
         cursor_type: Option<String>,
         /// Reset even while a live run holds the stream; that run then cannot complete.
         #[arg(long)]
         force: bool,
+        /// How far past now a timestamp cursor may point [default: 1h].
+        #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
+        max_cursor_skew: Option<Duration>,
     },
     /// The audit log (cursor_advance, cursor_reset), newest first.
     Audit {
@@ -168,10 +174,14 @@ Security model (the connector is untrusted):
     unique-local and unspecified addresses need the operator's --allow-host
     (or --allow-private-networks); names are resolved once by the host and the
     connection goes to the checked address; every redirect hop is re-checked.
-  - Secrets: by name, as a bearer token the host attaches; get-secret can be
-    switched off with --deny-secret-read. Secret values are redacted from logs,
-    the envelope and delta error summaries.
-  - Delta state and suppliers of its own customer number only.
+  - Secrets: by name, as a bearer token the host attaches to config.api_url's
+    origin only (others with --bearer-host); get-secret can be switched off with
+    --deny-secret-read. Secret values are redacted from logs, the envelope,
+    metadata and delta error summaries (secrets under 8 bytes as whole tokens).
+  - Delta state of its own connector (config.connector_name) only, at most
+    --max-streams streams; suppliers of its own customer number only.
+  - Cursors: numeric ids are plain integers, timestamps at most
+    --max-cursor-skew past now.
 
 Limits (exceeding one fails the run with that error kind; the delta run is
 failed, the cursor does not move, exit code 1):
@@ -182,7 +192,15 @@ failed, the cursor does not move, exit code 1):
   --max-requests 10000        HTTP requests per run                 request_budget
   (redirects: 5 per request, each hop re-checked)                   too_many_redirects
   --max-queued-suppliers 10000  unsaved suppliers                   batch_too_large
+  --max-queued-bytes 32MiB    host memory of unsaved suppliers      batch_too_large
+  --max-call-bytes 16MiB      data copied out of one call           memory_limit
+  --max-streams 100           streams begun per run                 stream_limit
+  (another connector's stream)                                      stream_denied
+  (a bearer secret to another origin)                               secret_denied
   (refused host or address)                                         network_denied
+  SIGTERM / SIGINT            stop like the deadline                cancelled
+  --grace 10s: after the deadline or a signal, the host settles the store
+  and fails open runs within this time, then reports.
   --max-log-lines 50000, --max-log-bytes 32MiB: later connector log lines are
   dropped and counted (not a failure); log messages are cut at 16KiB.
 ";
@@ -210,6 +228,10 @@ struct RunPluginArgs {
     /// Needed for plain http and for private or loopback addresses; repeatable.
     #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
     allow_hosts: Vec<String>,
+    /// Also send bearer secrets to this origin (same forms as --allow-host);
+    /// by default only config.api_url's origin receives them. Repeatable.
+    #[arg(long = "bearer-host", value_name = "HOST[:PORT]")]
+    bearer_hosts: Vec<String>,
     /// Let connectors reach private, loopback and link-local addresses of allowed hosts.
     #[arg(long)]
     allow_private_networks: bool,
@@ -240,6 +262,23 @@ struct RunPluginArgs {
     /// Suppliers queued and not yet saved [default: 10000].
     #[arg(long, value_name = "N")]
     max_queued_suppliers: Option<usize>,
+    /// Host memory the queued suppliers may take [default: 32MiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    max_queued_bytes: Option<usize>,
+    /// Data the host copies out of the connector in one call, however its
+    /// strings and lists alias [default: 16MiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    max_call_bytes: Option<usize>,
+    /// Distinct streams one run may begin [default: 100].
+    #[arg(long, value_name = "N")]
+    max_streams: Option<usize>,
+    /// How far past now a timestamp cursor may point [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
+    max_cursor_skew: Option<Duration>,
+    /// After the deadline or SIGTERM/SIGINT: time to stop the connector, settle
+    /// the store and report [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
+    grace: Option<Duration>,
     /// Compiled components are cached here [default: ~/.cache/nuntiq-host].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -257,7 +296,13 @@ impl RunPluginArgs {
         let mut limits = Limits::default();
         let mut http = HttpConfig::default();
         let mut suppliers = SupplierConfig::default();
+        let mut delta = DeltaConfig::default();
         set(&mut limits.timeout, self.timeout);
+        set(&mut limits.max_call_bytes, self.max_call_bytes);
+        set(&mut limits.grace, self.grace);
+        set(&mut suppliers.max_queued_bytes, self.max_queued_bytes);
+        set(&mut delta.max_streams, self.max_streams);
+        set(&mut delta.max_cursor_skew, self.max_cursor_skew);
         set(&mut limits.max_memory_bytes, self.max_memory);
         set(&mut limits.max_wasm_stack_bytes, self.max_stack);
         set(&mut limits.max_log_lines, self.max_log_lines);
@@ -273,11 +318,13 @@ impl RunPluginArgs {
             log_format: self.log_format,
             log_level: self.log_level,
             allow_hosts: self.allow_hosts,
+            bearer_hosts: self.bearer_hosts,
             allow_private_networks: self.allow_private_networks,
             deny_secret_read: self.deny_secret_read,
             limits,
             http,
             suppliers,
+            delta,
             lease: self.lease,
             cache_dir: if self.no_compile_cache {
                 None
@@ -343,6 +390,7 @@ fn main() -> ExitCode {
                     reason,
                     cursor_type,
                     force,
+                    max_cursor_skew,
                 },
         } => {
             let reset = Reset {
@@ -351,6 +399,7 @@ fn main() -> ExitCode {
                 reason,
                 api_user: operator(),
                 force,
+                max_cursor_skew: max_cursor_skew.unwrap_or(DEFAULT_MAX_CURSOR_SKEW),
             };
             return admin_exit(admin::state_reset(
                 &db.db,

@@ -52,6 +52,26 @@ impl AllowedHost {
     fn matches(&self, scheme: &str, host: &Host<String>, port: u16) -> bool {
         self.scheme == scheme && &self.host == host && self.port == port
     }
+
+    /// The origin of `url` (scheme, host and port) as an entry.
+    pub fn origin_of(url: &Url) -> Option<Self> {
+        let scheme = match url.scheme() {
+            "https" => "https",
+            "http" => "http",
+            _ => return None,
+        };
+        Some(Self {
+            scheme,
+            host: url.host()?.to_owned(),
+            port: url.port_or_known_default()?,
+        })
+    }
+
+    /// Whether `url` is on this origin.
+    pub fn matches_url(&self, url: &Url) -> bool {
+        url.host()
+            .is_some_and(|h| self.matches(url.scheme(), &h.to_owned(), url.port_or_known_default().unwrap_or(0)))
+    }
 }
 
 impl fmt::Display for AllowedHost {

@@ -4,20 +4,21 @@
 use crate::bindings::{Connector, ConnectorPre, context, http, logger, supplier_load, types};
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::caps::context::ContextCap;
-use crate::caps::delta::{DeltaCap, DeltaView, RunIdentity};
+use crate::caps::delta::{DeltaCap, DeltaConfig, DeltaView, RunIdentity};
 use crate::caps::http::{HttpCap, HttpConfig};
 use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
-use crate::limits::{GuestLimiter, LimitExceeded, Limits};
+use crate::limits::{GuestLimiter, LimitExceeded, Limits, MAX_RESULT_BYTES, Refusals, Stop};
 use crate::log::LogSink;
 use crate::policy::NetworkPolicy;
 use crate::settings::Settings;
-use crate::store::Store as StateStore;
+use crate::store::{FailOutcome, SaveCounts, Store as StateStore, StreamKey};
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio::time::timeout_at;
 use wasmtime::component::{Component, HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -181,24 +182,32 @@ pub struct Job {
     pub policy: Arc<NetworkPolicy>,
     pub http: HttpConfig,
     pub suppliers: SupplierConfig,
+    pub delta: DeltaConfig,
     pub deny_secret_read: bool,
     pub limits: Limits,
     /// Who the job's delta runs are: `updated_by`, plugin hash, lease.
     pub identity: RunIdentity,
+    /// The job's deadline and cancellation.
+    pub stop: Arc<Stop>,
 }
 
 /// How a job ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The connector's result object.
-    Success(Map<String, Value>),
+    /// The connector's result object, and what the job's supplier writes did.
+    Success(Map<String, Value>, SaveCounts),
     /// `kind` is machine-readable (`connector_error`, `trap`, `cursor_not_committed`, …).
     Failure { kind: &'static str, message: String },
 }
 
+/// The envelope's own keys: a connector's result may not set them.
+pub const ENVELOPE_KEYS: [&str; 5] = ["success", "error", "inserted", "updated", "unchanged"];
+
 impl Runtime {
     /// Instantiates the connector in a fresh store and calls its `run` export.
-    /// Whatever happens, no delta run is left open.
+    /// Whatever happens, no delta run is left open: after a stop (deadline or
+    /// signal) the host settles the store and fails what is open within the
+    /// grace period.
     pub async fn run(&self, pre: &ConnectorPre<JobState>, job: Job) -> anyhow::Result<Outcome> {
         let client = crate::caps::http::build_client(job.policy.clone())?;
         let customer = job.settings.customer_number.clone();
@@ -210,7 +219,11 @@ impl Runtime {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            // Random bytes are allocated by the host at the size the guest asks for.
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
+        let refusals = Refusals::default();
+        let stop = job.stop.clone();
         let state = JobState {
             wasi,
             table: ResourceTable::new(),
@@ -222,27 +235,40 @@ impl Runtime {
                 job.settings.clone(),
                 job.http,
                 job.log.clone(),
+                refusals.clone(),
             ),
-            delta: DeltaCap::new(customer.clone(), job.store.clone(), job.identity, job.log.clone()),
-            supplier: SupplierCap::new(customer, job.store.clone(), job.suppliers),
+            delta: DeltaCap::new(
+                customer.clone(),
+                job.delta,
+                job.store.clone(),
+                job.identity,
+                job.log.clone(),
+                stop.clone(),
+                refusals.clone(),
+            ),
+            supplier: SupplierCap::new(
+                customer,
+                job.store.clone(),
+                job.suppliers,
+                stop.clone(),
+                refusals.clone(),
+            ),
             limiter: GuestLimiter::new(&job.limits),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // What one call may copy out of the guest, whatever its strings and lists alias.
+        store.set_hostcall_fuel(job.limits.max_call_bytes);
 
-        // One deadline for the whole run: the epoch callback cuts a connector
-        // spinning in wasm; the timeout around the call cuts one waiting in a
-        // host call (retries, slow responses).
-        let timeout = job.limits.timeout;
-        let deadline = Instant::now() + timeout;
+        // One stop for the whole run: the epoch callback cuts a connector
+        // spinning in wasm; the select below cuts one waiting in a host call
+        // (retries, slow responses) or on a signal.
         let _ticker = job.limits.epoch_interruption.then(|| {
+            let stop = stop.clone();
             store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| {
-                if Instant::now() >= deadline {
-                    Err(LimitExceeded::Timeout(timeout).into())
-                } else {
-                    Ok(UpdateDeadline::Continue(1))
-                }
+            store.epoch_deadline_callback(move |_| match stop.exceeded() {
+                Some(limit) => Err(limit.into()),
+                None => Ok(UpdateDeadline::Continue(1)),
             });
             EpochTicker::start(self.engine.clone())
         });
@@ -250,26 +276,30 @@ impl Runtime {
             let connector = pre.instantiate_async(&mut store).await?;
             Connector::call_run(&connector, &mut store).await
         };
-        let returned = match tokio::time::timeout_at(deadline.into(), call).await {
-            Ok(returned) => returned,
-            Err(_elapsed) => Err(LimitExceeded::Timeout(timeout).into()),
+        let returned = tokio::select! {
+            returned = call => returned,
+            limit = stop.stopped() => Err(limit.into()),
         };
+        // After a stop, the clean-up has the grace period and no more.
+        let settle_by = (stop.reason().is_some()).then(|| Instant::now() + job.limits.grace);
 
         let log = job.log;
-        let data = store.data_mut();
-        let limit_hit = (data.delta.refused.clone())
-            .or_else(|| data.http.limit_hit.clone())
-            .or_else(|| data.supplier.limit_hit.clone());
-        let delta = &mut data.delta;
+        let max_call_bytes = job.limits.max_call_bytes;
+        let delta = &mut store.data_mut().delta;
         let outcome = match returned {
-            Ok(Ok(result)) => match serde_json::from_str::<Value>(&result) {
-                Ok(Value::Object(object)) => {
+            Ok(Ok(result)) => match parse_result(&result) {
+                Ok(object) => {
                     let failed = delta
                         .fail_open_runs("the connector returned without completing its delta run")
                         .await;
-                    let streams: Vec<String> = failed.iter().chain(&delta.abandoned).map(ToString::to_string).collect();
+                    let streams: Vec<String> = failed
+                        .iter()
+                        .map(|(k, _)| k)
+                        .chain(&delta.abandoned)
+                        .map(ToString::to_string)
+                        .collect();
                     if streams.is_empty() {
-                        Outcome::Success(object)
+                        Outcome::Success(object, SaveCounts::default())
                     } else {
                         Outcome::Failure {
                             kind: "cursor_not_committed",
@@ -281,19 +311,18 @@ impl Runtime {
                         }
                     }
                 }
-                _ => {
-                    delta
-                        .fail_open_runs("the connector's result is not a JSON object")
-                        .await;
+                Err(problem) => {
+                    let message = format!("the connector's result {problem}");
+                    let failed = delta.fail_open_runs(&message).await;
                     Outcome::Failure {
                         kind: "invalid_result",
-                        message: "the connector's result is not a JSON object".into(),
+                        message: with_commits(message, &failed),
                     }
                 }
             },
             Ok(Err(message)) => {
-                // A connector that gave up because it hit a host limit: name the limit.
-                let (kind, message) = match limit_hit {
+                // A connector that gave up because a host limit refused its last call: name the limit.
+                let (kind, message) = match refusals.last() {
                     Some(hit) => (
                         hit.kind,
                         format!("{}; the connector then failed: {message}", hit.message),
@@ -304,29 +333,66 @@ impl Runtime {
                 Outcome::Failure { kind, message }
             }
             Err(trap) => {
-                let (kind, message) = match trap.downcast_ref::<LimitExceeded>() {
+                let (kind, message) = match LimitExceeded::of_trap(&trap, max_call_bytes) {
                     Some(limit) => (limit.kind(), limit.to_string()),
                     None => ("trap", describe_trap(&trap, panic.lock().unwrap().as_deref())),
                 };
-                let (frames, detail) = wasm_backtrace(&trap);
-                log.error(
-                    &format!(
-                        "The connector was stopped: {}; wasm backtrace: {frames}",
-                        trap.root_cause()
-                    ),
-                    Some("trap"),
-                    Some(detail),
-                );
-                delta.fail_open_runs(&message).await;
-                Outcome::Failure { kind, message }
+                if settle_by.is_none() {
+                    let (frames, detail) = wasm_backtrace(&trap);
+                    log.error(
+                        &format!(
+                            "The connector was stopped: {}; wasm backtrace: {frames}",
+                            trap.root_cause()
+                        ),
+                        Some("trap"),
+                        Some(detail),
+                    );
+                }
+                let failed = match settle_by {
+                    // Let what the store was given finish (it commits nothing after the
+                    // stop), then fail the open runs, within the grace period.
+                    Some(by) => match timeout_at(by.into(), async {
+                        let _ = job.store.drain().await;
+                        delta.fail_open_runs(&message).await
+                    })
+                    .await
+                    {
+                        Ok(failed) => failed,
+                        Err(_) => {
+                            log.error(
+                                &format!(
+                                    "The store did not settle within the grace period ({}); open runs stay \
+                                     running until their lease expires or a run on this machine finds this \
+                                     process gone",
+                                    humantime::format_duration(job.limits.grace)
+                                ),
+                                Some("done"),
+                                None,
+                            );
+                            Vec::new()
+                        }
+                    },
+                    None => delta.fail_open_runs(&message).await,
+                };
+                Outcome::Failure {
+                    kind,
+                    message: with_commits(message, &failed),
+                }
             }
         };
         // Background supplier writes finish before the process reports.
-        let outcome = match (outcome, job.store.drain().await) {
-            (Outcome::Success(_), Err(e)) => Outcome::Failure {
+        let drained = match settle_by {
+            Some(by) => timeout_at(by.into(), job.store.drain())
+                .await
+                .unwrap_or(Ok(job.store.written())),
+            None => job.store.drain().await,
+        };
+        let outcome = match (outcome, drained) {
+            (Outcome::Success(_, _), Err(e)) => Outcome::Failure {
                 kind: "store_error",
                 message: format!("suppliers could not be written: {e}"),
             },
+            (Outcome::Success(result, _), Ok(counts)) => Outcome::Success(result, counts),
             (outcome, _) => outcome,
         };
         let dropped = log.dropped();
@@ -342,6 +408,48 @@ impl Runtime {
             );
         }
         Ok(outcome)
+    }
+}
+
+/// Random bytes one WASI call may ask the host for.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// The connector's result: a JSON object of at most [`MAX_RESULT_BYTES`];
+/// the envelope's own keys are the host's.
+fn parse_result(text: &str) -> Result<Map<String, Value>, String> {
+    if text.len() > MAX_RESULT_BYTES {
+        return Err(format!(
+            "is {} bytes; a result is a summary of at most {MAX_RESULT_BYTES} bytes",
+            text.len()
+        ));
+    }
+    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) else {
+        return Err("is not a JSON object".into());
+    };
+    if let Some(key) = ENVELOPE_KEYS.iter().find(|k| object.contains_key(**k)) {
+        return Err(format!(
+            "sets {key:?}, one of the envelope's own keys ({}), which only the host writes",
+            ENVELOPE_KEYS.join(", ")
+        ));
+    }
+    Ok(object)
+}
+
+/// A failure message that also says which runs had committed before it: their
+/// cursors moved, and the stream and the run history say so too.
+fn with_commits(message: String, failed: &[(StreamKey, FailOutcome)]) -> String {
+    let committed: Vec<String> = failed
+        .iter()
+        .filter(|(_, o)| matches!(o, FailOutcome::AlreadyEnded(status) if status == "succeeded"))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    if committed.is_empty() {
+        message
+    } else {
+        format!(
+            "{message} (the delta run of {} had already committed its cursor and data before that)",
+            committed.join(", ")
+        )
     }
 }
 

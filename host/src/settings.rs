@@ -17,6 +17,9 @@ pub struct Settings {
     /// `config.api_url`, parsed: its origin is the one host a connector may reach
     /// without an operator's `--allow-host`.
     pub api_url: Url,
+    /// `config.connector_name`: the one connector whose streams this job may touch.
+    /// `None` when settings name no connector: the job then has no delta state.
+    pub connector_name: Option<String>,
 }
 
 /// What is wrong with settings.json (or a `--param`); the CLI exits 2.
@@ -51,8 +54,11 @@ impl Settings {
         })?;
         let mut settings = Self::from_value(path, raw)?;
         for arg in params {
-            let (key, value) = parse_param(arg)?;
-            settings.job_params.insert(key, value);
+            match parse_param(arg)? {
+                // `--param KEY=null` removes the key: null means absent.
+                (key, Value::Null) => settings.job_params.remove(&key),
+                (key, value) => settings.job_params.insert(key, value),
+            };
         }
         Ok(settings)
     }
@@ -106,8 +112,9 @@ impl Settings {
             }
         };
         let secrets = bag("secrets")?;
-        let config = bag("config")?;
-        let job_params = bag("job_params")?;
+        // In config and job_params a JSON null means absent, as it does on the platform.
+        let config = without_nulls(bag("config")?);
+        let job_params = without_nulls(bag("job_params")?);
 
         if let Some((name, value)) = secrets.iter().find(|(_, v)| !v.is_string()) {
             return Err(field_error(
@@ -134,12 +141,28 @@ impl Settings {
             }
         };
 
+        let connector_name = match config.get("connector_name") {
+            None => None,
+            Some(Value::String(name)) => Some(
+                check_name(name)
+                    .map_err(|p| field_error("config.connector_name", p))?
+                    .to_owned(),
+            ),
+            Some(other) => {
+                return Err(field_error(
+                    "config.connector_name",
+                    format!("must be a string such as \"acme_eu\", found {}", json_kind(other)),
+                ));
+            }
+        };
+
         Ok(Settings {
             customer_number,
             secrets,
             config,
             job_params,
             api_url,
+            connector_name,
         })
     }
 
@@ -147,6 +170,28 @@ impl Settings {
     pub fn secret_values(&self) -> impl Iterator<Item = &str> {
         self.secrets.values().filter_map(Value::as_str)
     }
+}
+
+/// Longest connector or stream name accepted.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// A connector or stream name: not blank, at most [`MAX_NAME_BYTES`], no
+/// control or bidi characters (names reach operators' terminals and logs).
+pub fn check_name(name: &str) -> Result<&str, String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES || name.chars().any(|c| c.is_control() || crate::log::is_bidi_control(c)) {
+        return Err(format!(
+            "must be at most {MAX_NAME_BYTES} bytes without control or bidi characters"
+        ));
+    }
+    Ok(name)
+}
+
+fn without_nulls(mut map: Map<String, Value>) -> Map<String, Value> {
+    map.retain(|_, v| !v.is_null());
+    map
 }
 
 fn parse_api_url(s: &str) -> Result<Url, String> {
@@ -270,6 +315,30 @@ mod tests {
         );
         v["config"]["api_url"] = json!("https://user:pw@x.example/v2");
         assert!(parse(v).unwrap_err().to_string().contains("carries credentials"));
+    }
+
+    #[test]
+    fn null_means_absent_in_config_and_params() {
+        let mut v = valid();
+        v["config"]["page_size"] = Value::Null;
+        v["job_params"]["since_override"] = Value::Null;
+        let s = parse(v).unwrap();
+        assert!(!s.config.contains_key("page_size"));
+        assert!(!s.job_params.contains_key("since_override"));
+    }
+
+    #[test]
+    fn connector_name_is_checked_when_present() {
+        assert_eq!(parse(valid()).unwrap().connector_name.as_deref(), Some("acme_eu"));
+        let mut v = valid();
+        v["config"].as_object_mut().unwrap().remove("connector_name");
+        assert_eq!(parse(v.clone()).unwrap().connector_name, None);
+        v["config"]["connector_name"] = json!("evil\u{1b}[2J");
+        let e = parse(v.clone()).unwrap_err().to_string();
+        assert!(e.contains("config.connector_name: must be at most 200 bytes"), "{e}");
+        v["config"]["connector_name"] = json!(7);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("config.connector_name: must be a string"), "{e}");
     }
 
     #[test]

@@ -55,7 +55,8 @@ fn first_run_stores_everything_and_second_run_fetches_nothing() {
     );
     assert_eq!(
         first.envelope,
-        json!({"connector_name": "acme_eu", "fetched": expected.len(), "cursor_committed": cursor, "success": true})
+        json!({"connector_name": "acme_eu", "fetched": expected.len(), "cursor_committed": cursor,
+               "inserted": expected.len(), "updated": 0, "unchanged": 0, "success": true})
     );
     let state = db.state("acme_eu", "suppliers").unwrap();
     assert_eq!(state["status"], "succeeded");
@@ -72,14 +73,26 @@ fn first_run_stores_everything_and_second_run_fetches_nothing() {
     assert!(first.stderr.contains("[INFO] Flushed 500 so far"), "{}", first.stderr);
     assert!(first.stderr.contains("[INFO] Flushed 1000 so far"), "{}", first.stderr);
 
+    // Nothing changed: the run re-reads only the cursor's last second, and
+    // rewrites none of it.
     let before = supplier_requests(&mock).len();
     let second = run_acme(&mock, &settings, &work.db(), &[]);
     assert_eq!(second.code, 0, "{}", second.stderr);
-    assert_eq!(second.envelope["fetched"], 0);
+    let boundary = fetched_after(&truth, &overlap(&cursor));
+    assert!((1..10).contains(&boundary), "a few boundary rows: {boundary}");
+    assert_eq!(second.envelope["fetched"], boundary);
+    assert_eq!(
+        (
+            &second.envelope["inserted"],
+            &second.envelope["updated"],
+            &second.envelope["unchanged"]
+        ),
+        (&json!(0), &json!(0), &json!(boundary))
+    );
     assert_eq!(second.envelope["cursor_committed"], cursor.as_str());
     let asked = supplier_requests(&mock);
-    assert_eq!(asked.len(), before + 1, "one request, one empty page");
-    assert_eq!(asked[before]["query"]["updated_after"], cursor.as_str());
+    assert_eq!(asked.len(), before + 1, "one request, one page");
+    assert_eq!(asked[before]["query"]["updated_after"], overlap(&cursor).as_str());
     assert_same_suppliers(&Db::open(&work.db()).suppliers("10000001"), &expected);
 }
 
@@ -96,12 +109,16 @@ fn incremental_run_fetches_exactly_the_changes() {
     let before = supplier_requests(&mock).len();
     let second = run_acme(&mock, &settings, &work.db(), &[]);
     assert_eq!(second.code, 0, "{}", second.stderr);
-    assert_eq!(second.envelope["fetched"], 5);
+    let fetched = fetched_after(&mock.truth(), &overlap(&cursor));
+    assert_eq!(second.envelope["fetched"], fetched, "the changes and the boundary rows");
+    assert_eq!(second.envelope["inserted"], 2);
+    assert_eq!(second.envelope["updated"], 3);
+    assert_eq!(second.envelope["unchanged"], fetched - 5);
     let asked = supplier_requests(&mock);
     assert_eq!(
         asked[before]["query"]["updated_after"],
-        cursor.as_str(),
-        "the lower bound is the committed cursor"
+        overlap(&cursor).as_str(),
+        "the lower bound is the committed cursor, less a second"
     );
 
     let db = Db::open(&work.db());
@@ -255,7 +272,9 @@ fn connectors_keep_independent_cursors_and_backfills_refetch_the_window() {
 
     mock.mutate(2, 1);
     let eu2 = run_acme(&mock, &eu, &work.db(), &[]);
-    assert_eq!(eu2.envelope["fetched"], 3);
+    let changes =
+        |run: &Run| -> u64 { run.envelope["inserted"].as_u64().unwrap() + run.envelope["updated"].as_u64().unwrap() };
+    assert_eq!(changes(&eu2), 3);
     let db = Db::open(&work.db());
     assert_eq!(
         db.state("acme_us", "suppliers").unwrap()["committed_cursor_value"],
@@ -266,7 +285,14 @@ fn connectors_keep_independent_cursors_and_backfills_refetch_the_window() {
         us1.envelope["cursor_committed"]
     );
     let us2 = run_acme(&mock, &us, &work.db(), &[]);
-    assert_eq!(us2.envelope["fetched"], 3, "acme_us still sees the changes");
+    let us_cursor = us1.envelope["cursor_committed"].as_str().unwrap();
+    let us_fetched = fetched_after(&mock.truth(), &overlap(us_cursor));
+    assert!(us_fetched >= 3, "{us_fetched}");
+    assert_eq!(us2.envelope["fetched"], us_fetched, "acme_us still sees the changes");
+    assert_eq!(
+        us2.envelope["unchanged"], us_fetched,
+        "the same customer's store already holds what acme_eu wrote"
+    );
 
     // Backfill: refetch everything since a point in the past.
     let since = (Utc::now() - Duration::days(3))

@@ -1,5 +1,6 @@
 //! The compiled-component cache: `compile` ahead of time, hits on later runs,
-//! and corrupt, truncated or foreign entries recompiled rather than loaded.
+//! and corrupt, truncated, foreign, symlinked or planted entries recompiled
+//! rather than loaded; a directory others can write is not used.
 
 use crate::MOCK;
 use nuntiq_e2e::*;
@@ -73,8 +74,8 @@ fn corrupt_truncated_and_foreign_entries_are_recompiled_never_loaded() {
     let middle = corrupt.len() / 2;
     corrupt[middle] ^= 0x55;
     let damaged: [(&str, Vec<u8>); 3] = [
-        ("its checksum does not match", corrupt),
-        ("its checksum does not match", good[..good.len() - 100].to_vec()),
+        ("its MAC does not match", corrupt),
+        ("its MAC does not match", good[..good.len() - 100].to_vec()),
         ("it is not a nuntiq-host cache entry", b"\x7fELF not ours".to_vec()),
     ];
     for (why, bytes) in damaged {
@@ -114,4 +115,58 @@ fn no_compile_cache_writes_nothing_and_the_default_is_the_user_cache_dir() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(entries(&home.join("nuntiq-host")).len(), 1);
+}
+
+#[test]
+fn another_components_entry_or_a_symlink_under_acmes_name_never_runs() {
+    let mock = Mock::start(MOCK, 20);
+    let work = Workdir::new();
+    let cache = work.path("cache");
+    let acme_entry = {
+        let run = run_with_cache(&mock, &work, &cache);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        entries(&cache).pop().unwrap()
+    };
+    // A valid entry of another component, renamed to acme's entry.
+    let (code, _, err) = host_output(&[
+        "compile",
+        guest("no-commit").to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let other = entries(&cache).into_iter().find(|p| *p != acme_entry).unwrap();
+    std::fs::copy(&other, &acme_entry).unwrap();
+    let run = run_with_cache(&mock, &work, &cache);
+    assert_eq!(run.code, 0, "acme ran, not the other component: {}", run.envelope);
+    assert!(run.stderr.contains("written for another plugin"), "{}", run.stderr);
+
+    // A symlink in acme's place is not followed.
+    std::fs::remove_file(&acme_entry).unwrap();
+    std::os::unix::fs::symlink(&other, &acme_entry).unwrap();
+    let run = run_with_cache(&mock, &work, &cache);
+    assert_eq!(run.code, 0, "{}", run.envelope);
+    assert!(run.stderr.contains("it is a symlink"), "{}", run.stderr);
+    assert!(!acme_entry.is_symlink(), "replaced by a real entry");
+}
+
+#[test]
+fn a_cache_directory_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = Mock::start(MOCK, 20);
+    let work = Workdir::new();
+    let cache = work.path("shared-cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = run_with_cache(&mock, &work, &cache);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("without the compile cache: the compile cache directory")
+            && run.stderr.contains("has mode 777")
+            && run.stderr.contains("chmod 755"),
+        "{}",
+        run.stderr
+    );
+    assert!(entries(&cache).is_empty(), "nothing was written there");
 }

@@ -14,12 +14,13 @@ fn slow_pages(mock: &Mock, delay_ms: u64) {
 }
 
 /// The store must hold every supplier the committed cursor covers: rows
-/// updated after the window start and at or before the cursor, as they are now.
+/// updated after the window start and before the cursor's last second (the
+/// next run re-reads that second), as they are now.
 fn assert_cursor_not_ahead_of_data(db: &Path, mock: &Mock) {
     let db = Db::open(db);
     let Some(cursor) = db
         .state("acme_eu", "suppliers")
-        .and_then(|s| s["committed_cursor_value"].as_str().map(parse_time))
+        .and_then(|s| s["committed_cursor_value"].as_str().map(|c| parse_time(&overlap(c))))
     else {
         return;
     };
@@ -341,13 +342,11 @@ fn reset_is_audited_and_the_next_run_starts_from_it() {
     let before = mock.requests().len();
     let next = run_acme(&mock, &settings, &db, &[]);
     assert_eq!(next.code, 0, "{}", next.stderr);
-    assert_eq!(mock.requests()[before]["query"]["updated_after"], back.as_str());
-    let truth = mock.truth();
-    let window = truth
-        .iter()
-        .filter(|r| parse_time(r["updated_at"].as_str().unwrap()) > parse_time(&back))
-        .count();
-    assert_eq!(next.envelope["fetched"], window);
+    assert_eq!(
+        mock.requests()[before]["query"]["updated_after"],
+        overlap(&back).as_str()
+    );
+    assert_eq!(next.envelope["fetched"], fetched_after(&mock.truth(), &overlap(&back)));
 
     // Refusals: no reason, a malformed cursor, an unknown stream.
     let (code, _, err) = host_output(&[
@@ -443,4 +442,85 @@ fn run_history_records_every_run_with_the_plugin_hash() {
         out.contains("failed") && !out.contains("succeeded"),
         "newest first, one row: {out}"
     );
+}
+
+#[test]
+fn a_live_run_in_another_pid_namespace_on_this_hostname_is_not_taken_over() {
+    let mock = Mock::start(MOCK, 100);
+    slow_pages(&mock, 200);
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let db = work.db();
+    let mut child = spawn_acme(&mock, &settings, &db, &["--lease", "1h"]);
+    wait_until_running(&db);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Stage what a container sharing this hostname but not this pid namespace
+    // leaves: a pid that means nothing here, and its own namespace.
+    let rw = Db::open_rw(&db);
+    rw.execute(
+        "UPDATE delta_stream_state SET owner_pid = 999999, owner_instance = 'boot:other/pid:[4026531999]'",
+        [],
+    )
+    .unwrap();
+    drop(rw);
+    let run = run_acme(&mock, &settings, &db, &[]);
+    assert_eq!(run.code, 1, "{}", run.envelope);
+    assert_eq!(
+        run.error_kind(),
+        "already_running",
+        "its lease still runs: {}",
+        run.envelope
+    );
+}
+
+#[test]
+fn reset_can_change_the_cursor_type_as_begin_says() {
+    let mock = Mock::start(MOCK, 50);
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let db = work.db();
+    let dbs = db.to_str().unwrap();
+    assert_eq!(run_acme(&mock, &settings, &db, &[]).code, 0);
+    let reset = |cursor: &str, cursor_type: &str| {
+        host_output(&[
+            "state",
+            "reset",
+            "--db",
+            dbs,
+            "--connector",
+            "acme_eu",
+            "--stream",
+            "suppliers",
+            "--cursor",
+            cursor,
+            "--cursor-type",
+            cursor_type,
+            "--reason",
+            "the ERP switched to numeric change ids",
+        ])
+    };
+    let (code, _, err) = reset("41", "numeric_id");
+    assert_eq!(code, 0, "{err}");
+    let state = Db::open(&db).state("acme_eu", "suppliers").unwrap();
+    assert_eq!(
+        (state["cursor_type"].as_str(), state["committed_cursor_value"].as_str()),
+        (Some("numeric_id"), Some("41"))
+    );
+    let run = run_acme(&mock, &settings, &db, &[]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.error_message().contains(
+            "an operator can change the stream's cursor type with `nuntiq-host state reset --cursor-type timestamp_utc"
+        ),
+        "{}",
+        run.envelope
+    );
+    let (code, _, err) = reset("2024-01-01T00:00:00Z", "timestamp_utc");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(run_acme(&mock, &settings, &db, &[]).code, 0);
+    // Far-future cursors are refused here too.
+    let (code, _, err) = reset("2999-01-01T00:00:00Z", "timestamp_utc");
+    assert_eq!(code, 2);
+    assert!(err.contains("is in the future"), "{err}");
 }

@@ -8,15 +8,15 @@ use serde_json::{Value, json};
 
 /// A mock, and a database whose `acme_eu/suppliers` stream has a committed
 /// cursor from an honest Acme run.
-struct Arena {
-    mock: Mock,
-    work: Workdir,
-    cursor: Value,
-    suppliers: i64,
+pub(crate) struct Arena {
+    pub mock: Mock,
+    pub work: Workdir,
+    pub cursor: Value,
+    pub suppliers: i64,
 }
 
 impl Arena {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let mock = Mock::start(MOCK, 60);
         let work = Workdir::new();
         let settings = work.write_settings("acme.json", &acme_settings(&mock.api_url(), "acme_eu"));
@@ -31,12 +31,17 @@ impl Arena {
         }
     }
 
-    fn settings(&self) -> Value {
+    pub fn settings(&self) -> Value {
         acme_settings(&self.mock.api_url(), "acme_eu")
     }
 
     /// Runs `guest` with these settings against the arena's database.
-    fn attack_with(&self, guest_name: &str, settings: &Value, extra: &[&str]) -> Run {
+    pub fn attack_with(&self, guest_name: &str, settings: &Value, extra: &[&str]) -> Run {
+        nuntiq_host(self.attack_args(guest_name, settings, extra))
+    }
+
+    /// The `run-plugin` arguments of an attack.
+    pub fn attack_args(&self, guest_name: &str, settings: &Value, extra: &[&str]) -> Vec<String> {
         let path = self.work.write_settings(&format!("{guest_name}.json"), settings);
         let mut args = vec![
             "run-plugin".to_owned(),
@@ -48,16 +53,16 @@ impl Arena {
             self.mock.allow_host(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        nuntiq_host(args)
+        args
     }
 
-    fn attack(&self, guest_name: &str, extra: &[&str]) -> Run {
+    pub fn attack(&self, guest_name: &str, extra: &[&str]) -> Run {
         self.attack_with(guest_name, &self.settings(), extra)
     }
 
     /// The run failed with `kind`, the process exited 1, the delta run is
     /// failed with a summary, the cursor did not move and nothing queued was written.
-    fn assert_contained(&self, run: &Run, kind: &str) {
+    pub fn assert_contained(&self, run: &Run, kind: &str) {
         assert_eq!(run.code, 1, "exit code: {}\n{}", run.envelope, tail(&run.stderr));
         assert_eq!(run.error_kind(), kind, "{}\n{}", run.envelope, tail(&run.stderr));
         let db = Db::open(&self.work.db());
@@ -73,12 +78,12 @@ impl Arena {
         assert!(!stored.keys().any(|k| k.starts_with("GIANT-")));
     }
 
-    fn supplier_requests(&self) -> usize {
+    pub fn supplier_requests(&self) -> usize {
         self.mock.requests().len()
     }
 }
 
-fn tail(text: &str) -> String {
+pub(crate) fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }

@@ -5,8 +5,11 @@ mod acme;
 mod admin;
 mod bad_input;
 mod cache;
+mod containment;
 mod delivery;
 mod hostile;
+mod secrets;
+mod stopping;
 
 /// The mock API binary of this package.
 pub const MOCK: &str = env!("CARGO_BIN_EXE_acme-mock");

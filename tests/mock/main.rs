@@ -194,6 +194,29 @@ async fn handle(mock: Shared, req: Request<Incoming>) -> Result<Response<Full<By
                 Err(e) => Ok(respond(StatusCode::BAD_REQUEST, json!({"error": e}).to_string())),
             }
         }
+        (Method::POST, "/_mock/touch") => {
+            let body = read_json(req).await.unwrap_or(json!({}));
+            let (Some(number), Some(Ok(at)), Some(name)) = (
+                body["number"].as_str(),
+                body["updated_at"].as_str().map(DateTime::parse_from_rfc3339),
+                body["name"].as_str(),
+            ) else {
+                return Ok(respond(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "expected {number, updated_at, name}"}).to_string(),
+                ));
+            };
+            let mut m = mock.lock().unwrap();
+            m.pages.clear();
+            if m.data.touch(number, at.with_timezone(&Utc), name) {
+                Ok(respond(StatusCode::OK, "{}"))
+            } else {
+                Ok(respond(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "no such supplier"}).to_string(),
+                ))
+            }
+        }
         (Method::POST, "/_mock/mutate") => {
             let body = read_json(req).await.unwrap_or(json!({}));
             let count = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -250,8 +273,10 @@ async fn suppliers(
     let log = |status: u16, note: Option<&str>| {
         mock.lock().unwrap().requests.push(json!({
             "path": req.uri().path(),
+            "host": req.headers().get("host").and_then(|v| v.to_str().ok()),
             "query": query,
             "authorized": authorized,
+            "has_authorization": req.headers().contains_key("authorization"),
             "status": status,
             "fault": note,
         }));

@@ -100,14 +100,16 @@ impl Dataset {
         }
     }
 
-    /// The newest `updated_at`, so changes can be stamped strictly after it.
+    /// The stamp of a change made `now`: the previous whole second, as a
+    /// source whose clock never runs ahead of ours would write it (even with
+    /// the .137 some rows carry). Changes within one second share a stamp, and
+    /// a change may land in the second a connector already read.
     fn next_stamp(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let newest = self.rows.iter().map(|r| r.updated_at).max().unwrap_or(now);
-        now.max(newest + Duration::seconds(1)).trunc_subsecs(0)
+        now.trunc_subsecs(0) - Duration::seconds(1)
     }
 
     /// Renames `change` existing suppliers (spread over the list) and adds
-    /// `insert` new ones, all stamped after every earlier change.
+    /// `insert` new ones, stamped with [`Dataset::next_stamp`].
     pub fn mutate(&mut self, change: usize, insert: usize, now: DateTime<Utc>) -> (Vec<String>, Vec<String>) {
         let stamp = self.next_stamp(now);
         let mut changed = Vec::new();
@@ -137,6 +139,22 @@ impl Dataset {
         }
         let inserted = (0..insert).map(|_| self.push_new(stamp)).collect();
         (changed, inserted)
+    }
+
+    /// Renames supplier `number` and stamps it `updated_at` exactly, even when
+    /// that is not after earlier changes (a change in an already-read second).
+    /// Returns false when there is no such supplier.
+    pub fn touch(&mut self, number: &str, updated_at: DateTime<Utc>, name: &str) -> bool {
+        let Some(i) = self.rows.iter().position(|r| r.number == number) else {
+            return false;
+        };
+        let n: usize = number[5..].parse().unwrap_or(0);
+        let mut row = self.render(number, n, name, updated_at);
+        // `render` keeps whole seconds (or .137); keep the exact stamp asked for.
+        row.updated_at = updated_at;
+        row.json["updated_at"] = json!(updated_at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        self.rows[i] = row;
+        true
     }
 
     /// Rows updated strictly after `after` (all rows when `None`), in page order.

@@ -29,10 +29,12 @@ pub fn host_bin() -> PathBuf {
     path
 }
 
-/// The host binary, with its compile cache in target/ (shared by the tests, never the user's).
+/// The host binary, with its compile cache and cache key in target/ (shared by
+/// the tests, never the user's).
 pub fn host_command() -> Command {
     let mut command = Command::new(host_bin());
     command.env("XDG_CACHE_HOME", workspace_root().join("target/e2e-cache"));
+    command.env("XDG_CONFIG_HOME", workspace_root().join("target/e2e-config"));
     command
 }
 
@@ -111,6 +113,13 @@ impl Mock {
                 .collect()
         };
         (list("changed"), list("inserted"))
+    }
+
+    /// Renames supplier `number` and stamps it `updated_at` exactly.
+    pub fn touch(&self, number: &str, updated_at: &str, name: &str) {
+        ureq::post(format!("{}/_mock/touch", self.url))
+            .send_json(json!({"number": number, "updated_at": updated_at, "name": name}))
+            .expect("touch accepted");
     }
 
     /// Every supplier request the mock received, oldest first.
@@ -235,6 +244,42 @@ where
     }
 }
 
+/// Runs the host binary like [`nuntiq_host`] and also returns the process's
+/// peak resident memory in bytes (from `wait4`, the kernel's own count).
+pub fn nuntiq_host_measured<I, S>(args: I) -> (Run, u64)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let err = tempfile::NamedTempFile::new().expect("temp file");
+    let child = host_command()
+        .args(args)
+        .stdout(out.reopen().unwrap())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .expect("nuntiq-host starts");
+    let mut status = 0;
+    // SAFETY: a plain syscall on our own child; the kernel fills `usage`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status),
+        "nuntiq-host did not exit normally (status {status})"
+    );
+    let stdout = std::fs::read_to_string(out.path()).expect("stdout is UTF-8");
+    let stderr = String::from_utf8_lossy(&std::fs::read(err.path()).unwrap()).into_owned();
+    let envelope = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let run = Run {
+        code: libc::WEXITSTATUS(status),
+        envelope,
+        stderr,
+    };
+    (run, usage.ru_maxrss as u64 * 1024)
+}
+
 /// `run-plugin acme.wasm settings --db db --allow-host mock [extra...]`.
 pub fn run_acme(mock: &Mock, settings: &Path, db: &Path, extra: &[&str]) -> Run {
     nuntiq_host(acme_args(mock, settings, db, extra))
@@ -353,6 +398,21 @@ pub fn parse_time(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// Where the Acme connector starts reading after committing `cursor`: a
+/// second before it, so changes made in the cursor's own second are read.
+pub fn overlap(cursor: &str) -> String {
+    (parse_time(cursor) - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// How many rows of `truth` a run reading from `since` (strictly after) fetches.
+pub fn fetched_after(truth: &[Value], since: &str) -> usize {
+    let since = parse_time(since);
+    truth
+        .iter()
+        .filter(|r| parse_time(r["updated_at"].as_str().unwrap()) > since)
+        .count()
+}
+
 /// The newest `updated_at` among rows updated after `after`.
 pub fn newest_after(truth: &[Value], after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     truth
@@ -375,6 +435,13 @@ impl Db {
         rusqlite::Connection::open(path).expect("db opens")
     }
 
+    /// The one value a query returns.
+    pub fn scalar<T: rusqlite::types::FromSql>(&self, sql: &str) -> T {
+        self.0
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub fn count(&self, table: &str) -> i64 {
         self.0
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
@@ -386,34 +453,46 @@ impl Db {
         let mut out = BTreeMap::new();
         let mut stmt = self
             .0
-            .prepare("SELECT supplier_id, supplier_number, supplier_name, is_active FROM supplier WHERE customer_number = ?1")
+            .prepare(
+                "SELECT supplier_number, organization_code, supplier_name, is_active FROM supplier
+                 WHERE customer_number = ?1",
+            )
             .unwrap();
-        let rows: Vec<(i64, String, String, bool)> = stmt
+        let rows: Vec<(String, String, String, bool)> = stmt
             .query_map([customer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        for (id, number, name, is_active) in rows {
-            let mut locs = self
-                .0
-                .prepare("SELECT supplier_location_id, location_code, location_name FROM supplier_location WHERE supplier_id = ?1 ORDER BY location_code")
-                .unwrap();
-            let locations: Vec<(i64, String, String)> = locs
-                .query_map([id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?.unwrap_or_default()))
+        let mut locs = self
+            .0
+            .prepare(
+                "SELECT location_code, location_name FROM supplier_location
+                 WHERE customer_number = ?1 AND supplier_number = ?2 AND supplier_organization_code = ?3
+                 ORDER BY location_code",
+            )
+            .unwrap();
+        let mut addr = self
+            .0
+            .prepare(
+                "SELECT street, city, country_code FROM supplier_address
+                 WHERE customer_number = ?1 AND supplier_number = ?2 AND supplier_organization_code = ?3
+                   AND location_code = ?4
+                 ORDER BY position",
+            )
+            .unwrap();
+        for (number, org, name, is_active) in rows {
+            let locations: Vec<(String, String)> = locs
+                .query_map([customer, &number, &org], |r| {
+                    Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default()))
                 })
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
             let locations = locations
                 .into_iter()
-                .map(|(loc_id, code, loc_name)| {
-                    let mut addr = self
-                        .0
-                        .prepare("SELECT street, city, country_code FROM supplier_address WHERE supplier_location_id = ?1 ORDER BY supplier_address_id")
-                        .unwrap();
+                .map(|(code, loc_name)| {
                     let addresses = addr
-                        .query_map([loc_id], |r| {
+                        .query_map([customer, &number, &org, &code], |r| {
                             let s = |i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default);
                             Ok((s(0)?, s(1)?, s(2)?))
                         })

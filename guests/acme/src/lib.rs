@@ -21,6 +21,8 @@ const SCHEMA_VERSION: u32 = 1;
 /// Flush every 500: a bounded queue, faster recovery, visible progress.
 const FLUSH_EVERY: usize = 500;
 const TOKEN_SECRET: &str = "acme_token";
+/// How far before the committed cursor a run starts reading (see [`resolve_since`]).
+const BOUNDARY_OVERLAP_SECONDS: i64 = 1;
 
 struct Acme;
 
@@ -43,6 +45,9 @@ impl Guest for Acme {
         };
 
         let mut load = SupplierLoad::new();
+        // Rows stamped later than this (clock skew at the source) are kept, but
+        // never carry the cursor past the moment the run began.
+        let run_start = Utc::now();
         let summary = nuntiq_connector::delta_run(&connector_name, STREAM_NAME, CursorType::TimestampUtc, |r| {
             let lower_bound = r.lower_bound_cursor();
             let since = resolve_since(lower_bound.as_deref())?;
@@ -77,8 +82,23 @@ impl Guest for Acme {
                         .ok_or_else(|| format!("page {page}, row {row}: updated_at is missing"))?;
                     let updated_at =
                         parse_timestamp(updated_at).map_err(|e| format!("page {page}, row {row}: updated_at {e}"))?;
-                    watermark = watermark.max(updated_at);
-                    load.add(map_supplier(ext).map_err(|e| format!("page {page}, row {row}: {e}"))?);
+                    let supplier = map_supplier(ext).map_err(|e| format!("page {page}, row {row}: {e}"))?;
+                    if updated_at > run_start {
+                        log::event(
+                            Level::Warn,
+                            "fetch",
+                            &format!(
+                                "Supplier {} has updated_at {}, after this run began ({}); it is stored, \
+                                 but the cursor will not pass the run's start",
+                                supplier.supplier_number,
+                                updated_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                                run_start.to_rfc3339_opts(SecondsFormat::Secs, true)
+                            ),
+                            &json!({"page": page, "row": row, "supplier_number": supplier.supplier_number}),
+                        );
+                    }
+                    watermark = watermark.max(updated_at.min(run_start));
+                    load.add(supplier);
                     count += 1;
                     if count % FLUSH_EVERY == 0 {
                         load.save_all()
@@ -128,7 +148,11 @@ fn commit(r: &DeltaRun, cursor: &str, count: usize, page_size: i64, since: &str)
     r.set_metadata(&metadata.to_string()).map_err(|e| e.message())
 }
 
-/// Override > delta cursor > bootstrap window.
+/// Override > delta cursor > bootstrap window. The cursor is re-read with a
+/// second of overlap: Acme's `updated_after` is strictly after and its stamps
+/// have second precision, so a row changed in the cursor's own second after
+/// the last run read it would otherwise never be fetched (the upsert of the
+/// rows read twice writes nothing).
 fn resolve_since(lower_bound: Option<&str>) -> Result<String, String> {
     if let Some(over) = get_param("since_override") {
         let at = parse_timestamp(&over).map_err(|e| format!("job_params.since_override {e}"))?;
@@ -145,7 +169,9 @@ fn resolve_since(lower_bound: Option<&str>) -> Result<String, String> {
         return Ok(over);
     }
     if let Some(lower_bound) = lower_bound {
-        return Ok(lower_bound.to_owned());
+        let overlap = parse_timestamp(lower_bound).map_err(|e| format!("the committed cursor {e}"))?
+            - Duration::seconds(BOUNDARY_OVERLAP_SECONDS);
+        return Ok(overlap.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     }
     let lookback_days = match context::get_param("lookback_days") {
         None => 7,

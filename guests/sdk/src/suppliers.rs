@@ -65,6 +65,9 @@ impl LoadError {
     }
 }
 
+/// Suppliers handed to the host per `queue` call.
+const QUEUE_CALL_SUPPLIERS: usize = 500;
+
 /// Suppliers built in the connector, handed to the host in one call per batch.
 #[derive(Default)]
 pub struct SupplierLoad {
@@ -91,11 +94,20 @@ impl SupplierLoad {
     }
 
     /// Hands the batch to the host's queue without writing it: a delta run's
-    /// `complete` then writes it in the cursor's transaction.
+    /// `complete` then writes it in the cursor's transaction. Large batches go
+    /// over in several calls, each well within what the host copies per call.
+    /// On an error, what the host did not take stays in the batch.
     pub fn queue(&mut self) -> Result<(), LoadError> {
-        if !self.batch.is_empty() {
-            crate::supplier_load::queue(&std::mem::take(&mut self.batch))?;
+        let mut sent = 0;
+        while sent < self.batch.len() {
+            let end = (sent + QUEUE_CALL_SUPPLIERS).min(self.batch.len());
+            if let Err(e) = crate::supplier_load::queue(&self.batch[sent..end]) {
+                self.batch.drain(..sent);
+                return Err(e);
+            }
+            sent = end;
         }
+        self.batch.clear();
         Ok(())
     }
 

@@ -4,18 +4,43 @@
 
 use super::supplier::SupplierQueue;
 use crate::bindings::delta_state::{self, CursorType as WitCursorType, DeltaError, RunStatus as WitRunStatus};
-use crate::limits::LimitHit;
+use crate::limits::{LimitHit, Refusals, Stop};
 use crate::log::LogSink;
-use crate::store::{Completion, CursorType, RunOwner, RunStatus, Store, StoreError, StreamKey, StreamState};
-use std::collections::BTreeMap;
+use crate::settings::check_name;
+use crate::store::{
+    Completion, CursorType, FailOutcome, RunOwner, RunStatus, SaveCounts, Store, StoreError, StreamKey, StreamState,
+};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 use wasmtime::component::{Resource, ResourceTable};
 
-/// Longest connector or stream name accepted.
-const MAX_NAME_BYTES: usize = 200;
 /// Largest metadata object accepted, as JSON text.
 const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Longest error summary kept, in bytes.
+const MAX_SUMMARY_BYTES: usize = 4 * 1024;
+
+/// What a job's delta runs may touch.
+#[derive(Debug, Clone)]
+pub struct DeltaConfig {
+    /// The job's own connector (`config.connector_name`); no other connector's
+    /// streams may be named. `None`: the job has no delta state.
+    pub connector_name: Option<String>,
+    /// Distinct streams one job may begin.
+    pub max_streams: usize,
+    /// How far past now a timestamp cursor may point.
+    pub max_cursor_skew: Duration,
+}
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        Self {
+            connector_name: None,
+            max_streams: 100,
+            max_cursor_skew: crate::store::cursor::DEFAULT_MAX_CURSOR_SKEW,
+        }
+    }
+}
 
 /// The guest's handle to one run: an index into [`DeltaCap::runs`].
 pub struct DeltaRunHandle {
@@ -31,7 +56,9 @@ pub struct DeltaRun {
     new_cursor: Option<String>,
     records_processed: Option<u64>,
     metadata: Option<serde_json::Value>,
-    /// Begun and neither completed nor failed.
+    /// What the job's store handle had written when this run began.
+    written_at_begin: SaveCounts,
+    /// Begun (or being begun) and neither completed nor failed.
     pub open: bool,
 }
 
@@ -47,30 +74,79 @@ pub struct RunIdentity {
 
 pub struct DeltaCap {
     customer_number: String,
+    config: DeltaConfig,
     store: Store,
     identity: RunIdentity,
     log: Arc<LogSink>,
+    stop: Arc<Stop>,
     runs: BTreeMap<u64, DeltaRun>,
     next_id: u64,
+    /// Every stream a run of this job began.
+    streams: HashSet<StreamKey>,
     /// Runs the host had to fail because the connector let go of them.
     pub abandoned: Vec<StreamKey>,
-    /// Set when the store refused a begin or complete over a lease.
-    pub refused: Option<LimitHit>,
+    refusals: Refusals,
     heartbeat: Option<Heartbeat>,
 }
 
 impl DeltaCap {
-    pub fn new(customer_number: String, store: Store, identity: RunIdentity, log: Arc<LogSink>) -> Self {
+    pub fn new(
+        customer_number: String,
+        config: DeltaConfig,
+        store: Store,
+        identity: RunIdentity,
+        log: Arc<LogSink>,
+        stop: Arc<Stop>,
+        refusals: Refusals,
+    ) -> Self {
         Self {
             customer_number,
+            config,
             store,
             identity,
             log,
+            stop,
             runs: BTreeMap::new(),
             next_id: 0,
+            streams: HashSet::new(),
             abandoned: Vec::new(),
-            refused: None,
+            refusals,
             heartbeat: None,
+        }
+    }
+
+    /// A refusal the connector can handle, remembered so a failure right after
+    /// it is reported under `kind`.
+    fn refuse(&self, kind: &'static str, message: String) -> DeltaError {
+        self.refusals.refused(LimitHit {
+            kind,
+            message: message.clone(),
+        });
+        DeltaError::InvalidArgument(message)
+    }
+
+    /// The stream `connector_name`/`stream_name` of this job's customer, if
+    /// the job may name it: only its own connector's streams.
+    fn stream_key(&self, connector_name: String, stream_name: String) -> Result<StreamKey, DeltaError> {
+        check_name(&stream_name).map_err(|p| DeltaError::InvalidArgument(format!("stream_name {p}")))?;
+        match &self.config.connector_name {
+            Some(own) if *own == connector_name => Ok(StreamKey {
+                customer_number: self.customer_number.clone(),
+                connector_name,
+                stream_name,
+            }),
+            Some(own) => Err(self.refuse(
+                "stream_denied",
+                format!(
+                    "connector {:?} is not this job's connector {own:?} (settings.json config.connector_name); \
+                     a run may only read and write its own connector's streams",
+                    crate::log::sanitize(&connector_name, 200)
+                ),
+            )),
+            None => Err(self.refuse(
+                "stream_denied",
+                "this job's settings.json names no connector (config.connector_name), so it has no delta state".into(),
+            )),
         }
     }
 
@@ -92,17 +168,36 @@ impl DeltaCap {
         }
     }
 
-    /// Fails every run still open, e.g. after a trap or an error from `run`.
-    /// Returns the streams it failed.
-    pub async fn fail_open_runs(&mut self, summary: &str) -> Vec<StreamKey> {
+    /// Fails every run still open (or still being begun), e.g. after a trap,
+    /// an error from `run` or a stop, in one store transaction. Returns each
+    /// stream with how its run ended: a run whose complete committed before
+    /// the host learned of it keeps its success.
+    pub async fn fail_open_runs(&mut self, summary: &str) -> Vec<(StreamKey, FailOutcome)> {
         let open: Vec<u64> = self.runs.iter().filter(|(_, r)| r.open).map(|(id, _)| *id).collect();
-        let mut failed = Vec::new();
+        let mut runs = Vec::with_capacity(open.len());
         for id in open {
-            if let Some(key) = self.fail_run(id, summary).await {
-                failed.push(key);
+            let run = self.runs.get_mut(&id).expect("listed above");
+            run.open = false;
+            runs.push((run.key.clone(), run.owner.run_id.clone()));
+        }
+        if runs.is_empty() {
+            return Vec::new();
+        }
+        for (_, run_id) in &runs {
+            self.release(run_id);
+        }
+        let summary = self.log.redactor().clean(summary, MAX_SUMMARY_BYTES);
+        let updated_by = self.identity.updated_by.clone();
+        match self.store.fail_runs(runs.clone(), summary, updated_by).await {
+            Ok(outcomes) => runs.into_iter().map(|(k, _)| k).zip(outcomes).collect(),
+            Err(e) => {
+                for (key, _) in &runs {
+                    self.log
+                        .warn(&format!("Could not mark stream {key} failed: {e}"), Some("delta"), None);
+                }
+                runs.into_iter().map(|(k, _)| (k, FailOutcome::NotHeld)).collect()
             }
         }
-        failed
     }
 
     async fn fail_run(&mut self, id: u64, summary: &str) -> Option<StreamKey> {
@@ -110,7 +205,7 @@ impl DeltaCap {
         run.open = false;
         let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
         self.release(&run_id);
-        let summary = self.log.redactor().redact(summary);
+        let summary = self.log.redactor().clean(summary, MAX_SUMMARY_BYTES);
         let updated_by = self.identity.updated_by.clone();
         if let Err(e) = self.store.fail_run(key.clone(), run_id, summary, updated_by).await {
             self.log
@@ -190,24 +285,12 @@ impl From<StoreError> for DeltaError {
             StoreError::CursorRegression(_) => DeltaError::CursorRegression(e.to_string()),
             StoreError::CursorTypeMismatch(m) => DeltaError::CursorTypeMismatch(m),
             StoreError::InvalidCursor(m) => DeltaError::InvalidCursor(m),
-            StoreError::NotRunning(m) | StoreError::LeaseLost(m) => DeltaError::NotRunning(m),
+            StoreError::NotRunning(m) | StoreError::LeaseLost(m) | StoreError::Stopped(m) => DeltaError::NotRunning(m),
             StoreError::AlreadyRunning(m) => DeltaError::AlreadyRunning(m),
             StoreError::Invalid(m) => DeltaError::InvalidArgument(m),
             other => DeltaError::Store(other.to_string()),
         }
     }
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), DeltaError> {
-    if name.trim().is_empty() {
-        return Err(DeltaError::InvalidArgument(format!("{what} must not be empty")));
-    }
-    if name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
-        return Err(DeltaError::InvalidArgument(format!(
-            "{what} must be at most {MAX_NAME_BYTES} bytes without control characters"
-        )));
-    }
-    Ok(())
 }
 
 impl delta_state::HostDeltaRun for DeltaView<'_> {
@@ -217,58 +300,90 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         stream_name: String,
         cursor_type: WitCursorType,
     ) -> wasmtime::Result<Result<Resource<DeltaRunHandle>, DeltaError>> {
-        if let Err(e) = check_name("connector_name", &connector_name).and(check_name("stream_name", &stream_name)) {
-            return Ok(Err(e));
-        }
-        let key = StreamKey {
-            customer_number: self.cap.customer_number.clone(),
-            connector_name,
-            stream_name,
+        let key = match self.cap.stream_key(connector_name, stream_name) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
         };
         if self.cap.open_runs().any(|r| r.key == key) {
             return Ok(Err(DeltaError::AlreadyRunning(format!(
                 "a run of stream {key} is already open in this job; complete or fail it first"
             ))));
         }
+        if !self.cap.streams.contains(&key) && self.cap.streams.len() >= self.cap.config.max_streams {
+            let message = format!(
+                "this job already began runs of {} streams, its limit (--max-streams); stream {key} was refused",
+                self.cap.streams.len()
+            );
+            return Ok(Err(self.cap.refuse("stream_limit", message)));
+        }
+        self.cap.streams.insert(key.clone());
         let cursor_type = CursorType::from(cursor_type);
         let id = &self.cap.identity;
         let owner = RunOwner::this_process(&id.plugin_sha256, &id.updated_by, id.lease);
-        let begun = match self.cap.store.begin_run(key.clone(), cursor_type, owner.clone()).await {
+        // Known before the store hears of it: if the job is stopped while the
+        // begin is in flight, the clean-up still fails whatever it committed.
+        let run_id = self.cap.next_id;
+        self.cap.next_id += 1;
+        self.cap.runs.insert(
+            run_id,
+            DeltaRun {
+                key: key.clone(),
+                owner: owner.clone(),
+                cursor_type,
+                lower_bound: None,
+                new_cursor: None,
+                records_processed: None,
+                metadata: None,
+                written_at_begin: SaveCounts::default(),
+                open: true,
+            },
+        );
+        let begun = self
+            .cap
+            .store
+            .begin_run(key.clone(), cursor_type, owner.clone(), self.cap.stop.clone())
+            .await;
+        let (begun, written) = match begun {
             Ok(begun) => begun,
             Err(e) => {
-                if let StoreError::AlreadyRunning(message) = &e {
-                    self.cap.refused = Some(LimitHit {
+                self.cap.runs.remove(&run_id);
+                match &e {
+                    StoreError::AlreadyRunning(message) => self.cap.refusals.refused(LimitHit {
                         kind: "already_running",
                         message: message.clone(),
-                    });
+                    }),
+                    _ => self.cap.refusals.answered(),
                 }
                 return Ok(Err(e.into()));
             }
         };
+        self.cap.refusals.answered();
         if let Some(note) = &begun.took_over {
             self.cap.log.warn(&format!("Taking over: {note}"), Some("delta"), None);
+        }
+        if let Some(lower) = &begun.lower_bound
+            && let Err(problem) = cursor_type.validate(lower, self.cap.config.max_cursor_skew)
+        {
+            self.cap.log.warn(
+                &format!(
+                    "The committed cursor of stream {key} is not usable: {problem}. Runs cannot move it; an \
+                     operator can reset it with `nuntiq-host state reset --connector {} --stream {} --cursor … \
+                     --reason …`",
+                    key.connector_name, key.stream_name
+                ),
+                Some("delta"),
+                None,
+            );
         }
         self.cap
             .leased()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((key.clone(), owner.clone()));
-        let id = self.cap.next_id;
-        self.cap.next_id += 1;
-        self.cap.runs.insert(
-            id,
-            DeltaRun {
-                key,
-                owner,
-                cursor_type,
-                lower_bound: begun.lower_bound,
-                new_cursor: None,
-                records_processed: None,
-                metadata: None,
-                open: true,
-            },
-        );
-        Ok(Ok(self.table.push(DeltaRunHandle { id })?))
+            .push((key.clone(), owner));
+        let run = self.cap.runs.get_mut(&run_id).expect("registered above");
+        run.lower_bound = begun.lower_bound;
+        run.written_at_begin = written;
+        Ok(Ok(self.table.push(DeltaRunHandle { id: run_id })?))
     }
 
     async fn lower_bound_cursor(&mut self, run: Resource<DeltaRunHandle>) -> wasmtime::Result<Option<String>> {
@@ -280,8 +395,9 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         run: Resource<DeltaRunHandle>,
         value: String,
     ) -> wasmtime::Result<Result<(), DeltaError>> {
+        let skew = self.cap.config.max_cursor_skew;
         let run = self.run(&run)?;
-        if let Err(problem) = run.cursor_type.validate(&value) {
+        if let Err(problem) = run.cursor_type.validate(&value, skew) {
             return Ok(Err(DeltaError::InvalidCursor(format!(
                 "{} cursor: {problem}",
                 run.cursor_type
@@ -309,6 +425,8 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         }
         match serde_json::from_str::<serde_json::Value>(&metadata) {
             Ok(value @ serde_json::Value::Object(_)) => {
+                // Stored and shown to operators: no secret and no control character in it.
+                let value = self.cap.log.redactor().clean_json(value);
                 self.run(&run)?.metadata = Some(value);
                 Ok(Ok(()))
             }
@@ -323,6 +441,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         handle: Resource<DeltaRunHandle>,
     ) -> wasmtime::Result<Result<delta_state::StreamState, DeltaError>> {
         let updated_by = self.cap.identity.updated_by.clone();
+        let max_cursor_skew = self.cap.config.max_cursor_skew;
         let run = self.run(&handle)?;
         if !run.open {
             return Ok(Err(DeltaError::NotRunning(format!(
@@ -335,37 +454,46 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 "set-new-cursor is required before complete; the run stays open".into(),
             )));
         };
-        let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
+        let (key, run_id, written_at_begin) = (run.key.clone(), run.owner.run_id.clone(), run.written_at_begin);
         let completion = Completion {
             cursor_type: run.cursor_type,
             new_cursor_value,
             records_processed: run.records_processed,
             metadata: run.metadata.clone(),
             updated_by,
+            max_cursor_skew,
         };
         let pending = self.queue.take();
+        let stop = self.cap.stop.clone();
         match self
             .cap
             .store
-            .complete_run(key, run_id.clone(), completion, pending)
+            .complete_run(key, run_id.clone(), completion, pending, written_at_begin, stop)
             .await
         {
-            Ok(state) => {
+            Ok((state, _)) => {
                 self.run(&handle)?.open = false;
                 self.cap.release(&run_id);
+                self.cap.refusals.answered();
                 Ok(Ok(state.into()))
             }
-            Err(e) => {
-                if let StoreError::LeaseLost(message) = &e {
-                    // Another run owns the stream now: this one ends here, unwritten.
-                    self.run(&handle)?.open = false;
-                    self.cap.release(&run_id);
-                    self.cap.refused = Some(LimitHit {
-                        kind: "lease_lost",
-                        message: message.clone(),
-                    });
+            Err(failed) => {
+                // Nothing of the batch is known to be written: it stays queued,
+                // so a later complete writes it before any cursor covers it.
+                self.queue.restore(failed.pending);
+                match &failed.error {
+                    StoreError::LeaseLost(message) => {
+                        // Another run owns the stream now: this one ends here, unwritten.
+                        self.run(&handle)?.open = false;
+                        self.cap.release(&run_id);
+                        self.cap.refusals.refused(LimitHit {
+                            kind: "lease_lost",
+                            message: message.clone(),
+                        });
+                    }
+                    _ => self.cap.refusals.answered(),
                 }
-                Ok(Err(e.into()))
+                Ok(Err(failed.error.into()))
             }
         }
     }
@@ -411,10 +539,9 @@ impl delta_state::Host for DeltaView<'_> {
         connector_name: String,
         stream_name: String,
     ) -> wasmtime::Result<Result<delta_state::StreamState, DeltaError>> {
-        let key = StreamKey {
-            customer_number: self.cap.customer_number.clone(),
-            connector_name,
-            stream_name,
+        let key = match self.cap.stream_key(connector_name, stream_name) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
         };
         Ok(self.cap.store.get_state(key).await.map(Into::into).map_err(Into::into))
     }

@@ -5,9 +5,9 @@
 //! (tenacity's `wait_exponential`), which a `Retry-After` header can lengthen.
 
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
-use crate::limits::LimitHit;
+use crate::limits::{LimitHit, Refusals};
 use crate::log::LogSink;
-use crate::policy::{Denied, NetworkPolicy, redact_url};
+use crate::policy::{AllowedHost, Denied, NetworkPolicy, redact_url};
 use crate::settings::Settings;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
@@ -71,7 +71,15 @@ pub struct HttpConfig {
     pub max_redirects: u32,
     /// Requests (attempts and redirect hops) per job.
     pub max_requests: u64,
+    /// Origins besides `config.api_url`'s to which a `bearer-secret` may be sent
+    /// (`--bearer-host`); the api_url origin is always one.
+    pub bearer_hosts: Vec<AllowedHost>,
 }
+
+/// Most query parameters and headers one request may carry, and its longest URL.
+const MAX_QUERY_PAIRS: usize = 256;
+const MAX_HEADERS: usize = 64;
+const MAX_URL_BYTES: usize = 16 * 1024;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -85,6 +93,7 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024 * 1024,
             max_redirects: 5,
             max_requests: 10_000,
+            bearer_hosts: Vec::new(),
         }
     }
 }
@@ -218,8 +227,7 @@ pub struct HttpCap {
     log: Arc<LogSink>,
     /// Requests sent so far in this job.
     pub requests: u64,
-    /// The last host limit that refused a request.
-    pub limit_hit: Option<LimitHit>,
+    refusals: Refusals,
 }
 
 /// Headers a connector may not set: the host owns framing and routing.
@@ -244,6 +252,7 @@ impl HttpCap {
         settings: Arc<Settings>,
         config: HttpConfig,
         log: Arc<LogSink>,
+        refusals: Refusals,
     ) -> Self {
         Self {
             client,
@@ -252,15 +261,42 @@ impl HttpCap {
             config,
             log,
             requests: 0,
-            limit_hit: None,
+            refusals,
         }
     }
 
-    /// Checks the request and turns it into a URL and headers.
-    fn prepare(&self, request: &Request) -> Result<(Url, HeaderMap), HttpError> {
-        let invalid = |m: String| HttpError::InvalidRequest(m);
-        let mut url =
-            Url::parse(&request.url).map_err(|e| invalid(format!("{:?} is not an absolute URL ({e})", request.url)))?;
+    /// Whether a bearer secret may go to `url`: the api_url origin, or one the
+    /// operator named with `--bearer-host`.
+    fn bearer_allowed(&self, url: &Url) -> bool {
+        AllowedHost::origin_of(&self.settings.api_url).is_some_and(|api| api.matches_url(url))
+            || self.config.bearer_hosts.iter().any(|h| h.matches_url(url))
+    }
+
+    /// Checks the request and turns it into a URL and headers. `Err` with a
+    /// kind is a host limit the envelope should name if the connector gives up.
+    fn prepare(&self, request: &Request) -> Result<(Url, HeaderMap), (Option<&'static str>, HttpError)> {
+        let invalid = |m: String| (None, HttpError::InvalidRequest(m));
+        if request.query.len() > MAX_QUERY_PAIRS || request.headers.len() > MAX_HEADERS {
+            return Err(invalid(format!(
+                "a request carries at most {MAX_QUERY_PAIRS} query parameters and {MAX_HEADERS} headers \
+                 (this one {} and {})",
+                request.query.len(),
+                request.headers.len()
+            )));
+        }
+        let query_bytes: usize = request.query.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if request.url.len() + query_bytes > MAX_URL_BYTES {
+            return Err(invalid(format!(
+                "the URL with its query would be {} bytes; at most {MAX_URL_BYTES} are allowed",
+                request.url.len() + query_bytes
+            )));
+        }
+        let mut url = Url::parse(&request.url).map_err(|e| {
+            invalid(format!(
+                "{:?} is not an absolute URL ({e})",
+                crate::log::sanitize(&request.url, 512)
+            ))
+        })?;
         if !request.query.is_empty() {
             url.query_pairs_mut()
                 .extend_pairs(request.query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -284,6 +320,16 @@ impl HttpCap {
             headers.append(header, value);
         }
         if let Some(name) = &request.bearer_secret {
+            if !self.bearer_allowed(&url) {
+                let origin = AllowedHost::origin_of(&url).map_or_else(|| redact_url(&url), |o| o.to_string());
+                return Err((
+                    Some("secret_denied"),
+                    HttpError::Denied(format!(
+                        "bearer-secret {name:?} is sent only to config.api_url's origin, not to {origin}; \
+                         an operator can allow that origin with --bearer-host {origin}"
+                    )),
+                ));
+            }
             let token = self
                 .settings
                 .secrets
@@ -459,9 +505,49 @@ impl http::Host for HttpCap {
         let policy = policy.map_or_else(|| self.config.default_policy.clone(), |p| self.config.clamp(p));
         let (url, headers) = match self.prepare(&request) {
             Ok(prepared) => prepared,
-            Err(e) => return Ok(Err(e)),
+            Err((kind, e)) => {
+                match (kind, &e) {
+                    (Some(kind), HttpError::Denied(message)) => self.refusals.refused(LimitHit {
+                        kind,
+                        message: message.clone(),
+                    }),
+                    _ => self.refusals.answered(),
+                }
+                return Ok(Err(e));
+            }
         };
-        let timeout = request.timeout_ms.map_or(policy.timeout, |ms| {
+        let outcome = self.send_with_retry(url, headers, policy, request.timeout_ms).await;
+        match &outcome {
+            Err(SendError::Limit(hit, _)) => self.refusals.refused(hit.clone()),
+            _ => self.refusals.answered(),
+        }
+        Ok(outcome.map_err(SendError::into_http))
+    }
+}
+
+/// How a request failed: with a host limit the envelope can name, or not.
+enum SendError {
+    Limit(LimitHit, HttpError),
+    Other(HttpError),
+}
+
+impl SendError {
+    fn into_http(self) -> HttpError {
+        match self {
+            SendError::Limit(_, e) | SendError::Other(e) => e,
+        }
+    }
+}
+
+impl HttpCap {
+    async fn send_with_retry(
+        &mut self,
+        url: Url,
+        headers: HeaderMap,
+        policy: RetryPolicy,
+        timeout_ms: Option<u32>,
+    ) -> Result<Response, SendError> {
+        let timeout = timeout_ms.map_or(policy.timeout, |ms| {
             Duration::from_millis(ms.into()).clamp(Duration::from_millis(1), self.config.max_timeout)
         });
         let policy = RetryPolicy { timeout, ..policy };
@@ -470,8 +556,8 @@ impl http::Host for HttpCap {
         loop {
             let outcome = self.attempt(url.clone(), &headers, &policy, attempt).await;
             let (status, cause, retry_after, last) = match outcome {
-                Attempt::Done(response) => return Ok(Ok(response)),
-                Attempt::Fatal(error) => return Ok(Err(error)),
+                Attempt::Done(response) => return Ok(response),
+                Attempt::Fatal(error) => return Err(SendError::Other(error)),
                 Attempt::Limit(kind, error) => {
                     let message = match &error {
                         HttpError::BodyTooLarge(limit) => format!(
@@ -481,8 +567,7 @@ impl http::Host for HttpCap {
                         HttpError::Denied(why) | HttpError::InvalidRequest(why) => why.clone(),
                         other => format!("{other:?}"),
                     };
-                    self.limit_hit = Some(LimitHit { kind, message });
-                    return Ok(Err(error));
+                    return Err(SendError::Limit(LimitHit { kind, message }, error));
                 }
                 Attempt::RetryableStatus(response, retry_after) => {
                     let cause = format!("HTTP {} from {}", response.status, url.host_str().unwrap_or(""));
@@ -497,7 +582,7 @@ impl http::Host for HttpCap {
                 Attempt::Connection(cause) => (None, cause.clone(), None, Some(HttpError::Connection(cause))),
             };
             let exhausted = |attempts, cause: String| {
-                Ok(Err(HttpError::RetriesExhausted(RetriesExhausted {
+                Err(SendError::Other(HttpError::RetriesExhausted(RetriesExhausted {
                     attempts,
                     last_status: status,
                     last_cause: cause,
@@ -505,7 +590,7 @@ impl http::Host for HttpCap {
             };
             if attempt >= policy.max_attempts {
                 return match (attempt, last) {
-                    (1, Some(error)) => Ok(Err(error)),
+                    (1, Some(error)) => Err(SendError::Other(error)),
                     _ => exhausted(attempt, cause),
                 };
             }
@@ -702,10 +787,15 @@ mod tests {
                 config: serde_json::Map::new(),
                 job_params: serde_json::Map::new(),
                 api_url: api,
+                connector_name: None,
             });
             let (log, captured) = sink(LogFormat::Json, &[]);
             let client = build_client(policy.clone()).unwrap();
-            (HttpCap::new(client, policy, settings, config, Arc::new(log)), captured)
+            let refusals = Refusals::default();
+            (
+                HttpCap::new(client, policy, settings, config, Arc::new(log), refusals),
+                captured,
+            )
         }
 
         fn request(url: &str) -> Request {
@@ -809,7 +899,7 @@ mod tests {
             );
             let error = cap.get_with_retry(request(&url), None).await.unwrap().unwrap_err();
             assert!(matches!(error, HttpError::BodyTooLarge(10)), "{error:?}");
-            assert_eq!(cap.limit_hit.unwrap().kind, "body_too_large");
+            assert_eq!(cap.refusals.last().unwrap().kind, "body_too_large");
         }
     }
 }

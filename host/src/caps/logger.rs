@@ -2,7 +2,7 @@
 //! never reach the host's stdout (that is reserved for the result envelope).
 
 use crate::bindings::logger;
-use crate::log::{Level, LogSink, MAX_MESSAGE_BYTES};
+use crate::log::{Level, LogSink, MAX_DETAIL_BYTES, MAX_MESSAGE_BYTES};
 use serde_json::Value;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -41,11 +41,22 @@ impl logger::Host for LoggerCap {
         if !self.sink.enabled(level) {
             return Ok(());
         }
-        // Detail that is not JSON is kept, as a JSON string.
-        let detail = detail.map(|d| serde_json::from_str(&d).unwrap_or(Value::String(d)));
+        let detail = detail.filter(|_| self.sink.prints_detail()).map(connector_detail);
         self.sink.connector_log(level, &message, step.as_deref(), detail);
         Ok(())
     }
+}
+
+/// A connector's `detail` as it is logged: its JSON value (text that is not JSON
+/// is kept as a string), or a note of its size when it is over the limit, so a
+/// connector cannot make the host parse or print megabytes per line.
+fn connector_detail(detail: String) -> Value {
+    if detail.len() > MAX_DETAIL_BYTES {
+        return serde_json::json!({
+            "detail_dropped": format!("{} bytes, over the {MAX_DETAIL_BYTES}-byte limit", detail.len())
+        });
+    }
+    serde_json::from_str(&detail).unwrap_or(Value::String(detail))
 }
 
 /// The connector's stdout or stderr: each line becomes a log line with step

@@ -1,29 +1,33 @@
 //! `supplier-load`: validates and queues suppliers, and upserts them on `save-all`.
 //! Whatever is still queued when a delta run completes is written in the
 //! cursor's transaction (see `caps::delta`).
+//!
+//! The queue is bounded in suppliers and in bytes of host memory: what one
+//! call may hand over is already bounded by the store's hostcall fuel, and the
+//! byte budget stops a queue from growing across calls.
 
-use crate::bindings::supplier_load::{self, LoadError, Supplier};
-use crate::limits::LimitHit;
-use crate::store::Store;
+use crate::bindings::supplier_load::{self, LoadError, Supplier, SupplierAddress, SupplierLocation};
+use crate::limits::{LimitHit, Refusals, Stop};
+use crate::store::records::{self, RecordLimits};
+use crate::store::{AddressRecord, LocationRecord, Store, SupplierRecord};
+use std::sync::Arc;
 
 /// Host limits on what a connector may hand over.
 #[derive(Debug, Clone)]
 pub struct SupplierConfig {
     /// Suppliers queued and not yet saved; past it `queue` fails with `queue-full`.
     pub max_queued: usize,
-    pub max_locations_per_supplier: usize,
-    pub max_addresses_per_location: usize,
-    /// Longest value of any one field, in bytes.
-    pub max_field_bytes: usize,
+    /// Host memory the queued suppliers may take, likewise.
+    pub max_queued_bytes: usize,
+    pub records: RecordLimits,
 }
 
 impl Default for SupplierConfig {
     fn default() -> Self {
         Self {
             max_queued: 10_000,
-            max_locations_per_supplier: 1_000,
-            max_addresses_per_location: 100,
-            max_field_bytes: 4 * 1024,
+            max_queued_bytes: 32 << 20,
+            records: RecordLimits::default(),
         }
     }
 }
@@ -31,12 +35,22 @@ impl Default for SupplierConfig {
 /// Suppliers queued by the connector and not yet written.
 #[derive(Default)]
 pub struct SupplierQueue {
-    pending: Vec<Supplier>,
+    pending: Vec<SupplierRecord>,
+    bytes: usize,
 }
 
 impl SupplierQueue {
-    pub fn take(&mut self) -> Vec<Supplier> {
+    pub fn take(&mut self) -> Vec<SupplierRecord> {
+        self.bytes = 0;
         std::mem::take(&mut self.pending)
+    }
+
+    /// Puts back a batch a failed complete did not write, ahead of anything
+    /// queued since.
+    pub fn restore(&mut self, mut batch: Vec<SupplierRecord>) {
+        self.bytes += batch.iter().map(SupplierRecord::host_bytes).sum::<usize>();
+        batch.append(&mut self.pending);
+        self.pending = batch;
     }
 
     pub fn len(&self) -> usize {
@@ -52,128 +66,92 @@ pub struct SupplierCap {
     customer_number: String,
     store: Store,
     config: SupplierConfig,
+    stop: Arc<Stop>,
     pub queue: SupplierQueue,
-    /// Set when the queue limit refused a batch.
-    pub limit_hit: Option<LimitHit>,
+    refusals: Refusals,
 }
 
 impl SupplierCap {
-    pub fn new(customer_number: String, store: Store, config: SupplierConfig) -> Self {
+    pub fn new(
+        customer_number: String,
+        store: Store,
+        config: SupplierConfig,
+        stop: Arc<Stop>,
+        refusals: Refusals,
+    ) -> Self {
         Self {
             customer_number,
             store,
             config,
+            stop,
             queue: SupplierQueue::default(),
-            limit_hit: None,
+            refusals,
+        }
+    }
+
+    fn queue_full(&mut self, message: String) -> Result<u32, LoadError> {
+        self.refusals.refused(LimitHit {
+            kind: "batch_too_large",
+            message: message.clone(),
+        });
+        Err(LoadError::QueueFull(message))
+    }
+}
+
+impl From<Supplier> for SupplierRecord {
+    fn from(s: Supplier) -> Self {
+        Self {
+            supplier_number: s.supplier_number,
+            supplier_name: s.supplier_name,
+            alternative_supplier_name: s.alternative_supplier_name,
+            supplier_type: s.supplier_type,
+            organization_code: s.organization_code,
+            is_active: s.is_active,
+            custom_field_1: s.custom_field_1,
+            custom_field_2: s.custom_field_2,
+            custom_field_3: s.custom_field_3,
+            custom_field_4: s.custom_field_4,
+            custom_field_5: s.custom_field_5,
+            locations: s.locations.into_iter().map(Into::into).collect(),
         }
     }
 }
 
-/// Checks one batch; the error names the record (its position in the batch and
-/// its supplier_number) and the field.
-pub fn validate(batch: &[Supplier], config: &SupplierConfig) -> Result<(), String> {
-    for (i, s) in batch.iter().enumerate() {
-        let record = if s.supplier_number.trim().is_empty() {
-            format!("supplier #{} of the batch", i + 1)
-        } else {
-            format!("supplier #{} (supplier_number {:?})", i + 1, s.supplier_number)
-        };
-        let fail = |field: &str, problem: &str| Err(format!("{record}: {field} {problem}"));
-        if s.supplier_number.trim().is_empty() {
-            return fail("supplier_number", "is required");
-        }
-        if s.supplier_name.trim().is_empty() {
-            return fail("supplier_name", "is required");
-        }
-        if s.locations.len() > config.max_locations_per_supplier {
-            return fail(
-                "locations",
-                &format!(
-                    "has {} entries; at most {} are allowed",
-                    s.locations.len(),
-                    config.max_locations_per_supplier
-                ),
-            );
-        }
-        let supplier_fields = [
-            ("supplier_number", Some(&s.supplier_number)),
-            ("supplier_name", Some(&s.supplier_name)),
-            ("alternative_supplier_name", s.alternative_supplier_name.as_ref()),
-            ("supplier_type", s.supplier_type.as_ref()),
-            ("organization_code", s.organization_code.as_ref()),
-            ("custom_field_1", s.custom_field_1.as_ref()),
-            ("custom_field_2", s.custom_field_2.as_ref()),
-            ("custom_field_3", s.custom_field_3.as_ref()),
-            ("custom_field_4", s.custom_field_4.as_ref()),
-            ("custom_field_5", s.custom_field_5.as_ref()),
-        ];
-        check_sizes(&supplier_fields, config).or_else(|(f, p)| fail(f, &p))?;
-        let mut codes = std::collections::HashSet::new();
-        for (j, l) in s.locations.iter().enumerate() {
-            let field = |name: &str| format!("locations[{j}].{name}");
-            if l.location_code.trim().is_empty() {
-                return fail(&field("location_code"), "is required");
-            }
-            if !codes.insert(l.location_code.as_str()) {
-                return fail(&field("location_code"), &format!("{:?} appears twice", l.location_code));
-            }
-            if l.addresses.len() > config.max_addresses_per_location {
-                return fail(
-                    &field("addresses"),
-                    &format!(
-                        "has {} entries; at most {} are allowed",
-                        l.addresses.len(),
-                        config.max_addresses_per_location
-                    ),
-                );
-            }
-            let location_fields = [
-                ("location_code", Some(&l.location_code)),
-                ("location_name", l.location_name.as_ref()),
-                ("organization_code", l.organization_code.as_ref()),
-                ("default_currency_code", l.default_currency_code.as_ref()),
-                ("default_payment_term_code", l.default_payment_term_code.as_ref()),
-                ("default_payment_method", l.default_payment_method.as_ref()),
-                ("taxpayer_id", l.taxpayer_id.as_ref()),
-                ("duns_number", l.duns_number.as_ref()),
-                ("custom_field_1", l.custom_field_1.as_ref()),
-                ("custom_field_2", l.custom_field_2.as_ref()),
-                ("custom_field_3", l.custom_field_3.as_ref()),
-                ("custom_field_4", l.custom_field_4.as_ref()),
-                ("custom_field_5", l.custom_field_5.as_ref()),
-            ];
-            check_sizes(&location_fields, config).or_else(|(f, p)| fail(&field(f), &p))?;
-            for (k, a) in l.addresses.iter().enumerate() {
-                let address_fields = [
-                    ("street", a.street.as_ref()),
-                    ("city", a.city.as_ref()),
-                    ("state", a.state.as_ref()),
-                    ("postal_code", a.postal_code.as_ref()),
-                    ("country_code", a.country_code.as_ref()),
-                    ("custom_field_1", a.custom_field_1.as_ref()),
-                    ("custom_field_2", a.custom_field_2.as_ref()),
-                    ("custom_field_3", a.custom_field_3.as_ref()),
-                ];
-                check_sizes(&address_fields, config)
-                    .or_else(|(f, p)| fail(&format!("locations[{j}].addresses[{k}].{f}"), &p))?;
-            }
+impl From<SupplierLocation> for LocationRecord {
+    fn from(l: SupplierLocation) -> Self {
+        Self {
+            location_code: l.location_code,
+            location_name: l.location_name,
+            organization_code: l.organization_code,
+            default_currency_code: l.default_currency_code,
+            default_payment_term_code: l.default_payment_term_code,
+            default_payment_method: l.default_payment_method,
+            taxpayer_id: l.taxpayer_id,
+            duns_number: l.duns_number,
+            is_active: l.is_active,
+            custom_field_1: l.custom_field_1,
+            custom_field_2: l.custom_field_2,
+            custom_field_3: l.custom_field_3,
+            custom_field_4: l.custom_field_4,
+            custom_field_5: l.custom_field_5,
+            addresses: l.addresses.into_iter().map(Into::into).collect(),
         }
     }
-    Ok(())
 }
 
-fn check_sizes<'a>(fields: &[(&'a str, Option<&String>)], config: &SupplierConfig) -> Result<(), (&'a str, String)> {
-    for (name, value) in fields {
-        if let Some(v) = value
-            && v.len() > config.max_field_bytes
-        {
-            return Err((
-                name,
-                format!("is {} bytes; at most {} are allowed", v.len(), config.max_field_bytes),
-            ));
+impl From<SupplierAddress> for AddressRecord {
+    fn from(a: SupplierAddress) -> Self {
+        Self {
+            street: a.street,
+            city: a.city,
+            state: a.state,
+            postal_code: a.postal_code,
+            country_code: a.country_code,
+            custom_field_1: a.custom_field_1,
+            custom_field_2: a.custom_field_2,
+            custom_field_3: a.custom_field_3,
         }
     }
-    Ok(())
 }
 
 impl supplier_load::Host for SupplierCap {
@@ -186,27 +164,37 @@ impl supplier_load::Host for SupplierCap {
                 suppliers.len(),
                 self.config.max_queued
             );
-            self.limit_hit = Some(LimitHit {
-                kind: "batch_too_large",
-                message: message.clone(),
-            });
-            return Ok(Err(LoadError::QueueFull(message)));
+            return Ok(self.queue_full(message));
         }
-        if let Err(problem) = validate(&suppliers, &self.config) {
+        let batch: Vec<SupplierRecord> = suppliers.into_iter().map(Into::into).collect();
+        let bytes: usize = batch.iter().map(SupplierRecord::host_bytes).sum();
+        if self.queue.bytes + bytes > self.config.max_queued_bytes {
+            let message = format!(
+                "the queued suppliers take {} bytes of host memory and this batch {} more, past the \
+                 limit of {} (--max-queued-bytes); call save-all more often",
+                self.queue.bytes, bytes, self.config.max_queued_bytes
+            );
+            return Ok(self.queue_full(message));
+        }
+        self.refusals.answered();
+        if let Err(problem) = records::validate(&batch, &self.config.records) {
             return Ok(Err(LoadError::InvalidRecord(format!(
                 "{problem}; nothing of this batch was queued"
             ))));
         }
-        self.queue.pending.extend(suppliers);
+        self.queue.pending.extend(batch);
+        self.queue.bytes += bytes;
         Ok(Ok(self.queue.len() as u32))
     }
 
     async fn save_all(&mut self) -> wasmtime::Result<Result<u32, LoadError>> {
+        self.refusals.answered();
         let batch = self.queue.take();
         if batch.is_empty() {
             return Ok(Ok(0));
         }
-        match self.store.save_suppliers(self.customer_number.clone(), batch).await {
+        let customer = self.customer_number.clone();
+        match self.store.save_suppliers(customer, batch, self.stop.clone()).await {
             Ok(n) => Ok(Ok(n as u32)),
             Err(e) => Ok(Err(LoadError::Store(format!("failed to save suppliers: {e}")))),
         }
@@ -216,45 +204,17 @@ impl supplier_load::Host for SupplierCap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::suppliers::tests::supplier;
+    use crate::store::records::tests::supplier;
 
     #[test]
-    fn valid_batches_pass() {
-        assert!(
-            validate(
-                &[supplier("S1", "One", Some("Delft")), supplier("S2", "Two", None)],
-                &SupplierConfig::default()
-            )
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn errors_name_the_record_and_field() {
-        let config = SupplierConfig::default();
-        let e = validate(&[supplier("S1", "One", None), supplier("", "Two", None)], &config).unwrap_err();
-        assert_eq!(e, "supplier #2 of the batch: supplier_number is required");
-        let e = validate(&[supplier("S7", " ", None)], &config).unwrap_err();
-        assert_eq!(e, "supplier #1 (supplier_number \"S7\"): supplier_name is required");
-        let mut s = supplier("S8", "Eight", Some("Delft"));
-        s.locations[0].location_code = String::new();
-        let e = validate(&[s], &config).unwrap_err();
-        assert_eq!(
-            e,
-            "supplier #1 (supplier_number \"S8\"): locations[0].location_code is required"
-        );
-    }
-
-    #[test]
-    fn oversized_fields_and_duplicate_locations_are_refused() {
-        let config = SupplierConfig::default();
-        let mut s = supplier("S1", "One", Some("Delft"));
-        s.locations[0].addresses[0].city = Some("x".repeat(5000));
-        let e = validate(&[s], &config).unwrap_err();
-        assert!(e.contains("locations[0].addresses[0].city is 5000 bytes"), "{e}");
-        let mut s = supplier("S1", "One", Some("Delft"));
-        s.locations.push(s.locations[0].clone());
-        let e = validate(&[s], &config).unwrap_err();
-        assert!(e.contains("locations[1].location_code \"MAIN\" appears twice"), "{e}");
+    fn a_restored_batch_goes_first_and_keeps_its_bytes() {
+        let mut q = SupplierQueue::default();
+        q.pending.push(supplier("LATER", "Later", None));
+        q.restore(vec![supplier("FIRST", "First", Some("Delft"))]);
+        assert!(q.bytes > 0);
+        let taken = q.take();
+        let numbers: Vec<&str> = taken.iter().map(|s| s.supplier_number.as_str()).collect();
+        assert_eq!(numbers, ["FIRST", "LATER"]);
+        assert_eq!(q.bytes, 0);
     }
 }

@@ -1,18 +1,20 @@
 //! Delta state in SQLite: the platform's begin / complete / fail / reset, a
 //! lease so one run per stream holds it at a time, run history and the audit log.
 
-use super::owner::{RunOwner, process_alive};
+use super::owner::{RunOwner, process_alive, same_machine};
+use super::records::SupplierRecord;
 use super::schema::now_utc;
-use super::suppliers::{SUPPLIERS_PER_TRANSACTION, save_suppliers, upsert_suppliers};
+use super::suppliers::{SUPPLIERS_PER_TRANSACTION, SaveCounts, save_suppliers, upsert_suppliers};
 use super::{Completion, CursorType, RunStatus, StoreError, StreamKey, StreamState};
-use crate::bindings::supplier_load::Supplier;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use crate::limits::Stop;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 
 /// The columns [`state_from_row`] reads, in order.
 const STATE_COLUMNS: &str = "connector_name, stream_name, cursor_type, committed_cursor_value, committed_at_utc,
     status, started_at_utc, completed_at_utc, records_processed, error_summary, metadata, updated_at_utc,
-    updated_by, customer_number, run_id, owner_host, owner_pid, owner_process_start, lease_expires_at_utc";
+    updated_by, customer_number, run_id, owner_host, owner_pid, owner_process_start, lease_expires_at_utc,
+    owner_instance";
 
 /// The lease fields of a stream row (not part of the platform's schema).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -23,6 +25,8 @@ pub struct Lease {
     #[serde(skip)]
     pub owner_process_start: Option<String>,
     pub lease_expires_at_utc: Option<String>,
+    #[serde(skip)]
+    pub owner_instance: Option<String>,
 }
 
 fn state_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, StreamState, Lease)> {
@@ -38,7 +42,7 @@ fn state_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, StreamStat
         status: RunStatus::parse(&status),
         started_at_utc: r.get(6)?,
         completed_at_utc: r.get(7)?,
-        records_processed: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
+        records_processed: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0).unsigned_abs()),
         error_summary: r.get(9)?,
         metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
         updated_at_utc: r.get(11)?,
@@ -50,6 +54,7 @@ fn state_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, StreamStat
         owner_pid: r.get(16)?,
         owner_process_start: r.get(17)?,
         lease_expires_at_utc: r.get(18)?,
+        owner_instance: r.get(19)?,
     };
     Ok((r.get(13)?, state, lease))
 }
@@ -121,6 +126,16 @@ pub struct Begun {
     pub took_over: Option<String>,
 }
 
+/// Refuses to commit once the job was stopped (deadline or signal): the
+/// connector's answer would never reach it, so the envelope, the stream and
+/// the run history would disagree.
+fn check_not_stopped(stop: &Stop, what: &str) -> Result<(), StoreError> {
+    match stop.exceeded() {
+        Some(limit) => Err(StoreError::Stopped(format!("{limit}; {what} was not committed"))),
+        None => Ok(()),
+    }
+}
+
 fn lease_until(owner: &RunOwner) -> String {
     let lease = chrono::Duration::from_std(owner.lease).unwrap_or(chrono::Duration::hours(1));
     (chrono::Utc::now() + lease).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -134,6 +149,7 @@ pub fn begin_run(
     key: &StreamKey,
     cursor_type: CursorType,
     owner: &RunOwner,
+    stop: &Stop,
 ) -> Result<Begun, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let existing = read_state(&tx, key)?;
@@ -145,7 +161,8 @@ pub fn begin_run(
         {
             return Err(StoreError::CursorTypeMismatch(format!(
                 "stream {key} keeps a {stored} cursor, but begin asked for {cursor_type}; \
-                 an operator must reset the stream to change its cursor type"
+                 an operator can change the stream's cursor type with \
+                 `nuntiq-host state reset --cursor-type {cursor_type} …`"
             )));
         }
         if state.status == RunStatus::Running
@@ -154,7 +171,8 @@ pub fn begin_run(
             let host = lease.owner_host.as_deref().unwrap_or("?");
             let pid = lease.owner_pid.unwrap_or(0);
             let expires = lease.lease_expires_at_utc.as_deref().unwrap_or("");
-            let owner_dead_here = host == owner.host && !process_alive(pid, lease.owner_process_start.as_deref());
+            let owner_dead_here = same_machine(host, lease.owner_instance.as_deref())
+                && !process_alive(pid, lease.owner_process_start.as_deref());
             let lease_valid = expires > now.as_str();
             if lease_valid && !owner_dead_here {
                 return Err(StoreError::AlreadyRunning(format!(
@@ -186,15 +204,15 @@ pub fn begin_run(
         "INSERT INTO delta_stream_state
              (customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
               completed_at_utc, error_summary, records_processed, updated_at_utc, updated_by,
-              run_id, owner_host, owner_pid, owner_process_start, lease_expires_at_utc)
-         VALUES (?1, ?2, ?3, ?4, 'running', ?5, NULL, NULL, NULL, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+              run_id, owner_host, owner_pid, owner_process_start, lease_expires_at_utc, owner_instance)
+         VALUES (?1, ?2, ?3, ?4, 'running', ?5, NULL, NULL, NULL, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (customer_number, connector_name, stream_name) DO UPDATE SET
              cursor_type = excluded.cursor_type, status = 'running', started_at_utc = excluded.started_at_utc,
              completed_at_utc = NULL, error_summary = NULL, records_processed = NULL,
              updated_at_utc = excluded.updated_at_utc, updated_by = excluded.updated_by,
              run_id = excluded.run_id, owner_host = excluded.owner_host, owner_pid = excluded.owner_pid,
              owner_process_start = excluded.owner_process_start,
-             lease_expires_at_utc = excluded.lease_expires_at_utc",
+             lease_expires_at_utc = excluded.lease_expires_at_utc, owner_instance = excluded.owner_instance",
         params![
             key.customer_number,
             key.connector_name,
@@ -206,7 +224,8 @@ pub fn begin_run(
             owner.host,
             owner.pid,
             owner.process_start,
-            lease_until(owner)
+            lease_until(owner),
+            owner.instance
         ],
     )?;
     tx.execute(
@@ -227,6 +246,7 @@ pub fn begin_run(
             owner.pid
         ],
     )?;
+    check_not_stopped(stop, "the run's begin")?;
     tx.commit()?;
     Ok(Begun { lower_bound, took_over })
 }
@@ -251,28 +271,16 @@ fn check_lease(key: &StreamKey, run_id: &str, row: Option<&(StreamState, Lease)>
     Ok(())
 }
 
-/// Writes the final suppliers and advances the cursor. Earlier chunks of an
-/// oversized `pending` commit on their own; the last chunk shares the cursor's
-/// transaction, so after a crash the cursor is never ahead of the data.
-pub fn complete_run(
-    conn: &mut Connection,
+/// Refuses a cursor that does not move forward from the committed one.
+fn check_advance(
     key: &StreamKey,
-    run_id: &str,
     completion: &Completion,
-    pending: &[Supplier],
-) -> Result<StreamState, StoreError> {
-    check_lease(key, run_id, read_state(conn, key)?.as_ref())?;
-    let last_chunk_start = pending.len().saturating_sub(1) / SUPPLIERS_PER_TRANSACTION * SUPPLIERS_PER_TRANSACTION;
-    let (earlier, last) = pending.split_at(last_chunk_start);
-    save_suppliers(conn, &key.customer_number, earlier)?;
-
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let row = read_state(&tx, key)?;
-    check_lease(key, run_id, row.as_ref())?;
-    let old = row.as_ref().and_then(|(s, _)| s.committed_cursor_value.clone());
+    row: Option<&(StreamState, Lease)>,
+) -> Result<Option<String>, StoreError> {
+    let old = row.and_then(|(s, _)| s.committed_cursor_value.clone());
     let advances = completion
         .cursor_type
-        .advances(old.as_deref(), &completion.new_cursor_value)
+        .advances(old.as_deref(), &completion.new_cursor_value, completion.max_cursor_skew)
         .map_err(StoreError::InvalidCursor)?;
     if !advances {
         return Err(StoreError::CursorRegression(format!(
@@ -282,10 +290,41 @@ pub fn complete_run(
             old.unwrap_or_default()
         )));
     }
-    upsert_suppliers(&tx, &key.customer_number, last)?;
+    Ok(old)
+}
+
+/// Writes the final suppliers and advances the cursor. The cursor is checked
+/// before anything is written; earlier chunks of an oversized `pending` then
+/// commit on their own, and the last chunk shares the cursor's transaction, so
+/// after a crash the cursor is never ahead of the data. `written` is what the
+/// run's earlier `save-all`s wrote; it goes into the run history with the
+/// final chunk's counts.
+pub fn complete_run(
+    conn: &mut Connection,
+    key: &StreamKey,
+    run_id: &str,
+    completion: &Completion,
+    pending: &[SupplierRecord],
+    written: SaveCounts,
+    stop: &Stop,
+) -> Result<(StreamState, SaveCounts), StoreError> {
+    let row = read_state(conn, key)?;
+    check_lease(key, run_id, row.as_ref())?;
+    check_advance(key, completion, row.as_ref())?;
+    let last_chunk_start = pending.len().saturating_sub(1) / SUPPLIERS_PER_TRANSACTION * SUPPLIERS_PER_TRANSACTION;
+    let (earlier, last) = pending.split_at(last_chunk_start);
+    let mut counts = save_suppliers(conn, &key.customer_number, earlier)?;
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let row = read_state(&tx, key)?;
+    check_lease(key, run_id, row.as_ref())?;
+    let old = check_advance(key, completion, row.as_ref())?;
+    counts.add(upsert_suppliers(&tx, &key.customer_number, last)?);
     let now = now_utc();
     let metadata = completion.metadata.as_ref().map(|m| m.to_string());
-    let records = completion.records_processed.map(|n| n as i64);
+    let records = completion
+        .records_processed
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     tx.execute(
         "UPDATE delta_stream_state SET
              committed_cursor_value = ?4, committed_at_utc = ?5, status = 'succeeded',
@@ -303,10 +342,21 @@ pub fn complete_run(
             completion.updated_by
         ],
     )?;
+    let mut in_run = written;
+    in_run.add(counts);
     tx.execute(
-        "UPDATE delta_run SET status = 'succeeded', ended_at_utc = ?2, records_processed = ?3, cursor_after = ?4
+        "UPDATE delta_run SET status = 'succeeded', ended_at_utc = ?2, records_processed = ?3, cursor_after = ?4,
+             suppliers_inserted = ?5, suppliers_updated = ?6, suppliers_unchanged = ?7
          WHERE run_id = ?1",
-        params![run_id, now, records, completion.new_cursor_value],
+        params![
+            run_id,
+            now,
+            records,
+            completion.new_cursor_value,
+            in_run.inserted as i64,
+            in_run.updated as i64,
+            in_run.unchanged as i64
+        ],
     )?;
     audit(
         &tx,
@@ -319,8 +369,9 @@ pub fn complete_run(
         &now,
     )?;
     let (state, _) = read_state(&tx, key)?.expect("row exists inside this transaction");
+    check_not_stopped(stop, "the cursor")?;
     tx.commit()?;
-    Ok(state)
+    Ok((state, counts))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -353,19 +404,68 @@ fn audit(
     )
 }
 
-/// The platform's fail: status `failed` with a summary; the cursor stays. A run
-/// that lost its lease only records its failure in the history.
+/// How a run ended when the host asked to fail it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// It was running and is now failed; the cursor stayed.
+    Failed,
+    /// It had already ended (`succeeded` or `failed`) before this call: the
+    /// history and the stream keep what happened.
+    AlreadyEnded(String),
+    /// Its run-history row says running, but another run holds the stream now.
+    NotHeld,
+    /// No such run was ever begun (its begin never committed).
+    NeverBegun,
+}
+
+/// The platform's fail: status `failed` with a summary; the cursor stays. Only
+/// a run that is still running is failed: one that completed keeps its
+/// success in the stream and in the history alike.
 pub fn fail_run(
     conn: &mut Connection,
     key: &StreamKey,
     run_id: &str,
     error_summary: &str,
     updated_by: &str,
-) -> Result<(), StoreError> {
+) -> Result<FailOutcome, StoreError> {
+    fail_runs(conn, &[(key.clone(), run_id.to_owned())], error_summary, updated_by).map(|mut o| o.remove(0))
+}
+
+/// Fails several runs in one transaction (the host's clean-up after a stop).
+pub fn fail_runs(
+    conn: &mut Connection,
+    runs: &[(StreamKey, String)],
+    error_summary: &str,
+    updated_by: &str,
+) -> Result<Vec<FailOutcome>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let outcomes = runs
+        .iter()
+        .map(|(key, run_id)| fail_in(&tx, key, run_id, error_summary, updated_by))
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+fn fail_in(
+    tx: &Transaction<'_>,
+    key: &StreamKey,
+    run_id: &str,
+    error_summary: &str,
+    updated_by: &str,
+) -> Result<FailOutcome, StoreError> {
+    let status: Option<String> = tx
+        .query_row("SELECT status FROM delta_run WHERE run_id = ?1", [run_id], |r| r.get(0))
+        .optional()?;
+    match status.as_deref() {
+        None => return Ok(FailOutcome::NeverBegun),
+        Some("running") => {}
+        Some(ended) => return Ok(FailOutcome::AlreadyEnded(ended.to_owned())),
+    }
     let now = now_utc();
     tx.execute(
-        "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3 WHERE run_id = ?1",
+        "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3
+         WHERE run_id = ?1 AND status = 'running'",
         params![run_id, now, error_summary],
     )?;
     let changed = tx.execute(
@@ -382,13 +482,11 @@ pub fn fail_run(
             updated_by
         ],
     )?;
-    tx.commit()?;
-    if changed == 0 {
-        return Err(StoreError::LeaseLost(format!(
-            "run {run_id} no longer holds stream {key}; its failure is recorded in the run history only"
-        )));
-    }
-    Ok(())
+    Ok(if changed == 0 {
+        FailOutcome::NotHeld
+    } else {
+        FailOutcome::Failed
+    })
 }
 
 /// Extends the leases of runs still open; returns the run ids that lost theirs.
@@ -426,6 +524,8 @@ pub struct Reset {
     pub api_user: String,
     /// Reset even while a live run holds the stream (that run then cannot complete).
     pub force: bool,
+    /// How far past now a timestamp cursor may point.
+    pub max_cursor_skew: std::time::Duration,
 }
 
 /// The platform's reset: any direction, `reason` required, always audited
@@ -436,12 +536,8 @@ pub fn reset_cursor(conn: &mut Connection, key: &StreamKey, reset: &Reset) -> Re
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let row = read_state(&tx, key)?;
-    let cursor_type = match (row.as_ref().and_then(|(s, _)| s.cursor_type), reset.cursor_type) {
-        (Some(stored), Some(asked)) if stored != asked => {
-            return Err(StoreError::CursorTypeMismatch(format!(
-                "stream {key} keeps a {stored} cursor, not {asked}"
-            )));
-        }
+    // --cursor-type changes the stream's type (the next begin must ask for it).
+    let cursor_type = match (reset.cursor_type, row.as_ref().and_then(|(s, _)| s.cursor_type)) {
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => {
             return Err(StoreError::Invalid(format!(
@@ -450,7 +546,7 @@ pub fn reset_cursor(conn: &mut Connection, key: &StreamKey, reset: &Reset) -> Re
         }
     };
     cursor_type
-        .validate(&reset.new_cursor_value)
+        .validate(&reset.new_cursor_value, reset.max_cursor_skew)
         .map_err(|e| StoreError::InvalidCursor(format!("--cursor: {e}")))?;
     if let Some((state, lease)) = &row
         && state.status == RunStatus::Running
@@ -530,13 +626,17 @@ pub struct RunRecord {
     pub plugin_sha256: Option<String>,
     pub owner_host: Option<String>,
     pub owner_pid: Option<u32>,
+    pub suppliers_inserted: Option<i64>,
+    pub suppliers_updated: Option<i64>,
+    pub suppliers_unchanged: Option<i64>,
 }
 
 /// Run history, newest first.
 pub fn list_runs(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusqlite::Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT run_id, customer_number, connector_name, stream_name, status, started_at_utc, ended_at_utc,
-                records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid
+                records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid,
+                suppliers_inserted, suppliers_updated, suppliers_unchanged
          FROM delta_run
          WHERE {STREAM_FILTER}
          ORDER BY started_at_utc DESC, rowid DESC LIMIT ?4"
@@ -564,6 +664,9 @@ pub fn list_runs(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusq
                 plugin_sha256: r.get(11)?,
                 owner_host: r.get(12)?,
                 owner_pid: r.get(13)?,
+                suppliers_inserted: r.get(14)?,
+                suppliers_updated: r.get(15)?,
+                suppliers_unchanged: r.get(16)?,
             })
         },
     )?
@@ -621,8 +724,9 @@ pub fn list_audit(conn: &Connection, filter: &StreamFilter, limit: usize) -> rus
 mod tests {
     use super::*;
     use crate::store::owner::RunOwner;
+    use crate::store::records::tests::supplier;
     use crate::store::schema::open;
-    use crate::store::suppliers::tests::{count, supplier};
+    use crate::store::suppliers::tests::count;
     use std::time::Duration;
 
     fn key() -> StreamKey {
@@ -644,6 +748,7 @@ mod tests {
             records_processed: Some(1),
             metadata: Some(serde_json::json!({"schema_version": 1})),
             updated_by: "test".into(),
+            max_cursor_skew: crate::store::cursor::DEFAULT_MAX_CURSOR_SKEW,
         }
     }
 
@@ -656,8 +761,17 @@ mod tests {
     /// Begins and completes a run at `cursor`.
     fn commit(conn: &mut Connection, cursor: &str) {
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o).unwrap();
-        complete_run(conn, &key(), &o.run_id, &completion(cursor), &[]).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        complete_run(
+            conn,
+            &key(),
+            &o.run_id,
+            &completion(cursor),
+            &[],
+            SaveCounts::default(),
+            &Stop::never(),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -666,7 +780,7 @@ mod tests {
         let k = key();
         assert_eq!(get_state(&mut conn, &k).unwrap().status, RunStatus::Idle);
         let o = owner();
-        let begun = begin_run(&mut conn, &k, CursorType::TimestampUtc, &o).unwrap();
+        let begun = begin_run(&mut conn, &k, CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
         assert_eq!(
             begun,
             Begun {
@@ -675,12 +789,14 @@ mod tests {
             }
         );
         assert_eq!(get_state(&mut conn, &k).unwrap().status, RunStatus::Running);
-        let state = complete_run(
+        let (state, _) = complete_run(
             &mut conn,
             &k,
             &o.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[supplier("S1", "One", None)],
+            SaveCounts::default(),
+            &Stop::never(),
         )
         .unwrap();
         assert_eq!(state.status, RunStatus::Succeeded);
@@ -693,7 +809,7 @@ mod tests {
         assert_eq!(runs[0].status, "succeeded");
         assert_eq!(runs[0].cursor_after.as_deref(), Some("2024-05-01T09:00:00Z"));
         assert_eq!(runs[0].plugin_sha256.as_deref(), Some("sha"));
-        let next = begin_run(&mut conn, &k, CursorType::TimestampUtc, &owner()).unwrap();
+        let next = begin_run(&mut conn, &k, CursorType::TimestampUtc, &owner(), &Stop::never()).unwrap();
         assert_eq!(next.lower_bound.as_deref(), Some("2024-05-01T09:00:00Z"));
     }
 
@@ -702,13 +818,15 @@ mod tests {
         let (_dir, mut conn) = db();
         commit(&mut conn, "2024-05-01T09:00:00Z");
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
         let err = complete_run(
             &mut conn,
             &key(),
             &o.run_id,
             &completion("2024-05-01T10:00:00+02:00"),
             &[supplier("S9", "Nine", None)],
+            SaveCounts::default(),
+            &Stop::never(),
         )
         .unwrap_err();
         assert!(matches!(err, StoreError::CursorRegression(_)), "{err}");
@@ -721,11 +839,97 @@ mod tests {
     }
 
     #[test]
+    fn nothing_commits_once_the_job_was_stopped() {
+        let (_dir, mut conn) = db();
+        commit(&mut conn, "2024-05-01T09:00:00Z");
+        let o = owner();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        let stopped = Stop::new(Duration::ZERO);
+        let err = complete_run(
+            &mut conn,
+            &key(),
+            &o.run_id,
+            &completion("2024-06-01T00:00:00Z"),
+            &[supplier("LATE", "Too late", None)],
+            SaveCounts::default(),
+            &stopped,
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Stopped(_)), "{err}");
+        assert!(err.to_string().contains("the cursor was not committed"), "{err}");
+        assert_eq!(
+            count(&conn, "supplier"),
+            0,
+            "the final chunk rolled back with the cursor"
+        );
+        assert_eq!(
+            get_state(&mut conn, &key()).unwrap().committed_cursor_value.as_deref(),
+            Some("2024-05-01T09:00:00Z")
+        );
+        let err = begin_run(
+            &mut conn,
+            &StreamKey {
+                stream_name: "other".into(),
+                ..key()
+            },
+            CursorType::TimestampUtc,
+            &owner(),
+            &stopped,
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Stopped(_)), "{err}");
+        assert!(
+            read_state(
+                &conn,
+                &StreamKey {
+                    stream_name: "other".into(),
+                    ..key()
+                }
+            )
+            .unwrap()
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn failing_a_run_that_already_completed_keeps_its_success() {
+        let (_dir, mut conn) = db();
+        let o = owner();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        complete_run(
+            &mut conn,
+            &key(),
+            &o.run_id,
+            &completion("2024-05-01T09:00:00Z"),
+            &[],
+            SaveCounts::default(),
+            &Stop::never(),
+        )
+        .unwrap();
+        let outcomes = fail_runs(
+            &mut conn,
+            &[(key(), o.run_id.clone()), (key(), "never-begun".into())],
+            "timeout",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            outcomes,
+            [FailOutcome::AlreadyEnded("succeeded".into()), FailOutcome::NeverBegun]
+        );
+        assert_eq!(get_state(&mut conn, &key()).unwrap().status, RunStatus::Succeeded);
+        assert_eq!(
+            list_runs(&conn, &StreamFilter::default(), 10).unwrap()[0].status,
+            "succeeded"
+        );
+    }
+
+    #[test]
     fn fail_keeps_the_cursor_and_begin_clears_the_summary() {
         let (_dir, mut conn) = db();
         commit(&mut conn, "2024-05-01T09:00:00Z");
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
         fail_run(&mut conn, &key(), &o.run_id, "page 3: 500", "test").unwrap();
         let s = get_state(&mut conn, &key()).unwrap();
         assert_eq!(
@@ -733,7 +937,7 @@ mod tests {
             (RunStatus::Failed, Some("page 3: 500"))
         );
         assert_eq!(s.committed_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner()).unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).unwrap();
         assert_eq!(get_state(&mut conn, &key()).unwrap().error_summary, None);
     }
 
@@ -741,7 +945,7 @@ mod tests {
     fn cursor_type_cannot_change_silently() {
         let (_dir, mut conn) = db();
         commit(&mut conn, "2024-05-01T09:00:00Z");
-        let err = begin_run(&mut conn, &key(), CursorType::NumericId, &owner()).unwrap_err();
+        let err = begin_run(&mut conn, &key(), CursorType::NumericId, &owner(), &Stop::never()).unwrap_err();
         assert!(matches!(err, StoreError::CursorTypeMismatch(_)), "{err}");
     }
 
@@ -749,9 +953,18 @@ mod tests {
     fn oversized_final_batch_keeps_the_last_chunk_with_the_cursor() {
         let (_dir, mut conn) = db();
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
         let many: Vec<_> = (0..2500).map(|i| supplier(&format!("S{i}"), "x", None)).collect();
-        complete_run(&mut conn, &key(), &o.run_id, &completion("2024-05-01T09:00:00Z"), &many).unwrap();
+        complete_run(
+            &mut conn,
+            &key(),
+            &o.run_id,
+            &completion("2024-05-01T09:00:00Z"),
+            &many,
+            SaveCounts::default(),
+            &Stop::never(),
+        )
+        .unwrap();
         assert_eq!(count(&conn, "supplier"), 2500);
     }
 
@@ -759,11 +972,11 @@ mod tests {
     fn a_live_run_holds_the_stream() {
         let (_dir, mut conn) = db();
         let first = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &first).unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &first, &Stop::never()).unwrap();
         // Another process on another host, while the lease is valid: refused.
         let mut other = owner();
         other.host = "elsewhere".into();
-        let err = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &other).unwrap_err();
+        let err = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &other, &Stop::never()).unwrap_err();
         let StoreError::AlreadyRunning(message) = &err else {
             panic!("{err}")
         };
@@ -773,7 +986,7 @@ mod tests {
             "{message}"
         );
         // This same live process counts as alive too.
-        assert!(begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner()).is_err());
+        assert!(begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).is_err());
         assert_eq!(
             list_runs(&conn, &StreamFilter::default(), 10).unwrap().len(),
             1,
@@ -789,9 +1002,9 @@ mod tests {
         dead.pid = child.id();
         dead.process_start = None;
         child.wait().unwrap();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &dead).unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &dead, &Stop::never()).unwrap();
         let next = owner();
-        let begun = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &next).unwrap();
+        let begun = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &next, &Stop::never()).unwrap();
         let note = begun.took_over.expect("took over");
         assert!(
             note.contains(&format!("its process {} on {} no longer exists", dead.pid, dead.host)),
@@ -808,6 +1021,8 @@ mod tests {
             &dead.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[],
+            SaveCounts::default(),
+            &Stop::never(),
         )
         .unwrap_err();
         assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
@@ -817,6 +1032,8 @@ mod tests {
             &next.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[],
+            SaveCounts::default(),
+            &Stop::never(),
         )
         .unwrap();
     }
@@ -827,28 +1044,29 @@ mod tests {
         let mut remote = owner();
         remote.host = "elsewhere".into();
         remote.lease = Duration::from_millis(50);
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &remote).unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &remote, &Stop::never()).unwrap();
         // Renewal keeps it alive past its first expiry.
         std::thread::sleep(Duration::from_millis(30));
         assert!(renew_leases(&mut conn, &[(key(), remote.clone())]).unwrap().is_empty());
         std::thread::sleep(Duration::from_millis(30));
         assert!(
-            begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner()).is_err(),
+            begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).is_err(),
             "still held"
         );
         std::thread::sleep(Duration::from_millis(60));
         let next = owner();
-        let begun = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &next).unwrap();
+        let begun = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &next, &Stop::never()).unwrap();
         assert!(begun.took_over.unwrap().contains("its lease expired at"));
         // The old owner learns it lost the lease at its next heartbeat, and cannot fail the new run.
         assert_eq!(
             renew_leases(&mut conn, &[(key(), remote.clone())]).unwrap(),
             [remote.run_id.clone()]
         );
-        assert!(matches!(
-            fail_run(&mut conn, &key(), &remote.run_id, "late", "test"),
-            Err(StoreError::LeaseLost(_))
-        ));
+        assert_eq!(
+            fail_run(&mut conn, &key(), &remote.run_id, "late", "test").unwrap(),
+            FailOutcome::AlreadyEnded("failed".into()),
+            "the taken-over run stays as the taker recorded it"
+        );
         assert_eq!(get_state(&mut conn, &key()).unwrap().status, RunStatus::Running);
     }
 
@@ -862,6 +1080,7 @@ mod tests {
             reason: "backfill after the ERP migration".into(),
             api_user: "ops".into(),
             force: false,
+            max_cursor_skew: crate::store::cursor::DEFAULT_MAX_CURSOR_SKEW,
         };
         let old = reset_cursor(&mut conn, &key(), &reset).unwrap();
         assert_eq!(old.as_deref(), Some("2024-05-01T09:00:00Z"));
@@ -893,14 +1112,22 @@ mod tests {
         ));
         // A live run holds the stream unless forced.
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o).unwrap();
+        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
         assert!(matches!(
             reset_cursor(&mut conn, &key(), &reset),
             Err(StoreError::AlreadyRunning(_))
         ));
         reset_cursor(&mut conn, &key(), &Reset { force: true, ..reset }).unwrap();
         assert!(matches!(
-            complete_run(&mut conn, &key(), &o.run_id, &completion("2024-06-01T00:00:00Z"), &[]),
+            complete_run(
+                &mut conn,
+                &key(),
+                &o.run_id,
+                &completion("2024-06-01T00:00:00Z"),
+                &[],
+                SaveCounts::default(),
+                &Stop::never()
+            ),
             Err(StoreError::LeaseLost(_))
         ));
     }

@@ -7,16 +7,19 @@
 pub mod cursor;
 pub mod delta;
 pub mod owner;
+pub mod records;
 pub mod schema;
 pub mod suppliers;
 
-use crate::bindings::supplier_load::Supplier;
+use crate::limits::Stop;
 pub use cursor::CursorType;
-pub use delta::{Begun, Reset, StreamFilter};
+pub use delta::{Begun, FailOutcome, Reset, StreamFilter};
 pub use owner::RunOwner;
+pub use records::{AddressRecord, LocationRecord, SupplierRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+pub use suppliers::SaveCounts;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// A stream's identity: one delta-state row per key.
@@ -113,6 +116,8 @@ pub struct Completion {
     pub records_processed: Option<u64>,
     pub metadata: Option<serde_json::Value>,
     pub updated_by: String,
+    /// How far past now a timestamp cursor may point.
+    pub max_cursor_skew: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +146,17 @@ pub enum StoreError {
     /// An earlier background supplier write failed; nothing after it commits.
     #[error("an earlier save-all failed, so nothing more is written: {0}")]
     EarlierWrite(String),
+    /// The job was stopped (deadline or signal) before this could commit.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+/// A failed `complete`: why, and the suppliers it was to write, handed back so
+/// that a retried complete still writes them (a cursor never passes unwritten data).
+#[derive(Debug)]
+pub struct CompleteError {
+    pub error: StoreError,
+    pub pending: Vec<SupplierRecord>,
 }
 
 /// Why a database could not be opened; the CLI exits 2 naming the path.
@@ -168,6 +184,22 @@ struct BackgroundWrites {
     permits: Arc<Semaphore>,
     /// The first background write that failed; later writes and commits refuse.
     failed: Mutex<Option<String>>,
+    /// What every write of this handle did, in the order the writer ran them.
+    counts: Mutex<SaveCounts>,
+}
+
+impl BackgroundWrites {
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn counts(&self) -> SaveCounts {
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, counts: SaveCounts) {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).add(counts);
+    }
 }
 
 /// Supplier batches written in the background at most at once.
@@ -195,12 +227,9 @@ impl Store {
             writes: Arc::new(BackgroundWrites {
                 permits: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
                 failed: Mutex::new(None),
+                counts: Mutex::new(SaveCounts::default()),
             }),
         })
-    }
-
-    fn earlier_write_failure(&self) -> Option<String> {
-        self.writes.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn job<R: Send + 'static>(
@@ -213,7 +242,8 @@ impl Store {
         (job, answer)
     }
 
-    /// Runs `f` on the writer thread and waits for its answer.
+    /// Runs `f` on the writer thread and waits for its answer. Once handed
+    /// over, `f` runs to its end even if this future is dropped.
     async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
@@ -233,32 +263,64 @@ impl Store {
         answer.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// Begins a run; no begin commits once `stop` came. Also returns what this
+    /// handle had written by then, so the run's own writes can be told apart.
     pub async fn begin_run(
         &self,
         key: StreamKey,
         cursor_type: CursorType,
         owner: RunOwner,
-    ) -> Result<Begun, StoreError> {
-        self.call(move |c| delta::begin_run(c, &key, cursor_type, &owner)).await
+        stop: Arc<Stop>,
+    ) -> Result<(Begun, SaveCounts), StoreError> {
+        let writes = self.writes.clone();
+        self.call(move |c| {
+            let begun = delta::begin_run(c, &key, cursor_type, &owner, &stop)?;
+            Ok((begun, writes.counts()))
+        })
+        .await
     }
 
-    /// Writes `pending` and advances the cursor in one transaction, if `run_id` still holds the lease.
+    /// Writes `pending` and advances the cursor in one transaction, if `run_id`
+    /// still holds the lease and `stop` has not come. `written_before` is what
+    /// this handle had written when the run began. On failure the suppliers are
+    /// handed back, unwritten or not known to be.
     pub async fn complete_run(
         &self,
         key: StreamKey,
         run_id: String,
         completion: Completion,
-        pending: Vec<Supplier>,
-    ) -> Result<StreamState, StoreError> {
+        pending: Vec<SupplierRecord>,
+        written_before: SaveCounts,
+        stop: Arc<Stop>,
+    ) -> Result<(StreamState, SaveCounts), CompleteError> {
         let writes = self.writes.clone();
-        self.call(move |c| {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
             // The data this cursor covers must all be durable: refuse after a failed write.
-            if let Some(e) = writes.failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-                return Err(StoreError::EarlierWrite(e));
-            }
-            delta::complete_run(c, &key, &run_id, &completion, &pending)
-        })
-        .await
+            let result = match writes.failure() {
+                Some(e) => Err(StoreError::EarlierWrite(e)),
+                None => {
+                    let mut during_run = writes.counts();
+                    during_run.inserted -= written_before.inserted;
+                    during_run.updated -= written_before.updated;
+                    during_run.unchanged -= written_before.unchanged;
+                    delta::complete_run(conn, &key, &run_id, &completion, &pending, during_run, &stop)
+                }
+            };
+            let _ = reply.send(match result {
+                Ok((state, counts)) => {
+                    writes.count(counts);
+                    Ok((state, counts))
+                }
+                Err(error) => Err(CompleteError { error, pending }),
+            });
+        });
+        let closed = || CompleteError {
+            error: StoreError::Closed,
+            pending: Vec::new(),
+        };
+        self.jobs.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     pub async fn fail_run(
@@ -267,8 +329,19 @@ impl Store {
         run_id: String,
         error_summary: String,
         updated_by: String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<FailOutcome, StoreError> {
         self.call(move |c| delta::fail_run(c, &key, &run_id, &error_summary, &updated_by))
+            .await
+    }
+
+    /// Fails many runs in one transaction.
+    pub async fn fail_runs(
+        &self,
+        runs: Vec<(StreamKey, String)>,
+        error_summary: String,
+        updated_by: String,
+    ) -> Result<Vec<FailOutcome>, StoreError> {
+        self.call(move |c| delta::fail_runs(c, &runs, &error_summary, &updated_by))
             .await
     }
 
@@ -285,8 +358,14 @@ impl Store {
     /// waits only while [`BATCHES_IN_FLIGHT`] batches are ahead of it). The batch
     /// is upserted in order, at most [`suppliers::SUPPLIERS_PER_TRANSACTION`]
     /// per transaction; a failure surfaces at the next save, commit or [`Store::drain`].
-    pub async fn save_suppliers(&self, customer_number: String, batch: Vec<Supplier>) -> Result<usize, StoreError> {
-        if let Some(e) = self.earlier_write_failure() {
+    /// A batch that reaches the writer after `stop` is not written.
+    pub async fn save_suppliers(
+        &self,
+        customer_number: String,
+        batch: Vec<SupplierRecord>,
+        stop: Arc<Stop>,
+    ) -> Result<usize, StoreError> {
+        if let Some(e) = self.writes.failure() {
             return Err(StoreError::EarlierWrite(e));
         }
         let permit = self
@@ -299,12 +378,15 @@ impl Store {
         let writes = self.writes.clone();
         let count = batch.len();
         let job: Job = Box::new(move |conn| {
-            if let Err(e) = suppliers::save_suppliers(conn, &customer_number, &batch) {
-                writes
-                    .failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e.to_string());
+            let written = match stop.exceeded() {
+                Some(limit) => Err(format!("{limit}; the batch was not written")),
+                None => suppliers::save_suppliers(conn, &customer_number, &batch).map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(counts) => writes.count(counts),
+                Err(e) => {
+                    writes.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                }
             }
             drop(permit);
         });
@@ -312,20 +394,26 @@ impl Store {
         Ok(count)
     }
 
-    /// Waits until every write handed over so far is done; reports a failed one.
-    pub async fn drain(&self) -> Result<(), StoreError> {
+    /// Waits until every write handed over so far is done; reports a failed
+    /// one, else what all writes of this handle did.
+    pub async fn drain(&self) -> Result<SaveCounts, StoreError> {
         self.call(|_| Ok(())).await?;
-        match self.earlier_write_failure() {
+        match self.writes.failure() {
             Some(e) => Err(StoreError::EarlierWrite(e)),
-            None => Ok(()),
+            None => Ok(self.writes.counts()),
         }
+    }
+
+    /// What the writes of this handle did so far (in-flight ones not yet counted).
+    pub fn written(&self) -> SaveCounts {
+        self.writes.counts()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::suppliers::tests::supplier;
+    use crate::store::records::tests::supplier;
     use std::time::Duration;
 
     #[tokio::test]
@@ -339,13 +427,14 @@ mod tests {
             stream_name: "suppliers".into(),
         };
         let owner = RunOwner::this_process("sha", "test", Duration::from_secs(60));
+        let stop = Stop::never();
         store
-            .begin_run(key.clone(), CursorType::TimestampUtc, owner.clone())
+            .begin_run(key.clone(), CursorType::TimestampUtc, owner.clone(), stop.clone())
             .await
             .unwrap();
         assert_eq!(
             store
-                .save_suppliers("c1".into(), vec![supplier("S1", "One", Some("Delft"))])
+                .save_suppliers("c1".into(), vec![supplier("S1", "One", Some("Delft"))], stop.clone())
                 .await
                 .unwrap(),
             1
@@ -359,7 +448,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .save_suppliers("c1".into(), vec![supplier("S2", "Two", Some("Gouda"))])
+                .save_suppliers("c1".into(), vec![supplier("S2", "Two", Some("Gouda"))], stop.clone())
                 .await
                 .unwrap(),
             1
@@ -367,7 +456,7 @@ mod tests {
         let err = store.drain().await.unwrap_err();
         assert!(matches!(err, StoreError::EarlierWrite(_)), "{err}");
         assert!(matches!(
-            store.save_suppliers("c1".into(), vec![]).await,
+            store.save_suppliers("c1".into(), vec![], stop.clone()).await,
             Err(StoreError::EarlierWrite(_))
         ));
         let completion = Completion {
@@ -376,15 +465,25 @@ mod tests {
             records_processed: Some(2),
             metadata: None,
             updated_by: "test".into(),
+            max_cursor_skew: cursor::DEFAULT_MAX_CURSOR_SKEW,
         };
         let err = store
-            .complete_run(key.clone(), owner.run_id, completion, vec![])
+            .complete_run(
+                key.clone(),
+                owner.run_id,
+                completion,
+                vec![supplier("S3", "Three", None)],
+                SaveCounts::default(),
+                stop,
+            )
             .await
             .unwrap_err();
         assert!(
-            matches!(err, StoreError::EarlierWrite(_)),
-            "the cursor never covers a lost write: {err}"
+            matches!(err.error, StoreError::EarlierWrite(_)),
+            "the cursor never covers a lost write: {}",
+            err.error
         );
+        assert_eq!(err.pending.len(), 1, "the unwritten batch is handed back");
         assert_eq!(store.get_state(key).await.unwrap().committed_cursor_value, None);
     }
 }

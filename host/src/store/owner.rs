@@ -1,6 +1,11 @@
 //! Who holds a stream's lease: a process on a host. A run whose owner is a
 //! process on this machine that no longer exists can be taken over at once;
 //! anything else waits for the lease to expire.
+//!
+//! "This machine" is more than a hostname: containers often share one, while
+//! their pids live in separate namespaces. Two processes are on the same
+//! machine only when they share the kernel boot (boot id) and the pid
+//! namespace; only then does a pid lookup say anything about the owner.
 
 use std::time::Duration;
 
@@ -13,6 +18,8 @@ pub struct RunOwner {
     /// The process's start time (clock ticks since boot), so a recycled pid is not
     /// mistaken for the owner.
     pub process_start: Option<String>,
+    /// The kernel boot and pid namespace the pid belongs to (see [`this_instance`]).
+    pub instance: Option<String>,
     /// SHA-256 of the plugin file, for run history.
     pub plugin_sha256: String,
     /// Written to the rows' `updated_by`.
@@ -30,6 +37,7 @@ impl RunOwner {
             host: this_host(),
             pid,
             process_start: process_start(pid),
+            instance: this_instance(),
             plugin_sha256: plugin_sha256.to_owned(),
             updated_by: updated_by.to_owned(),
             lease,
@@ -39,6 +47,20 @@ impl RunOwner {
 
 pub fn this_host() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// `boot:<boot id>/pidns:<namespace inode>`: where a pid means this process.
+/// `None` without /proc, and then no process is judged dead by its pid.
+pub fn this_instance() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("boot:{}/{}", boot.trim(), pid_ns.display()))
+}
+
+/// Whether a lease holder recorded as (host, instance) ran where this process
+/// runs, so that its pid can be looked up here.
+pub fn same_machine(host: &str, instance: Option<&str>) -> bool {
+    host == this_host() && instance.is_some() && instance == this_instance().as_deref()
 }
 
 /// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
@@ -76,6 +98,20 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         assert!(!process_alive(pid, None));
+    }
+
+    #[test]
+    fn another_pid_namespace_is_another_machine() {
+        let me = RunOwner::this_process("abc", "test", Duration::from_secs(60));
+        assert!(me.instance.as_deref().unwrap().starts_with("boot:"));
+        assert!(same_machine(&me.host, me.instance.as_deref()));
+        // Same hostname, another container: its pids are not ours to look up.
+        assert!(!same_machine(&me.host, Some("boot:x/pid:[1]")));
+        assert!(
+            !same_machine(&me.host, None),
+            "an owner from before instances were recorded"
+        );
+        assert!(!same_machine("elsewhere", me.instance.as_deref()));
     }
 
     #[test]

