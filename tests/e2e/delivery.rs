@@ -285,7 +285,8 @@ fn a_live_run_keeps_its_lease_past_expiry_and_readers_are_never_blocked() {
     assert!(reads >= 10);
 }
 
-fn history(db: &Path) -> Vec<Value> {
+/// Every run in the history, newest first.
+pub(crate) fn history(db: &Path) -> Vec<Value> {
     let (code, out, err) = host_output(&["runs", "--json", "--db", db.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()

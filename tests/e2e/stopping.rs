@@ -4,6 +4,7 @@
 //! outlive its process, and the process ends within its grace period.
 
 use crate::MOCK;
+use crate::delivery::history;
 use crate::hostile::{Arena, tail};
 use nuntiq_e2e::*;
 use serde_json::{Value, json};
@@ -13,13 +14,6 @@ use std::time::{Duration, Instant};
 
 /// A generous bound on "the deadline, then the grace period": liveness, not speed.
 const SLACK: Duration = Duration::from_secs(20);
-
-/// Every run in the history, newest first.
-fn history(db: &Path) -> Vec<Value> {
-    let (code, out, err) = host_output(&["runs", "--json", "--db", db.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
-}
 
 /// No stream and no history row says `running`.
 #[track_caller]
