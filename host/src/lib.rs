@@ -11,6 +11,7 @@ pub mod caps;
 pub mod job;
 pub mod limits;
 pub mod log;
+pub mod plugin;
 pub mod policy;
 pub mod runtime;
 pub mod settings;

@@ -1,7 +1,7 @@
 //! The wasmtime side: engine and linker set-up, loading and checking a
 //! connector component, and running one job in its own store.
 
-use crate::bindings::{Connector, ConnectorPre, context, http, logger, supplier_load, types};
+use crate::bindings::{v0_1, v0_2};
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::caps::context::ContextCap;
 use crate::caps::delta::{DeltaCap, DeltaConfig, DeltaView, RunIdentity};
@@ -10,6 +10,7 @@ use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
 use crate::limits::{GuestLimiter, LimitExceeded, Limits, MAX_RESULT_BYTES, Refusals, Stop};
 use crate::log::LogSink;
+use crate::plugin::{Contract, Shape};
 use crate::policy::NetworkPolicy;
 use crate::settings::Settings;
 use crate::store::{FailOutcome, SaveCounts, Store as StateStore, StreamKey};
@@ -45,6 +46,16 @@ impl WasiView for JobState {
     }
 }
 
+impl JobState {
+    fn delta_view(&mut self) -> DeltaView<'_> {
+        DeltaView {
+            cap: &mut self.delta,
+            table: &mut self.table,
+            queue: &mut self.supplier.queue,
+        }
+    }
+}
+
 /// delta-state sees its own state, the table and the supplier queue.
 struct DeltaData;
 
@@ -66,8 +77,14 @@ pub enum PluginError {
     NotWasm { path: String },
     #[error("{path} is not a valid component: {reason}")]
     Invalid { path: String, reason: String },
-    #[error("{path} does not implement world nuntiq:connector/connector@0.1.0: {reason}")]
-    WrongWorld { path: String, reason: String },
+    #[error("{path} cannot run on this host: {reason}")]
+    Unlinkable { path: String, reason: String },
+    #[error("{path} does not implement world {contract}/connector: {reason}")]
+    WrongWorld {
+        path: String,
+        contract: Contract,
+        reason: String,
+    },
 }
 
 /// Per-process set-up: the engine and the linker with every interface.
@@ -94,16 +111,20 @@ impl Runtime {
         let mut linker = Linker::<JobState>::new(&engine);
         let mut link = || -> wasmtime::Result<()> {
             wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-            types::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
-            context::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
-            logger::add_to_linker::<_, HasSelf<LoggerCap>>(&mut linker, |s| &mut s.logger)?;
-            http::add_to_linker::<_, HasSelf<HttpCap>>(&mut linker, |s| &mut s.http)?;
-            crate::bindings::delta_state::add_to_linker::<_, DeltaData>(&mut linker, |s| DeltaView {
-                cap: &mut s.delta,
-                table: &mut s.table,
-                queue: &mut s.supplier.queue,
-            })?;
-            supplier_load::add_to_linker::<_, HasSelf<SupplierCap>>(&mut linker, |s| &mut s.supplier)?;
+            // The current contract, implemented by the capabilities.
+            v0_2::types::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
+            v0_2::context::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
+            v0_2::logger::add_to_linker::<_, HasSelf<LoggerCap>>(&mut linker, |s| &mut s.logger)?;
+            v0_2::http::add_to_linker::<_, HasSelf<HttpCap>>(&mut linker, |s| &mut s.http)?;
+            v0_2::delta_state::add_to_linker::<_, DeltaData>(&mut linker, JobState::delta_view)?;
+            v0_2::supplier_load::add_to_linker::<_, HasSelf<SupplierCap>>(&mut linker, |s| &mut s.supplier)?;
+            // The frozen 0.1.0 contract, forwarded to the same capabilities.
+            v0_1::types::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
+            v0_1::context::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
+            v0_1::logger::add_to_linker::<_, HasSelf<LoggerCap>>(&mut linker, |s| &mut s.logger)?;
+            v0_1::http::add_to_linker::<_, HasSelf<HttpCap>>(&mut linker, |s| &mut s.http)?;
+            v0_1::delta_state::add_to_linker::<_, DeltaData>(&mut linker, JobState::delta_view)?;
+            v0_1::supplier_load::add_to_linker::<_, HasSelf<SupplierCap>>(&mut linker, |s| &mut s.supplier)?;
             Ok(())
         };
         link().map_err(|e| anyhow::anyhow!("failed to link the host interfaces: {e:#}"))?;
@@ -114,19 +135,21 @@ impl Runtime {
         &self.engine
     }
 
-    /// Reads, compiles (or loads from `cache`) and checks a connector against the world.
+    /// Reads a plugin and checks what it imports against what this host
+    /// links — before compiling, so a plugin that cannot run costs
+    /// milliseconds and leaves nothing in the cache — then compiles it (or
+    /// loads it from `cache`) and checks it against its contract's world.
     pub fn load(&self, path: &Path, cache: Option<&CompileCache>) -> Result<Plugin, PluginError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| PluginError::Unreadable {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        if wasmparser::Parser::is_core_wasm(&bytes) {
-            return Err(PluginError::CoreModule { path: shown });
-        }
-        if !wasmparser::Parser::is_component(&bytes) {
-            return Err(PluginError::NotWasm { path: shown });
-        }
+        let shape = check_shape(&shown, &bytes)?;
+        let contract = shape.contract().map_err(|m| PluginError::Unlinkable {
+            path: shown.clone(),
+            reason: m.to_string(),
+        })?;
         let sha256 = hex_sha256(&bytes);
         let started = Instant::now();
         let (component, cached) = match cache {
@@ -138,19 +161,19 @@ impl Runtime {
             reason: format!("{e:#}"),
         })?;
         let load_time = started.elapsed();
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::WrongWorld {
-                path: shown.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        let pre = ConnectorPre::new(pre).map_err(|e| PluginError::WrongWorld {
-            path: shown,
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            path: shown.clone(),
+            contract,
             reason: format!("{e:#}"),
-        })?;
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = match contract {
+            Contract::V0_1 => ConnectorPre::V0_1(v0_1::ConnectorPre::new(pre).map_err(wrong_world)?),
+            Contract::V0_2 => ConnectorPre::V0_2(v0_2::ConnectorCorePre::new(pre).map_err(wrong_world)?),
+        };
         Ok(Plugin {
             pre,
+            contract,
             sha256,
             cached,
             load_time,
@@ -158,9 +181,48 @@ impl Runtime {
     }
 }
 
+/// A component (not a core module, not junk) whose imports this host links.
+pub fn check_shape(shown: &str, bytes: &[u8]) -> Result<Shape, PluginError> {
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(PluginError::CoreModule { path: shown.to_owned() });
+    }
+    if !wasmparser::Parser::is_component(bytes) {
+        return Err(PluginError::NotWasm { path: shown.to_owned() });
+    }
+    let shape = crate::plugin::scan(bytes).map_err(|reason| PluginError::Invalid {
+        path: shown.to_owned(),
+        reason,
+    })?;
+    if let Some(first) = shape.mismatches().first() {
+        return Err(PluginError::Unlinkable {
+            path: shown.to_owned(),
+            reason: first.to_string(),
+        });
+    }
+    Ok(shape)
+}
+
+/// A connector checked against its contract's world, ready to instantiate.
+pub enum ConnectorPre {
+    V0_1(v0_1::ConnectorPre<JobState>),
+    V0_2(v0_2::ConnectorCorePre<JobState>),
+}
+
+impl ConnectorPre {
+    /// Instantiates the connector in `store` and calls its `run` export.
+    async fn call_run(&self, store: &mut Store<JobState>) -> wasmtime::Result<Result<String, String>> {
+        match self {
+            ConnectorPre::V0_1(pre) => pre.instantiate_async(&mut *store).await?.call_run(store).await,
+            ConnectorPre::V0_2(pre) => pre.instantiate_async(&mut *store).await?.call_run(store).await,
+        }
+    }
+}
+
 /// A connector checked against the world, ready to instantiate.
 pub struct Plugin {
-    pub pre: ConnectorPre<JobState>,
+    pub pre: ConnectorPre,
+    /// The contract version it was built against.
+    pub contract: Contract,
     /// SHA-256 of the file, recorded in run history.
     pub sha256: String,
     /// Whether it came from the compile cache.
@@ -208,7 +270,7 @@ impl Runtime {
     /// Whatever happens, no delta run is left open: after a stop (deadline or
     /// signal) the host settles the store and fails what is open within the
     /// grace period.
-    pub async fn run(&self, pre: &ConnectorPre<JobState>, job: Job) -> anyhow::Result<Outcome> {
+    pub async fn run(&self, pre: &ConnectorPre, job: Job) -> anyhow::Result<Outcome> {
         let client = crate::caps::http::build_client(job.policy.clone())?;
         let customer = job.settings.customer_number.clone();
         let stderr = GuestOutput::stderr(job.log.clone());
@@ -272,10 +334,7 @@ impl Runtime {
             });
             EpochTicker::start(self.engine.clone())
         });
-        let call = async {
-            let connector = pre.instantiate_async(&mut store).await?;
-            Connector::call_run(&connector, &mut store).await
-        };
+        let call = pre.call_run(&mut store);
         let returned = tokio::select! {
             returned = call => returned,
             limit = stop.stopped() => Err(limit.into()),

@@ -331,3 +331,32 @@ fn connectors_keep_independent_cursors_and_backfills_refetch_the_window() {
     let state = Db::open(&work.db()).state("acme_eu", "suppliers").unwrap();
     assert_eq!(state["committed_cursor_value"], eu2.envelope["cursor_committed"]);
 }
+
+#[test]
+fn a_connector_built_against_contract_0_1_0_still_runs() {
+    let mock = Mock::start(MOCK, 300);
+    let work = Workdir::new();
+    let since = (Utc::now() - Duration::days(7))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut settings = acme_settings(&mock.api_url(), "acme_eu");
+    settings["job_params"]["since"] = json!(since);
+    let settings = work.write_settings("settings.json", &settings);
+    let run = nuntiq_host([
+        "run-plugin",
+        guest("acme-v0_1").to_str().unwrap(),
+        settings.to_str().unwrap(),
+        "--db",
+        work.db().to_str().unwrap(),
+        "--allow-host",
+        &mock.allow_host(),
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.envelope, run.stderr);
+    assert_eq!(run.envelope["contract"], "0.1.0");
+    let expected = expected_from(&mock.truth(), parse_time(&since));
+    assert_eq!(run.envelope["fetched"], expected.len());
+    assert_eq!(run.envelope["inserted"], expected.len());
+    let db = Db::open(&work.db());
+    assert_same_suppliers(&db.suppliers("10000001"), &expected);
+    assert_eq!(db.state("acme_eu", "suppliers").unwrap()["status"], "succeeded");
+}

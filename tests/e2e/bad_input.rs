@@ -140,10 +140,10 @@ fn component_of_another_world_names_the_missing_export() {
     assert_eq!(run.error_kind(), "invalid_plugin");
     let m = run.error_message();
     assert!(
-        m.contains("does not implement world nuntiq:connector/connector@0.1.0"),
-        "{m}"
+        m.contains("it does not export `run: func() -> result<string, string>`, so it is not a connector"),
+        "names the export: {m}"
     );
-    assert!(m.contains("`run`"), "names the export: {m}");
+    assert!(m.contains("world nuntiq:connector/connector@0.2.0"), "{m}");
 }
 
 #[test]
@@ -156,10 +156,34 @@ fn component_with_an_unknown_import_names_it() {
     );
     assert_eq!(run.error_kind(), "invalid_plugin");
     assert!(
-        run.error_message().contains("test:other/filesystem-backdoor"),
+        run.error_message()
+            .contains("it imports test:other/filesystem-backdoor, which this host does not provide"),
         "{}",
         run.envelope
     );
+}
+
+#[test]
+fn a_contract_version_the_host_lacks_is_refused_before_compiling() {
+    let work = Workdir::new();
+    let cache = work.path("cache");
+    let run = refused(
+        &guest("future-contract"),
+        &settings_file(&work, acme_settings(API, "acme_eu")),
+        &["--cache-dir", cache.to_str().unwrap()],
+    );
+    assert_eq!(run.error_kind(), "invalid_plugin");
+    assert!(
+        run.error_message().contains(
+            "it imports nuntiq:connector/context@0.3.0, but this host provides \
+             nuntiq:connector/context@0.1.0 and nuntiq:connector/context@0.2.0"
+        ),
+        "{}",
+        run.envelope
+    );
+    assert!(!run.stderr.contains("Compiled"), "nothing was compiled: {}", run.stderr);
+    let cached = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(cached, 0, "nothing was cached");
 }
 
 #[test]

@@ -187,7 +187,11 @@ fn a_one_letter_secret_leaves_the_log_readable() {
     settings["secrets"]["letter"] = json!("t");
     let run = arena.attack_with("acme", &settings, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("[INFO] Pulling suppliers updated_after="), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("[INFO] Pulling suppliers updated_after="),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("Fetched page 1"), "{}", run.stderr);
     assert!(!run.stderr.contains("[REDACTED]"), "{}", run.stderr);
     assert_eq!(run.envelope["connector_name"], "acme_eu");

@@ -25,11 +25,12 @@ extern crate self as nuntiq_connector;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-/// The raw bindings generated from `wit/connector.wit`.
+/// The raw bindings generated from `wit/connector.wit` (`nuntiq:connector@0.2.0`,
+/// world `connector-core`; a Rust guest's std imports the WASI it needs).
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "connector",
-        path: "../../wit",
+        world: "connector-core",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "export_connector",
         default_bindings_module: "nuntiq_connector::bindings",
@@ -91,7 +92,9 @@ impl DeltaError {
             | DeltaError::AlreadyRunning(m)
             | DeltaError::NotRunning(m)
             | DeltaError::InvalidArgument(m)
-            | DeltaError::Store(m) => m.clone(),
+            | DeltaError::Store(m)
+            | DeltaError::Denied(m)
+            | DeltaError::Limit(m) => m.clone(),
         }
     }
 }

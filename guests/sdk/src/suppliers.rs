@@ -12,11 +12,11 @@ pub fn supplier(supplier_number: impl Into<String>, supplier_name: impl Into<Str
         supplier_type: None,
         organization_code: None,
         is_active: None,
-        custom_field_1: None,
-        custom_field_2: None,
-        custom_field_3: None,
-        custom_field_4: None,
-        custom_field_5: None,
+        custom_field1: None,
+        custom_field2: None,
+        custom_field3: None,
+        custom_field4: None,
+        custom_field5: None,
         locations: Vec::new(),
     }
 }
@@ -33,11 +33,11 @@ pub fn location(location_code: impl Into<String>) -> SupplierLocation {
         taxpayer_id: None,
         duns_number: None,
         is_active: None,
-        custom_field_1: None,
-        custom_field_2: None,
-        custom_field_3: None,
-        custom_field_4: None,
-        custom_field_5: None,
+        custom_field1: None,
+        custom_field2: None,
+        custom_field3: None,
+        custom_field4: None,
+        custom_field5: None,
         addresses: Vec::new(),
     }
 }
@@ -50,9 +50,9 @@ pub fn address() -> SupplierAddress {
         state: None,
         postal_code: None,
         country_code: None,
-        custom_field_1: None,
-        custom_field_2: None,
-        custom_field_3: None,
+        custom_field1: None,
+        custom_field2: None,
+        custom_field3: None,
     }
 }
 

@@ -30,6 +30,8 @@ pub struct DeltaConfig {
     pub max_streams: usize,
     /// How far past now a timestamp cursor may point.
     pub max_cursor_skew: Duration,
+    /// Rows one run may set aside with `reject`; past it the call fails.
+    pub max_rejected: u64,
 }
 
 impl Default for DeltaConfig {
@@ -38,9 +40,14 @@ impl Default for DeltaConfig {
             connector_name: None,
             max_streams: 100,
             max_cursor_skew: crate::store::cursor::DEFAULT_MAX_CURSOR_SKEW,
+            max_rejected: 100,
         }
     }
 }
+
+/// Largest rejected row kept, in bytes, and longest reason.
+const MAX_REJECTED_ROW_BYTES: usize = 64 * 1024;
+const MAX_REJECT_REASON_BYTES: usize = 1024;
 
 /// The guest's handle to one run: an index into [`DeltaCap::runs`].
 pub struct DeltaRunHandle {
@@ -58,6 +65,8 @@ pub struct DeltaRun {
     metadata: Option<serde_json::Value>,
     /// What the job's store handle had written when this run began.
     written_at_begin: SaveCounts,
+    /// Rows this run set aside.
+    rejected: u64,
     /// Begun (or being begun) and neither completed nor failed.
     pub open: bool,
 }
@@ -85,6 +94,8 @@ pub struct DeltaCap {
     streams: HashSet<StreamKey>,
     /// Runs the host had to fail because the connector let go of them.
     pub abandoned: Vec<StreamKey>,
+    /// Rows the job's runs set aside.
+    pub rejected: u64,
     refusals: Refusals,
     heartbeat: Option<Heartbeat>,
 }
@@ -110,6 +121,7 @@ impl DeltaCap {
             next_id: 0,
             streams: HashSet::new(),
             abandoned: Vec::new(),
+            rejected: 0,
             refusals,
             heartbeat: None,
         }
@@ -122,7 +134,10 @@ impl DeltaCap {
             kind,
             message: message.clone(),
         });
-        DeltaError::InvalidArgument(message)
+        match kind {
+            "stream_denied" => DeltaError::Denied(message),
+            _ => DeltaError::Limit(message),
+        }
     }
 
     /// The stream `connector_name`/`stream_name` of this job's customer, if
@@ -335,6 +350,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 records_processed: None,
                 metadata: None,
                 written_at_begin: SaveCounts::default(),
+                rejected: 0,
                 open: true,
             },
         );
@@ -515,6 +531,53 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         self.queue.take();
         self.cap.fail_run(id, &error_summary).await;
         Ok(Ok(()))
+    }
+
+    async fn reject(
+        &mut self,
+        handle: Resource<DeltaRunHandle>,
+        row: String,
+        reason: String,
+    ) -> wasmtime::Result<Result<(), DeltaError>> {
+        let max = self.cap.config.max_rejected;
+        let run = self.run(&handle)?;
+        if !run.open {
+            return Ok(Err(DeltaError::NotRunning(format!(
+                "the run of stream {} already ended",
+                run.key
+            ))));
+        }
+        if row.len() > MAX_REJECTED_ROW_BYTES {
+            return Ok(Err(DeltaError::InvalidArgument(format!(
+                "a rejected row is at most {MAX_REJECTED_ROW_BYTES} bytes, this one is {}",
+                row.len()
+            ))));
+        }
+        if run.rejected >= max {
+            let message = format!(
+                "run of stream {} already set aside {max} rows, its limit (--max-rejected); the source needs \
+                 fixing, or the limit raising",
+                run.key
+            );
+            return Ok(Err(self.cap.refuse("rejected_limit", message)));
+        }
+        run.rejected += 1;
+        let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
+        self.cap.rejected += 1;
+        let redactor = self.cap.log.redactor();
+        let (row, reason) = (redactor.redact(&row), redactor.clean(&reason, MAX_REJECT_REASON_BYTES));
+        self.cap.log.warn(
+            &format!("Rejected a row of stream {key}: {reason}"),
+            Some("reject"),
+            None,
+        );
+        self.cap.refusals.answered();
+        Ok(self
+            .cap
+            .store
+            .reject(key, run_id, row, reason)
+            .await
+            .map_err(Into::into))
     }
 
     async fn drop(&mut self, handle: Resource<DeltaRunHandle>) -> wasmtime::Result<()> {

@@ -6,3 +6,4 @@ pub mod delta;
 pub mod http;
 pub mod logger;
 pub mod supplier;
+pub mod v0_1;

@@ -6,7 +6,7 @@
 //! call may hand over is already bounded by the store's hostcall fuel, and the
 //! byte budget stops a queue from growing across calls.
 
-use crate::bindings::supplier_load::{self, LoadError, Supplier, SupplierAddress, SupplierLocation};
+use crate::bindings::supplier_load::{self, LoadError, Supplier};
 use crate::limits::{LimitHit, Refusals, Stop};
 use crate::store::records::{self, RecordLimits};
 use crate::store::{AddressRecord, LocationRecord, Store, SupplierRecord};
@@ -98,75 +98,102 @@ impl SupplierCap {
     }
 }
 
-impl From<Supplier> for SupplierRecord {
-    fn from(s: Supplier) -> Self {
-        Self {
-            supplier_number: s.supplier_number,
-            supplier_name: s.supplier_name,
-            alternative_supplier_name: s.alternative_supplier_name,
-            supplier_type: s.supplier_type,
-            organization_code: s.organization_code,
-            is_active: s.is_active,
-            custom_field_1: s.custom_field_1,
-            custom_field_2: s.custom_field_2,
-            custom_field_3: s.custom_field_3,
-            custom_field_4: s.custom_field_4,
-            custom_field_5: s.custom_field_5,
-            locations: s.locations.into_iter().map(Into::into).collect(),
+/// `From` impls for one contract version's supplier records (their custom
+/// fields are spelled differently per version).
+macro_rules! records_from_wit {
+    ($wit:ident, $c1:ident, $c2:ident, $c3:ident, $c4:ident, $c5:ident) => {
+        impl From<$wit::Supplier> for SupplierRecord {
+            fn from(s: $wit::Supplier) -> Self {
+                Self {
+                    supplier_number: s.supplier_number,
+                    supplier_name: s.supplier_name,
+                    alternative_supplier_name: s.alternative_supplier_name,
+                    supplier_type: s.supplier_type,
+                    organization_code: s.organization_code,
+                    is_active: s.is_active,
+                    custom_field_1: s.$c1,
+                    custom_field_2: s.$c2,
+                    custom_field_3: s.$c3,
+                    custom_field_4: s.$c4,
+                    custom_field_5: s.$c5,
+                    locations: s.locations.into_iter().map(Into::into).collect(),
+                }
+            }
         }
-    }
+
+        impl From<$wit::SupplierLocation> for LocationRecord {
+            fn from(l: $wit::SupplierLocation) -> Self {
+                Self {
+                    location_code: l.location_code,
+                    location_name: l.location_name,
+                    organization_code: l.organization_code,
+                    default_currency_code: l.default_currency_code,
+                    default_payment_term_code: l.default_payment_term_code,
+                    default_payment_method: l.default_payment_method,
+                    taxpayer_id: l.taxpayer_id,
+                    duns_number: l.duns_number,
+                    is_active: l.is_active,
+                    custom_field_1: l.$c1,
+                    custom_field_2: l.$c2,
+                    custom_field_3: l.$c3,
+                    custom_field_4: l.$c4,
+                    custom_field_5: l.$c5,
+                    addresses: l.addresses.into_iter().map(Into::into).collect(),
+                }
+            }
+        }
+
+        impl From<$wit::SupplierAddress> for AddressRecord {
+            fn from(a: $wit::SupplierAddress) -> Self {
+                Self {
+                    street: a.street,
+                    city: a.city,
+                    state: a.state,
+                    postal_code: a.postal_code,
+                    country_code: a.country_code,
+                    custom_field_1: a.$c1,
+                    custom_field_2: a.$c2,
+                    custom_field_3: a.$c3,
+                }
+            }
+        }
+    };
 }
 
-impl From<SupplierLocation> for LocationRecord {
-    fn from(l: SupplierLocation) -> Self {
-        Self {
-            location_code: l.location_code,
-            location_name: l.location_name,
-            organization_code: l.organization_code,
-            default_currency_code: l.default_currency_code,
-            default_payment_term_code: l.default_payment_term_code,
-            default_payment_method: l.default_payment_method,
-            taxpayer_id: l.taxpayer_id,
-            duns_number: l.duns_number,
-            is_active: l.is_active,
-            custom_field_1: l.custom_field_1,
-            custom_field_2: l.custom_field_2,
-            custom_field_3: l.custom_field_3,
-            custom_field_4: l.custom_field_4,
-            custom_field_5: l.custom_field_5,
-            addresses: l.addresses.into_iter().map(Into::into).collect(),
-        }
-    }
-}
+use crate::bindings::v0_1::supplier_load as wit_v0_1;
+use crate::bindings::v0_2::supplier_load as wit_v0_2;
 
-impl From<SupplierAddress> for AddressRecord {
-    fn from(a: SupplierAddress) -> Self {
-        Self {
-            street: a.street,
-            city: a.city,
-            state: a.state,
-            postal_code: a.postal_code,
-            country_code: a.country_code,
-            custom_field_1: a.custom_field_1,
-            custom_field_2: a.custom_field_2,
-            custom_field_3: a.custom_field_3,
-        }
-    }
-}
+records_from_wit!(
+    wit_v0_2,
+    custom_field1,
+    custom_field2,
+    custom_field3,
+    custom_field4,
+    custom_field5
+);
+records_from_wit!(
+    wit_v0_1,
+    custom_field_1,
+    custom_field_2,
+    custom_field_3,
+    custom_field_4,
+    custom_field_5
+);
 
-impl supplier_load::Host for SupplierCap {
-    async fn queue(&mut self, suppliers: Vec<Supplier>) -> wasmtime::Result<Result<u32, LoadError>> {
-        if self.queue.len() + suppliers.len() > self.config.max_queued {
+impl SupplierCap {
+    /// Queues a batch already converted to records (every contract version's
+    /// `queue` ends here).
+    pub fn queue_records(&mut self, batch: Vec<SupplierRecord>) -> Result<u32, LoadError> {
+        if self.queue.len() + batch.len() > self.config.max_queued {
             let message = format!(
                 "{} suppliers are queued and {} more would pass the limit of {} (--max-queued-suppliers); \
                  call save-all more often (the platform flushes every 500)",
                 self.queue.len(),
-                suppliers.len(),
+                batch.len(),
                 self.config.max_queued
             );
-            return Ok(self.queue_full(message));
+            return self.queue_full(message);
         }
-        let batch: Vec<SupplierRecord> = suppliers.into_iter().map(Into::into).collect();
         let bytes: usize = batch.iter().map(SupplierRecord::host_bytes).sum();
         if self.queue.bytes + bytes > self.config.max_queued_bytes {
             let message = format!(
@@ -174,17 +201,23 @@ impl supplier_load::Host for SupplierCap {
                  limit of {} (--max-queued-bytes); call save-all more often",
                 self.queue.bytes, bytes, self.config.max_queued_bytes
             );
-            return Ok(self.queue_full(message));
+            return self.queue_full(message);
         }
         self.refusals.answered();
         if let Err(problem) = records::validate(&batch, &self.config.records) {
-            return Ok(Err(LoadError::InvalidRecord(format!(
+            return Err(LoadError::InvalidRecord(format!(
                 "{problem}; nothing of this batch was queued"
-            ))));
+            )));
         }
         self.queue.pending.extend(batch);
         self.queue.bytes += bytes;
-        Ok(Ok(self.queue.len() as u32))
+        Ok(self.queue.len() as u32)
+    }
+}
+
+impl supplier_load::Host for SupplierCap {
+    async fn queue(&mut self, suppliers: Vec<Supplier>) -> wasmtime::Result<Result<u32, LoadError>> {
+        Ok(self.queue_records(suppliers.into_iter().map(Into::into).collect()))
     }
 
     async fn save_all(&mut self) -> wasmtime::Result<Result<u32, LoadError>> {

@@ -75,7 +75,7 @@ pub fn get_state(conn: &mut Connection, key: &StreamKey) -> Result<StreamState, 
 }
 
 /// The WHERE clause of a [`StreamFilter`], bound as ?1, ?2, ?3.
-const STREAM_FILTER: &str = "(?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
+pub(super) const STREAM_FILTER: &str = "(?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
     AND (?3 IS NULL OR stream_name = ?3)";
 
 /// Which streams a listing covers; `None` matches any.

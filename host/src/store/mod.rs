@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod delta;
 pub mod owner;
 pub mod records;
+pub mod rejected;
 pub mod schema;
 pub mod suppliers;
 
@@ -352,6 +353,12 @@ impl Store {
 
     pub async fn get_state(&self, key: StreamKey) -> Result<StreamState, StoreError> {
         self.call(move |c| delta::get_state(c, &key)).await
+    }
+
+    /// Sets a source row aside for run `run_id` of stream `key`.
+    pub async fn reject(&self, key: StreamKey, run_id: String, row: String, reason: String) -> Result<(), StoreError> {
+        self.call(move |c| rejected::reject(c, &key, &run_id, &row, &reason))
+            .await
     }
 
     /// Hands a batch to the writer thread and returns once it is queued (it

@@ -215,6 +215,23 @@ ALTER TABLE delta_run ADD COLUMN suppliers_updated INTEGER;
 ALTER TABLE delta_run ADD COLUMN suppliers_unchanged INTEGER;
 ALTER TABLE delta_stream_state ADD COLUMN owner_instance TEXT;
 "#,
+    // 4: rows a connector set aside (`delta-run.reject`), once per distinct row.
+    r#"
+CREATE TABLE rejected_record (
+    customer_number   TEXT NOT NULL,
+    connector_name    TEXT NOT NULL,
+    stream_name       TEXT NOT NULL,
+    row_sha256        TEXT NOT NULL,
+    row               TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    first_rejected_at TEXT NOT NULL,
+    last_rejected_at  TEXT NOT NULL,
+    last_run_id       TEXT NOT NULL,
+    times             INTEGER NOT NULL,
+    PRIMARY KEY (customer_number, connector_name, stream_name, row_sha256)
+) WITHOUT ROWID;
+ALTER TABLE delta_run ADD COLUMN rejected INTEGER;
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.

@@ -118,7 +118,7 @@ fn aliased_query(pairs: usize) -> raw_http::Response {
     }
 }
 
-#[link(wasm_import_module = "nuntiq:connector/supplier-load@0.1.0")]
+#[link(wasm_import_module = "nuntiq:connector/supplier-load@0.2.0")]
 unsafe extern "C" {
     /// `queue: func(suppliers: list<supplier>) -> result<u32, load-error>`,
     /// lowered by hand: (list pointer, list length, return area).

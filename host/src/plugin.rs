@@ -1,0 +1,320 @@
+//! What a plugin file is, read before anything is compiled: its top-level
+//! imports and exports (with their versions), which contract it targets, and
+//! whether this host can link it — so a plugin the host cannot run is refused
+//! in milliseconds, naming the import, the version it wants and what the host
+//! offers, and nothing is compiled or cached.
+
+use std::fmt;
+
+/// A contract version this host links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Contract {
+    #[serde(rename = "nuntiq:connector@0.1.0")]
+    V0_1,
+    #[serde(rename = "nuntiq:connector@0.2.0")]
+    V0_2,
+}
+
+impl Contract {
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+}
+
+impl fmt::Display for Contract {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nuntiq:connector@{}", self.version())
+    }
+}
+
+/// The Nuntiq interfaces of both contracts.
+const NUNTIQ_INTERFACES: [&str; 6] = ["types", "context", "logger", "http", "delta-state", "supplier-load"];
+
+/// The WASI p2 interfaces the host links (wasi:cli/imports), at this version.
+pub const WASI_VERSION: &str = "0.2.12";
+const WASI_INTERFACES: [&str; 22] = [
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+];
+/// Further socket interfaces (all denied at run time, but linked).
+const WASI_SOCKET_INTERFACES: [&str; 5] = [
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
+/// Every interface this host links, as `name@version`.
+pub fn offered() -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for contract in [Contract::V0_1, Contract::V0_2] {
+        for iface in NUNTIQ_INTERFACES {
+            names.push(format!("nuntiq:connector/{iface}@{}", contract.version()));
+        }
+    }
+    for iface in WASI_INTERFACES.iter().chain(&WASI_SOCKET_INTERFACES) {
+        names.push(format!("{iface}@{WASI_VERSION}"));
+    }
+    names
+}
+
+/// A name as the component model writes it: `ns:pkg/iface@version`, or a
+/// plain name (`run`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Name {
+    pub name: String,
+    /// `ns:pkg/iface` without the version.
+    #[serde(skip)]
+    pub unversioned: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Name {
+    fn parse(name: &str) -> Self {
+        let (unversioned, version) = match name.rsplit_once('@') {
+            Some((base, version)) if base.contains('/') => (base.to_owned(), Some(version.to_owned())),
+            _ => (name.to_owned(), None),
+        };
+        Self {
+            name: name.to_owned(),
+            unversioned,
+            version,
+        }
+    }
+}
+
+/// What [`scan`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Shape {
+    pub imports: Vec<Name>,
+    pub exports: Vec<Name>,
+}
+
+/// Why a plugin cannot be linked, found before compiling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// An import the host does not provide in any compatible version.
+    MissingImport {
+        import: String,
+        /// The versions of the same interface the host has, if any.
+        offered: Vec<String>,
+    },
+    /// The plugin imports both contract versions.
+    MixedContracts,
+    /// No `run` export.
+    NoRun,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mismatch::MissingImport { import, offered } if offered.is_empty() => write!(
+                f,
+                "it imports {import}, which this host does not provide (it offers nuntiq:connector@0.1.0 and \
+                 @0.2.0, and WASI {WASI_VERSION}: wasi:cli/imports without wasi:http); see `nuntiq-host inspect`"
+            ),
+            Mismatch::MissingImport { import, offered } => write!(
+                f,
+                "it imports {import}, but this host provides {}; rebuild the connector against one of those",
+                offered.join(" and ")
+            ),
+            Mismatch::MixedContracts => {
+                f.write_str("it imports both nuntiq:connector@0.1.0 and @0.2.0; build it against one contract version")
+            }
+            Mismatch::NoRun => f.write_str(
+                "it does not export `run: func() -> result<string, string>`, so it is not a connector \
+                 (world nuntiq:connector/connector@0.2.0, or @0.1.0)",
+            ),
+        }
+    }
+}
+
+/// Reads the top-level imports and exports of a component (nested modules
+/// and components are skipped). Cheap: no validation, no compilation.
+pub fn scan(bytes: &[u8]) -> Result<Shape, String> {
+    use wasmparser::{Parser, Payload};
+    let mut shape = Shape {
+        imports: Vec::new(),
+        exports: Vec::new(),
+    };
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(section) if depth == 0 => {
+                for import in section {
+                    shape
+                        .imports
+                        .push(Name::parse(import.map_err(|e| e.to_string())?.name.name));
+                }
+            }
+            Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    shape
+                        .exports
+                        .push(Name::parse(export.map_err(|e| e.to_string())?.name.name));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(shape)
+}
+
+/// Whether a host at `offered` satisfies a guest import at `wanted`, by
+/// wasmtime's semver rule: the same major version (for 0.x, the same minor;
+/// for 0.0.x, the same patch).
+pub fn compatible(wanted: &str, offered: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let core = v.split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+        Some((parts.next()??, parts.next()??, parts.next()??))
+    };
+    match (parse(wanted), parse(offered)) {
+        (Some((0, 0, a)), Some((0, 0, b))) => a == b,
+        (Some((0, a, _)), Some((0, b, _))) => a == b,
+        (Some((a, _, _)), Some((b, _, _))) => a == b,
+        _ => wanted == offered,
+    }
+}
+
+impl Shape {
+    /// The contract the plugin targets, from its Nuntiq imports (a plugin that
+    /// imports none runs as the current contract).
+    pub fn contract(&self) -> Result<Contract, Mismatch> {
+        let mut found = None;
+        for import in &self.imports {
+            if !import.unversioned.starts_with("nuntiq:connector/") {
+                continue;
+            }
+            let contract = match import.version.as_deref() {
+                Some(v) if compatible(v, "0.1.0") => Contract::V0_1,
+                Some(v) if compatible(v, "0.2.0") => Contract::V0_2,
+                _ => continue,
+            };
+            match found {
+                Some(other) if other != contract => return Err(Mismatch::MixedContracts),
+                _ => found = Some(contract),
+            }
+        }
+        Ok(found.unwrap_or(Contract::V0_2))
+    }
+
+    /// Every way the plugin cannot be linked here, by name and version.
+    pub fn mismatches(&self) -> Vec<Mismatch> {
+        let offered = offered();
+        let mut out = Vec::new();
+        for import in &self.imports {
+            let same_interface: Vec<&String> = offered
+                .iter()
+                .filter(|o| o.rsplit_once('@').is_some_and(|(base, _)| base == import.unversioned))
+                .collect();
+            let ok = match &import.version {
+                Some(v) => same_interface
+                    .iter()
+                    .any(|o| o.rsplit_once('@').is_some_and(|(_, ov)| compatible(v, ov))),
+                None => false,
+            };
+            if !ok {
+                out.push(Mismatch::MissingImport {
+                    import: import.name.clone(),
+                    offered: same_interface.into_iter().cloned().collect(),
+                });
+            }
+        }
+        if let Err(mixed) = self.contract() {
+            out.push(mixed);
+        }
+        if !self.exports.iter().any(|e| e.name == "run") {
+            out.push(Mismatch::NoRun);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(imports: &[&str], exports: &[&str]) -> Shape {
+        Shape {
+            imports: imports.iter().map(|n| Name::parse(n)).collect(),
+            exports: exports.iter().map(|n| Name::parse(n)).collect(),
+        }
+    }
+
+    #[test]
+    fn versions_match_by_wasmtimes_semver_rule() {
+        assert!(compatible("0.2.0", "0.2.12"));
+        assert!(compatible("0.2.20", "0.2.12"));
+        assert!(!compatible("0.3.0", "0.2.12"));
+        assert!(!compatible("0.1.0", "0.2.0"));
+        assert!(compatible("1.4.0", "1.0.0"));
+        assert!(!compatible("0.0.1", "0.0.2"));
+    }
+
+    #[test]
+    fn the_contract_comes_from_the_nuntiq_imports() {
+        let v1 = shape(&["nuntiq:connector/context@0.1.0", "wasi:io/poll@0.2.6"], &["run"]);
+        assert_eq!(v1.contract(), Ok(Contract::V0_1));
+        assert!(v1.mismatches().is_empty(), "{:?}", v1.mismatches());
+        let v2 = shape(&["nuntiq:connector/logger@0.2.0"], &["run"]);
+        assert_eq!(v2.contract(), Ok(Contract::V0_2));
+        let mixed = shape(
+            &["nuntiq:connector/logger@0.2.0", "nuntiq:connector/context@0.1.0"],
+            &["run"],
+        );
+        assert_eq!(mixed.contract(), Err(Mismatch::MixedContracts));
+    }
+
+    #[test]
+    fn mismatches_name_the_import_and_what_the_host_offers() {
+        let s = shape(
+            &[
+                "nuntiq:connector/context@0.3.0",
+                "wasi:http/outgoing-handler@0.2.0",
+                "acme:x/y",
+            ],
+            &["start"],
+        );
+        let found: Vec<String> = s.mismatches().iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(
+            found[0].starts_with(
+                "it imports nuntiq:connector/context@0.3.0, but this host provides \
+                 nuntiq:connector/context@0.1.0 and nuntiq:connector/context@0.2.0"
+            ),
+            "{}",
+            found[0]
+        );
+        assert!(found[1].contains("wasi:http/outgoing-handler@0.2.0, which this host does not provide"));
+        assert!(found[2].contains("acme:x/y"));
+        assert!(found[3].contains("does not export `run"));
+    }
+}
