@@ -168,6 +168,39 @@ pub fn state_audit(
     Ok(())
 }
 
+/// `rejected`: rows connectors set aside, the most recently seen first.
+pub fn rejected(
+    db: &Path,
+    filter: &StreamFilter,
+    limit: usize,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let conn = open_read_only(db)?;
+    let rows = crate::store::rejected::list_rejected(&conn, filter, limit)?;
+    if as_json {
+        return write_json(out, &rows);
+    }
+    if rows.is_empty() {
+        writeln!(out, "No rejected rows match.")?;
+    }
+    for r in &rows {
+        writeln!(
+            out,
+            "{}/{} (customer {})  seen {} time(s), last {} in run {}",
+            esc(&r.connector_name),
+            esc(&r.stream_name),
+            esc(&r.customer_number),
+            r.times,
+            esc(&r.last_rejected_at),
+            esc(&r.last_run_id)
+        )?;
+        writeln!(out, "  reason  {}", esc(&r.reason))?;
+        writeln!(out, "  row     {}", esc(&r.row))?;
+    }
+    Ok(())
+}
+
 /// `runs`: run history, newest first.
 pub fn runs(
     db: &Path,

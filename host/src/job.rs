@@ -197,14 +197,15 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
     };
     let redact = |text: &str| log.redactor().clean(text, MAX_ENVELOPE_MESSAGE_BYTES);
     match runtime.run(&plugin.pre, job).await {
-        Ok(Outcome::Success(mut result, written)) => {
+        Ok(Outcome::Success(mut result, written, rejected)) => {
             result.insert("inserted".into(), written.inserted.into());
             result.insert("updated".into(), written.updated.into());
             result.insert("unchanged".into(), written.unchanged.into());
+            result.insert("rejected".into(), rejected.into());
             result.insert("success".into(), Value::Bool(true));
             log.info(
                 &format!(
-                    "Run succeeded: {} suppliers inserted, {} updated, {} unchanged",
+                    "Run succeeded: {} suppliers inserted, {} updated, {} unchanged; {rejected} rows rejected",
                     written.inserted, written.updated, written.unchanged
                 ),
                 Some("done"),

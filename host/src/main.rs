@@ -69,6 +69,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rows connectors set aside (`delta-run.reject`): the raw row, why, how
+    /// often and when it was seen; most recent first.
+    Rejected {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        streams: StreamArgs,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// A JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -195,6 +209,7 @@ failed, the cursor does not move, exit code 1):
   --max-queued-bytes 32MiB    host memory of unsaved suppliers      batch_too_large
   --max-call-bytes 16MiB      data copied out of one call           memory_limit
   --max-streams 100           streams begun per run                 stream_limit
+  --max-rejected 100          rows set aside per run (reject fails) rejected_limit
   (another connector's stream)                                      stream_denied
   (a bearer secret to another origin)                               secret_denied
   (refused host or address)                                         network_denied
@@ -259,6 +274,9 @@ struct RunPluginArgs {
     /// HTTP requests per run, retries and redirects included [default: 10000].
     #[arg(long, value_name = "N")]
     max_requests: Option<u64>,
+    /// Rows one run may set aside with delta-run.reject [default: 100].
+    #[arg(long, value_name = "N")]
+    max_rejected: Option<u64>,
     /// Suppliers queued and not yet saved [default: 10000].
     #[arg(long, value_name = "N")]
     max_queued_suppliers: Option<usize>,
@@ -303,6 +321,7 @@ impl RunPluginArgs {
         set(&mut suppliers.max_queued_bytes, self.max_queued_bytes);
         set(&mut delta.max_streams, self.max_streams);
         set(&mut delta.max_cursor_skew, self.max_cursor_skew);
+        set(&mut delta.max_rejected, self.max_rejected);
         set(&mut limits.max_memory_bytes, self.max_memory);
         set(&mut limits.max_wasm_stack_bytes, self.max_stack);
         set(&mut limits.max_log_lines, self.max_log_lines);
@@ -432,6 +451,12 @@ fn main() -> ExitCode {
             limit,
             json,
         } => return admin_exit(admin::runs(&db.db, &streams.filter(), limit, json, &mut stdout)),
+        Command::Rejected {
+            db,
+            streams,
+            limit,
+            json,
+        } => return admin_exit(admin::rejected(&db.db, &streams.filter(), limit, json, &mut stdout)),
         Command::Suppliers {
             command: SuppliersCommand::Export { db, customer, format },
         } => {

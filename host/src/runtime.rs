@@ -256,14 +256,15 @@ pub struct Job {
 /// How a job ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The connector's result object, and what the job's supplier writes did.
-    Success(Map<String, Value>, SaveCounts),
+    /// The connector's result object, what the job's supplier writes did, and
+    /// how many rows its runs set aside.
+    Success(Map<String, Value>, SaveCounts, u64),
     /// `kind` is machine-readable (`connector_error`, `trap`, `cursor_not_committed`, …).
     Failure { kind: &'static str, message: String },
 }
 
 /// The envelope's own keys: a connector's result may not set them.
-pub const ENVELOPE_KEYS: [&str; 5] = ["success", "error", "inserted", "updated", "unchanged"];
+pub const ENVELOPE_KEYS: [&str; 6] = ["success", "error", "inserted", "updated", "unchanged", "rejected"];
 
 impl Runtime {
     /// Instantiates the connector in a fresh store and calls its `run` export.
@@ -358,7 +359,7 @@ impl Runtime {
                         .map(ToString::to_string)
                         .collect();
                     if streams.is_empty() {
-                        Outcome::Success(object, SaveCounts::default())
+                        Outcome::Success(object, SaveCounts::default(), delta.rejected)
                     } else {
                         Outcome::Failure {
                             kind: "cursor_not_committed",
@@ -447,11 +448,11 @@ impl Runtime {
             None => job.store.drain().await,
         };
         let outcome = match (outcome, drained) {
-            (Outcome::Success(_, _), Err(e)) => Outcome::Failure {
+            (Outcome::Success(..), Err(e)) => Outcome::Failure {
                 kind: "store_error",
                 message: format!("suppliers could not be written: {e}"),
             },
-            (Outcome::Success(result, _), Ok(counts)) => Outcome::Success(result, counts),
+            (Outcome::Success(result, _, rejected), Ok(counts)) => Outcome::Success(result, counts, rejected),
             (outcome, _) => outcome,
         };
         let dropped = log.dropped();

@@ -56,7 +56,7 @@ fn first_run_stores_everything_and_second_run_fetches_nothing() {
     assert_eq!(
         first.envelope,
         json!({"connector_name": "acme_eu", "fetched": expected.len(), "cursor_committed": cursor,
-               "inserted": expected.len(), "updated": 0, "unchanged": 0, "success": true})
+               "inserted": expected.len(), "updated": 0, "unchanged": 0, "rejected": 0, "success": true})
     );
     let state = db.state("acme_eu", "suppliers").unwrap();
     assert_eq!(state["status"], "succeeded");
@@ -359,4 +359,73 @@ fn a_connector_built_against_contract_0_1_0_still_runs() {
     let db = Db::open(&work.db());
     assert_same_suppliers(&db.suppliers("10000001"), &expected);
     assert_eq!(db.state("acme_eu", "suppliers").unwrap()["status"], "succeeded");
+}
+
+#[test]
+fn bad_rows_are_set_aside_and_the_stream_goes_on() {
+    let mock = Mock::start(MOCK, 300);
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let first = run_acme(&mock, &settings, &work.db(), &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    // Three rows change, two of them untidily; the pages also say next_page as a string.
+    let (changed, _) = mock.mutate(3, 0);
+    mock.patch(&changed[0], json!({"active": "yes"}));
+    mock.patch(&changed[1], json!({"updated_at": "last tuesday"}));
+    mock.faults(json!([{"action": "next_page_as_string", "times": 1000}]));
+    let mut small_pages = acme_settings(&mock.api_url(), "acme_eu");
+    small_pages["config"]["page_size"] = json!(2);
+    let small_pages = work.write_settings("small.json", &small_pages);
+    let second = run_acme(&mock, &small_pages, &work.db(), &[]);
+    assert_eq!(second.code, 0, "{}\n{}", second.envelope, second.stderr);
+    assert_eq!(second.envelope["rejected"], 2, "{}", second.envelope);
+    assert_eq!(second.envelope["updated"], 1, "the tidy change is stored");
+    let (code, out, err) = host_output(&["rejected", "--db", work.db().to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let reasons: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{out}");
+    assert!(reasons.iter().any(|r| r.contains("expected a boolean")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("updated_at \"last tuesday\" is not an RFC 3339 timestamp")),
+        "{reasons:?}"
+    );
+    assert!(
+        rows[0]["row"].as_str().unwrap().contains(&changed[0])
+            || rows[1]["row"].as_str().unwrap().contains(&changed[0])
+    );
+    let (_, text, _) = host_output(&["rejected", "--db", work.db().to_str().unwrap()]);
+    assert!(
+        text.contains("acme_eu/suppliers (customer 10000001)  seen 1 time(s)"),
+        "{text}"
+    );
+    let history =
+        Db::open(&work.db()).scalar::<i64>("SELECT rejected FROM delta_run ORDER BY started_at_utc DESC LIMIT 1");
+    assert_eq!(history, 2);
+
+    // Past the threshold the run fails, and the cursor stays.
+    let cursor = Db::open(&work.db()).state("acme_eu", "suppliers").unwrap()["committed_cursor_value"].clone();
+    let strict = run_acme(
+        &mock,
+        &settings,
+        &work.db(),
+        &["--max-rejected", "1", "--param", "since_override=2020-01-01T00:00:00Z"],
+    );
+    assert_eq!(
+        (strict.code, strict.error_kind()),
+        (1, "rejected_limit"),
+        "{}",
+        strict.envelope
+    );
+    assert_eq!(
+        Db::open(&work.db()).state("acme_eu", "suppliers").unwrap()["committed_cursor_value"],
+        cursor
+    );
 }

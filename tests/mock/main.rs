@@ -89,6 +89,8 @@ enum Action {
     Malformed,
     /// Answer with a redirect.
     Redirect { location: String, status: Option<u16> },
+    /// Answer normally, but with `next_page` written as a string.
+    NextPageAsString,
 }
 
 struct Mock {
@@ -217,6 +219,25 @@ async fn handle(mock: Shared, req: Request<Incoming>) -> Result<Response<Full<By
                 ))
             }
         }
+        (Method::POST, "/_mock/patch") => {
+            let body = read_json(req).await.unwrap_or(json!({}));
+            let (Some(number), Some(fields)) = (body["number"].as_str(), body["fields"].as_object()) else {
+                return Ok(respond(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "expected {number, fields}"}).to_string(),
+                ));
+            };
+            let mut m = mock.lock().unwrap();
+            m.pages.clear();
+            if m.data.patch(number, fields) {
+                Ok(respond(StatusCode::OK, "{}"))
+            } else {
+                Ok(respond(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "no such supplier"}).to_string(),
+                ))
+            }
+        }
         (Method::POST, "/_mock/mutate") => {
             let body = read_json(req).await.unwrap_or(json!({}));
             let count = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -270,6 +291,7 @@ async fn suppliers(
             action
         })
     };
+    let next_page_as_string = matches!(fault, Some(Action::NextPageAsString));
     let log = |status: u16, note: Option<&str>| {
         mock.lock().unwrap().requests.push(json!({
             "path": req.uri().path(),
@@ -322,7 +344,7 @@ async fn suppliers(
             return Ok(response);
         }
         Some(Action::Delay { delay_ms }) => tokio::time::sleep(Duration::from_millis(delay_ms)).await,
-        None => {}
+        Some(Action::NextPageAsString) | None => {}
     }
     if !authorized {
         log(401, None);
@@ -359,6 +381,14 @@ async fn suppliers(
             }
         }
     };
+    if next_page_as_string {
+        log(200, Some("next_page_as_string"));
+        let mut page: Value = serde_json::from_slice(&body).expect("a rendered page");
+        if let Some(n) = page["next_page"].as_u64() {
+            page["next_page"] = json!(n.to_string());
+        }
+        return Ok(respond(StatusCode::OK, page.to_string()));
+    }
     log(200, None);
     Ok(respond(StatusCode::OK, body))
 }

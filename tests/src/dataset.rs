@@ -157,6 +157,19 @@ impl Dataset {
         true
     }
 
+    /// Overwrites fields of supplier `number` as the API shows it (an untidy
+    /// source: a string where a boolean belongs, a date that does not parse);
+    /// what the API filters on stays the row's real stamp.
+    pub fn patch(&mut self, number: &str, fields: &serde_json::Map<String, Value>) -> bool {
+        let Some(row) = self.rows.iter_mut().find(|r| r.number == number) else {
+            return false;
+        };
+        for (k, v) in fields {
+            row.json[k] = v.clone();
+        }
+        true
+    }
+
     /// Rows updated strictly after `after` (all rows when `None`), in page order.
     pub fn updated_after(&self, after: Option<DateTime<Utc>>) -> impl Iterator<Item = &Row> {
         self.rows.iter().filter(move |r| after.is_none_or(|a| r.updated_at > a))

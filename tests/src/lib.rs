@@ -122,6 +122,13 @@ impl Mock {
             .expect("touch accepted");
     }
 
+    /// Overwrites fields of supplier `number` as the API shows it.
+    pub fn patch(&self, number: &str, fields: Value) {
+        ureq::post(format!("{}/_mock/patch", self.url))
+            .send_json(json!({"number": number, "fields": fields}))
+            .expect("patch accepted");
+    }
+
     /// Every supplier request the mock received, oldest first.
     pub fn requests(&self) -> Vec<Value> {
         self.get_json("/_mock/requests").as_array().unwrap().clone()

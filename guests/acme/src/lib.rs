@@ -75,14 +75,27 @@ impl Guest for Acme {
                     &format!("Fetched page {page} ({} rows)", body.data.len()),
                     &json!({"page": page, "count": body.data.len()}),
                 );
-                for (row, ext) in body.data.iter().enumerate() {
-                    let updated_at = ext
-                        .updated_at
-                        .as_deref()
-                        .ok_or_else(|| format!("page {page}, row {row}: updated_at is missing"))?;
-                    let updated_at =
-                        parse_timestamp(updated_at).map_err(|e| format!("page {page}, row {row}: updated_at {e}"))?;
-                    let supplier = map_supplier(ext).map_err(|e| format!("page {page}, row {row}: {e}"))?;
+                for (row, raw) in body.data.iter().enumerate() {
+                    count += 1;
+                    let (updated_at, supplier) = match read_row(raw) {
+                        Ok(read) => read,
+                        Err(reason) => {
+                            // One bad row must not fail every run until the source fixes it:
+                            // set it aside (the host keeps it and counts it) and go on.
+                            let reason = format!("page {page}, row {row}: {reason}");
+                            log::warn(&format!("Setting a row aside: {reason}"));
+                            r.reject(&raw.to_string(), &reason)
+                                .map_err(|e| format!("{reason}; the row could not be set aside: {}", e.message()))?;
+                            if let Some(at) = raw
+                                .get("updated_at")
+                                .and_then(Value::as_str)
+                                .and_then(|t| parse_timestamp(t).ok())
+                            {
+                                watermark = watermark.max(at.min(run_start));
+                            }
+                            continue;
+                        }
+                    };
                     if updated_at > run_start {
                         log::event(
                             Level::Warn,
@@ -99,24 +112,20 @@ impl Guest for Acme {
                     }
                     watermark = watermark.max(updated_at.min(run_start));
                     load.add(supplier);
-                    count += 1;
-                    if count % FLUSH_EVERY == 0 {
+                    if load.len() >= FLUSH_EVERY {
                         load.save_all()
                             .map_err(|e| format!("save_all failed: {}", e.message()))?;
                         log::event(
                             Level::Info,
                             "save",
-                            &format!("Flushed {count} so far"),
+                            &format!("Flushed {} so far", count),
                             &json!({"count": count}),
                         );
                     }
                 }
-                match body.next_page {
-                    Some(next) if next > page => page = next,
-                    Some(next) if next != 0 => {
-                        return Err(format!("page {page} says next_page is {next}; pages must move forward"));
-                    }
-                    _ => break,
+                match body.next(page)? {
+                    Some(next) => page = next,
+                    None => break,
                 }
             }
 
@@ -201,11 +210,42 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{text:?} is not an RFC 3339 timestamp ({e})"))
 }
 
+/// A page as Acme sends it; rows are read one by one so a bad row can be set aside.
 #[derive(Deserialize)]
 struct Page {
     #[serde(default)]
-    data: Vec<AcmeSupplier>,
-    next_page: Option<u64>,
+    data: Vec<Value>,
+    #[serde(default)]
+    next_page: Value,
+}
+
+impl Page {
+    /// `next_page`: a number, a string holding one, or null at the end.
+    fn next(&self, page: u64) -> Result<Option<u64>, String> {
+        let next = match &self.next_page {
+            Value::Null => return Ok(None),
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        match next {
+            Some(0) => Ok(None),
+            Some(next) if next > page => Ok(Some(next)),
+            Some(next) => Err(format!("page {page} says next_page is {next}; pages must move forward")),
+            None => Err(format!(
+                "page {page} has next_page {}, which is not a page number; the pages after it cannot be read",
+                self.next_page
+            )),
+        }
+    }
+}
+
+/// One source row: its `updated_at` and the supplier it maps to, or why it cannot be read.
+fn read_row(raw: &Value) -> Result<(DateTime<Utc>, Supplier), String> {
+    let ext: AcmeSupplier = serde_json::from_value(raw.clone()).map_err(|e| format!("the row does not read: {e}"))?;
+    let updated_at = ext.updated_at.as_deref().ok_or("updated_at is missing")?;
+    let updated_at = parse_timestamp(updated_at).map_err(|e| format!("updated_at {e}"))?;
+    Ok((updated_at, map_supplier(&ext)?))
 }
 
 #[derive(Deserialize)]
