@@ -8,6 +8,7 @@ pub mod admin;
 pub mod bindings;
 pub mod cache;
 pub mod caps;
+pub mod inspect;
 pub mod job;
 pub mod limits;
 pub mod log;

@@ -48,6 +48,18 @@ enum Command {
         #[command(subcommand)]
         command: SuppliersCommand,
     },
+    /// What a plugin is and whether this host can run it: world, contract
+    /// version, imports and exports, size, SHA-256. Exit 0 when it can run,
+    /// 1 when it cannot (the output says why), 2 when the file cannot be read.
+    Inspect {
+        plugin: PathBuf,
+        /// A JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Where compiled components are cached [default: ~/.cache/nuntiq-host].
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
     /// Compile a plugin into the compile cache ahead of time.
     Compile {
         plugin: PathBuf,
@@ -428,6 +440,36 @@ fn main() -> ExitCode {
                 &reset,
                 &mut stdout,
             ));
+        }
+        Command::Inspect {
+            plugin,
+            json,
+            cache_dir,
+        } => {
+            let cache = cache_dir.or_else(CompileCache::default_dir).map(CompileCache::new);
+            return match nuntiq_host::inspect::inspect(&plugin, cache.as_ref()) {
+                Ok(found) => {
+                    let printed = if json {
+                        serde_json::to_writer_pretty(&mut stdout, &found)
+                            .map_err(std::io::Error::from)
+                            .and_then(|_| writeln!(stdout))
+                    } else {
+                        nuntiq_host::inspect::print(&found, &mut stdout)
+                    };
+                    match printed {
+                        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                            eprintln!("nuntiq-host: failed to write the output: {e}");
+                            ExitCode::from(1)
+                        }
+                        _ if found.compatible => ExitCode::SUCCESS,
+                        _ => ExitCode::from(1),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("nuntiq-host: {e}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Compile { plugin, cache_dir } => {
             let Some(dir) = cache_dir.or_else(CompileCache::default_dir) else {

@@ -226,6 +226,25 @@ impl Shape {
         Ok(found.unwrap_or(Contract::V0_2))
     }
 
+    /// The contract its Nuntiq imports name, only when they all name one this
+    /// host knows (for reports; running uses [`Shape::contract`]).
+    pub fn declared_contract(&self) -> Option<Contract> {
+        let nuntiq: Vec<&Name> = self
+            .imports
+            .iter()
+            .filter(|i| i.unversioned.starts_with("nuntiq:connector/"))
+            .collect();
+        let known = |i: &&Name| {
+            i.version
+                .as_deref()
+                .is_some_and(|v| compatible(v, "0.1.0") || compatible(v, "0.2.0"))
+        };
+        if nuntiq.is_empty() || !nuntiq.iter().all(known) {
+            return None;
+        }
+        self.contract().ok()
+    }
+
     /// Every way the plugin cannot be linked here, by name and version.
     pub fn mismatches(&self) -> Vec<Mismatch> {
         let offered = offered();

@@ -1,0 +1,112 @@
+//! `nuntiq-host inspect`: what a plugin is and whether this host can run it —
+//! its contract, imports and exports, size and SHA-256, and, when its imports
+//! check out, a full link against its world (compiled through the cache).
+
+use crate::cache::CompileCache;
+use crate::limits::Limits;
+use crate::plugin::{Contract, Name};
+use crate::runtime::{PluginError, Runtime, check_shape};
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+
+/// What `inspect` found.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub plugin: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// The contract its imports name, when they name one this host knows.
+    pub contract: Option<Contract>,
+    /// `nuntiq:connector/connector` at that version.
+    pub world: Option<String>,
+    pub imports: Vec<Name>,
+    pub exports: Vec<Name>,
+    pub compatible: bool,
+    /// Why not, when it is not.
+    pub problems: Vec<String>,
+}
+
+/// Inspects `plugin`; `Err` only when it cannot be read at all.
+pub fn inspect(plugin: &Path, cache: Option<&CompileCache>) -> Result<Inspection, PluginError> {
+    let shown = plugin.display().to_string();
+    let bytes = std::fs::read(plugin).map_err(|e| PluginError::Unreadable {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let shape = crate::plugin::scan(&bytes).map_err(|reason| PluginError::Invalid {
+        path: shown.clone(),
+        reason,
+    });
+    let mut inspection = Inspection {
+        plugin: shown.clone(),
+        size_bytes: bytes.len() as u64,
+        sha256: crate::runtime::hex_sha256(&bytes),
+        contract: None,
+        world: None,
+        imports: Vec::new(),
+        exports: Vec::new(),
+        compatible: false,
+        problems: Vec::new(),
+    };
+    if let Ok(shape) = &shape {
+        inspection.imports = shape.imports.clone();
+        inspection.exports = shape.exports.clone();
+        if let Some(contract) = shape.declared_contract() {
+            inspection.contract = Some(contract);
+            inspection.world = Some(format!("nuntiq:connector/connector@{}", contract.version()));
+        }
+    }
+    // The same checks as run-plugin, in the same order: the cheap one first.
+    let checked = check_shape(&shown, &bytes).and_then(|_| {
+        let runtime = Runtime::new(&Limits::default()).map_err(|e| PluginError::Invalid {
+            path: shown.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        runtime.load(plugin, cache).map(|_| ())
+    });
+    match checked {
+        Ok(()) => inspection.compatible = true,
+        Err(e) => inspection.problems.push(e.to_string()),
+    }
+    Ok(inspection)
+}
+
+/// Prints an inspection for people.
+pub fn print(inspection: &Inspection, out: &mut dyn Write) -> std::io::Result<()> {
+    let i = inspection;
+    writeln!(out, "plugin      {}", i.plugin)?;
+    writeln!(
+        out,
+        "size        {} ({} bytes)",
+        bytesize::ByteSize(i.size_bytes),
+        i.size_bytes
+    )?;
+    writeln!(out, "sha256      {}", i.sha256)?;
+    writeln!(
+        out,
+        "world       {}",
+        i.world
+            .as_deref()
+            .unwrap_or("(not a nuntiq:connector contract this host knows)")
+    )?;
+    for (label, names) in [("imports", &i.imports), ("exports", &i.exports)] {
+        let mut first = true;
+        for name in names.iter() {
+            writeln!(out, "{:<12}{}", if first { label } else { "" }, name.name)?;
+            first = false;
+        }
+        if first {
+            writeln!(out, "{label:<12}(none)")?;
+        }
+    }
+    if i.compatible {
+        writeln!(out, "compatible  yes: this host links every import and calls its `run`")?;
+    } else {
+        writeln!(out, "compatible  no")?;
+        for problem in &i.problems {
+            writeln!(out, "why         {problem}")?;
+        }
+    }
+    Ok(())
+}
