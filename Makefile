@@ -9,7 +9,7 @@ GUESTS := acme acme-v0_1 wrong-world unknown-import future-contract \
   sandbox-escape secret-logger panic-mid-run no-commit giant-batch header-smuggler \
   payload-bomb trespasser secret-splitter
 
-.PHONY: all build guests host guest-target demo test clean sdk-wit
+.PHONY: all build guests host guest-target demo test clean sdk-wit cassette
 
 all: build
 
@@ -32,6 +32,10 @@ demo: build
 
 test: build
 	$(CARGO) test --release --locked -p nuntiq-host -p nuntiq-e2e
+
+# Re-record the Acme cassette the replay test uses (after the connector's requests change).
+cassette: build
+	tests/record-cassette.sh
 
 # The guest SDK carries its own copy of the contract (a test keeps them equal).
 sdk-wit:

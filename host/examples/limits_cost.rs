@@ -60,6 +60,10 @@ fn main() -> anyhow::Result<()> {
             delta: DeltaConfig::default(),
             lease: Duration::from_secs(300),
             cache_dir: Some(root.join("target/limits-cost-cache")),
+            fixtures: None,
+            record: None,
+            replay: None,
+            dry_run: false,
         });
         anyhow::ensure!(report.exit_code == 0, "run failed: {}", report.envelope);
         Ok(started.elapsed())

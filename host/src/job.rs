@@ -4,11 +4,13 @@
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::caps::delta::{DeltaConfig, RunIdentity};
 use crate::caps::http::HttpConfig;
+use crate::caps::http::Offline;
+use crate::caps::offline::{Fixtures, Recorder, Replay};
 use crate::caps::supplier::SupplierConfig;
 use crate::limits::{Limits, Stop};
 use crate::log::{Level, LogFormat, LogSink, MAX_MESSAGE_BYTES, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
-use crate::runtime::{Job, Outcome, PluginError, Runtime};
+use crate::runtime::{Job, Outcome, PluginError, Runtime, Succeeded};
 use crate::settings::{Settings, SettingsError};
 use crate::store::{OpenError, Store};
 use serde_json::{Value, json};
@@ -38,6 +40,14 @@ pub struct JobOptions {
     pub lease: std::time::Duration,
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Offline development: where `file://` URLs are answered from.
+    pub fixtures: Option<PathBuf>,
+    /// Write every HTTP exchange of the run to this cassette.
+    pub record: Option<PathBuf>,
+    /// Answer every HTTP request from this cassette, without the network.
+    pub replay: Option<PathBuf>,
+    /// Run fully against a throw-away copy of the database: nothing is written.
+    pub dry_run: bool,
 }
 
 /// Why a job did not run at all: bad input, exit code 2.
@@ -143,7 +153,13 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
         store,
         policy,
         bearer_hosts,
+        mut offline,
     } = prepared;
+    let recorder = options
+        .record
+        .clone()
+        .map(|path| Arc::new(Recorder::new(path, std::time::SystemTime::now())));
+    offline.record = recorder.clone();
     redact_panics(&settings);
     if let Some(limit) = stop.exceeded() {
         let message = format!("{limit} before the connector started; nothing was run");
@@ -194,19 +210,52 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
             lease: options.lease,
         },
         stop: stop.clone(),
+        offline,
     };
     let redact = |text: &str| log.redactor().clean(text, MAX_ENVELOPE_MESSAGE_BYTES);
-    match runtime.run(&plugin.pre, job).await {
-        Ok(Outcome::Success(mut result, written, rejected)) => {
+    let outcome = runtime.run(&plugin.pre, job).await;
+    if let Some(recorder) = &recorder {
+        match recorder.save() {
+            Ok(n) => log.info(
+                &format!("Recorded {n} HTTP exchanges in {}", recorder.path().display()),
+                Some("record"),
+                None,
+            ),
+            Err(e) => log.error(&format!("Could not write the cassette: {e}"), Some("record"), None),
+        }
+    }
+    match outcome {
+        Ok(Outcome::Success(done)) => {
+            let Succeeded {
+                mut result,
+                written,
+                rejected,
+                committed,
+            } = done;
             result.insert("inserted".into(), written.inserted.into());
             result.insert("updated".into(), written.updated.into());
             result.insert("unchanged".into(), written.unchanged.into());
             result.insert("rejected".into(), rejected.into());
+            if options.dry_run {
+                let would: Vec<Value> = committed
+                    .iter()
+                    .map(|(k, cursor)| json!({"connector_name": k.connector_name, "stream_name": k.stream_name, "cursor": cursor}))
+                    .collect();
+                result.insert("dry_run".into(), Value::Bool(true));
+                result.insert("would_commit".into(), Value::Array(would));
+            }
             result.insert("success".into(), Value::Bool(true));
             log.info(
                 &format!(
-                    "Run succeeded: {} suppliers inserted, {} updated, {} unchanged; {rejected} rows rejected",
-                    written.inserted, written.updated, written.unchanged
+                    "Run succeeded: {} suppliers inserted, {} updated, {} unchanged; {rejected} rows rejected{}",
+                    written.inserted,
+                    written.updated,
+                    written.unchanged,
+                    if options.dry_run {
+                        format!(" (a dry run: nothing was written to {})", options.db.display())
+                    } else {
+                        String::new()
+                    }
                 ),
                 Some("done"),
                 None,
@@ -239,6 +288,7 @@ struct Prepared {
     store: Store,
     policy: Arc<NetworkPolicy>,
     bearer_hosts: Vec<AllowedHost>,
+    offline: Offline,
 }
 
 /// Checks every input; the database is opened (and created) last, so bad
@@ -262,13 +312,20 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         allowed,
         options.allow_private_networks,
     ));
-    policy
-        .check_url(&settings.api_url)
-        .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
+    if settings.api_url.scheme() != "file" {
+        policy
+            .check_url(&settings.api_url)
+            .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
+    }
     let runtime = Runtime::new(&options.limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
     let cache = options.cache_dir.clone().map(CompileCache::new);
+    let offline = offline_sources(options, &settings)?;
     let plugin = runtime.load(&options.plugin, cache.as_ref())?;
-    let store = Store::open_sqlite(&options.db)?;
+    let store = if options.dry_run {
+        Store::open_sqlite_copy(&options.db)?
+    } else {
+        Store::open_sqlite(&options.db)?
+    };
     Ok(Prepared {
         settings,
         runtime,
@@ -276,6 +333,38 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         store,
         policy,
         bearer_hosts,
+        offline,
+    })
+}
+
+/// The fixtures and the cassette to replay, checked before anything runs.
+fn offline_sources(options: &JobOptions, settings: &Settings) -> Result<Offline, InputError> {
+    if options.record.is_some() && options.replay.is_some() {
+        return Err(InputError::Arguments(
+            "--record and --replay exclude each other: record from the API, then replay the cassette".into(),
+        ));
+    }
+    if settings.api_url.scheme() == "file" && options.fixtures.is_none() && options.replay.is_none() {
+        return Err(InputError::Arguments(format!(
+            "{}: config.api_url {} is a file:// URL; pass --fixtures DIR to answer it from fixture files",
+            options.settings.display(),
+            settings.api_url
+        )));
+    }
+    Ok(Offline {
+        fixtures: options
+            .fixtures
+            .as_deref()
+            .map(Fixtures::open)
+            .transpose()
+            .map_err(InputError::Arguments)?,
+        replay: options
+            .replay
+            .as_deref()
+            .map(Replay::load)
+            .transpose()
+            .map_err(InputError::Arguments)?,
+        record: None,
     })
 }
 

@@ -315,6 +315,21 @@ struct RunPluginArgs {
     /// Compile the plugin every time instead of using the cache.
     #[arg(long, conflicts_with = "cache_dir")]
     no_compile_cache: bool,
+    /// Offline: answer file:// URLs (config.api_url may be one) from files in
+    /// DIR, confined to it; see the README for how paths and queries map to files.
+    #[arg(long, value_name = "DIR")]
+    fixtures: Option<PathBuf>,
+    /// Write every HTTP exchange of the run to a cassette FILE (secrets redacted).
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    record: Option<PathBuf>,
+    /// Answer every HTTP request from a cassette FILE, without the network; the
+    /// connector's clock starts at the recorded time.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Run fully against a throw-away copy of --db: nothing is written; the
+    /// envelope says what would have been (counts and would_commit).
+    #[arg(long)]
+    dry_run: bool,
     /// A stream's lease: a run is renewed every quarter of it while alive, and
     /// another process may take the stream over once it expires.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = limits::parse_duration)]
@@ -357,6 +372,10 @@ impl RunPluginArgs {
             suppliers,
             delta,
             lease: self.lease,
+            fixtures: self.fixtures,
+            record: self.record,
+            replay: self.replay,
+            dry_run: self.dry_run,
             cache_dir: if self.no_compile_cache {
                 None
             } else {

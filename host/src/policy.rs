@@ -84,8 +84,8 @@ impl fmt::Display for AllowedHost {
 #[derive(Debug, Clone)]
 pub struct NetworkPolicy {
     /// (host, port) of `config.api_url`, reachable over https.
-    api_host: Host<String>,
-    api_port: u16,
+    /// `None` when `config.api_url` is a `file://` URL (offline fixtures).
+    api_origin: Option<(Host<String>, u16)>,
     operator: Vec<AllowedHost>,
     allow_private_networks: bool,
 }
@@ -105,8 +105,9 @@ pub struct Allowed {
 impl NetworkPolicy {
     pub fn new(api_url: &Url, operator: Vec<AllowedHost>, allow_private_networks: bool) -> Self {
         Self {
-            api_host: api_url.host().expect("settings validated api_url's host").to_owned(),
-            api_port: api_url.port_or_known_default().unwrap_or(443),
+            api_origin: api_url
+                .host()
+                .map(|h| (h.to_owned(), api_url.port_or_known_default().unwrap_or(443))),
             operator,
             allow_private_networks,
         }
@@ -127,7 +128,7 @@ impl NetworkPolicy {
         let port = url.port_or_known_default().unwrap_or(443);
         let shown = display_host(&host, port);
         let operator_allowed = self.operator.iter().any(|a| a.matches(scheme, &host, port));
-        let is_api_origin = host == self.api_host && port == self.api_port;
+        let is_api_origin = self.api_origin.as_ref().is_some_and(|(h, p)| *h == host && *p == port);
 
         if !operator_allowed {
             if !is_api_origin {

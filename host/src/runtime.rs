@@ -251,20 +251,45 @@ pub struct Job {
     pub identity: RunIdentity,
     /// The job's deadline and cancellation.
     pub stop: Arc<Stop>,
+    /// Answers that do not come from the network (fixtures, a cassette).
+    pub offline: crate::caps::http::Offline,
+}
+
+/// What a successful job did.
+#[derive(Debug)]
+pub struct Succeeded {
+    /// The connector's result object.
+    pub result: Map<String, Value>,
+    /// What the job's supplier writes did.
+    pub written: SaveCounts,
+    /// Rows its runs set aside.
+    pub rejected: u64,
+    /// The cursors its runs committed.
+    pub committed: Vec<(StreamKey, String)>,
 }
 
 /// How a job ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The connector's result object, what the job's supplier writes did, and
-    /// how many rows its runs set aside.
-    Success(Map<String, Value>, SaveCounts, u64),
+    Success(Succeeded),
     /// `kind` is machine-readable (`connector_error`, `trap`, `cursor_not_committed`, …).
-    Failure { kind: &'static str, message: String },
+    Failure {
+        kind: &'static str,
+        message: String,
+    },
 }
 
 /// The envelope's own keys: a connector's result may not set them.
-pub const ENVELOPE_KEYS: [&str; 6] = ["success", "error", "inserted", "updated", "unchanged", "rejected"];
+pub const ENVELOPE_KEYS: [&str; 8] = [
+    "success",
+    "error",
+    "inserted",
+    "updated",
+    "unchanged",
+    "rejected",
+    "dry_run",
+    "would_commit",
+];
 
 impl Runtime {
     /// Instantiates the connector in a fresh store and calls its `run` export.
@@ -276,15 +301,19 @@ impl Runtime {
         let customer = job.settings.customer_number.clone();
         let stderr = GuestOutput::stderr(job.log.clone());
         let panic = stderr.panic_message();
-        let wasi = WasiCtxBuilder::new()
-            .stdout(GuestOutput::stdout(job.log.clone()))
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(GuestOutput::stdout(job.log.clone()))
             .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             // Random bytes are allocated by the host at the size the guest asks for.
-            .max_random_size(MAX_RANDOM_BYTES)
-            .build();
+            .max_random_size(MAX_RANDOM_BYTES);
+        // A replay's connector lives at the recorded time, so its time-derived queries match.
+        if let Some(replay) = &job.offline.replay {
+            wasi.wall_clock(crate::caps::offline::ReplayClock::starting_at(replay.recorded_at));
+        }
+        let wasi = wasi.build();
         let refusals = Refusals::default();
         let stop = job.stop.clone();
         let state = JobState {
@@ -299,6 +328,7 @@ impl Runtime {
                 job.http,
                 job.log.clone(),
                 refusals.clone(),
+                job.offline,
             ),
             delta: DeltaCap::new(
                 customer.clone(),
@@ -359,7 +389,12 @@ impl Runtime {
                         .map(ToString::to_string)
                         .collect();
                     if streams.is_empty() {
-                        Outcome::Success(object, SaveCounts::default(), delta.rejected)
+                        Outcome::Success(Succeeded {
+                            result: object,
+                            written: SaveCounts::default(),
+                            rejected: delta.rejected,
+                            committed: std::mem::take(&mut delta.committed),
+                        })
                     } else {
                         Outcome::Failure {
                             kind: "cursor_not_committed",
@@ -452,7 +487,7 @@ impl Runtime {
                 kind: "store_error",
                 message: format!("suppliers could not be written: {e}"),
             },
-            (Outcome::Success(result, _, rejected), Ok(counts)) => Outcome::Success(result, counts, rejected),
+            (Outcome::Success(done), Ok(written)) => Outcome::Success(Succeeded { written, ..done }),
             (outcome, _) => outcome,
         };
         let dropped = log.dropped();

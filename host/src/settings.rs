@@ -196,8 +196,14 @@ fn without_nulls(mut map: Map<String, Value>) -> Map<String, Value> {
 
 fn parse_api_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| format!("{s:?} is not an absolute URL ({e})"))?;
+    if url.scheme() == "file" {
+        // Offline development: answered from `--fixtures DIR`, never the file system at large.
+        return Ok(url);
+    }
     if !matches!(url.scheme(), "https" | "http") {
-        return Err(format!("{s:?} must be an https:// URL"));
+        return Err(format!(
+            "{s:?} must be an https:// URL (or file:// for offline fixtures with --fixtures DIR)"
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{s:?} has no host"));
@@ -311,7 +317,7 @@ mod tests {
             parse(v.clone())
                 .unwrap_err()
                 .to_string()
-                .contains("must be an https:// URL")
+                .contains("must be an https:// URL (or file://")
         );
         v["config"]["api_url"] = json!("https://user:pw@x.example/v2");
         assert!(parse(v).unwrap_err().to_string().contains("carries credentials"));

@@ -3,6 +3,7 @@
 
 mod acme;
 mod admin;
+mod authors;
 mod bad_input;
 mod cache;
 mod containment;

@@ -96,6 +96,8 @@ pub struct DeltaCap {
     pub abandoned: Vec<StreamKey>,
     /// Rows the job's runs set aside.
     pub rejected: u64,
+    /// The cursors the job's runs committed.
+    pub committed: Vec<(StreamKey, String)>,
     refusals: Refusals,
     heartbeat: Option<Heartbeat>,
 }
@@ -122,6 +124,7 @@ impl DeltaCap {
             streams: HashSet::new(),
             abandoned: Vec::new(),
             rejected: 0,
+            committed: Vec::new(),
             refusals,
             heartbeat: None,
         }
@@ -488,7 +491,13 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
             .await
         {
             Ok((state, _)) => {
-                self.run(&handle)?.open = false;
+                let run = self.run(&handle)?;
+                run.open = false;
+                let done = (
+                    run.key.clone(),
+                    state.committed_cursor_value.clone().unwrap_or_default(),
+                );
+                self.cap.committed.push(done);
                 self.cap.release(&run_id);
                 self.cap.refusals.answered();
                 Ok(Ok(state.into()))

@@ -4,6 +4,7 @@
 //! retry or give up, and [`RetryPolicy::delay_after`] is the backoff schedule
 //! (tenacity's `wait_exponential`), which a `Retry-After` header can lengthen.
 
+use super::offline::{Exchange, Fixtures, Recorder, Replay};
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
 use crate::limits::{LimitHit, Refusals};
 use crate::log::LogSink;
@@ -228,6 +229,15 @@ pub struct HttpCap {
     /// Requests sent so far in this job.
     pub requests: u64,
     refusals: Refusals,
+    offline: Offline,
+}
+
+/// Where answers come from besides the network (see `caps::offline`).
+#[derive(Default)]
+pub struct Offline {
+    pub fixtures: Option<Fixtures>,
+    pub replay: Option<Replay>,
+    pub record: Option<Arc<Recorder>>,
 }
 
 /// Headers a connector may not set: the host owns framing and routing.
@@ -253,6 +263,7 @@ impl HttpCap {
         config: HttpConfig,
         log: Arc<LogSink>,
         refusals: Refusals,
+        offline: Offline,
     ) -> Self {
         Self {
             client,
@@ -262,6 +273,7 @@ impl HttpCap {
             log,
             requests: 0,
             refusals,
+            offline,
         }
     }
 
@@ -319,7 +331,16 @@ impl HttpCap {
                 .map_err(|_| invalid(format!("the value of header {name:?} is not valid")))?;
             headers.append(header, value);
         }
-        if let Some(name) = &request.bearer_secret {
+        if let Some(name) = &request.bearer_secret
+            && url.scheme() == "file"
+        {
+            // A fixture never sees the token; the name must still be a secret.
+            if !self.settings.secrets.contains_key(name) {
+                return Err(invalid(format!(
+                    "bearer-secret {name:?} is not in settings.json's secrets"
+                )));
+            }
+        } else if let Some(name) = &request.bearer_secret {
             if !self.bearer_allowed(&url) {
                 let origin = AllowedHost::origin_of(&url).map_or_else(|| redact_url(&url), |o| o.to_string());
                 return Err((
@@ -344,12 +365,15 @@ impl HttpCap {
         Ok((url, headers))
     }
 
-    /// One attempt: the request and any redirects, each hop checked by the policy.
+    /// One attempt: the request and any redirects, each hop checked by the
+    /// policy (a `file://` hop is answered by the fixtures instead).
     async fn attempt(&mut self, mut url: Url, headers: &HeaderMap, policy: &RetryPolicy, attempt: u32) -> Attempt {
         let mut headers = headers.clone();
         let origin = url.origin();
         for hop in 0..=self.config.max_redirects {
-            if let Err(Denied(why)) = self.policy.check_url(&url) {
+            if url.scheme() != "file"
+                && let Err(Denied(why)) = self.policy.check_url(&url)
+            {
                 return Attempt::Limit("network_denied", HttpError::Denied(why));
             }
             if self.requests >= self.config.max_requests {
@@ -362,23 +386,21 @@ impl HttpCap {
                 );
             }
             self.requests += 1;
-            let sent = self
-                .client
-                .get(url.clone())
-                .headers(headers.clone())
-                .timeout(policy.timeout)
-                .send()
-                .await;
-            let response = match sent {
-                Ok(r) => r,
-                Err(e) => return self.send_error(&url, e),
+            let exchange = match self.fetch(&url, &headers, policy.timeout).await {
+                Ok(exchange) => exchange,
+                Err(a) => return a,
             };
-            let status = response.status();
-            if status.is_redirection()
-                && let Some(location) = response.headers().get(reqwest::header::LOCATION)
+            let header = |name: &str| {
+                exchange
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
+            };
+            if (300..400).contains(&exchange.status)
+                && let Some(location) = header("location")
             {
-                let next = location.to_str().ok().and_then(|l| url.join(l).ok());
-                let Some(next) = next else {
+                let Some(next) = url.join(location).ok() else {
                     return Attempt::Fatal(HttpError::InvalidRequest(format!(
                         "{} redirected to an unusable Location",
                         redact_url(&url)
@@ -394,18 +416,18 @@ impl HttpCap {
                 url = next;
                 continue;
             }
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            let response = match self.read(response, &url, attempt).await {
-                Ok(r) => r,
-                Err(a) => return a,
+            let retry_after = header("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let status = exchange.status;
+            let response = Response {
+                status,
+                headers: exchange.headers,
+                body: exchange.body,
+                attempts: attempt,
+                url: url.to_string(),
             };
-            return if status.is_success() {
+            return if (200..300).contains(&status) {
                 Attempt::Done(response)
-            } else if classify(status.as_u16(), policy) {
+            } else if classify(status, policy) {
                 Attempt::RetryableStatus(response, retry_after)
             } else {
                 Attempt::Fatal(HttpError::Status(response))
@@ -420,6 +442,78 @@ impl HttpCap {
                 self.config.max_redirects
             )),
         )
+    }
+
+    /// One hop's answer: from the cassette when replaying, from the fixtures
+    /// for `file://`, else from the network (and recorded when recording).
+    async fn fetch(&mut self, url: &Url, headers: &HeaderMap, timeout: Duration) -> Result<Exchange, Attempt> {
+        let limit = self.config.max_body_bytes;
+        let too_large = || Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit));
+        let offline = if let Some(replay) = &mut self.offline.replay {
+            let answer = replay.answer(url, self.log.redactor());
+            Some(answer.map_err(|m| Attempt::Limit("replay_miss", HttpError::InvalidRequest(m)))?)
+        } else if url.scheme() == "file" {
+            match &self.offline.fixtures {
+                Some(fixtures) => Some(fixtures.answer(url)),
+                None => {
+                    return Err(Attempt::Fatal(HttpError::InvalidRequest(format!(
+                        "{url}: file:// URLs are answered from fixtures only; pass --fixtures DIR"
+                    ))));
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(exchange) = offline {
+            return if exchange.body.len() as u64 > limit {
+                Err(too_large())
+            } else {
+                Ok(exchange)
+            };
+        }
+        let sent = self
+            .client
+            .get(url.clone())
+            .headers(headers.clone())
+            .timeout(timeout)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => return Err(self.send_error(url, e)),
+        };
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() as u64 + chunk.len() as u64 > limit {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(self.send_error(url, e)),
+            }
+        }
+        let exchange = Exchange { status, headers, body };
+        if let Some(recorder) = &self.offline.record {
+            recorder.record(url, &exchange, self.log.redactor());
+        }
+        Ok(exchange)
     }
 
     fn send_error(&self, url: &Url, e: reqwest::Error) -> Attempt {
@@ -440,45 +534,6 @@ impl HttpCap {
         } else {
             Attempt::Connection(format!("GET {} failed: {cause}", redact_url(url)))
         }
-    }
-
-    /// Reads the body, cut at the host's limit.
-    async fn read(&self, mut response: reqwest::Response, url: &Url, attempt: u32) -> Result<Response, Attempt> {
-        let limit = self.config.max_body_bytes;
-        if response.content_length().is_some_and(|n| n > limit) {
-            return Err(Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit)));
-        }
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() as u64 + chunk.len() as u64 > limit {
-                        return Err(Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit)));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return Err(self.send_error(url, e)),
-            }
-        }
-        Ok(Response {
-            status,
-            headers,
-            body,
-            attempts: attempt,
-            url: url.to_string(),
-        })
     }
 }
 
@@ -793,7 +848,15 @@ mod tests {
             let client = build_client(policy.clone()).unwrap();
             let refusals = Refusals::default();
             (
-                HttpCap::new(client, policy, settings, config, Arc::new(log), refusals),
+                HttpCap::new(
+                    client,
+                    policy,
+                    settings,
+                    config,
+                    Arc::new(log),
+                    refusals,
+                    Offline::default(),
+                ),
                 captured,
             )
         }

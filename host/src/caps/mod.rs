@@ -5,5 +5,6 @@ pub mod context;
 pub mod delta;
 pub mod http;
 pub mod logger;
+pub mod offline;
 pub mod supplier;
 pub mod v0_1;

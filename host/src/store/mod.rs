@@ -175,6 +175,8 @@ type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     writes: Arc<BackgroundWrites>,
+    /// A dry run's private copy of the database, removed with the last handle.
+    _copy: Option<Arc<tempfile::TempPath>>,
 }
 
 /// Supplier batches written behind the connector's back: it fetches the next
@@ -209,7 +211,39 @@ const BATCHES_IN_FLIGHT: usize = 2;
 impl Store {
     /// Opens (creating if needed) and migrates the SQLite database at `path`.
     pub fn open_sqlite(path: &Path) -> Result<Self, OpenError> {
-        let conn = schema::open(path)?;
+        Self::start(schema::open(path)?, path, None)
+    }
+
+    /// A dry run's store: a private copy of the database at `path` (empty when
+    /// there is none yet), deleted when the last handle goes. The run reads
+    /// what the real store holds and writes nothing to it.
+    pub fn open_sqlite_copy(path: &Path) -> Result<Self, OpenError> {
+        let fail = |reason: String| OpenError {
+            path: path.to_owned(),
+            reason,
+        };
+        let copy = tempfile::Builder::new()
+            .prefix("nuntiq-dry-run-")
+            .suffix(".db")
+            .tempfile()
+            .map_err(|e| fail(format!("cannot make the dry run's copy: {e}")))?
+            .into_temp_path();
+        if path.is_file() {
+            let source = schema::open_read_only(path)?;
+            std::fs::remove_file(&copy).map_err(|e| fail(e.to_string()))?;
+            source
+                .execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+                .map_err(|e| fail(format!("cannot copy it for the dry run: {e}")))?;
+        }
+        let conn = schema::open(&copy)?;
+        Self::start(conn, path, Some(Arc::new(copy)))
+    }
+
+    fn start(
+        conn: rusqlite::Connection,
+        path: &Path,
+        copy: Option<Arc<tempfile::TempPath>>,
+    ) -> Result<Self, OpenError> {
         let (jobs, mut rx) = mpsc::channel::<Job>(64);
         std::thread::Builder::new()
             .name("nuntiq-store".into())
@@ -230,6 +264,7 @@ impl Store {
                 failed: Mutex::new(None),
                 counts: Mutex::new(SaveCounts::default()),
             }),
+            _copy: copy,
         })
     }
 

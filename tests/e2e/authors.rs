@@ -1,0 +1,288 @@
+//! What a connector author works with: `inspect`, offline runs from fixtures
+//! and cassettes, and dry runs.
+
+use crate::MOCK;
+use nuntiq_e2e::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// Settings whose API is never reached: replays and fixtures answer instead.
+fn offline_settings(work: &Workdir, api_url: &str) -> std::path::PathBuf {
+    work.write_settings("settings.json", &acme_settings(api_url, "acme_eu"))
+}
+
+fn run(plugin: &Path, settings: &Path, db: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec![
+        "run-plugin".into(),
+        plugin.display().to_string(),
+        settings.display().to_string(),
+        "--db".into(),
+        db.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    nuntiq_host(args)
+}
+
+/// The supplier rows a cassette's bodies hold.
+fn cassette_rows(path: &Path) -> Vec<Value> {
+    let cassette: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    cassette["interactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| serde_json::from_str::<Value>(i["response"]["body"].as_str()?).ok())
+        .flat_map(|page| page["data"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn the_shipped_cassette_replays_without_the_network_at_its_recorded_time() {
+    let work = Workdir::new();
+    let cassette = workspace_root().join("tests/cassettes/acme.json");
+    // Nothing listens here: a request that reached the network would fail.
+    // The cassette was recorded with pages of 100 (tests/record-cassette.sh).
+    let mut settings = acme_settings("http://127.0.0.1:9/v2", "acme_eu");
+    settings["config"]["page_size"] = json!(100);
+    let settings = work.write_settings("settings.json", &settings);
+    let replay = run(
+        &guest("acme"),
+        &settings,
+        &work.db(),
+        &[
+            "--allow-host",
+            "http://127.0.0.1:9",
+            "--replay",
+            cassette.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(replay.code, 0, "{}\n{}", replay.envelope, replay.stderr);
+    let rows = cassette_rows(&cassette);
+    assert!(rows.len() > 200, "{}", rows.len());
+    let recorded: Value = serde_json::from_slice(&std::fs::read(&cassette).unwrap()).unwrap();
+    // The replayed connector's clock starts at the recorded time: its bootstrap
+    // window (7 days) is the recorded one, so its first query is in the cassette.
+    let window_start = parse_time(recorded["recorded_at"].as_str().unwrap()) - chrono::Duration::days(7);
+    let expected = expected_from(&rows, window_start);
+    assert_eq!(replay.envelope["fetched"], expected.len());
+    assert_same_suppliers(&Db::open(&work.db()).suppliers("10000001"), &expected);
+
+    // A run the cassette cannot answer (the incremental query from the new cursor) fails clearly.
+    let miss = run(
+        &guest("acme"),
+        &settings,
+        &work.db(),
+        &[
+            "--allow-host",
+            "http://127.0.0.1:9",
+            "--replay",
+            cassette.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((miss.code, miss.error_kind()), (1, "replay_miss"), "{}", miss.envelope);
+    assert!(
+        miss.error_message().contains("is not in the cassette"),
+        "{}",
+        miss.envelope
+    );
+}
+
+#[test]
+fn recording_keeps_every_exchange_without_the_token() {
+    let mock = Mock::start(MOCK, 120);
+    mock.faults(json!([{"action": "status", "status": 503, "retry_after": "0"}]));
+    let work = Workdir::new();
+    let mut settings = acme_settings(&mock.api_url(), "acme_eu");
+    settings["config"]["page_size"] = json!(50);
+    let settings = work.write_settings("settings.json", &settings);
+    let cassette = work.path("run.json");
+    let recorded = run_acme(&mock, &settings, &work.db(), &["--record", cassette.to_str().unwrap()]);
+    assert_eq!(recorded.code, 0, "{}", recorded.stderr);
+    let text = std::fs::read_to_string(&cassette).unwrap();
+    assert!(!text.contains(TOKEN), "the token was recorded");
+    let parsed: Value = serde_json::from_str(&text).unwrap();
+    let statuses: Vec<u64> = parsed["interactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["response"]["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses[0], 503, "the retried attempt is recorded too: {statuses:?}");
+    assert_eq!(statuses.len(), mock.requests().len());
+    drop(mock);
+
+    // Replayed after a pause, into a new store: the same suppliers, no network.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = Workdir::new();
+    let replay = run(
+        &guest("acme"),
+        &settings,
+        &again.db(),
+        &[
+            "--allow-host",
+            &format!(
+                "http://{}",
+                parsed["interactions"][0]["request"]["url"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .nth(2)
+                    .unwrap()
+            ),
+            "--replay",
+            cassette.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(replay.code, 0, "{}\n{}", replay.envelope, replay.stderr);
+    assert_eq!(replay.envelope["fetched"], recorded.envelope["fetched"]);
+    assert_eq!(
+        Db::open(&again.db()).suppliers("10000001"),
+        Db::open(&work.db()).suppliers("10000001")
+    );
+}
+
+#[test]
+fn fixtures_answer_file_urls_from_a_directory_and_nothing_outside_it() {
+    let work = Workdir::new();
+    let fixtures = work.path("fixtures");
+    std::fs::create_dir_all(fixtures.join("v2")).unwrap();
+    let row = |n: &str| {
+        json!({"number": n, "name": format!("Fixture {n}"), "updated_at": "2024-05-01T09:00:00Z",
+                               "address": {"street": "1 Main St", "city": "Delft", "country": "NL"}})
+    };
+    std::fs::write(
+        fixtures.join("v2/suppliers@page=1.json"),
+        json!({"data": [row("F-1"), row("F-2")], "next_page": 2}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        fixtures.join("v2/suppliers@page=2.json"),
+        json!({"data": [row("F-3")], "next_page": null}).to_string(),
+    )
+    .unwrap();
+    let settings = offline_settings(&work, "file:///v2");
+    let fixture_run = |db: &Path| {
+        run(
+            &guest("acme"),
+            &settings,
+            db,
+            &[
+                "--fixtures",
+                fixtures.to_str().unwrap(),
+                "--param",
+                "since_override=2024-01-01T00:00:00Z",
+            ],
+        )
+    };
+    let first = fixture_run(&work.db());
+    assert_eq!(first.code, 0, "{}\n{}", first.envelope, first.stderr);
+    assert_eq!(first.envelope["fetched"], 3);
+    let stored = Db::open(&work.db()).suppliers("10000001");
+    assert_eq!(stored.keys().collect::<Vec<_>>(), ["F-1", "F-2", "F-3"]);
+
+    // A page that leads out of the directory is not served.
+    let outside = work.path("outside.json");
+    std::fs::write(
+        &outside,
+        json!({"data": [row("STOLEN")], "next_page": null}).to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(fixtures.join("v2/suppliers@page=2.json")).unwrap();
+    std::os::unix::fs::symlink(&outside, fixtures.join("v2/suppliers@page=2.json")).unwrap();
+    let escaped = fixture_run(&work.path("other.db"));
+    assert_eq!(escaped.code, 1, "{}", escaped.envelope);
+    assert!(escaped.error_message().contains("HTTP 404"), "{}", escaped.envelope);
+    assert!(!escaped.envelope.to_string().contains("STOLEN"));
+
+    // Without --fixtures a file:// api_url is bad input.
+    let refused = run(&guest("acme"), &settings, &work.path("x.db"), &[]);
+    assert_eq!((refused.code, refused.error_kind()), (2, "invalid_arguments"));
+    assert!(
+        refused.error_message().contains("pass --fixtures DIR"),
+        "{}",
+        refused.envelope
+    );
+}
+
+#[test]
+fn a_dry_run_writes_nothing_and_says_what_it_would_have() {
+    let mock = Mock::start(MOCK, 80);
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let fresh = work.path("never.db");
+    let dry = run_acme(&mock, &settings, &fresh, &["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}\n{}", dry.envelope, dry.stderr);
+    assert!(!fresh.exists(), "no database was created");
+    assert_eq!(dry.envelope["dry_run"], true);
+    assert!(dry.envelope["inserted"].as_u64().unwrap() > 50);
+    assert_eq!(
+        dry.envelope["would_commit"][0]["cursor"],
+        dry.envelope["cursor_committed"]
+    );
+
+    // Against an existing store: it reads it (nothing new is "inserted") and leaves it as it was.
+    let real = run_acme(&mock, &settings, &work.db(), &[]);
+    assert_eq!(real.code, 0);
+    mock.mutate(2, 1);
+    let before = std::fs::read(work.db()).unwrap();
+    let state_before = Db::open(&work.db()).state("acme_eu", "suppliers").unwrap();
+    let dry = run_acme(&mock, &settings, &work.db(), &["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(
+        (&dry.envelope["inserted"], &dry.envelope["updated"]),
+        (&json!(1), &json!(2))
+    );
+    assert_eq!(
+        Db::open(&work.db()).state("acme_eu", "suppliers").unwrap(),
+        state_before
+    );
+    assert_eq!(
+        std::fs::read(work.db()).unwrap(),
+        before,
+        "the database file is untouched"
+    );
+    assert!(dry.stderr.contains("a dry run: nothing was written"), "{}", dry.stderr);
+}
+
+#[test]
+fn inspect_says_what_a_plugin_is_and_whether_it_runs_here() {
+    let (code, text, _) = host_output(&["inspect", guest("acme").to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("world       nuntiq:connector/connector@0.2.0"), "{text}");
+    assert!(text.contains("compatible  yes"), "{text}");
+    let (code, out, _) = host_output(&["inspect", guest("acme-v0_1").to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    let found: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(found["contract"], "nuntiq:connector@0.1.0");
+    assert_eq!(found["compatible"], true);
+    use sha2::Digest;
+    let bytes = std::fs::read(guest("acme-v0_1")).unwrap();
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(found["sha256"], sha);
+    assert_eq!(found["size_bytes"], bytes.len());
+    assert!(found["exports"].as_array().unwrap().iter().any(|e| e["name"] == "run"));
+    assert!(
+        found["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "nuntiq:connector/delta-state@0.1.0")
+    );
+
+    let (code, out, _) = host_output(&["inspect", guest("future-contract").to_str().unwrap(), "--json"]);
+    assert_eq!(code, 1);
+    let found: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(found["compatible"], false);
+    assert!(
+        found["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("nuntiq:connector/context@0.3.0"),
+        "{found}"
+    );
+    let (code, _, err) = host_output(&["inspect", "/no/such/plugin.wasm"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/plugin.wasm"), "{err}");
+}
