@@ -15,5 +15,6 @@ pub mod log;
 pub mod plugin;
 pub mod policy;
 pub mod runtime;
+pub mod scaffold;
 pub mod settings;
 pub mod store;

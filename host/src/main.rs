@@ -60,6 +60,25 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
     },
+    /// Start a connector: a crate that builds with `cargo build --release` and
+    /// `cargo component build --release`, with settings and fixtures to run at once.
+    New {
+        /// The crate's name (lowercase letters, digits, - and _).
+        name: String,
+        /// Where to create it [default: the current directory].
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The guest SDK as a path dependency [default: the SDK of the checkout
+        /// this nuntiq-host was built from].
+        #[arg(long, value_name = "PATH", conflicts_with = "sdk_git")]
+        sdk_path: Option<PathBuf>,
+        /// The guest SDK as a git dependency: the repository holding guests/sdk.
+        #[arg(long, value_name = "URL")]
+        sdk_git: Option<String>,
+        /// With --sdk-git: a tag, branch or commit.
+        #[arg(long, value_name = "REV", requires = "sdk_git")]
+        sdk_rev: Option<String>,
+    },
     /// Compile a plugin into the compile cache ahead of time.
     Compile {
         plugin: PathBuf,
@@ -483,6 +502,43 @@ fn main() -> ExitCode {
                         _ if found.compatible => ExitCode::SUCCESS,
                         _ => ExitCode::from(1),
                     }
+                }
+                Err(e) => {
+                    eprintln!("nuntiq-host: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::New {
+            name,
+            dir,
+            sdk_path,
+            sdk_git,
+            sdk_rev,
+        } => {
+            use nuntiq_host::scaffold::{SdkSource, new_connector};
+            let sdk = match (sdk_path, sdk_git) {
+                (Some(path), _) => Some(SdkSource::Path(std::path::absolute(&path).unwrap_or(path))),
+                (None, Some(url)) => Some(SdkSource::Git { url, rev: sdk_rev }),
+                (None, None) => SdkSource::from_build(),
+            };
+            let Some(sdk) = sdk else {
+                eprintln!(
+                    "nuntiq-host: this nuntiq-host was not built from a checkout that is still here, so the guest \
+                     SDK's place is unknown; pass --sdk-path DIR (a checkout's guests/sdk) or --sdk-git URL"
+                );
+                return ExitCode::from(2);
+            };
+            return match new_connector(&name, &dir, &sdk) {
+                Ok(root) => {
+                    println!(
+                        "Created {}. Next:\n  cd {}\n  cargo build --release\n  cp settings.example.json settings.json\n  \
+                         nuntiq-host run-plugin target/wasm32-wasip2/release/{}.wasm settings.json --fixtures fixtures --db dev.db",
+                        root.display(),
+                        root.display(),
+                        name.replace('-', "_")
+                    );
+                    ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("nuntiq-host: {e}");

@@ -286,3 +286,57 @@ fn inspect_says_what_a_plugin_is_and_whether_it_runs_here() {
     assert_eq!(code, 2);
     assert!(err.contains("/no/such/plugin.wasm"), "{err}");
 }
+
+#[test]
+fn a_new_connector_builds_outside_the_repository_and_runs_at_once() {
+    let work = Workdir::new();
+    let (code, out, err) = host_output(&["new", "hello-erp", "--dir", work.dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let root = work.path("hello-erp");
+    assert!(out.contains(&format!("Created {}", root.display())), "{out}");
+    for file in [
+        "Cargo.toml",
+        ".cargo/config.toml",
+        "src/lib.rs",
+        "settings.example.json",
+        "README.md",
+    ] {
+        assert!(root.join(file).is_file(), "{file}");
+    }
+    // A plain `cargo build --release`, as an author would type it, outside the workspace.
+    let target = workspace_root().join("target/scaffold");
+    let built = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release"])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let wasm = target.join("wasm32-wasip2/release/hello_erp.wasm");
+    let (code, text, _) = host_output(&["inspect", wasm.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("nuntiq:connector/connector@0.2.0"), "{text}");
+
+    let run = nuntiq_host([
+        "run-plugin",
+        wasm.to_str().unwrap(),
+        root.join("settings.example.json").to_str().unwrap(),
+        "--fixtures",
+        root.join("fixtures").to_str().unwrap(),
+        "--db",
+        work.db().to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.envelope, run.stderr);
+    assert_eq!(
+        (&run.envelope["inserted"], &run.envelope["rejected"]),
+        (&json!(3), &json!(1))
+    );
+    let stored = Db::open(&work.db()).suppliers("10000001");
+    assert_eq!(stored.keys().collect::<Vec<_>>(), ["S-1001", "S-1002", "S-1003"]);
+    assert!(!stored["S-1002"].is_active);
+
+    let (code, _, err) = host_output(&["new", "hello-erp", "--dir", work.dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("already exists"), "{err}");
+}
