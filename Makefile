@@ -32,6 +32,7 @@ demo: build
 
 test: build
 	$(CARGO) test --release --locked -p nuntiq-host -p nuntiq-e2e
+	$(CARGO) test --locked --doc -p nuntiq-connector
 
 # Re-record the Acme cassette the replay test uses (after the connector's requests change).
 cassette: build

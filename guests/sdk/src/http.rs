@@ -1,4 +1,20 @@
-//! `http::get(url)`: a request builder over the host's `get-with-retry`.
+//! `http::get(url)`: a request builder over the host's `get-with-retry`, which
+//! retries 429 and 5xx with backoff and reaches only the hosts the operator
+//! allowed.
+//!
+//! ```no_run
+//! use nuntiq_connector::{get_config, http};
+//!
+//! let api_url = get_config("api_url").unwrap_or_default();
+//! let page: serde_json::Value = http::get(format!("{api_url}/suppliers"))
+//!     .query("page", 1)
+//!     .bearer_secret("api_token") // the host attaches the token; the connector never holds it
+//!     .send()
+//!     .map_err(|e| e.message())?
+//!     .json()
+//!     .map_err(|e| e.to_string())?;
+//! # Ok::<(), String>(())
+//! ```
 
 pub use crate::raw_http::{HttpError, Response, RetryPolicy};
 use crate::raw_http::{Request as RawRequest, get_with_retry};
@@ -17,17 +33,21 @@ pub fn get(url: impl Into<String>) -> Request {
     }
 }
 
+/// A GET request being built; [`Request::send`] hands it to the host.
 pub struct Request {
     raw: RawRequest,
     policy: Option<RetryPolicy>,
 }
 
 impl Request {
+    /// Adds a query parameter (at most 256 per request).
     pub fn query(mut self, key: &str, value: impl ToString) -> Self {
         self.raw.query.push((key.to_owned(), value.to_string()));
         self
     }
 
+    /// Adds a header (at most 64; `host`, hop-by-hop headers and `authorization`
+    /// with a bearer secret are refused by the host).
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.raw.headers.push((name.to_owned(), value.to_owned()));
         self
@@ -39,6 +59,7 @@ impl Request {
         self
     }
 
+    /// The per-attempt timeout (the host clamps it to its own limit).
     pub fn timeout_ms(mut self, ms: u32) -> Self {
         self.raw.timeout_ms = Some(ms);
         self
@@ -50,12 +71,14 @@ impl Request {
         self
     }
 
+    /// Sends it through the host, with retries; blocks until the last attempt.
     pub fn send(self) -> Result<Response, HttpError> {
         get_with_retry(&self.raw, self.policy.as_ref())
     }
 }
 
 impl Response {
+    /// The body parsed as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.body)
     }

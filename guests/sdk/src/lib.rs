@@ -1,10 +1,12 @@
-//! The guest SDK for Nuntiq connectors: the `nuntiq:connector` bindings plus a
-//! few helpers in the platform's words (`get_config`, `delta_run`, `SupplierLoad`,
-//! `save_all`).
+//! The guest SDK for Nuntiq connectors: the `nuntiq:connector@0.2.0` bindings
+//! plus helpers in the platform's words ([`get_config`], [`delta_run`],
+//! [`SupplierLoad`], `save_all`).
 //!
-//! A connector is a `cdylib` crate built with `cargo build --target wasm32-wasip2`:
+//! A connector is a `cdylib` crate that implements [`Guest::run`] and builds
+//! with `cargo build --release --target wasm32-wasip2` (or `cargo component
+//! build --release`); `nuntiq-host new NAME` writes one that builds as it is.
 //!
-//! ```ignore
+//! ```no_run
 //! use nuntiq_connector::{Guest, log};
 //!
 //! struct Hello;
@@ -18,6 +20,19 @@
 //!
 //! nuntiq_connector::export_connector!(Hello);
 //! ```
+//!
+//! Use it from a crate of your own as a path or git dependency:
+//!
+//! ```toml
+//! [dependencies]
+//! nuntiq-connector = { path = "../nuntiq/guests/sdk" }
+//! # or: nuntiq-connector = { git = "https://your-git-host/nuntiq.git", rev = "…" }
+//! ```
+//!
+//! The crate carries its own copy of the contract (`wit/`), so it builds
+//! wherever it is copied.
+
+#![deny(missing_docs)]
 
 // Lets the generated code name this crate the same way from inside and outside.
 extern crate self as nuntiq_connector;
@@ -26,7 +41,9 @@ extern crate self as nuntiq_connector;
 pub use wit_bindgen as __wit_bindgen;
 
 /// The raw bindings generated from `wit/connector.wit` (`nuntiq:connector@0.2.0`,
-/// world `connector-core`; a Rust guest's std imports the WASI it needs).
+/// world `connector-core`; a Rust guest's std imports the WASI it needs). Their
+/// documentation is the contract's own.
+#[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "connector-core",
@@ -73,6 +90,11 @@ impl SettingValue {
 }
 
 /// `config[key]` as text, if present and not empty.
+///
+/// ```no_run
+/// let api_url = nuntiq_connector::get_config("api_url").ok_or("config.api_url is required")?;
+/// # Ok::<(), &str>(())
+/// ```
 pub fn get_config(key: &str) -> Option<String> {
     context::get_config(key).map(|v| v.to_text()).filter(|s| !s.is_empty())
 }
@@ -102,6 +124,21 @@ impl DeltaError {
 /// The platform's `with delta_run(...) as r:` — begin, run `work`, then complete;
 /// if `work` fails, the run is failed with its message and the cursor stays.
 /// `work` must call `set_new_cursor` (and may set records processed and metadata).
+///
+/// ```no_run
+/// use nuntiq_connector::delta_state::CursorType;
+/// use nuntiq_connector::{SupplierLoad, delta_run, get_config, supplier};
+///
+/// let connector = get_config("connector_name").ok_or("config.connector_name is required")?;
+/// let mut load = SupplierLoad::new();
+/// delta_run(&connector, "suppliers", CursorType::NumericId, |run| {
+///     let from: i64 = run.lower_bound_cursor().and_then(|c| c.parse().ok()).unwrap_or(0);
+///     load.add(supplier(format!("S-{}", from + 1), "Next supplier"));
+///     load.queue().map_err(|e| e.message())?; // written with the cursor
+///     run.set_new_cursor(&(from + 1).to_string()).map_err(|e| e.message())
+/// })?;
+/// # Ok::<(), String>(())
+/// ```
 pub fn delta_run<T>(
     connector_name: &str,
     stream_name: &str,

@@ -68,13 +68,25 @@ impl LoadError {
 /// Suppliers handed to the host per `queue` call.
 const QUEUE_CALL_SUPPLIERS: usize = 500;
 
-/// Suppliers built in the connector, handed to the host in one call per batch.
+/// Suppliers built in the connector and handed to the host in batches.
+///
+/// ```no_run
+/// use nuntiq_connector::{SupplierLoad, location, supplier};
+///
+/// let mut load = SupplierLoad::new();
+/// let mut s = supplier("S-1", "Northwind Traders");
+/// s.locations.push(location("MAIN"));
+/// load.add(s);
+/// let written = load.save_all().map_err(|e| e.message())?;
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Default)]
 pub struct SupplierLoad {
     batch: Vec<Supplier>,
 }
 
 impl SupplierLoad {
+    /// An empty batch.
     pub fn new() -> Self {
         Self::default()
     }
@@ -89,6 +101,7 @@ impl SupplierLoad {
         self.batch.len()
     }
 
+    /// Whether nothing was added since the last hand-over.
     pub fn is_empty(&self) -> bool {
         self.batch.is_empty()
     }
