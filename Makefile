@@ -9,7 +9,7 @@ GUESTS := acme acme-v0_1 wrong-world unknown-import future-contract \
   sandbox-escape secret-logger panic-mid-run no-commit giant-batch header-smuggler \
   payload-bomb trespasser secret-splitter
 
-.PHONY: all build guests host guest-target demo test clean sdk-wit cassette
+.PHONY: all build guests host guest-target demo test clean sdk-wit cassette check-authors
 
 all: build
 
@@ -33,6 +33,11 @@ demo: build
 test: build
 	$(CARGO) test --release --locked -p nuntiq-host -p nuntiq-e2e
 	$(CARGO) test --locked --doc -p nuntiq-connector
+
+# Slow (installs cargo-component, wasm-tools, componentize-py and jco the first
+# time): builds connectors as authors do and runs them. See README, "Writing a connector".
+check-authors: build
+	tests/check-authors.sh
 
 # Re-record the Acme cassette the replay test uses (after the connector's requests change).
 cassette: build
