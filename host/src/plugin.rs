@@ -113,6 +113,9 @@ impl Name {
 pub struct Shape {
     pub imports: Vec<Name>,
     pub exports: Vec<Name>,
+    /// The first component-model async construct found, if any.
+    #[serde(skip)]
+    pub uses_async: Option<String>,
 }
 
 /// Why a plugin cannot be linked, found before compiling.
@@ -128,6 +131,8 @@ pub enum Mismatch {
     MixedContracts,
     /// No `run` export.
     NoRun,
+    /// Component-model async (which this host's engine does not run).
+    ComponentModelAsync(String),
 }
 
 impl fmt::Display for Mismatch {
@@ -146,6 +151,11 @@ impl fmt::Display for Mismatch {
             Mismatch::MixedContracts => {
                 f.write_str("it imports both nuntiq:connector@0.1.0 and @0.2.0; build it against one contract version")
             }
+            Mismatch::ComponentModelAsync(what) => write!(
+                f,
+                "it uses component-model async ({what}), which this host does not run; build it without: \
+                 jco's QuickJS backend needs --backend-qjs-disable-async, and any toolchain's sync ABI works"
+            ),
             Mismatch::NoRun => f.write_str(
                 "it does not export `run: func() -> result<string, string>`, so it is not a connector \
                  (world nuntiq:connector/connector@0.2.0, or @0.1.0)",
@@ -161,6 +171,7 @@ pub fn scan(bytes: &[u8]) -> Result<Shape, String> {
     let mut shape = Shape {
         imports: Vec::new(),
         exports: Vec::new(),
+        uses_async: None,
     };
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
@@ -181,10 +192,45 @@ pub fn scan(bytes: &[u8]) -> Result<Shape, String> {
                         .push(Name::parse(export.map_err(|e| e.to_string())?.name.name));
                 }
             }
+            Payload::ComponentCanonicalSection(section) if shape.uses_async.is_none() => {
+                for function in section {
+                    if let Some(what) = async_construct(&function.map_err(|e| e.to_string())?) {
+                        shape.uses_async = Some(what);
+                        break;
+                    }
+                }
+            }
             _ => {}
         }
     }
     Ok(shape)
+}
+
+/// The component-model async construct a canonical function is, if it is one:
+/// an `async` lift or lower, or a task, subtask, stream or future built-in.
+fn async_construct(function: &wasmparser::CanonicalFunction) -> Option<String> {
+    use wasmparser::{CanonicalFunction as F, CanonicalOption as O};
+    let async_option = |options: &[O]| options.iter().any(|o| matches!(o, O::Async | O::Callback(_)));
+    match function {
+        F::Lift { options, .. } if async_option(options) => Some("an async export".into()),
+        F::Lower { options, .. } if async_option(options) => Some("an async import".into()),
+        F::Lift { .. } | F::Lower { .. } | F::ResourceNew { .. } | F::ResourceDrop { .. } | F::ResourceRep { .. } => {
+            None
+        }
+        other => {
+            // TaskCancel → `task.cancel`, StreamCancelRead → `stream.cancel-read`
+            let debug = format!("{other:?}");
+            let name = debug.split([' ', '{', '(']).next().unwrap_or("");
+            let mut dotted = String::new();
+            for (i, c) in name.char_indices() {
+                if c.is_uppercase() && i > 0 {
+                    dotted.push(if dotted.contains('.') { '-' } else { '.' });
+                }
+                dotted.push(c.to_ascii_lowercase());
+            }
+            Some(format!("`{dotted}`"))
+        }
+    }
 }
 
 /// Whether a host at `offered` satisfies a guest import at `wanted`, by
@@ -273,6 +319,9 @@ impl Shape {
         if !self.exports.iter().any(|e| e.name == "run") {
             out.push(Mismatch::NoRun);
         }
+        if let Some(what) = &self.uses_async {
+            out.push(Mismatch::ComponentModelAsync(what.clone()));
+        }
         out
     }
 }
@@ -285,6 +334,7 @@ mod tests {
         Shape {
             imports: imports.iter().map(|n| Name::parse(n)).collect(),
             exports: exports.iter().map(|n| Name::parse(n)).collect(),
+            uses_async: None,
         }
     }
 
@@ -310,6 +360,18 @@ mod tests {
             &["run"],
         );
         assert_eq!(mixed.contract(), Err(Mismatch::MixedContracts));
+    }
+
+    #[test]
+    fn async_built_ins_are_named_for_people() {
+        use wasmparser::CanonicalFunction as F;
+        assert_eq!(async_construct(&F::TaskCancel).as_deref(), Some("`task.cancel`"));
+        assert_eq!(async_construct(&F::SubtaskDrop).as_deref(), Some("`subtask.drop`"));
+        assert_eq!(
+            async_construct(&F::BackpressureInc).as_deref(),
+            Some("`backpressure.inc`")
+        );
+        assert_eq!(async_construct(&F::ResourceDrop { resource: 0 }), None);
     }
 
     #[test]

@@ -277,3 +277,22 @@ fn bad_flag_values_still_print_one_envelope() {
     );
     assert!(!db.exists());
 }
+
+#[test]
+fn component_model_async_is_refused_up_front_naming_the_fix() {
+    let work = Workdir::new();
+    let run = refused(
+        &guest("async-export"),
+        &settings_file(&work, acme_settings(API, "acme_eu")),
+        &[],
+    );
+    assert_eq!(run.error_kind(), "invalid_plugin");
+    let m = run.error_message();
+    assert!(m.contains("it uses component-model async"), "{m}");
+    assert!(m.contains("--backend-qjs-disable-async"), "names the fix: {m}");
+    assert!(
+        !run.stderr.contains("Compiled"),
+        "refused before compiling: {}",
+        run.stderr
+    );
+}
