@@ -224,7 +224,11 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
             Err(e) => log.error(&format!("Could not write the cassette: {e}"), Some("record"), None),
         }
     }
-    match outcome {
+    let (outcome, usage) = match outcome {
+        Ok(ended) => (Ok(ended.outcome), Some(ended.usage)),
+        Err(e) => (Err(e), None),
+    };
+    let mut report = match outcome {
         Ok(Outcome::Success(done)) => {
             let Succeeded {
                 mut result,
@@ -275,7 +279,12 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
             log.error(&format!("Run failed (internal): {message}"), Some("done"), None);
             Report::failure("internal", message, 1)
         }
+    };
+    // What the run used, for billing and throttling: in every envelope.
+    if let (Some(usage), Some(envelope)) = (usage, report.envelope.as_object_mut()) {
+        envelope.insert("usage".into(), json!(usage));
     }
+    report
 }
 
 /// Longest error message in the envelope, in bytes.

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod job;
 pub mod limits;
 pub mod log;
+pub mod meter;
 pub mod plugin;
 pub mod policy;
 pub mod runtime;

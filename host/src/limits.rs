@@ -232,6 +232,8 @@ pub struct LimitHit {
 pub struct GuestLimiter {
     max_memory_bytes: usize,
     max_table_elements: usize,
+    /// The largest memory the connector grew to (for the run's usage).
+    pub peak_memory_bytes: usize,
 }
 
 impl GuestLimiter {
@@ -239,6 +241,7 @@ impl GuestLimiter {
         Self {
             max_memory_bytes: limits.max_memory_bytes,
             max_table_elements: limits.max_table_elements,
+            peak_memory_bytes: 0,
         }
     }
 }
@@ -252,6 +255,7 @@ impl wasmtime::ResourceLimiter for GuestLimiter {
             }
             .into());
         }
+        self.peak_memory_bytes = self.peak_memory_bytes.max(desired);
         Ok(true)
     }
 

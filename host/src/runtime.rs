@@ -10,6 +10,7 @@ use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
 use crate::limits::{GuestLimiter, LimitExceeded, Limits, MAX_RESULT_BYTES, Refusals, Stop};
 use crate::log::LogSink;
+use crate::meter::{Breakdown, Meter, Usage};
 use crate::plugin::{Contract, Shape};
 use crate::policy::NetworkPolicy;
 use crate::settings::Settings;
@@ -35,6 +36,7 @@ pub struct JobState {
     delta: DeltaCap,
     supplier: SupplierCap,
     limiter: GuestLimiter,
+    meter: Meter,
 }
 
 impl WasiView for JobState {
@@ -268,6 +270,15 @@ pub struct Succeeded {
     pub committed: Vec<(StreamKey, String)>,
 }
 
+/// A job's outcome and what it used.
+#[derive(Debug)]
+pub struct Ended {
+    pub outcome: Outcome,
+    pub usage: Usage,
+    /// Where the run's thread spent its time.
+    pub breakdown: Breakdown,
+}
+
 /// How a job ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -280,9 +291,10 @@ pub enum Outcome {
 }
 
 /// The envelope's own keys: a connector's result may not set them.
-pub const ENVELOPE_KEYS: [&str; 8] = [
+pub const ENVELOPE_KEYS: [&str; 9] = [
     "success",
     "error",
+    "usage",
     "inserted",
     "updated",
     "unchanged",
@@ -296,7 +308,7 @@ impl Runtime {
     /// Whatever happens, no delta run is left open: after a stop (deadline or
     /// signal) the host settles the store and fails what is open within the
     /// grace period.
-    pub async fn run(&self, pre: &ConnectorPre, job: Job) -> anyhow::Result<Outcome> {
+    pub async fn run(&self, pre: &ConnectorPre, job: Job) -> anyhow::Result<Ended> {
         let client = crate::caps::http::build_client(job.policy.clone())?;
         let customer = job.settings.customer_number.clone();
         let stderr = GuestOutput::stderr(job.log.clone());
@@ -316,11 +328,13 @@ impl Runtime {
         let wasi = wasi.build();
         let refusals = Refusals::default();
         let stop = job.stop.clone();
+        let meter = Meter::default();
+        let counters = meter.counters.clone();
         let state = JobState {
             wasi,
             table: ResourceTable::new(),
             context: ContextCap::new(job.settings.clone(), job.deny_secret_read),
-            logger: LoggerCap::new(job.log.clone()),
+            logger: LoggerCap::new(job.log.clone(), counters.clone()),
             http: HttpCap::new(
                 client,
                 job.policy.clone(),
@@ -329,6 +343,7 @@ impl Runtime {
                 job.log.clone(),
                 refusals.clone(),
                 job.offline,
+                counters.clone(),
             ),
             delta: DeltaCap::new(
                 customer.clone(),
@@ -338,6 +353,7 @@ impl Runtime {
                 job.log.clone(),
                 stop.clone(),
                 refusals.clone(),
+                counters.clone(),
             ),
             supplier: SupplierCap::new(
                 customer,
@@ -345,11 +361,18 @@ impl Runtime {
                 job.suppliers,
                 stop.clone(),
                 refusals.clone(),
+                counters.clone(),
             ),
             limiter: GuestLimiter::new(&job.limits),
+            meter,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.call_hook(|mut cx, hook| {
+            cx.data_mut().meter.on(hook);
+            Ok(())
+        });
+        let store_busy_before = job.store.busy();
         // What one call may copy out of the guest, whatever its strings and lists alias.
         store.set_hostcall_fuel(job.limits.max_call_bytes);
 
@@ -502,7 +525,43 @@ impl Runtime {
                 Some(serde_json::json!({"dropped": dropped})),
             );
         }
-        Ok(outcome)
+        let data = store.data();
+        let written = job.store.written();
+        let usage = Usage {
+            wall_ms: data.meter.wall().as_millis() as u64,
+            cpu_ms: data.meter.cpu().as_millis() as u64,
+            store_ms: job.store.busy().saturating_sub(store_busy_before).as_millis() as u64,
+            peak_memory_bytes: data.limiter.peak_memory_bytes as u64,
+            http_requests: counters.http_requests.load(Ordering::Relaxed),
+            http_retries: counters.http_retries.load(Ordering::Relaxed),
+            http_bytes_in: counters.http_bytes_in.load(Ordering::Relaxed),
+            records_written: written.inserted + written.updated,
+        };
+        let breakdown = data.meter.breakdown();
+        log.debug(
+            &format!(
+                "Where the time went: {} ms in all; the connector's own work (parsing, mapping) {:.0} ms; \
+                 HTTP {:.0} ms ({} requests, {} KiB); queueing suppliers {:.0} ms; waiting for the store {:.0} ms; \
+                 logging {:.0} ms; crossing the boundary {:.0} ms; the store thread worked {} ms",
+                usage.wall_ms,
+                breakdown.connector_ms,
+                breakdown.http_ms,
+                usage.http_requests,
+                usage.http_bytes_in / 1024,
+                breakdown.queue_ms,
+                breakdown.store_wait_ms,
+                breakdown.log_ms,
+                breakdown.boundary_ms,
+                usage.store_ms
+            ),
+            Some("usage"),
+            Some(serde_json::json!({"usage": usage, "breakdown": breakdown})),
+        );
+        Ok(Ended {
+            outcome,
+            usage,
+            breakdown,
+        })
     }
 }
 

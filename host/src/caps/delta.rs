@@ -6,13 +6,14 @@ use super::supplier::SupplierQueue;
 use crate::bindings::delta_state::{self, CursorType as WitCursorType, DeltaError, RunStatus as WitRunStatus};
 use crate::limits::{LimitHit, Refusals, Stop};
 use crate::log::LogSink;
+use crate::meter::{Counters, Section};
 use crate::settings::check_name;
 use crate::store::{
     Completion, CursorType, FailOutcome, RunOwner, RunStatus, SaveCounts, Store, StoreError, StreamKey, StreamState,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 
 /// Largest metadata object accepted, as JSON text.
@@ -99,6 +100,7 @@ pub struct DeltaCap {
     /// The cursors the job's runs committed.
     pub committed: Vec<(StreamKey, String)>,
     refusals: Refusals,
+    counters: Arc<Counters>,
     heartbeat: Option<Heartbeat>,
 }
 
@@ -111,6 +113,7 @@ impl DeltaCap {
         log: Arc<LogSink>,
         stop: Arc<Stop>,
         refusals: Refusals,
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             customer_number,
@@ -126,6 +129,7 @@ impl DeltaCap {
             rejected: 0,
             committed: Vec::new(),
             refusals,
+            counters,
             heartbeat: None,
         }
     }
@@ -357,11 +361,13 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 open: true,
             },
         );
+        let started = Instant::now();
         let begun = self
             .cap
             .store
             .begin_run(key.clone(), cursor_type, owner.clone(), self.cap.stop.clone())
             .await;
+        self.cap.counters.add(Section::StoreWait, started);
         let (begun, written) = match begun {
             Ok(begun) => begun,
             Err(e) => {
@@ -484,12 +490,14 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         };
         let pending = self.queue.take();
         let stop = self.cap.stop.clone();
-        match self
+        let started = Instant::now();
+        let completed = self
             .cap
             .store
             .complete_run(key, run_id.clone(), completion, pending, written_at_begin, stop)
-            .await
-        {
+            .await;
+        self.cap.counters.add(Section::StoreWait, started);
+        match completed {
             Ok((state, _)) => {
                 let run = self.run(&handle)?;
                 run.open = false;

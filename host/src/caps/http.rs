@@ -7,6 +7,9 @@
 use super::offline::{Exchange, Fixtures, Recorder, Replay};
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
 use crate::limits::{LimitHit, Refusals};
+use crate::meter::{Counters, Section};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 use crate::log::LogSink;
 use crate::policy::{AllowedHost, Denied, NetworkPolicy, redact_url};
 use crate::settings::Settings;
@@ -230,6 +233,7 @@ pub struct HttpCap {
     pub requests: u64,
     refusals: Refusals,
     offline: Offline,
+    counters: Arc<Counters>,
 }
 
 /// Where answers come from besides the network (see `caps::offline`).
@@ -264,6 +268,7 @@ impl HttpCap {
         log: Arc<LogSink>,
         refusals: Refusals,
         offline: Offline,
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             client,
@@ -274,6 +279,7 @@ impl HttpCap {
             requests: 0,
             refusals,
             offline,
+            counters,
         }
     }
 
@@ -386,6 +392,7 @@ impl HttpCap {
                 );
             }
             self.requests += 1;
+            self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
             let exchange = match self.fetch(&url, &headers, policy.timeout).await {
                 Ok(exchange) => exchange,
                 Err(a) => return a,
@@ -509,6 +516,9 @@ impl HttpCap {
                 Err(e) => return Err(self.send_error(url, e)),
             }
         }
+        self.counters
+            .http_bytes_in
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         let exchange = Exchange { status, headers, body };
         if let Some(recorder) = &self.offline.record {
             recorder.record(url, &exchange, self.log.redactor());
@@ -571,7 +581,9 @@ impl http::Host for HttpCap {
                 return Ok(Err(e));
             }
         };
+        let started = Instant::now();
         let outcome = self.send_with_retry(url, headers, policy, request.timeout_ms).await;
+        self.counters.add(Section::Http, started);
         match &outcome {
             Err(SendError::Limit(hit, _)) => self.refusals.refused(hit.clone()),
             _ => self.refusals.answered(),
@@ -665,6 +677,7 @@ impl HttpCap {
             );
             tokio::time::sleep(delay).await;
             attempt += 1;
+            self.counters.http_retries.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -856,6 +869,7 @@ mod tests {
                     Arc::new(log),
                     refusals,
                     Offline::default(),
+                    Arc::default(),
                 ),
                 captured,
             )

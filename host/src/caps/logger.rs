@@ -3,6 +3,8 @@
 
 use crate::bindings::logger;
 use crate::log::{Level, LogSink, MAX_DETAIL_BYTES, MAX_MESSAGE_BYTES};
+use crate::meter::{Counters, Section};
+use std::time::Instant;
 use serde_json::Value;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -10,11 +12,12 @@ use std::task::{Context, Poll};
 
 pub struct LoggerCap {
     sink: Arc<LogSink>,
+    counters: Arc<Counters>,
 }
 
 impl LoggerCap {
-    pub fn new(sink: Arc<LogSink>) -> Self {
-        Self { sink }
+    pub fn new(sink: Arc<LogSink>, counters: Arc<Counters>) -> Self {
+        Self { sink, counters }
     }
 }
 
@@ -41,8 +44,10 @@ impl logger::Host for LoggerCap {
         if !self.sink.enabled(level) {
             return Ok(());
         }
+        let started = Instant::now();
         let detail = detail.filter(|_| self.sink.prints_detail()).map(connector_detail);
         self.sink.connector_log(level, &message, step.as_deref(), detail);
+        self.counters.add(Section::Log, started);
         Ok(())
     }
 }

@@ -8,6 +8,8 @@
 
 use crate::bindings::supplier_load::{self, LoadError, Supplier};
 use crate::limits::{LimitHit, Refusals, Stop};
+use crate::meter::{Counters, Section};
+use std::time::Instant;
 use crate::store::records::{self, RecordLimits};
 use crate::store::{AddressRecord, LocationRecord, Store, SupplierRecord};
 use std::sync::Arc;
@@ -69,6 +71,7 @@ pub struct SupplierCap {
     stop: Arc<Stop>,
     pub queue: SupplierQueue,
     refusals: Refusals,
+    pub(super) counters: Arc<Counters>,
 }
 
 impl SupplierCap {
@@ -78,6 +81,7 @@ impl SupplierCap {
         config: SupplierConfig,
         stop: Arc<Stop>,
         refusals: Refusals,
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             customer_number,
@@ -86,6 +90,7 @@ impl SupplierCap {
             stop,
             queue: SupplierQueue::default(),
             refusals,
+            counters,
         }
     }
 
@@ -217,7 +222,10 @@ impl SupplierCap {
 
 impl supplier_load::Host for SupplierCap {
     async fn queue(&mut self, suppliers: Vec<Supplier>) -> wasmtime::Result<Result<u32, LoadError>> {
-        Ok(self.queue_records(suppliers.into_iter().map(Into::into).collect()))
+        let started = Instant::now();
+        let queued = self.queue_records(suppliers.into_iter().map(Into::into).collect());
+        self.counters.add(Section::Queue, started);
+        Ok(queued)
     }
 
     async fn save_all(&mut self) -> wasmtime::Result<Result<u32, LoadError>> {
@@ -227,7 +235,10 @@ impl supplier_load::Host for SupplierCap {
             return Ok(Ok(0));
         }
         let customer = self.customer_number.clone();
-        match self.store.save_suppliers(customer, batch, self.stop.clone()).await {
+        let started = Instant::now();
+        let saved = self.store.save_suppliers(customer, batch, self.stop.clone()).await;
+        self.counters.add(Section::StoreWait, started);
+        match saved {
             Ok(n) => Ok(Ok(n as u32)),
             Err(e) => Ok(Err(LoadError::Store(format!("failed to save suppliers: {e}")))),
         }

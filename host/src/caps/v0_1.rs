@@ -263,9 +263,10 @@ impl old::supplier_load::Host for SupplierCap {
         &mut self,
         suppliers: Vec<old::supplier_load::Supplier>,
     ) -> wasmtime::Result<Result<u32, old::supplier_load::LoadError>> {
-        Ok(self
-            .queue_records(suppliers.into_iter().map(Into::into).collect())
-            .map_err(Into::into))
+        let started = std::time::Instant::now();
+        let queued = self.queue_records(suppliers.into_iter().map(Into::into).collect());
+        self.counters.add(crate::meter::Section::Queue, started);
+        Ok(queued.map_err(Into::into))
     }
 
     async fn save_all(&mut self) -> wasmtime::Result<Result<u32, old::supplier_load::LoadError>> {

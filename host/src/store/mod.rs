@@ -19,6 +19,7 @@ pub use owner::RunOwner;
 pub use records::{AddressRecord, LocationRecord, SupplierRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 pub use suppliers::SaveCounts;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -175,6 +176,8 @@ type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     writes: Arc<BackgroundWrites>,
+    /// Time the writer thread spent working, in nanoseconds.
+    busy: Arc<AtomicU64>,
     /// A dry run's private copy of the database, removed with the last handle.
     _copy: Option<Arc<tempfile::TempPath>>,
 }
@@ -245,12 +248,16 @@ impl Store {
         copy: Option<Arc<tempfile::TempPath>>,
     ) -> Result<Self, OpenError> {
         let (jobs, mut rx) = mpsc::channel::<Job>(64);
+        let busy = Arc::new(AtomicU64::new(0));
+        let working = busy.clone();
         std::thread::Builder::new()
             .name("nuntiq-store".into())
             .spawn(move || {
                 let mut conn = conn;
                 while let Some(job) = rx.blocking_recv() {
+                    let started = std::time::Instant::now();
                     job(&mut conn);
+                    working.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
             })
             .map_err(|e| OpenError {
@@ -264,6 +271,7 @@ impl Store {
                 failed: Mutex::new(None),
                 counts: Mutex::new(SaveCounts::default()),
             }),
+            busy,
             _copy: copy,
         })
     }
@@ -444,6 +452,11 @@ impl Store {
             Some(e) => Err(StoreError::EarlierWrite(e)),
             None => Ok(self.writes.counts()),
         }
+    }
+
+    /// How long the writer thread has worked so far.
+    pub fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.busy.load(Ordering::Relaxed))
     }
 
     /// What the writes of this handle did so far (in-flight ones not yet counted).
