@@ -62,7 +62,9 @@ step "a new connector with cargo component build --release"
 (cd "$work/author-check" && CARGO_TARGET_DIR="$root/target/scaffold" cargo component build --release)
 scaffold="$root/target/scaffold/wasm32-wasip1/release/author_check.wasm"
 targets "$scaffold"
-(cd "$work/author-check" && "$host" run-plugin "$scaffold" settings.example.json --fixtures fixtures --db "$work/scaffold.db" | tee /dev/stderr | grep -q '"success":true')
+out=$(cd "$work/author-check" && "$host" run-plugin "$scaffold" settings.example.json --fixtures fixtures --db "$work/scaffold.db")
+echo "$out"
+echo "$out" | grep -q '"success":true'
 
 if [ -x guests/examples/check.sh ]; then
   step "the Python and JavaScript examples"

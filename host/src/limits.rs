@@ -89,30 +89,45 @@ pub enum LimitExceeded {
          the host bounds what it copies out of a connector, however its strings and lists alias"
     )]
     CallTooLarge { limit: usize },
+    #[error(
+        "the connector held more than {limit} resources at once (streams, pollables, HTTP requests \
+         and their bodies); drop each one when done with it"
+    )]
+    Resources { limit: usize },
 }
 
 impl LimitExceeded {
     /// The envelope's error kind.
     pub fn kind(&self) -> &'static str {
         match self {
-            LimitExceeded::Memory { .. } | LimitExceeded::Table { .. } | LimitExceeded::CallTooLarge { .. } => {
-                "memory_limit"
-            }
+            LimitExceeded::Memory { .. }
+            | LimitExceeded::Table { .. }
+            | LimitExceeded::CallTooLarge { .. }
+            | LimitExceeded::Resources { .. } => "memory_limit",
             LimitExceeded::Timeout(_) => "timeout",
             LimitExceeded::Cancelled(_) => "cancelled",
         }
     }
 
     /// The limit behind a trap, if a limit caused it: ours travel in the error,
-    /// wasmtime's hostcall fuel is recognised by its message.
-    pub fn of_trap(error: &wasmtime::Error, max_call_bytes: usize) -> Option<LimitExceeded> {
+    /// wasmtime's hostcall fuel is recognised by its message, a full resource
+    /// table by its error.
+    pub fn of_trap(error: &wasmtime::Error, max_call_bytes: usize, max_resources: usize) -> Option<LimitExceeded> {
         if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
             return Some(limit.clone());
         }
-        error
-            .chain()
-            .any(|e| e.to_string().starts_with(HOSTCALL_FUEL_EXHAUSTED))
-            .then_some(LimitExceeded::CallTooLarge { limit: max_call_bytes })
+        for cause in error.chain() {
+            if cause.to_string().starts_with(HOSTCALL_FUEL_EXHAUSTED) {
+                return Some(LimitExceeded::CallTooLarge { limit: max_call_bytes });
+            }
+            if matches!(
+                cause.downcast_ref::<wasmtime::component::ResourceTableError>(),
+                Some(wasmtime::component::ResourceTableError::Full)
+            ) {
+                return Some(LimitExceeded::Resources { limit: max_resources });
+            }
+        }
+        None
     }
 }
 

@@ -65,7 +65,7 @@ enum Command {
     New {
         /// The crate's name (lowercase letters, digits, - and _).
         name: String,
-        /// Where to create it [default: the current directory].
+        /// Where to create it (the crate is DIR/NAME).
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
         /// The guest SDK as a path dependency [default: the SDK of the checkout

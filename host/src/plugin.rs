@@ -68,6 +68,9 @@ const WASI_SOCKET_INTERFACES: [&str; 5] = [
     "wasi:sockets/ip-name-lookup",
 ];
 
+/// wasi:http's outgoing side, sent under the network policy (no incoming handler).
+const WASI_HTTP_INTERFACES: [&str; 2] = ["wasi:http/types", "wasi:http/outgoing-handler"];
+
 /// Every interface this host links, as `name@version`.
 pub fn offered() -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
@@ -76,7 +79,11 @@ pub fn offered() -> Vec<String> {
             names.push(format!("nuntiq:connector/{iface}@{}", contract.version()));
         }
     }
-    for iface in WASI_INTERFACES.iter().chain(&WASI_SOCKET_INTERFACES) {
+    for iface in WASI_INTERFACES
+        .iter()
+        .chain(&WASI_SOCKET_INTERFACES)
+        .chain(&WASI_HTTP_INTERFACES)
+    {
         names.push(format!("{iface}@{WASI_VERSION}"));
     }
     names
@@ -141,7 +148,7 @@ impl fmt::Display for Mismatch {
             Mismatch::MissingImport { import, offered } if offered.is_empty() => write!(
                 f,
                 "it imports {import}, which this host does not provide (it offers nuntiq:connector@0.1.0 and \
-                 @0.2.0, and WASI {WASI_VERSION}: wasi:cli/imports without wasi:http); see `nuntiq-host inspect`"
+                 @0.2.0, and WASI {WASI_VERSION}: wasi:cli/imports and wasi:http/outgoing-handler); see `nuntiq-host inspect`"
             ),
             Mismatch::MissingImport { import, offered } => write!(
                 f,
@@ -355,6 +362,16 @@ mod tests {
         assert!(v1.mismatches().is_empty(), "{:?}", v1.mismatches());
         let v2 = shape(&["nuntiq:connector/logger@0.2.0"], &["run"]);
         assert_eq!(v2.contract(), Ok(Contract::V0_2));
+        // What StarlingMonkey (jco's default JS engine) writes for fetch().
+        let fetching = shape(
+            &[
+                "nuntiq:connector/logger@0.2.0",
+                "wasi:http/types@0.2.10",
+                "wasi:http/outgoing-handler@0.2.10",
+            ],
+            &["run"],
+        );
+        assert!(fetching.mismatches().is_empty(), "{:?}", fetching.mismatches());
         let mixed = shape(
             &["nuntiq:connector/logger@0.2.0", "nuntiq:connector/context@0.1.0"],
             &["run"],
@@ -379,7 +396,7 @@ mod tests {
         let s = shape(
             &[
                 "nuntiq:connector/context@0.3.0",
-                "wasi:http/outgoing-handler@0.2.0",
+                "wasi:keyvalue/store@0.2.0",
                 "acme:x/y",
             ],
             &["start"],
@@ -394,7 +411,7 @@ mod tests {
             "{}",
             found[0]
         );
-        assert!(found[1].contains("wasi:http/outgoing-handler@0.2.0, which this host does not provide"));
+        assert!(found[1].contains("wasi:keyvalue/store@0.2.0, which this host does not provide"));
         assert!(found[2].contains("acme:x/y"));
         assert!(found[3].contains("does not export `run"));
     }

@@ -24,6 +24,8 @@ use tokio::time::timeout_at;
 use wasmtime::component::{Component, HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use crate::caps::wasi_http::{self, OutgoingHooks};
 
 /// Everything one job's store holds: a state per capability, the resource
 /// table, and an empty WASI context (no files, no env, no sockets).
@@ -37,6 +39,20 @@ pub struct JobState {
     supplier: SupplierCap,
     limiter: GuestLimiter,
     meter: Meter,
+    /// wasi:http: its context, and the policy hooks through which every
+    /// outgoing request goes (made from `http`, sharing its budget).
+    wasi_http: WasiHttpCtx,
+    outgoing: OutgoingHooks,
+}
+
+impl WasiHttpView for JobState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.wasi_http,
+            table: &mut self.table,
+            hooks: &mut self.outgoing,
+        }
+    }
 }
 
 impl WasiView for JobState {
@@ -113,6 +129,8 @@ impl Runtime {
         let mut linker = Linker::<JobState>::new(&engine);
         let mut link = || -> wasmtime::Result<()> {
             wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+            // wasi:http types and outgoing-handler only (no incoming side).
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
             // The current contract, implemented by the capabilities.
             v0_2::types::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
             v0_2::context::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
@@ -330,21 +348,26 @@ impl Runtime {
         let stop = job.stop.clone();
         let meter = Meter::default();
         let counters = meter.counters.clone();
+        let http = HttpCap::new(
+            client,
+            job.policy.clone(),
+            job.settings.clone(),
+            job.http,
+            job.log.clone(),
+            refusals.clone(),
+            job.offline,
+            counters.clone(),
+        );
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(wasi_http::MAX_RESOURCES);
         let state = JobState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             context: ContextCap::new(job.settings.clone(), job.deny_secret_read),
             logger: LoggerCap::new(job.log.clone(), counters.clone()),
-            http: HttpCap::new(
-                client,
-                job.policy.clone(),
-                job.settings.clone(),
-                job.http,
-                job.log.clone(),
-                refusals.clone(),
-                job.offline,
-                counters.clone(),
-            ),
+            outgoing: http.outgoing(),
+            wasi_http: wasi_http::context(),
+            http,
             delta: DeltaCap::new(
                 customer.clone(),
                 job.delta,
@@ -451,7 +474,7 @@ impl Runtime {
                 Outcome::Failure { kind, message }
             }
             Err(trap) => {
-                let (kind, message) = match LimitExceeded::of_trap(&trap, max_call_bytes) {
+                let (kind, message) = match LimitExceeded::of_trap(&trap, max_call_bytes, wasi_http::MAX_RESOURCES) {
                     Some(limit) => (limit.kind(), limit.to_string()),
                     None => ("trap", describe_trap(&trap, panic.lock().unwrap().as_deref())),
                 };

@@ -11,6 +11,7 @@ mod delivery;
 mod hostile;
 mod secrets;
 mod stopping;
+mod wasi_http;
 
 /// The mock API binary of this package.
 pub const MOCK: &str = env!("CARGO_BIN_EXE_acme-mock");

@@ -8,7 +8,7 @@ use super::offline::{Exchange, Fixtures, Recorder, Replay};
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
 use crate::limits::{LimitHit, Refusals};
 use crate::meter::{Counters, Section};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use crate::log::LogSink;
 use crate::policy::{AllowedHost, Denied, NetworkPolicy, redact_url};
@@ -223,14 +223,42 @@ pub fn build_client(policy: Arc<NetworkPolicy>) -> anyhow::Result<reqwest::Clien
         .build()?)
 }
 
+/// The job's HTTP requests, counted against `--max-requests`: shared by
+/// `http` and `wasi:http`, so neither way around the other exists.
+#[derive(Debug)]
+pub struct RequestBudget {
+    max: u64,
+    used: AtomicU64,
+}
+
+impl RequestBudget {
+    pub fn new(max: u64) -> Self {
+        Self {
+            max,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one request, or says why there is none left.
+    pub fn take(&self) -> Result<(), String> {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1))
+            .map(drop)
+            .map_err(|_| format!("the job's budget of {} HTTP requests is spent (--max-requests)", self.max))
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
 pub struct HttpCap {
     client: reqwest::Client,
     policy: Arc<NetworkPolicy>,
     settings: Arc<Settings>,
     config: HttpConfig,
     log: Arc<LogSink>,
-    /// Requests sent so far in this job.
-    pub requests: u64,
+    budget: Arc<RequestBudget>,
     refusals: Refusals,
     offline: Offline,
     counters: Arc<Counters>,
@@ -270,16 +298,33 @@ impl HttpCap {
         offline: Offline,
         counters: Arc<Counters>,
     ) -> Self {
+        let max_requests = config.max_requests;
         Self {
             client,
             policy,
             settings,
             config,
             log,
-            requests: 0,
+            budget: Arc::new(RequestBudget::new(max_requests)),
             refusals,
             offline,
             counters,
+        }
+    }
+
+    /// `wasi:http`'s side of this capability: the same client (DNS pinned
+    /// through the policy), policy, budget and limits.
+    pub fn outgoing(&self) -> super::wasi_http::OutgoingHooks {
+        super::wasi_http::OutgoingHooks {
+            client: self.client.clone(),
+            policy: self.policy.clone(),
+            budget: self.budget.clone(),
+            max_body_bytes: self.config.max_body_bytes,
+            timeout: self.config.max_timeout,
+            refusals: self.refusals.clone(),
+            counters: self.counters.clone(),
+            log: self.log.clone(),
+            replaying: self.offline.replay.is_some(),
         }
     }
 
@@ -382,16 +427,9 @@ impl HttpCap {
             {
                 return Attempt::Limit("network_denied", HttpError::Denied(why));
             }
-            if self.requests >= self.config.max_requests {
-                return Attempt::Limit(
-                    "request_budget",
-                    HttpError::Denied(format!(
-                        "the job's budget of {} HTTP requests is spent (--max-requests)",
-                        self.config.max_requests
-                    )),
-                );
+            if let Err(why) = self.budget.take() {
+                return Attempt::Limit("request_budget", HttpError::Denied(why));
             }
-            self.requests += 1;
             self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
             let exchange = match self.fetch(&url, &headers, policy.timeout).await {
                 Ok(exchange) => exchange,

@@ -8,3 +8,4 @@ pub mod logger;
 pub mod offline;
 pub mod supplier;
 pub mod v0_1;
+pub mod wasi_http;

@@ -1,0 +1,221 @@
+//! `wasi:http/outgoing-handler`: a standard HTTP client inside a connector
+//! (JavaScript's `fetch`, a Python or Rust wasi-http client) under the same
+//! rules as `http`: the allowlist and private-network ban, DNS pinned to the
+//! checked addresses (the same client), the job's request budget, the body
+//! limit and the timeout. Retries and bearer injection stay in `http`; a
+//! redirect is handed to the connector (wasi:http does not follow them), and
+//! each hop it follows is a new request, checked again.
+//!
+//! wasmtime-wasi-http owns the resources (fields, requests, bodies, streams);
+//! this module owns only [`OutgoingHooks::send_request`], the one way out.
+
+use super::http::RequestBudget;
+use crate::limits::{LimitHit, Refusals};
+use crate::log::LogSink;
+use crate::meter::Counters;
+use crate::policy::{Denied, NetworkPolicy, redact_url};
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use url::Url;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
+
+/// Largest request body a connector may send (a query, a token request).
+pub const MAX_REQUEST_BODY_BYTES: usize = 1 << 20;
+
+/// What one outgoing body may hold in the host before the connector has to
+/// wait, and the most header bytes one `fields` may carry: with the resource
+/// table's cap below, they bound what a connector can park in host memory.
+const OUTGOING_CHUNK_BYTES: usize = 64 << 10;
+const FIELDS_BYTES: usize = 16 << 10;
+
+/// Resources (streams, pollables, fields, requests…) a connector may hold at
+/// once. An honest connector holds tens; the cap keeps a hostile one from
+/// parking a million of them, each with its buffers, in host memory.
+pub const MAX_RESOURCES: usize = 1024;
+
+/// The wasi:http context with the host's header limit.
+pub fn context() -> WasiHttpCtx {
+    let mut ctx = WasiHttpCtx::new();
+    ctx.set_field_size_limit(FIELDS_BYTES);
+    ctx
+}
+
+/// The policy side of `wasi:http`, made by [`super::http::HttpCap::outgoing`].
+pub struct OutgoingHooks {
+    pub(super) client: reqwest::Client,
+    pub(super) policy: Arc<NetworkPolicy>,
+    pub(super) budget: Arc<RequestBudget>,
+    pub(super) max_body_bytes: u64,
+    pub(super) timeout: Duration,
+    pub(super) refusals: Refusals,
+    pub(super) counters: Arc<Counters>,
+    pub(super) log: Arc<LogSink>,
+    /// Replaying a cassette: the run must not touch the network, and
+    /// cassettes hold `http` exchanges only.
+    pub(super) replaying: bool,
+}
+
+type Sent = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>;
+
+impl OutgoingHooks {
+    /// Checks a request before anything leaves the host: the URL against the
+    /// policy, then the budget. `Err` is what the connector sees.
+    fn admit(&self, method: &http::Method, url: &str) -> Result<Url, Error> {
+        let refuse = |kind: &'static str, error: Error, message: String| {
+            self.log.warn(
+                &format!("wasi:http {method} refused: {message}"),
+                Some("http"),
+                Some(json!({"kind": kind})),
+            );
+            self.refusals.refused(LimitHit { kind, message });
+            error
+        };
+        if self.replaying {
+            return Err(refuse(
+                "replay_miss",
+                Error::HttpRequestDenied,
+                "a replayed run has no network, and cassettes record only the http interface's requests".into(),
+            ));
+        }
+        let url = Url::parse(url).map_err(|_| Error::HttpRequestUriInvalid)?;
+        if let Err(Denied(why)) = self.policy.check_url(&url) {
+            return Err(refuse("network_denied", Error::HttpRequestDenied, why));
+        }
+        if let Err(why) = self.budget.take() {
+            return Err(refuse("request_budget", Error::ConnectionLimitReached, why));
+        }
+        self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
+        Ok(url)
+    }
+}
+
+impl WasiHttpHooks for OutgoingHooks {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_CHUNK_BYTES
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _io: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        let url = match self.admit(request.method(), &request.uri().to_string()) {
+            Ok(url) => url,
+            Err(e) => return Box::new(async move { Err(e) }),
+        };
+        // The connector may ask for shorter waits, never longer ones.
+        let first_byte = options
+            .and_then(|o| o.first_byte_timeout)
+            .map_or(self.timeout, |t| t.min(self.timeout));
+        let forward = Forward {
+            client: self.client.clone(),
+            max_body_bytes: self.max_body_bytes,
+            timeout: self.timeout,
+            first_byte,
+            counters: self.counters.clone(),
+            log: self.log.clone(),
+        };
+        Box::new(forward.send(request, url))
+    }
+}
+
+/// One admitted request on its way out, run on the runtime while the
+/// connector polls.
+struct Forward {
+    client: reqwest::Client,
+    max_body_bytes: u64,
+    timeout: Duration,
+    first_byte: Duration,
+    counters: Arc<Counters>,
+    log: Arc<LogSink>,
+}
+
+impl Forward {
+    async fn send(self, request: http::Request<WasiBody>, url: Url) -> Sent {
+        let (parts, body) = request.into_parts();
+        let body = Limited::new(body, MAX_REQUEST_BODY_BYTES)
+            .collect()
+            .await
+            .map_err(|_| Error::HttpRequestBodySize(Some(MAX_REQUEST_BODY_BYTES as u64)))?
+            .to_bytes();
+        let mut headers = parts.headers;
+        // reqwest sets Host from the URL; the connector's copy goes.
+        headers.remove(http::header::HOST);
+        let sent = self
+            .client
+            .request(parts.method.clone(), url.clone())
+            .headers(headers)
+            .body(body)
+            .timeout(self.timeout)
+            .send();
+        let response = match tokio::time::timeout(self.first_byte, sent).await {
+            Err(_) => return Err(Error::HttpResponseTimeout),
+            Ok(Err(e)) => return Err(self.send_error(&parts.method, &url, e)),
+            Ok(Ok(r)) => r,
+        };
+        let max = self.max_body_bytes;
+        if response.content_length().is_some_and(|n| n > max) {
+            self.log.warn(
+                &format!(
+                    "wasi:http {} {}: the response body ({} bytes) is past the host's limit of {max} (--max-response-body)",
+                    parts.method,
+                    redact_url(&url),
+                    response.content_length().unwrap_or(0)
+                ),
+                Some("http"),
+                None,
+            );
+            return Err(Error::HttpResponseBodySize(Some(max)));
+        }
+        let counters = self.counters.clone();
+        let response: http::Response<reqwest::Body> = response.into();
+        let response = response.map(move |body| {
+            Limited::new(body, max as usize)
+                .map_frame(move |frame| {
+                    if let Some(data) = frame.data_ref() {
+                        counters.http_bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    frame
+                })
+                .map_err(move |e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        Error::HttpResponseBodySize(Some(max))
+                    } else if e.downcast_ref::<reqwest::Error>().is_some_and(|e| e.is_timeout()) {
+                        Error::ConnectionReadTimeout
+                    } else {
+                        Error::HttpProtocolError
+                    }
+                })
+                .boxed_unsync()
+        });
+        Ok((response, Box::new(async { Ok(()) })))
+    }
+
+    /// The connector's error code; the log says what happened.
+    fn send_error(&self, method: &http::Method, url: &Url, e: reqwest::Error) -> Error {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if let Some(Denied(why)) = err.downcast_ref::<Denied>() {
+                self.log.warn(
+                    &format!("wasi:http {method} {} refused: {why}", redact_url(url)),
+                    Some("http"),
+                    Some(json!({"kind": "network_denied"})),
+                );
+                return Error::DestinationIpProhibited;
+            }
+            source = err.source();
+        }
+        if e.is_timeout() {
+            Error::ConnectionTimeout
+        } else if e.is_connect() {
+            Error::ConnectionRefused
+        } else {
+            Error::HttpProtocolError
+        }
+    }
+}
