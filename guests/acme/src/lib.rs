@@ -13,7 +13,9 @@ use nuntiq_connector::{
     Guest, Supplier, SupplierLoad, address, context, get_config, get_param, http, location, supplier,
 };
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::borrow::Cow;
 
 const STREAM_NAME: &str = "suppliers";
 /// Bump on schema changes so you can spot which version emitted a row.
@@ -68,7 +70,8 @@ impl Guest for Acme {
             let mut count = 0usize;
             let mut page = 1u64;
             loop {
-                let body = fetch_page(&api_url, &since, page, page_size)?;
+                let bytes = fetch_page(&api_url, &since, page, page_size)?;
+                let body = read_page(&bytes, page)?;
                 log::event(
                     Level::Info,
                     "fetch",
@@ -76,6 +79,7 @@ impl Guest for Acme {
                     &json!({"page": page, "count": body.data.len()}),
                 );
                 for (row, raw) in body.data.iter().enumerate() {
+                    let raw: &RawValue = raw;
                     count += 1;
                     let (updated_at, supplier) = match read_row(raw) {
                         Ok(read) => read,
@@ -84,12 +88,11 @@ impl Guest for Acme {
                             // set it aside (the host keeps it and counts it) and go on.
                             let reason = format!("page {page}, row {row}: {reason}");
                             log::warn(&format!("Setting a row aside: {reason}"));
-                            r.reject(&raw.to_string(), &reason)
+                            r.reject(raw.get(), &reason)
                                 .map_err(|e| format!("{reason}; the row could not be set aside: {}", e.message()))?;
-                            if let Some(at) = raw
-                                .get("updated_at")
-                                .and_then(Value::as_str)
-                                .and_then(|t| parse_timestamp(t).ok())
+                            if let Some(at) = serde_json::from_str::<Value>(raw.get())
+                                .ok()
+                                .and_then(|v| v.get("updated_at")?.as_str().and_then(|t| parse_timestamp(t).ok()))
                             {
                                 watermark = watermark.max(at.min(run_start));
                             }
@@ -210,16 +213,17 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{text:?} is not an RFC 3339 timestamp ({e})"))
 }
 
-/// A page as Acme sends it; rows are read one by one so a bad row can be set aside.
+/// A page as Acme sends it. Rows stay raw JSON (borrowed from the response
+/// body) and are read one by one, so a bad row can be set aside.
 #[derive(Deserialize)]
-struct Page {
-    #[serde(default)]
-    data: Vec<Value>,
+struct Page<'a> {
+    #[serde(default, borrow)]
+    data: Vec<&'a RawValue>,
     #[serde(default)]
     next_page: Value,
 }
 
-impl Page {
+impl Page<'_> {
     /// `next_page`: a number, a string holding one, or null at the end.
     fn next(&self, page: u64) -> Result<Option<u64>, String> {
         let next = match &self.next_page {
@@ -241,23 +245,47 @@ impl Page {
 }
 
 /// One source row: its `updated_at` and the supplier it maps to, or why it cannot be read.
-fn read_row(raw: &Value) -> Result<(DateTime<Utc>, Supplier), String> {
-    let ext: AcmeSupplier = serde_json::from_value(raw.clone()).map_err(|e| format!("the row does not read: {e}"))?;
+fn read_row(raw: &RawValue) -> Result<(DateTime<Utc>, Supplier), String> {
+    let ext: AcmeSupplier<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| format!("the row does not read: {e}"))?;
     let updated_at = ext.updated_at.as_deref().ok_or("updated_at is missing")?;
     let updated_at = parse_timestamp(updated_at).map_err(|e| format!("updated_at {e}"))?;
     Ok((updated_at, map_supplier(&ext)?))
 }
 
+/// A row, read straight from the page's bytes (strings borrowed unless escaped).
 #[derive(Deserialize)]
-struct AcmeSupplier {
-    number: Option<Value>,
-    name: Option<String>,
+struct AcmeSupplier<'a> {
+    /// A string or a number.
+    #[serde(borrow)]
+    number: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
     active: Option<bool>,
-    updated_at: Option<String>,
-    address: Option<Map<String, Value>>,
+    #[serde(borrow)]
+    updated_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    address: Option<&'a RawValue>,
 }
 
-fn fetch_page(api_url: &str, since: &str, page: u64, page_size: i64) -> Result<Page, String> {
+/// The address fields Acme sends; a field that is not a string counts as absent.
+#[derive(Deserialize)]
+struct AcmeAddress<'a> {
+    #[serde(borrow)]
+    street: Option<&'a RawValue>,
+    #[serde(borrow)]
+    city: Option<&'a RawValue>,
+    #[serde(borrow)]
+    country: Option<&'a RawValue>,
+}
+
+/// A JSON string's text; `None` for anything else.
+fn text(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|r| serde_json::from_str::<Cow<'_, str>>(r.get()).ok())
+        .map(Cow::into_owned)
+}
+
+fn fetch_page(api_url: &str, since: &str, page: u64, page_size: i64) -> Result<Vec<u8>, String> {
     let response = http::get(format!("{}/suppliers", api_url.trim_end_matches('/')))
         .query("updated_after", since)
         .query("page", page)
@@ -266,35 +294,110 @@ fn fetch_page(api_url: &str, since: &str, page: u64, page_size: i64) -> Result<P
         .bearer_secret(TOKEN_SECRET)
         .send()
         .map_err(|e| format!("page {page}: {}", e.message()))?;
-    response.json().map_err(|e| {
+    Ok(response.body)
+}
+
+fn read_page(body: &[u8], page: u64) -> Result<Page<'_>, String> {
+    serde_json::from_slice(body).map_err(|e| {
         format!("page {page}: the response is not the expected JSON {{\"data\": [...], \"next_page\": N|null}} ({e})")
     })
 }
 
 /// External Acme row → Nuntiq supplier, with one MAIN location when there is an address.
-fn map_supplier(ext: &AcmeSupplier) -> Result<Supplier, String> {
-    let number = match &ext.number {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return Err("number is missing".into()),
-    };
-    let name = ext.name.clone().filter(|n| !n.is_empty()).ok_or("name is missing")?;
+fn map_supplier(ext: &AcmeSupplier<'_>) -> Result<Supplier, String> {
+    let number = match ext.number.map(RawValue::get) {
+        Some(n) if n.starts_with('"') => text(ext.number).filter(|s| !s.is_empty()),
+        Some(n) => serde_json::from_str::<serde_json::Number>(n).ok().map(|n| n.to_string()),
+        None => None,
+    }
+    .ok_or("number is missing")?;
+    let name = ext.name.as_deref().filter(|n| !n.is_empty()).ok_or("name is missing")?;
     let mut s = supplier(number, name);
     s.is_active = Some(ext.active.unwrap_or(true));
     // VAT numbers live on Organization, not Supplier: vat_number is ignored here.
-    if let Some(ext_address) = ext.address.as_ref().filter(|a| !a.is_empty()) {
-        let field = |key: &str| ext_address.get(key).and_then(Value::as_str).map(str::to_owned);
-        let mut loc = location("MAIN");
-        loc.location_name = Some("Headquarters".into());
-        loc.is_active = Some(true);
-        let mut addr = address();
-        addr.street = Some(field("street").unwrap_or_default());
-        addr.city = Some(field("city").unwrap_or_default());
-        addr.country_code = Some(field("country").unwrap_or_else(|| "XX".into()));
-        loc.addresses.push(addr);
-        s.locations.push(loc);
+    if let Some(raw) = ext.address.filter(|a| a.get() != "null") {
+        let ext_address: AcmeAddress<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| format!("the address does not read: {e}"))?;
+        let empty = raw.get().trim_start_matches('{').trim_end_matches('}').trim().is_empty();
+        if !empty {
+            let mut loc = location("MAIN");
+            loc.location_name = Some("Headquarters".into());
+            loc.is_active = Some(true);
+            let mut addr = address();
+            addr.street = Some(text(ext_address.street).unwrap_or_default());
+            addr.city = Some(text(ext_address.city).unwrap_or_default());
+            addr.country_code = Some(text(ext_address.country).unwrap_or_else(|| "XX".into()));
+            loc.addresses.push(addr);
+            s.locations.push(loc);
+        }
     }
     Ok(s)
 }
 
 nuntiq_connector::export_connector!(Acme);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(json: &str) -> Result<Supplier, String> {
+        let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+        read_row(&raw).map(|(_, s)| s)
+    }
+
+    #[test]
+    fn rows_map_to_suppliers_with_one_main_location() {
+        let s = read(
+            r#"{"number": "A-1", "name": "Caf\u00e9", "active": false, "updated_at": "2026-01-01T10:00:00+02:00",
+                "address": {"street": "Main 1", "city": "Utrecht", "country": "NL", "zip": "1234"}}"#,
+        )
+        .unwrap();
+        assert_eq!((s.supplier_number.as_str(), s.supplier_name.as_str()), ("A-1", "Café"));
+        assert_eq!(s.is_active, Some(false));
+        let a = &s.locations[0].addresses[0];
+        assert_eq!(s.locations[0].location_code, "MAIN");
+        assert_eq!(
+            (a.street.as_deref(), a.city.as_deref(), a.country_code.as_deref()),
+            (Some("Main 1"), Some("Utrecht"), Some("NL"))
+        );
+    }
+
+    #[test]
+    fn numbers_may_be_json_numbers_and_odd_address_fields_count_as_absent() {
+        let s = read(r#"{"number": 42, "name": "N", "updated_at": "2026-01-01T00:00:00Z", "address": {"city": 7}}"#)
+            .unwrap();
+        assert_eq!(s.supplier_number, "42");
+        assert_eq!(s.is_active, Some(true), "active defaults to true");
+        let a = &s.locations[0].addresses[0];
+        assert_eq!((a.street.as_deref(), a.city.as_deref(), a.country_code.as_deref()), (Some(""), Some(""), Some("XX")));
+        let s = read(r#"{"number": "7", "name": "N", "updated_at": "2026-01-01T00:00:00Z", "address": {}}"#).unwrap();
+        assert!(s.locations.is_empty(), "an empty address makes no location");
+        let s = read(r#"{"number": "7", "name": "N", "updated_at": "2026-01-01T00:00:00Z", "address": null}"#).unwrap();
+        assert!(s.locations.is_empty());
+    }
+
+    #[test]
+    fn unreadable_rows_say_why() {
+        let why = |json| read(json).err().unwrap();
+        assert!(why(r#"{"number": "1", "name": "N", "updated_at": "yesterday"}"#).contains("updated_at"));
+        assert!(why(r#"{"number": "1", "name": "N", "active": "yes", "updated_at": "2026-01-01T00:00:00Z"}"#)
+            .contains("does not read"));
+        assert!(why(r#"{"name": "N", "updated_at": "2026-01-01T00:00:00Z"}"#).contains("number is missing"));
+        assert!(why(r#"{"number": "", "name": "N", "updated_at": "2026-01-01T00:00:00Z"}"#).contains("number is missing"));
+        assert!(why(r#"{"number": "1", "updated_at": "2026-01-01T00:00:00Z"}"#).contains("name is missing"));
+        assert!(why(r#"{"number": "1", "name": "N", "updated_at": "2026-01-01T00:00:00Z", "address": "x"}"#)
+            .contains("address"));
+    }
+
+    #[test]
+    fn pages_name_their_next_page_as_a_number_or_a_string() {
+        let page = |json: &str, n| {
+            let page: Page<'_> = serde_json::from_str(json).unwrap();
+            page.next(n)
+        };
+        assert_eq!(page(r#"{"data": [], "next_page": 3}"#, 2), Ok(Some(3)));
+        assert_eq!(page(r#"{"data": [], "next_page": "3"}"#, 2), Ok(Some(3)));
+        assert_eq!(page(r#"{"data": [], "next_page": null}"#, 2), Ok(None));
+        assert!(page(r#"{"data": [], "next_page": 1}"#, 2).is_err());
+    }
+}
