@@ -2,6 +2,7 @@
 //! operator sets them with flags. Each limit that ends a run has its own error
 //! kind in the envelope.
 
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -298,6 +299,35 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 /// Parses durations such as `15m`, `90s` or `1h 30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration such as 15m or 90s ({e})"))
+}
+
+/// The job's HTTP requests, counted against `--max-requests`: shared by
+/// `http` and `wasi:http`, so neither way around the other exists.
+#[derive(Debug)]
+pub struct RequestBudget {
+    max: u64,
+    used: AtomicU64,
+}
+
+impl RequestBudget {
+    pub fn new(max: u64) -> Self {
+        Self {
+            max,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one request, or says why there is none left.
+    pub fn take(&self) -> Result<(), String> {
+        self.used
+            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |n| (n < self.max).then_some(n + 1))
+            .map(drop)
+            .map_err(|_| format!("the job's budget of {} HTTP requests is spent (--max-requests)", self.max))
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(AtomicOrdering::Relaxed)
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 
 use super::offline::{Exchange, Fixtures, Recorder, Replay};
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
-use crate::limits::{LimitHit, Refusals};
+use crate::limits::{LimitHit, Refusals, RequestBudget};
 use crate::meter::{Counters, Section};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use crate::log::LogSink;
 use crate::policy::{AllowedHost, Denied, NetworkPolicy, redact_url};
@@ -221,35 +221,6 @@ pub fn build_client(policy: Arc<NetworkPolicy>) -> anyhow::Result<reqwest::Clien
         .no_proxy()
         .user_agent(concat!("nuntiq-host/", env!("CARGO_PKG_VERSION")))
         .build()?)
-}
-
-/// The job's HTTP requests, counted against `--max-requests`: shared by
-/// `http` and `wasi:http`, so neither way around the other exists.
-#[derive(Debug)]
-pub struct RequestBudget {
-    max: u64,
-    used: AtomicU64,
-}
-
-impl RequestBudget {
-    pub fn new(max: u64) -> Self {
-        Self {
-            max,
-            used: AtomicU64::new(0),
-        }
-    }
-
-    /// Takes one request, or says why there is none left.
-    pub fn take(&self) -> Result<(), String> {
-        self.used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1))
-            .map(drop)
-            .map_err(|_| format!("the job's budget of {} HTTP requests is spent (--max-requests)", self.max))
-    }
-
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
 }
 
 pub struct HttpCap {

@@ -9,8 +9,7 @@
 //! wasmtime-wasi-http owns the resources (fields, requests, bodies, streams);
 //! this module owns only [`OutgoingHooks::send_request`], the one way out.
 
-use super::http::RequestBudget;
-use crate::limits::{LimitHit, Refusals};
+use crate::limits::{LimitHit, Refusals, RequestBudget};
 use crate::log::LogSink;
 use crate::meter::Counters;
 use crate::policy::{Denied, NetworkPolicy, redact_url};
