@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--token", required=True)
     ap.add_argument("--db", required=True, help="DuckDB file")
     ap.add_argument("--pipelines-dir", required=True)
-    ap.add_argument("--page-size", type=int, default=1000)
+    ap.add_argument("--page-size", type=int, default=200)
     ap.add_argument("--since", required=True, help="initial value of updated_after")
     args = ap.parse_args()
     started = time.perf_counter()

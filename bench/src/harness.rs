@@ -1,6 +1,7 @@
 //! `nuntiq-bench run`: every contender on the same data from the same mock,
-//! each as its own process from an empty store, wall time (median) and peak
-//! RSS measured alike; a table on stdout and `bench/results.json`.
+//! each as its own process, wall time (median) and peak RSS measured alike;
+//! one table with every contender's ratio to the host, the issue's targets
+//! checked (a report: nothing aborts on a miss), and `bench/results.json`.
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -12,7 +13,17 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "test-bearer-token-here";
 /// Every contender fetches the whole data set: updated after this.
 const SINCE: &str = "2000-01-01T00:00:00Z";
-const PAGE_SIZE: u32 = 1000;
+/// Rows per page, as in the independent measurement (nginx, pre-rendered pages of 200).
+const PAGE_SIZE: u32 = 200;
+
+/// The issue's targets.
+const HOST_OVER_PLAIN_AT_MOST: f64 = 1.3;
+const PYTHON_OVER_HOST_AT_LEAST: f64 = 4.0;
+const DLT_OVER_HOST_AT_LEAST: f64 = 15.0;
+const REREAD_OVER_FIRST_AT_MOST: f64 = 0.25;
+const NO_CHANGE_AT_MOST_MS: f64 = 10.0;
+/// "Flat memory": peak RSS at 1 000 000 suppliers over peak RSS at 100 000.
+const LARGE_RSS_OVER_SMALL_AT_MOST: f64 = 1.25;
 
 pub struct Options {
     pub suppliers: usize,
@@ -38,9 +49,31 @@ struct Row {
     wall_s_median: f64,
     records_per_s: f64,
     peak_rss_mb: f64,
-    /// This contender's wall time over the host's (contender 1) in the same table.
+    /// This contender's wall time over the host's row named in `compared_with`.
     time_ratio_to_host: Option<f64>,
+    compared_with: String,
     note: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    target: String,
+    measured: String,
+    /// "ok", "MISSED" or "not measured".
+    status: &'static str,
+}
+
+fn check(target: impl Into<String>, measured: Option<(String, bool)>) -> Check {
+    let (measured, status) = match measured {
+        Some((text, true)) => (text, "ok"),
+        Some((text, false)) => (text, "MISSED"),
+        None => ("-".into(), "not measured"),
+    };
+    Check {
+        target: target.into(),
+        measured,
+        status,
+    }
 }
 
 fn root() -> PathBuf {
@@ -86,6 +119,7 @@ fn measure(command: &mut Command) -> anyhow::Result<(Sample, String)> {
     ))
 }
 
+/// The median wall time and the highest peak RSS.
 fn median(samples: &[Sample]) -> Sample {
     let mut walls: Vec<Duration> = samples.iter().map(|s| s.wall).collect();
     walls.sort();
@@ -95,9 +129,19 @@ fn median(samples: &[Sample]) -> Sample {
     }
 }
 
+fn median_f64(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+/// The JSON a contender printed last (the host's envelope, the others' `{"rows", "seconds"}`).
+fn last_json(stdout: &str) -> Option<Value> {
+    serde_json::from_str(stdout.lines().rev().find(|l| !l.trim().is_empty())?).ok()
+}
+
 /// The rows a contender reported, to check every contender did the whole job.
 fn rows_reported(stdout: &str) -> Option<u64> {
-    let v: Value = serde_json::from_str(stdout.lines().last()?).ok()?;
+    let v = last_json(stdout)?;
     v.get("rows").or_else(|| v.get("fetched")).and_then(Value::as_u64)
 }
 
@@ -184,7 +228,7 @@ fn settings(dir: &Path, api_url: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The host job: `extra` adds `--param since_override=…` or not.
+/// The host job; `backfill` adds `--param since_override=SINCE` (the whole window).
 fn host_command(dir: &Path, mock: &MockServer, db: &Path, cache: &Path, backfill: bool) -> anyhow::Result<Command> {
     let mut c = Command::new(bin("nuntiq-host"));
     c.arg("run-plugin")
@@ -209,6 +253,15 @@ fn source_args(mock: &MockServer) -> Vec<String> {
         .to_vec()
 }
 
+fn plain_command(mock: &MockServer, db: &Path) -> Command {
+    let mut c = Command::new(bin("nuntiq-bench"));
+    c.arg("plain")
+        .args(source_args(mock))
+        .args(["--since", SINCE, "--db"])
+        .arg(db);
+    c
+}
+
 fn native_command(mock: &MockServer, db: &Path) -> Command {
     let mut c = Command::new(bin("nuntiq-bench"));
     c.arg("native")
@@ -230,35 +283,33 @@ fn python_seed_command(python: &Path, mock: &MockServer, db: &Path, backfill: bo
     c
 }
 
-fn init_db(db: &Path) -> anyhow::Result<()> {
-    let status = Command::new(bin("nuntiq-bench"))
-        .arg("init-db")
-        .arg("--db")
-        .arg(db)
-        .status()?;
-    anyhow::ensure!(status.success(), "init-db failed");
-    Ok(())
-}
-
-/// Runs `make` (a fresh command per run, from an empty store in `dir`) `runs` times.
+/// Runs `make` (a fresh command per run, in a fresh directory) `runs` times;
+/// every run must report `expect_rows` when given. Returns the median and the
+/// last run's directory (its store, for the content check).
 fn repeat(
     runs: usize,
-    expect_rows: usize,
-    mut make: impl FnMut(&Path, usize) -> anyhow::Result<Command>,
-) -> anyhow::Result<Sample> {
+    expect_rows: Option<usize>,
+    mut make: impl FnMut(&Path) -> anyhow::Result<Command>,
+) -> anyhow::Result<(Sample, Vec<u64>, tempfile::TempDir)> {
     let mut samples = Vec::new();
-    for run in 0..runs {
+    let mut reported = Vec::new();
+    let mut last = None;
+    for _ in 0..runs.max(1) {
         let dir = tempfile::tempdir()?;
-        let mut command = make(dir.path(), run)?;
+        let mut command = make(dir.path())?;
         let (sample, stdout) = measure(&mut command)?;
         let rows = rows_reported(&stdout);
-        anyhow::ensure!(
-            rows == Some(expect_rows as u64),
-            "expected {expect_rows} rows, got {rows:?}: {stdout}"
-        );
+        if let Some(expect) = expect_rows {
+            anyhow::ensure!(
+                rows == Some(expect as u64),
+                "expected {expect} rows, got {rows:?}: {stdout}"
+            );
+        }
+        reported.push(rows.unwrap_or(0));
         samples.push(sample);
+        last = Some(dir);
     }
-    Ok(median(&samples))
+    Ok((median(&samples), reported, last.expect("at least one run")))
 }
 
 fn row(id: &str, name: &str, suppliers: usize, runs: usize, sample: Sample, note: &str) -> Row {
@@ -272,13 +323,109 @@ fn row(id: &str, name: &str, suppliers: usize, runs: usize, sample: Sample, note
         records_per_s: if suppliers > 0 { suppliers as f64 / secs } else { 0.0 },
         peak_rss_mb: sample.peak_rss_kb as f64 / 1024.0,
         time_ratio_to_host: None,
+        compared_with: String::new(),
         note: note.into(),
     }
 }
 
+/// The host's own account of a run (the envelope's `usage`), medians over runs.
+#[derive(Debug, Default, Serialize)]
+struct HostUsage {
+    wall_ms: Option<f64>,
+    cpu_ms: Option<f64>,
+    store_ms: Option<f64>,
+}
+
+fn host_usage(envelopes: &[Value]) -> HostUsage {
+    let field = |k: &str| median_f64(envelopes.iter().filter_map(|e| e["usage"][k].as_f64()).collect());
+    HostUsage {
+        wall_ms: field("wall_ms"),
+        cpu_ms: field("cpu_ms"),
+        store_ms: field("store_ms"),
+    }
+}
+
+/// A digest of every supplier, location and address column the platform
+/// defines (not timestamps, not the host's fingerprint), with row counts: equal
+/// digests mean two contenders stored the same thing.
+fn content_digest(db: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let tables: [(&str, &[&str]); 3] = [
+        (
+            "supplier",
+            &[
+                "customer_number",
+                "supplier_number",
+                "organization_code",
+                "supplier_name",
+                "alternative_supplier_name",
+                "supplier_type",
+                "is_active",
+                "custom_field_1",
+                "custom_field_2",
+                "custom_field_3",
+                "custom_field_4",
+                "custom_field_5",
+            ],
+        ),
+        (
+            "supplier_location",
+            &[
+                "customer_number",
+                "supplier_number",
+                "supplier_organization_code",
+                "location_code",
+                "location_name",
+                "organization_code",
+                "default_currency_code",
+                "default_payment_term_code",
+                "default_payment_method",
+                "taxpayer_id",
+                "duns_number",
+                "is_active",
+                "custom_field_1",
+                "custom_field_2",
+                "custom_field_3",
+                "custom_field_4",
+                "custom_field_5",
+            ],
+        ),
+        (
+            "supplier_address",
+            &[
+                "customer_number",
+                "supplier_number",
+                "supplier_organization_code",
+                "location_code",
+                "position",
+                "street",
+                "city",
+                "state",
+                "postal_code",
+                "country_code",
+                "custom_field_1",
+                "custom_field_2",
+                "custom_field_3",
+            ],
+        ),
+    ];
+    let db = nuntiq_e2e::Db::open(db);
+    let mut parts = Vec::new();
+    for (table, columns) in tables {
+        let row = columns.iter().map(|c| format!("quote({c})")).collect::<Vec<_>>().join("||','||");
+        let text: String = db.scalar(&format!(
+            "SELECT coalesce(group_concat(r, char(10)), '') FROM (SELECT {row} AS r FROM {table} ORDER BY r)"
+        ));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        parts.push(format!("{table} {} rows #{:016x}", db.count(table), hasher.finish()));
+    }
+    parts.join(", ")
+}
+
 pub fn run(options: Options) -> anyhow::Result<()> {
     let n = options.suppliers;
-    let runs = options.runs;
+    let runs = options.runs.max(1);
     let cache = tempfile::tempdir()?;
     eprintln!("mock: seeding {n} suppliers and rendering its pages…");
     let mock = MockServer::start(n)?;
@@ -295,7 +442,63 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     anyhow::ensure!(compiled.status.success(), "compile failed");
 
     let mut rows = Vec::new();
-    eprintln!("0: store only…");
+    let mut stores: Vec<(&str, tempfile::TempDir, &str)> = Vec::new();
+
+    // 1 and 1r: the first load into an empty store, then the same window again
+    // on the store it left (every supplier comes back unchanged).
+    eprintln!("1, 1r: nuntiq-host first load, then an unchanged re-read of the same window…");
+    let (mut first, mut again, mut first_envelopes, mut again_envelopes) = (vec![], vec![], vec![], vec![]);
+    let mut host_dir = None;
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("h.db");
+        let (sample, stdout) = measure(&mut host_command(dir.path(), &mock, &db, cache.path(), true)?)?;
+        let envelope = last_json(&stdout).unwrap_or_default();
+        anyhow::ensure!(
+            envelope["fetched"].as_u64() == Some(n as u64) && envelope["inserted"].as_u64() == Some(n as u64),
+            "the host's first load did not insert {n} suppliers: {stdout}"
+        );
+        first.push(sample);
+        first_envelopes.push(envelope);
+        let (sample, stdout) = measure(&mut host_command(dir.path(), &mock, &db, cache.path(), true)?)?;
+        let envelope = last_json(&stdout).unwrap_or_default();
+        anyhow::ensure!(
+            envelope["fetched"].as_u64() == Some(n as u64),
+            "the host's re-read did not fetch {n} suppliers: {stdout}"
+        );
+        again.push(sample);
+        again_envelopes.push(envelope);
+        host_dir = Some(dir);
+    }
+    stores.push(("1", host_dir.expect("at least one run"), "h.db"));
+    let reread_unchanged: Vec<u64> = again_envelopes
+        .iter()
+        .map(|e| e["unchanged"].as_u64().unwrap_or(0))
+        .collect();
+    let first_usage = host_usage(&first_envelopes);
+    let again_usage = host_usage(&again_envelopes);
+    rows.push(row(
+        "1",
+        "nuntiq-host + acme.wasm, first load (warm compile cache)",
+        n,
+        runs,
+        median(&first),
+        "process start to exit, empty store",
+    ));
+
+    eprintln!("P: plain Rust loader…");
+    let (plain, _, plain_dir) = repeat(runs, Some(n), |dir| Ok(plain_command(&mock, &dir.join("p.db"))))?;
+    stores.push(("P", plain_dir, "p.db"));
+    rows.push(row(
+        "P",
+        "plain Rust loader (reqwest, serde, rusqlite; own natural-key tables)",
+        n,
+        runs,
+        plain,
+        "process start to exit, empty store",
+    ));
+
+    eprintln!("0: the host's store alone…");
     let mut store_samples = Vec::new();
     for _ in 0..runs {
         let dir = tempfile::tempdir()?;
@@ -314,55 +517,41 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     rows.push(row(
         "0",
-        "store only (same rows, same schema, same upserts)",
+        "the host's store alone (same rows, its schema and upserts)",
         n,
         runs,
         median(&store_samples),
-        "upsert time only; RSS includes generating the rows",
+        "upsert time only (the floor of our schema); RSS includes generating the rows",
     ));
 
-    eprintln!("1: nuntiq-host run-plugin dist/acme.wasm (warm compile cache)…");
-    let host = repeat(runs, n, |dir, _| {
-        host_command(dir, &mock, &dir.join("h.db"), cache.path(), true)
-    })?;
-    rows.push(row(
-        "1",
-        "nuntiq-host + acme.wasm",
-        n,
-        runs,
-        host,
-        "process start to exit",
-    ));
-
-    eprintln!("2: native Rust baseline…");
-    let native = repeat(runs, n, |dir, _| Ok(native_command(&mock, &dir.join("n.db"))))?;
+    eprintln!("2: native baseline (the Acme connector as plain Rust on the host's store)…");
+    let (native, _, _) = repeat(runs, Some(n), |dir| Ok(native_command(&mock, &dir.join("n.db"))))?;
     rows.push(row(
         "2",
-        "native Rust, same fetch/parse/map/upsert, no wasm",
+        "native baseline: the connector in Rust on the host's store, no wasm",
         n,
         runs,
         native,
-        "process start to exit",
+        "process start to exit, empty store",
     ));
 
     if let Some(python) = &options.python {
-        eprintln!("3: Python seed connector (requests + tenacity + sqlite3)…");
-        let seed = repeat(runs, n, |dir, _| {
-            let db = dir.join("p.db");
-            init_db(&db)?;
-            Ok(python_seed_command(python, &mock, &db, true))
+        eprintln!("3: Python seed connector (requests + tenacity, sqlite3 executemany)…");
+        let (seed, _, seed_dir) = repeat(runs, Some(n), |dir| {
+            Ok(python_seed_command(python, &mock, &dir.join("py.db"), true))
         })?;
+        stores.push(("3", seed_dir, "py.db"));
         rows.push(row(
             "3",
-            "Python seed connector (requests + tenacity, sqlite3)",
+            "Python seed pattern (requests + tenacity; sqlite3 executemany, own natural-key tables)",
             n,
             runs,
             seed,
-            "process start to exit",
+            "process start to exit, empty store",
         ));
 
         eprintln!("4: dlt rest_api → DuckDB…");
-        let dlt = repeat(runs, n, |dir, _| {
+        let (dlt, _, _) = repeat(runs, Some(n), |dir| {
             let mut c = Command::new(python);
             c.arg(root().join("bench/python/dlt_pipeline.py"))
                 .args(source_args(&mock))
@@ -379,44 +568,71 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             n,
             runs,
             dlt,
-            "process start to exit",
+            "process start to exit, empty destination",
         ));
     }
 
-    // The no-change incremental run: one request, zero rows.
-    eprintln!("no-change incremental runs…");
+    let unchanged_note = if reread_unchanged.iter().all(|&u| u == n as u64) {
+        format!("second backfill on the populated store; unchanged = {n} in every run")
+    } else {
+        format!("second backfill on the populated store; unchanged per run: {reread_unchanged:?}")
+    };
+    rows.push(row(
+        "1r",
+        "nuntiq-host, unchanged re-read of the same window",
+        n,
+        runs,
+        median(&again),
+        &unchanged_note,
+    ));
+
+    // The no-change incremental runs: the stored cursor, nothing new.
+    eprintln!("1i, 3i: incremental runs with no changes…");
     let work = tempfile::tempdir()?;
     let host_db = work.path().join("h.db");
     measure(&mut host_command(work.path(), &mock, &host_db, cache.path(), true)?)?;
-    let host_idle = repeat(runs, 0, |_, _| {
-        host_command(work.path(), &mock, &host_db, cache.path(), false)
-    })?;
+    let mut idle_envelopes = Vec::new();
+    let mut idle_samples = Vec::new();
+    for _ in 0..runs {
+        let (sample, stdout) = measure(&mut host_command(work.path(), &mock, &host_db, cache.path(), false)?)?;
+        idle_samples.push(sample);
+        idle_envelopes.push(last_json(&stdout).unwrap_or_default());
+    }
+    let idle_usage = host_usage(&idle_envelopes);
+    let idle_fetched: Vec<u64> = idle_envelopes.iter().map(|e| e["fetched"].as_u64().unwrap_or(0)).collect();
+    let idle_written: u64 = idle_envelopes
+        .iter()
+        .map(|e| e["inserted"].as_u64().unwrap_or(0) + e["updated"].as_u64().unwrap_or(0))
+        .sum();
     rows.push(row(
         "1i",
         "nuntiq-host, incremental run with no changes",
         0,
         runs,
-        host_idle,
-        "1 request, 0 rows",
+        median(&idle_samples),
+        &format!(
+            "1 request; re-reads the cursor's second ({} rows), writes {idle_written}; host's own wall {} ms",
+            idle_fetched.iter().max().unwrap_or(&0),
+            idle_usage.wall_ms.map_or("?".into(), |w| format!("{w:.0}"))
+        ),
     ));
     if let Some(python) = &options.python {
         let py_db = work.path().join("p.db");
-        init_db(&py_db)?;
         measure(&mut python_seed_command(python, &mock, &py_db, true))?;
-        let py_idle = repeat(runs, 0, |_, _| Ok(python_seed_command(python, &mock, &py_db, false)))?;
+        let (py_idle, py_rows, _) = repeat(runs, None, |_| Ok(python_seed_command(python, &mock, &py_db, false)))?;
         rows.push(row(
             "3i",
-            "Python seed connector, incremental run with no changes",
+            "Python seed pattern, incremental run with no changes",
             0,
             runs,
             py_idle,
-            "1 request, 0 rows",
+            &format!("1 request, {} rows", py_rows.iter().max().unwrap_or(&0)),
         ));
     }
 
-    eprintln!("first runs with an empty compile cache…");
+    eprintln!("1c: first runs with an empty compile cache…");
     let mut compile_ms = Vec::new();
-    let cold = repeat(runs, n, |dir, _| {
+    let (cold, _, _) = repeat(runs, Some(n), |dir| {
         let fresh = dir.join("empty-cache");
         let out = Command::new(bin("nuntiq-host"))
             .arg("compile")
@@ -438,51 +654,149 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     })?;
     rows.push(row(
         "1c",
-        "nuntiq-host, first run with an empty compile cache",
+        "nuntiq-host, first load with an empty compile cache",
         n,
         runs,
         cold,
         "includes compiling acme.wasm",
     ));
-    compile_ms.sort_by(f64::total_cmp);
-    let compile_median = compile_ms.get(compile_ms.len() / 2).copied();
+    let compile_median = median_f64(compile_ms);
     drop(mock);
+
+    // The same content in every store that keeps the platform's tables.
+    let digests: Vec<(String, String)> = stores
+        .iter()
+        .map(|(id, dir, file)| (id.to_string(), content_digest(&dir.path().join(file))))
+        .collect();
+    drop(stores);
 
     if options.large > 0 {
         let big = options.large;
         eprintln!("mock: seeding {big} suppliers…");
         let mock = MockServer::start(big)?;
         mock.warm_and_measure(0)?;
-        eprintln!("1M: host and native…");
-        let host = repeat(1, big, |dir, _| {
+        eprintln!("1L, 2L: host and native baseline on {big} suppliers…");
+        let (host, _, _) = repeat(1, Some(big), |dir| {
             host_command(dir, &mock, &dir.join("h.db"), cache.path(), true)
         })?;
         rows.push(row("1L", "nuntiq-host + acme.wasm", big, 1, host, "flat memory check"));
-        let native = repeat(1, big, |dir, _| Ok(native_command(&mock, &dir.join("n.db"))))?;
-        rows.push(row("2L", "native Rust baseline", big, 1, native, "flat memory check"));
+        let (native, _, _) = repeat(1, Some(big), |dir| Ok(native_command(&mock, &dir.join("n.db"))))?;
+        rows.push(row("2L", "native baseline", big, 1, native, "flat memory check"));
     }
 
-    let host_time = rows
-        .iter()
-        .find(|r| r.id == "1")
-        .map(|r| r.wall_s_median)
-        .unwrap_or(1.0);
-    let host_idle_time = rows
-        .iter()
-        .find(|r| r.id == "1i")
-        .map(|r| r.wall_s_median)
-        .unwrap_or(1.0);
-    let host_large = rows.iter().find(|r| r.id == "1L").map(|r| r.wall_s_median);
+    let wall_of = |rows: &[Row], id: &str| rows.iter().find(|r| r.id == id).map(|r| r.wall_s_median);
+    let (host_time, host_idle, host_large) = (wall_of(&rows, "1"), wall_of(&rows, "1i"), wall_of(&rows, "1L"));
     for r in &mut rows {
-        r.time_ratio_to_host = match r.id.as_str() {
-            "1i" | "3i" => Some(r.wall_s_median / host_idle_time),
-            "1L" | "2L" => host_large.map(|h| r.wall_s_median / h),
-            _ => Some(r.wall_s_median / host_time),
+        let (basis, label) = match r.id.as_str() {
+            "1i" | "3i" => (host_idle, "1i"),
+            "1L" | "2L" => (host_large, "1L"),
+            _ => (host_time, "1"),
         };
+        r.time_ratio_to_host = basis.map(|b| r.wall_s_median / b);
+        r.compared_with = label.into();
+    }
+
+    let wall = |id: &str| wall_of(&rows, id);
+    let rss = |id: &str| rows.iter().find(|r| r.id == id).map(|r| r.peak_rss_mb);
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    let mut checks = vec![
+        check(
+            format!("host first load ≤ {HOST_OVER_PLAIN_AT_MOST}× the plain Rust loader"),
+            ratio(wall("1"), wall("P")).map(|x| {
+                (
+                    format!("{x:.2}× ({:.3} s vs {:.3} s)", wall("1").unwrap(), wall("P").unwrap()),
+                    x <= HOST_OVER_PLAIN_AT_MOST,
+                )
+            }),
+        ),
+        check(
+            format!("Python seed pattern ≥ {PYTHON_OVER_HOST_AT_LEAST}× the host"),
+            ratio(wall("3"), wall("1")).map(|x| {
+                (
+                    format!("{x:.2}× ({:.3} s vs {:.3} s)", wall("3").unwrap(), wall("1").unwrap()),
+                    x >= PYTHON_OVER_HOST_AT_LEAST,
+                )
+            }),
+        ),
+        check(
+            format!("dlt ≥ {DLT_OVER_HOST_AT_LEAST}× the host"),
+            ratio(wall("4"), wall("1")).map(|x| {
+                (
+                    format!("{x:.2}× ({:.3} s vs {:.3} s)", wall("4").unwrap(), wall("1").unwrap()),
+                    x >= DLT_OVER_HOST_AT_LEAST,
+                )
+            }),
+        ),
+        check(
+            format!("unchanged re-read ≤ {REREAD_OVER_FIRST_AT_MOST}× the first load"),
+            ratio(wall("1r"), wall("1")).map(|x| {
+                (
+                    format!("{x:.2}× ({:.3} s vs {:.3} s)", wall("1r").unwrap(), wall("1").unwrap()),
+                    x <= REREAD_OVER_FIRST_AT_MOST,
+                )
+            }),
+        ),
+        check(
+            format!("unchanged re-read writes nothing (unchanged = {n})"),
+            Some((
+                format!("unchanged per run {reread_unchanged:?}"),
+                reread_unchanged.iter().all(|&u| u == n as u64),
+            )),
+        ),
+        check(
+            format!("no-change incremental run ≤ {NO_CHANGE_AT_MOST_MS} ms (process start to exit, warm cache)"),
+            wall("1i").map(|w| {
+                let ms = w * 1000.0;
+                (
+                    format!(
+                        "{ms:.1} ms (the host's own wall: {} ms)",
+                        idle_usage.wall_ms.map_or("?".into(), |w| format!("{w:.0}"))
+                    ),
+                    ms <= NO_CHANGE_AT_MOST_MS,
+                )
+            }),
+        ),
+        check(
+            format!(
+                "flat memory: peak RSS at {} suppliers ≤ {LARGE_RSS_OVER_SMALL_AT_MOST}× at {n}",
+                options.large
+            ),
+            ratio(rss("1L"), rss("1")).map(|x| {
+                (
+                    format!("{x:.2}× ({:.1} MB vs {:.1} MB)", rss("1L").unwrap(), rss("1").unwrap()),
+                    x <= LARGE_RSS_OVER_SMALL_AT_MOST,
+                )
+            }),
+        ),
+    ];
+    if digests.len() > 1 {
+        let same = digests.iter().all(|(_, d)| *d == digests[0].1);
+        checks.push(check(
+            "the same suppliers, locations and addresses in every store (host, plain, Python)",
+            Some((
+                if same {
+                    format!("{} ({})", digests[0].1, digests.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", "))
+                } else {
+                    digests.iter().map(|(id, d)| format!("{id}: {d}")).collect::<Vec<_>>().join("; ")
+                },
+                same,
+            )),
+        ));
     }
 
     let machine = machine();
     print_table(&rows, n, runs, rps, compile_median, &machine);
+    println!(
+        "\nthe host's own account (envelope usage, median): first load wall {} ms, CPU {} ms, store {} ms; \
+         unchanged re-read wall {} ms, CPU {} ms, store {} ms",
+        fmt_ms(first_usage.wall_ms),
+        fmt_ms(first_usage.cpu_ms),
+        fmt_ms(first_usage.store_ms),
+        fmt_ms(again_usage.wall_ms),
+        fmt_ms(again_usage.cpu_ms),
+        fmt_ms(again_usage.store_ms),
+    );
+    print_checks(&checks);
     let results = json!({
         "machine": machine,
         "suppliers": n,
@@ -490,11 +804,18 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "page_size": PAGE_SIZE,
         "mock": {"requests_per_s": rps, "mb_per_s": mbps},
         "compile_ms_median": compile_median,
+        "host_usage": {"first_load": first_usage, "unchanged_reread": again_usage, "no_change": idle_usage},
         "contenders": rows,
+        "content": digests.iter().map(|(id, d)| json!({"id": id, "digest": d})).collect::<Vec<_>>(),
+        "targets": checks,
     });
     std::fs::write(&options.out, serde_json::to_string_pretty(&results)? + "\n")?;
     eprintln!("wrote {}", options.out.display());
     Ok(())
+}
+
+fn fmt_ms(ms: Option<f64>) -> String {
+    ms.map_or("?".into(), |m| format!("{m:.0}"))
 }
 
 fn machine() -> Value {
@@ -529,7 +850,7 @@ fn machine() -> Value {
 
 fn print_table(rows: &[Row], n: usize, runs: usize, rps: f64, compile_ms: Option<f64>, machine: &Value) {
     println!(
-        "\n{n} suppliers with location and address, page size {PAGE_SIZE}, median of {runs} runs; \
+        "\n{n} suppliers (9 in 10 with a location and an address), page size {PAGE_SIZE}, median of {runs} runs; \
          machine: {} × {}, {} GiB",
         machine["cpus"],
         machine["cpu"].as_str().unwrap_or("?"),
@@ -539,11 +860,13 @@ fn print_table(rows: &[Row], n: usize, runs: usize, rps: f64, compile_ms: Option
     if let Some(ms) = compile_ms {
         println!("compiling acme.wasm into an empty cache: {ms:.0} ms (median)");
     }
-    println!("\n| # | contender | suppliers | wall (s) | records/s | peak RSS (MB) | time vs host |");
-    println!("|---|-----------|----------:|---------:|----------:|--------------:|-------------:|");
+    println!(
+        "\n| # | contender | suppliers | wall (s, median) | records/s | peak RSS (MB) | time vs host | note |"
+    );
+    println!("|---|-----------|----------:|-----------------:|----------:|--------------:|-------------:|------|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.3} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {:.3} | {} | {:.1} | {} | {} |",
             r.id,
             r.name,
             r.suppliers,
@@ -554,7 +877,16 @@ fn print_table(rows: &[Row], n: usize, runs: usize, rps: f64, compile_ms: Option
                 "-".into()
             },
             r.peak_rss_mb,
-            r.time_ratio_to_host.map_or("-".into(), |x| format!("{x:.2}×"))
+            r.time_ratio_to_host
+                .map_or("-".into(), |x| format!("{x:.2}× of {}", r.compared_with)),
+            r.note
         );
+    }
+}
+
+fn print_checks(checks: &[Check]) {
+    println!("\ntargets:");
+    for c in checks {
+        println!("  [{}] {}: {}", c.status, c.target, c.measured);
     }
 }

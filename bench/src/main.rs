@@ -4,6 +4,7 @@
 
 mod harness;
 mod native;
+mod plain;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -18,19 +19,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create an empty database with the host's schema (for the Python contender).
-    InitDb {
-        #[arg(long)]
-        db: PathBuf,
-    },
     /// Run every contender and print the table (what `make bench` does).
     Run {
         #[arg(long, default_value_t = 100_000)]
         suppliers: usize,
         /// Runs per contender; the table shows the median.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Suppliers for the flat-memory run of the host and the native baseline (0 skips it).
+        /// Suppliers for the flat-memory run of the host and the plain loader (0 skips it).
         #[arg(long, default_value_t = 1_000_000)]
         large: usize,
         /// The venv's python with requests, tenacity and dlt; without it the Python contenders are skipped.
@@ -39,14 +35,28 @@ enum Command {
         #[arg(long, default_value = "bench/results.json")]
         out: PathBuf,
     },
-    /// Contender 0: the mapped rows upserted straight into the store.
+    /// Contender 0 (diagnostic): the mapped rows upserted straight into the host's store (its floor).
     StoreOnly {
         #[arg(long)]
         suppliers: usize,
         #[arg(long)]
         db: PathBuf,
     },
-    /// Contender 2: the Acme connector as plain Rust, no wasm.
+    /// Contender P: a plain Rust loader of the same rows into its own natural-key tables (no host code).
+    Plain {
+        #[arg(long)]
+        api_url: String,
+        #[arg(long)]
+        token: String,
+        /// Fetch suppliers updated after this; its stored cursor when absent.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 200)]
+        page_size: u32,
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Contender 2 (diagnostic): the Acme connector as plain Rust on the host's store, no wasm.
     Native {
         #[arg(long)]
         api_url: String,
@@ -54,7 +64,7 @@ enum Command {
         token: String,
         #[arg(long)]
         since: String,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 200)]
         page_size: u32,
         #[arg(long)]
         db: PathBuf,
@@ -64,10 +74,6 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let rows = match Cli::parse().command {
-        Command::InitDb { db } => {
-            nuntiq_host::store::schema::open(&db)?;
-            return Ok(());
-        }
         Command::Run {
             suppliers,
             runs,
@@ -91,6 +97,13 @@ fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Command::Plain {
+            api_url,
+            token,
+            since,
+            page_size,
+            db,
+        } => plain::plain(&api_url, &token, since.as_deref(), page_size, &db)?,
         Command::Native {
             api_url,
             token,
