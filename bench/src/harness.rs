@@ -347,8 +347,10 @@ fn host_usage(envelopes: &[Value]) -> HostUsage {
 
 /// A digest of every supplier, location and address column the platform
 /// defines (not timestamps, not the host's fingerprint), with row counts: equal
-/// digests mean two contenders stored the same thing.
-fn content_digest(db: &Path) -> String {
+/// digests mean two contenders stored the same thing. Run as its own process
+/// (`nuntiq-bench digest`), so the harness stays small: a child's peak RSS as
+/// `wait4` reports it is never below its parent's at the spawn.
+pub fn content_digest(db: &Path) -> anyhow::Result<String> {
     use std::hash::{Hash, Hasher};
     let tables: [(&str, &[&str]); 3] = [
         (
@@ -409,18 +411,46 @@ fn content_digest(db: &Path) -> String {
             ],
         ),
     ];
-    let db = nuntiq_e2e::Db::open(db);
+    let conn = nuntiq_e2e::Db::open_rw(db);
     let mut parts = Vec::new();
     for (table, columns) in tables {
         let row = columns.iter().map(|c| format!("quote({c})")).collect::<Vec<_>>().join("||','||");
-        let text: String = db.scalar(&format!(
-            "SELECT coalesce(group_concat(r, char(10)), '') FROM (SELECT {row} AS r FROM {table} ORDER BY r)"
-        ));
+        let mut stmt = conn.prepare(&format!("SELECT {row} AS r FROM {table} ORDER BY r"))?;
+        let mut rows = stmt.query([])?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        text.hash(&mut hasher);
-        parts.push(format!("{table} {} rows #{:016x}", db.count(table), hasher.finish()));
+        let mut count = 0u64;
+        while let Some(r) = rows.next()? {
+            let text: String = r.get(0)?;
+            text.hash(&mut hasher);
+            count += 1;
+        }
+        parts.push(format!("{table} {count} rows #{:016x}", hasher.finish()));
     }
-    parts.join(", ")
+    Ok(parts.join(", "))
+}
+
+fn digest_in_child(db: &Path) -> anyhow::Result<String> {
+    let out = Command::new(bin("nuntiq-bench")).arg("digest").arg("--db").arg(db).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "digest of {} failed: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// This process's own peak RSS, in MB: no child's reading can be below it.
+fn own_peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
@@ -666,8 +696,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // The same content in every store that keeps the platform's tables.
     let digests: Vec<(String, String)> = stores
         .iter()
-        .map(|(id, dir, file)| (id.to_string(), content_digest(&dir.path().join(file))))
-        .collect();
+        .map(|(id, dir, file)| Ok((id.to_string(), digest_in_child(&dir.path().join(file))?)))
+        .collect::<anyhow::Result<_>>()?;
     drop(stores);
 
     if options.large > 0 {
@@ -772,10 +802,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     if digests.len() > 1 {
         let same = digests.iter().all(|(_, d)| *d == digests[0].1);
         checks.push(check(
-            "the same suppliers, locations and addresses in every store (host, plain, Python)",
+            format!(
+                "the same suppliers, locations and addresses in every store of the platform's tables ({})",
+                digests.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
             Some((
                 if same {
-                    format!("{} ({})", digests[0].1, digests.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", "))
+                    digests[0].1.clone()
                 } else {
                     digests.iter().map(|(id, d)| format!("{id}: {d}")).collect::<Vec<_>>().join("; ")
                 },
@@ -797,6 +830,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         fmt_ms(again_usage.store_ms),
     );
     print_checks(&checks);
+    let harness_rss = own_peak_rss_mb();
+    if let Some(mb) = harness_rss {
+        println!("(the harness's own peak RSS: {mb:.1} MB; a child's peak RSS as wait4 reports it is at least its parent's)");
+    }
     let results = json!({
         "machine": machine,
         "suppliers": n,
@@ -808,6 +845,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "contenders": rows,
         "content": digests.iter().map(|(id, d)| json!({"id": id, "digest": d})).collect::<Vec<_>>(),
         "targets": checks,
+        "harness_peak_rss_mb": harness_rss,
     });
     std::fs::write(&options.out, serde_json::to_string_pretty(&results)? + "\n")?;
     eprintln!("wrote {}", options.out.display());

@@ -35,6 +35,11 @@ enum Command {
         #[arg(long, default_value = "bench/results.json")]
         out: PathBuf,
     },
+    /// What the harness compares across stores: a digest of every platform column.
+    Digest {
+        #[arg(long)]
+        db: PathBuf,
+    },
     /// Contender 0 (diagnostic): the mapped rows upserted straight into the host's store (its floor).
     StoreOnly {
         #[arg(long)]
@@ -88,6 +93,10 @@ fn main() -> anyhow::Result<()> {
                 python,
                 out,
             });
+        }
+        Command::Digest { db } => {
+            println!("{}", harness::content_digest(&db)?);
+            return Ok(());
         }
         Command::StoreOnly { suppliers, db } => {
             let (rows, store_seconds) = native::store_only(suppliers, &db)?;
