@@ -71,9 +71,13 @@ pub fn store_only(suppliers: usize, db: &Path) -> anyhow::Result<(usize, f64)> {
         .iter()
         .map(|r| serde_json::from_value::<AcmeSupplier>(r.json.clone()).map(map_supplier))
         .collect::<Result<_, _>>()?;
-    let mut conn = nuntiq_host::store::schema::open(db)?;
+    let mut conn = nuntiq_host::store::sql::Conn::Sqlite(nuntiq_host::store::sqlite::SqliteConn::new(
+        nuntiq_host::store::schema::open(db)?,
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let started = std::time::Instant::now();
-    let saved = nuntiq_host::store::suppliers::save_suppliers(&mut conn, "10000001", &rows)?;
+    let saved =
+        runtime.block_on(nuntiq_host::store::suppliers::save_suppliers(&mut conn, "10000001", &rows))?;
     Ok((saved.total() as usize, started.elapsed().as_secs_f64()))
 }
 

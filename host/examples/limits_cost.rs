@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         let report = run_plugin(JobOptions {
             plugin: root.join("dist/acme.wasm"),
             settings: settings.clone(),
-            db,
+            db: nuntiq_host::store::Db::Sqlite(db),
             params: vec![],
             log_format: LogFormat::Text,
             log_level: Level::Warn,

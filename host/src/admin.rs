@@ -1,15 +1,18 @@
-//! Read-only views of the store for operators: `state show` and
-//! `suppliers export`. They open the database read-only, so they are safe
-//! beside a running job (WAL readers never block the writer).
+//! Operators' views of the store — `state show|audit|reset`, `runs`,
+//! `rejected`, `suppliers export` — on either engine. On SQLite they open the
+//! file read-only (reset excepted), so they are safe beside a running job
+//! (WAL readers never block the writer); on PostgreSQL they are ordinary
+//! reads.
 
 use crate::store::delta::{Reset, StreamFilter, list_audit, list_runs, list_states, reset_cursor};
+use crate::store::postgres::PgPool;
 use crate::store::schema::{open, open_read_only};
-use crate::store::{OpenError, StoreError, StreamKey};
-use rusqlite::{Connection, params};
+use crate::store::sql::{Conn, Row, params};
+use crate::store::sqlite::SqliteConn;
+use crate::store::{Db, OpenError, StoreError, StreamKey};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::io::Write;
-use std::path::Path;
 
 /// Why an admin command failed: an unusable database is bad input (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +20,7 @@ pub enum AdminError {
     #[error(transparent)]
     Open(#[from] OpenError),
     #[error("failed to read the database: {0}")]
-    Query(#[from] rusqlite::Error),
+    Query(String),
     #[error("failed to write the output: {0}")]
     Output(#[from] std::io::Error),
     #[error("failed to write CSV: {0}")]
@@ -25,6 +28,43 @@ pub enum AdminError {
     /// The operator asked for something the state does not allow (exit 2).
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Database(e) => AdminError::Query(e),
+            other => AdminError::Refused(other.to_string()),
+        }
+    }
+}
+
+/// Runs an admin command's reads (or, with `write`, its transaction) on a
+/// connection to `db`: a SQLite file must already exist.
+fn with_conn<T>(db: &Db, write: bool, body: impl AsyncFnOnce(&mut Conn) -> Result<T, AdminError>) -> Result<T, AdminError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AdminError::Output)?;
+    runtime.block_on(async {
+        let mut conn = match db {
+            Db::Sqlite(path) => {
+                let conn = open_read_only(path)?;
+                let conn = if write {
+                    drop(conn);
+                    open(path)?
+                } else {
+                    conn
+                };
+                Conn::Sqlite(SqliteConn::new(conn))
+            }
+            Db::Postgres(url) => {
+                let pool = PgPool::open(url).await?;
+                Conn::Postgres(pool.conn().await?)
+            }
+        };
+        body(&mut conn).await
+    })
 }
 
 impl AdminError {
@@ -43,9 +83,8 @@ impl AdminError {
 
 /// `state show`: the platform's DeltaStreamState fields per stream, and who
 /// holds a running stream's lease.
-pub fn state_show(db: &Path, filter: &StreamFilter, as_json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
-    let conn = open_read_only(db)?;
-    let rows = list_states(&conn, filter)?;
+pub fn state_show(db: &Db, filter: &StreamFilter, as_json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
+    let rows = with_conn(db, false, async |c: &mut Conn| Ok(list_states(c, filter).await?))?;
     if as_json {
         return write_json(out, &rows);
     }
@@ -136,14 +175,13 @@ fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), AdminE
 
 /// `state audit`: cursor_advance and cursor_reset events, newest first.
 pub fn state_audit(
-    db: &Path,
+    db: &Db,
     filter: &StreamFilter,
     limit: usize,
     as_json: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let conn = open_read_only(db)?;
-    let events = list_audit(&conn, filter, limit)?;
+    let events = with_conn(db, false, async |c: &mut Conn| Ok(list_audit(c, filter, limit).await?))?;
     if as_json {
         return write_json(out, &events);
     }
@@ -170,14 +208,15 @@ pub fn state_audit(
 
 /// `rejected`: rows connectors set aside, the most recently seen first.
 pub fn rejected(
-    db: &Path,
+    db: &Db,
     filter: &StreamFilter,
     limit: usize,
     as_json: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let conn = open_read_only(db)?;
-    let rows = crate::store::rejected::list_rejected(&conn, filter, limit)?;
+    let rows = with_conn(db, false, async |c: &mut Conn| {
+        Ok(crate::store::rejected::list_rejected(c, filter, limit).await?)
+    })?;
     if as_json {
         return write_json(out, &rows);
     }
@@ -203,14 +242,13 @@ pub fn rejected(
 
 /// `runs`: run history, newest first.
 pub fn runs(
-    db: &Path,
+    db: &Db,
     filter: &StreamFilter,
     limit: usize,
     as_json: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let conn = open_read_only(db)?;
-    let runs = list_runs(&conn, filter, limit)?;
+    let runs = with_conn(db, false, async |c: &mut Conn| Ok(list_runs(c, filter, limit).await?))?;
     if as_json {
         return write_json(out, &runs);
     }
@@ -264,52 +302,50 @@ pub fn runs(
 /// `state reset`: the stream named by connector and stream (and customer, when
 /// more than one has it) gets `reset.new_cursor_value`, audited.
 pub fn state_reset(
-    db: &Path,
+    db: &Db,
     customer: Option<String>,
     connector: String,
     stream: String,
     reset: &Reset,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let mut conn = open_read_only(db).and_then(|_| open(db))?;
-    let key = match customer {
-        Some(customer_number) => StreamKey {
-            customer_number,
-            connector_name: connector,
-            stream_name: stream,
-        },
-        None => {
-            let filter = StreamFilter {
-                customer_number: None,
-                connector_name: Some(connector.clone()),
-                stream_name: Some(stream.clone()),
-            };
-            let rows = list_states(&conn, &filter)?;
-            match rows.as_slice() {
-                [row] => StreamKey {
-                    customer_number: row.customer_number.clone(),
-                    connector_name: connector,
-                    stream_name: stream,
-                },
-                [] => {
-                    return Err(AdminError::Refused(format!(
-                        "no stream {connector}/{stream} in {}; pass --customer to create one",
-                        db.display()
-                    )));
-                }
-                many => {
-                    let customers: Vec<&str> = many.iter().map(|r| r.customer_number.as_str()).collect();
-                    return Err(AdminError::Refused(format!(
-                        "stream {connector}/{stream} exists for customers {}; pass --customer",
-                        customers.join(", ")
-                    )));
+    let (key, old) = with_conn(db, true, async |conn: &mut Conn| {
+        let key = match customer {
+            Some(customer_number) => StreamKey {
+                customer_number,
+                connector_name: connector,
+                stream_name: stream,
+            },
+            None => {
+                let filter = StreamFilter {
+                    customer_number: None,
+                    connector_name: Some(connector.clone()),
+                    stream_name: Some(stream.clone()),
+                };
+                let rows = list_states(conn, &filter).await?;
+                match rows.as_slice() {
+                    [row] => StreamKey {
+                        customer_number: row.customer_number.clone(),
+                        connector_name: connector,
+                        stream_name: stream,
+                    },
+                    [] => {
+                        return Err(AdminError::Refused(format!(
+                            "no stream {connector}/{stream} in {db}; pass --customer to create one"
+                        )));
+                    }
+                    many => {
+                        let customers: Vec<&str> = many.iter().map(|r| r.customer_number.as_str()).collect();
+                        return Err(AdminError::Refused(format!(
+                            "stream {connector}/{stream} exists for customers {}; pass --customer",
+                            customers.join(", ")
+                        )));
+                    }
                 }
             }
-        }
-    };
-    let old = reset_cursor(&mut conn, &key, reset).map_err(|e| match e {
-        StoreError::Database(e) => AdminError::Query(e),
-        other => AdminError::Refused(other.to_string()),
+        };
+        let old = reset_cursor(conn, &key, reset).await?;
+        Ok((key, old))
     })?;
     writeln!(
         out,
@@ -371,86 +407,115 @@ const ADDRESS_FIELDS: [&str; 8] = [
     "custom_field_3",
 ];
 
-/// Reads the named columns of one row as JSON values (`is_active` as a boolean).
-fn row_object(
-    r: &rusqlite::Row<'_>,
-    fields: &[&str],
-    offset: usize,
-) -> rusqlite::Result<serde_json::Map<String, Value>> {
+/// Reads the named columns of one row, from column `offset` on, as JSON
+/// values (`is_active` as a boolean).
+fn row_object(r: &Row, fields: &[&str], offset: usize) -> serde_json::Map<String, Value> {
     let mut obj = serde_json::Map::new();
     for (i, name) in fields.iter().enumerate() {
         let value = if *name == "is_active" {
-            json!(r.get::<_, i64>(offset + i)? != 0)
+            json!(r.int(offset + i) != 0)
         } else {
-            r.get::<_, Option<String>>(offset + i)?
-                .map_or(Value::Null, Value::String)
+            r.opt_text(offset + i).map_or(Value::Null, Value::String)
         };
         obj.insert((*name).to_owned(), value);
     }
-    Ok(obj)
+    obj
 }
 
+/// Suppliers read per page, with their locations and addresses.
+const EXPORT_PAGE: i64 = 1000;
+
 /// Each supplier with its locations and their addresses, in a stable order
-/// (customer, supplier number, organization code; location code; position).
-fn for_each_supplier(
-    conn: &Connection,
+/// (customer, supplier number, organization code; location code; position):
+/// a page of suppliers at a time, then that page's locations and addresses in
+/// one ordered read each, merged here — three statements a page, whatever
+/// the engine.
+async fn for_each_supplier(
+    conn: &mut Conn,
     customer: Option<&str>,
     mut visit: impl FnMut(Value) -> Result<(), AdminError>,
 ) -> Result<(), AdminError> {
-    let mut suppliers = conn.prepare(&format!(
-        "SELECT {} FROM supplier WHERE (?1 IS NULL OR customer_number = ?1)
-         ORDER BY customer_number, supplier_number, organization_code",
+    let suppliers_sql = format!(
+        "SELECT {} FROM supplier
+         WHERE (CAST(?4 AS TEXT) IS NULL OR customer_number = ?4)
+           AND (customer_number, supplier_number, organization_code) > (?1, ?2, ?3)
+         ORDER BY customer_number, supplier_number, organization_code LIMIT ?5",
         SUPPLIER_FIELDS.join(", ")
-    ))?;
-    let mut locations = conn.prepare(&format!(
-        "SELECT {} FROM supplier_location
-         WHERE customer_number = ?1 AND supplier_number = ?2 AND supplier_organization_code = ?3
-         ORDER BY location_code",
+    );
+    let range = "(customer_number, supplier_number, supplier_organization_code) >= (?1, ?2, ?3)
+           AND (customer_number, supplier_number, supplier_organization_code) <= (?4, ?5, ?6)";
+    let locations_sql = format!(
+        "SELECT customer_number, supplier_number, supplier_organization_code, {} FROM supplier_location
+         WHERE {range}
+         ORDER BY customer_number, supplier_number, supplier_organization_code, location_code",
         LOCATION_FIELDS.join(", ")
-    ))?;
-    let mut addresses = conn.prepare(&format!(
-        "SELECT {} FROM supplier_address
-         WHERE customer_number = ?1 AND supplier_number = ?2 AND supplier_organization_code = ?3
-           AND location_code = ?4
-         ORDER BY position",
+    );
+    let addresses_sql = format!(
+        "SELECT customer_number, supplier_number, supplier_organization_code, location_code, {} FROM supplier_address
+         WHERE {range}
+         ORDER BY customer_number, supplier_number, supplier_organization_code, location_code, position",
         ADDRESS_FIELDS.join(", ")
-    ))?;
-    let mut rows = suppliers.query(params![customer])?;
-    while let Some(r) = rows.next()? {
-        let mut supplier = row_object(r, &SUPPLIER_FIELDS, 0)?;
-        let key: [String; 3] = [r.get(0)?, r.get(1)?, r.get(2)?];
-        let mut nested = Vec::new();
-        let mut loc_rows = locations.query(params![key[0], key[1], key[2]])?;
-        while let Some(l) = loc_rows.next()? {
-            let mut location = row_object(l, &LOCATION_FIELDS, 0)?;
-            let code: String = l.get(0)?;
-            let addrs = addresses
-                .query_map(params![key[0], key[1], key[2], code], |a| {
-                    row_object(a, &ADDRESS_FIELDS, 0).map(Value::Object)
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            location.insert("addresses".into(), Value::Array(addrs));
-            nested.push(Value::Object(location));
+    );
+    let mut after = [String::new(), String::new(), String::new()];
+    loop {
+        let page = conn
+            .query(
+                &suppliers_sql,
+                params![&after[0], &after[1], &after[2], customer, EXPORT_PAGE],
+            )
+            .await?;
+        let (Some(first), Some(last)) = (page.first(), page.last()) else {
+            return Ok(());
+        };
+        let key = |r: &Row| [r.text(0), r.text(1), r.text(2)];
+        let (lo, hi) = (key(first), key(last));
+        let bounds = params![&lo[0], &lo[1], &lo[2], &hi[0], &hi[1], &hi[2]];
+        let locations = conn.query(&locations_sql, bounds).await?;
+        let addresses = conn.query(&addresses_sql, bounds).await?;
+        let (mut l, mut a) = (0, 0);
+        for s in &page {
+            let supplier_key = key(s);
+            let mut supplier = row_object(s, &SUPPLIER_FIELDS, 0);
+            let mut nested = Vec::new();
+            while l < locations.len() && key(&locations[l]) == supplier_key {
+                let row = &locations[l];
+                let code = row.text(3);
+                let mut location = row_object(row, &LOCATION_FIELDS, 3);
+                let mut addrs = Vec::new();
+                // Addresses of locations the store has no row for are not shown (none exist).
+                while a < addresses.len() && (key(&addresses[a]), addresses[a].text(3)) < (supplier_key.clone(), code.clone()) {
+                    a += 1;
+                }
+                while a < addresses.len() && key(&addresses[a]) == supplier_key && addresses[a].text(3) == code {
+                    addrs.push(Value::Object(row_object(&addresses[a], &ADDRESS_FIELDS, 4)));
+                    a += 1;
+                }
+                location.insert("addresses".into(), Value::Array(addrs));
+                nested.push(Value::Object(location));
+                l += 1;
+            }
+            supplier.insert("locations".into(), Value::Array(nested));
+            visit(Value::Object(supplier))?;
         }
-        supplier.insert("locations".into(), Value::Array(nested));
-        visit(Value::Object(supplier))?;
+        after = hi;
     }
-    Ok(())
 }
 
 /// `suppliers export`: what the store holds.
 pub fn suppliers_export(
-    db: &Path,
+    db: &Db,
     customer: Option<&str>,
     format: ExportFormat,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let conn = open_read_only(db)?;
     match format {
-        ExportFormat::Jsonl => for_each_supplier(&conn, customer, |s| {
-            serde_json::to_writer(&mut *out, &s).map_err(std::io::Error::from)?;
-            writeln!(out)?;
-            Ok(())
+        ExportFormat::Jsonl => with_conn(db, false, async |conn: &mut Conn| {
+            for_each_supplier(conn, customer, |s| {
+                serde_json::to_writer(&mut *out, &s).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+                Ok(())
+            })
+            .await
         }),
         ExportFormat::Csv => {
             let mut csv = csv::Writer::from_writer(out);
@@ -465,7 +530,8 @@ pub fn suppliers_export(
                 .chain(ADDRESS_FIELDS.iter().map(|f| format!("address_{f}")))
                 .collect();
             csv.write_record(&header)?;
-            for_each_supplier(&conn, customer, |s| {
+            with_conn(db, false, async |conn: &mut Conn| {
+            for_each_supplier(conn, customer, |s| {
                 let cells = |obj: &Value, fields: &[&str]| -> Vec<String> {
                     fields
                         .iter()
@@ -499,6 +565,8 @@ pub fn suppliers_export(
                     }
                 }
                 Ok(())
+            })
+            .await
             })?;
             csv.flush()?;
             Ok(())

@@ -12,7 +12,7 @@ use crate::log::{Level, LogFormat, LogSink, MAX_MESSAGE_BYTES, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
 use crate::runtime::{Job, Outcome, PluginError, Runtime, Succeeded};
 use crate::settings::{Settings, SettingsError};
-use crate::store::{OpenError, Store};
+use crate::store::{Db, OpenError, Store};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub struct JobOptions {
     pub plugin: PathBuf,
     pub settings: PathBuf,
-    pub db: PathBuf,
+    pub db: Db,
     pub params: Vec<String>,
     pub log_format: LogFormat,
     pub log_level: Level,
@@ -186,7 +186,7 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
     log.info(
         &format!("Running {plugin_name} for customer {}", settings.customer_number),
         Some("start"),
-        Some(json!({"plugin": options.plugin, "db": options.db})),
+        Some(json!({"plugin": options.plugin, "db": options.db.shown()})),
     );
     let job = Job {
         settings: settings.clone(),
@@ -256,7 +256,7 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
                     written.updated,
                     written.unchanged,
                     if options.dry_run {
-                        format!(" (a dry run: nothing was written to {})", options.db.display())
+                        format!(" (a dry run: nothing was written to {})", options.db)
                     } else {
                         String::new()
                     }
@@ -330,10 +330,16 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
     let cache = options.cache_dir.clone().map(CompileCache::new);
     let offline = offline_sources(options, &settings)?;
     let plugin = runtime.load(&options.plugin, cache.as_ref())?;
-    let store = if options.dry_run {
-        Store::open_sqlite_copy(&options.db)?
-    } else {
-        Store::open_sqlite(&options.db)?
+    let store = match (&options.db, options.dry_run) {
+        (Db::Sqlite(path), true) => Store::open_sqlite_copy(path)?,
+        (Db::Postgres(_), true) => {
+            return Err(InputError::Arguments(format!(
+                "--dry-run works on a SQLite file (it runs against a throw-away copy); for {}, \
+                 point --db at a copy made with CREATE DATABASE … TEMPLATE …",
+                options.db
+            )));
+        }
+        (db, false) => Store::open(db)?,
     };
     Ok(Prepared {
         settings,

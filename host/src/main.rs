@@ -11,7 +11,7 @@ use nuntiq_host::job::{JobOptions, envelope_line, run_plugin};
 use nuntiq_host::limits::{self, Limits};
 use nuntiq_host::log::{Level, LogFormat};
 use nuntiq_host::store::cursor::DEFAULT_MAX_CURSOR_SKEW;
-use nuntiq_host::store::{CursorType, Reset, StreamFilter};
+use nuntiq_host::store::{CursorType, Db, Reset, StreamFilter};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -204,9 +204,13 @@ enum SuppliersCommand {
 
 #[derive(clap::Args)]
 struct DbArg {
-    /// The SQLite database `run-plugin` wrote.
-    #[arg(long, default_value = "nuntiq.db", value_name = "PATH")]
-    db: PathBuf,
+    /// The store `run-plugin` wrote: a SQLite file, or postgres://USER@HOST:PORT/DATABASE.
+    #[arg(long, env = "NUNTIQ_DB", default_value = "nuntiq.db", value_name = "PATH|URL", value_parser = parse_db)]
+    db: Db,
+}
+
+fn parse_db(db: &str) -> Result<Db, String> {
+    Ok(Db::parse(db))
 }
 
 /// `run-plugin --help`: what a connector can and cannot do.
@@ -257,9 +261,10 @@ struct RunPluginArgs {
     plugin: PathBuf,
     /// The job's settings: customer_number, secrets, config (with api_url), job_params.
     settings: PathBuf,
-    /// SQLite database for delta state and suppliers (created if missing).
-    #[arg(long, default_value = "nuntiq.db", value_name = "PATH")]
-    db: PathBuf,
+    /// The store for delta state and suppliers: a SQLite file (created if
+    /// missing) or postgres://USER@HOST:PORT/DATABASE (migrated on first use).
+    #[arg(long, env = "NUNTIQ_DB", default_value = "nuntiq.db", value_name = "PATH|URL", value_parser = parse_db)]
+    db: Db,
     /// Set or override a job_params key; VALUE is JSON if it parses, else a string.
     /// Backfill: --param since_override=2024-01-01T00:00:00Z
     #[arg(long = "param", value_name = "KEY=VALUE")]

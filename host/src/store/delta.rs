@@ -1,13 +1,17 @@
-//! Delta state in SQLite: the platform's begin / complete / fail / reset, a
-//! lease so one run per stream holds it at a time, run history and the audit log.
+//! Delta state: the platform's begin / complete / fail / reset, a lease so one
+//! run per stream holds it at a time, run history and the audit log — written
+//! once for both engines (see `sql.rs`). Every read that decides a write
+//! happens inside the write's transaction, with the stream's row locked.
 
 use super::owner::{RunOwner, process_alive, same_machine};
 use super::records::SupplierRecord;
 use super::schema::now_utc;
-use super::suppliers::{SUPPLIERS_PER_TRANSACTION, SaveCounts, save_suppliers, upsert_suppliers};
+use super::sql::{Conn, Row, params, transaction};
+use super::suppliers::{
+    ANALYZE_AFTER_WRITES, SUPPLIERS_PER_TRANSACTION, SaveCounts, refresh_statistics, save_suppliers, upsert_suppliers,
+};
 use super::{Completion, CursorType, RunStatus, StoreError, StreamKey, StreamState};
 use crate::limits::Stop;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 
 /// The columns [`state_from_row`] reads, in order.
@@ -29,54 +33,58 @@ pub struct Lease {
     pub owner_instance: Option<String>,
 }
 
-fn state_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, StreamState, Lease)> {
-    let cursor_type: Option<String> = r.get(2)?;
-    let status: String = r.get(5)?;
-    let metadata: Option<String> = r.get(10)?;
+fn state_from_row(r: &Row) -> (String, StreamState, Lease) {
     let state = StreamState {
-        connector_name: r.get(0)?,
-        stream_name: r.get(1)?,
-        cursor_type: cursor_type.as_deref().and_then(CursorType::parse),
-        committed_cursor_value: r.get(3)?,
-        committed_at_utc: r.get(4)?,
-        status: RunStatus::parse(&status),
-        started_at_utc: r.get(6)?,
-        completed_at_utc: r.get(7)?,
-        records_processed: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0).unsigned_abs()),
-        error_summary: r.get(9)?,
-        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
-        updated_at_utc: r.get(11)?,
-        updated_by: r.get(12)?,
+        connector_name: r.text(0),
+        stream_name: r.text(1),
+        cursor_type: r.opt_text(2).as_deref().and_then(CursorType::parse),
+        committed_cursor_value: r.opt_text(3),
+        committed_at_utc: r.opt_text(4),
+        status: RunStatus::parse(&r.text(5)),
+        started_at_utc: r.opt_text(6),
+        completed_at_utc: r.opt_text(7),
+        records_processed: r.opt_int(8).map(|n| n.max(0).unsigned_abs()),
+        error_summary: r.opt_text(9),
+        metadata: r.opt_text(10).and_then(|m| serde_json::from_str(&m).ok()),
+        updated_at_utc: r.opt_text(11),
+        updated_by: r.opt_text(12),
     };
     let lease = Lease {
-        run_id: r.get(14)?,
-        owner_host: r.get(15)?,
-        owner_pid: r.get(16)?,
-        owner_process_start: r.get(17)?,
-        lease_expires_at_utc: r.get(18)?,
-        owner_instance: r.get(19)?,
+        run_id: r.opt_text(14),
+        owner_host: r.opt_text(15),
+        owner_pid: r.opt_int(16).and_then(|p| u32::try_from(p).ok()),
+        owner_process_start: r.opt_text(17),
+        lease_expires_at_utc: r.opt_text(18),
+        owner_instance: r.opt_text(19),
     };
-    Ok((r.get(13)?, state, lease))
+    (r.text(13), state, lease)
 }
 
-fn read_state(conn: &Connection, key: &StreamKey) -> rusqlite::Result<Option<(StreamState, Lease)>> {
-    conn.prepare_cached(&format!(
+/// The stream's row; inside a write transaction, locked until it ends.
+async fn read_state(conn: &mut Conn, key: &StreamKey) -> Result<Option<(StreamState, Lease)>, StoreError> {
+    let sql = format!(
         "SELECT {STATE_COLUMNS} FROM delta_stream_state
-         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3"
-    ))?
-    .query_row(params![key.customer_number, key.connector_name, key.stream_name], |r| {
-        state_from_row(r).map(|(_, state, lease)| (state, lease))
-    })
-    .optional()
+         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3{}",
+        conn.for_update()
+    );
+    Ok(conn
+        .query_opt(&sql, params![&key.customer_number, &key.connector_name, &key.stream_name])
+        .await?
+        .map(|r| {
+            let (_, state, lease) = state_from_row(&r);
+            (state, lease)
+        }))
 }
 
-pub fn get_state(conn: &mut Connection, key: &StreamKey) -> Result<StreamState, StoreError> {
-    Ok(read_state(conn, key)?.map_or_else(|| StreamState::idle(key), |(s, _)| s))
+pub async fn get_state(conn: &mut Conn, key: &StreamKey) -> Result<StreamState, StoreError> {
+    Ok(read_state_unlocked(conn, key)
+        .await?
+        .map_or_else(|| StreamState::idle(key), |(state, _)| state))
 }
 
 /// The WHERE clause of a [`StreamFilter`], bound as ?1, ?2, ?3.
-pub(super) const STREAM_FILTER: &str = "(?1 IS NULL OR customer_number = ?1) AND (?2 IS NULL OR connector_name = ?2)
-    AND (?3 IS NULL OR stream_name = ?3)";
+pub(super) const STREAM_FILTER: &str = "(CAST(?1 AS TEXT) IS NULL OR customer_number = ?1) AND (CAST(?2 AS TEXT) IS NULL OR connector_name = ?2)
+    AND (CAST(?3 AS TEXT) IS NULL OR stream_name = ?3)";
 
 /// Which streams a listing covers; `None` matches any.
 #[derive(Debug, Default, Clone)]
@@ -97,24 +105,26 @@ pub struct StateRow {
 }
 
 /// Every stream matching `filter`, in key order.
-pub fn list_states(conn: &Connection, filter: &StreamFilter) -> rusqlite::Result<Vec<StateRow>> {
-    let mut stmt = conn.prepare(&format!(
+pub async fn list_states(conn: &mut Conn, filter: &StreamFilter) -> Result<Vec<StateRow>, StoreError> {
+    let sql = format!(
         "SELECT {STATE_COLUMNS} FROM delta_stream_state
          WHERE {STREAM_FILTER}
          ORDER BY customer_number, connector_name, stream_name"
-    ))?;
-    stmt.query_map(
-        params![filter.customer_number, filter.connector_name, filter.stream_name],
-        |r| {
-            let (customer_number, state, lease) = state_from_row(r)?;
-            Ok(StateRow {
+    );
+    let rows = conn
+        .query(&sql, params![&filter.customer_number, &filter.connector_name, &filter.stream_name])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (customer_number, state, lease) = state_from_row(r);
+            StateRow {
                 customer_number,
                 state,
                 lease,
-            })
-        },
-    )?
-    .collect()
+            }
+        })
+        .collect())
 }
 
 /// What `begin` hands out.
@@ -144,111 +154,118 @@ fn lease_until(owner: &RunOwner) -> String {
 /// The platform's begin, with a lease: refused while another live run holds
 /// the stream; a run whose owner died on this host, or whose lease expired,
 /// is failed and taken over. Returns the committed cursor.
-pub fn begin_run(
-    conn: &mut Connection,
+pub async fn begin_run(
+    conn: &mut Conn,
     key: &StreamKey,
     cursor_type: CursorType,
     owner: &RunOwner,
     stop: &Stop,
 ) -> Result<Begun, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let existing = read_state(&tx, key)?;
-    let now = now_utc();
-    let mut took_over = None;
-    if let Some((state, lease)) = &existing {
-        if let Some(stored) = state.cursor_type
-            && stored != cursor_type
-        {
-            return Err(StoreError::CursorTypeMismatch(format!(
-                "stream {key} keeps a {stored} cursor, but begin asked for {cursor_type}; \
-                 an operator can change the stream's cursor type with \
-                 `nuntiq-host state reset --cursor-type {cursor_type} …`"
-            )));
-        }
-        if state.status == RunStatus::Running
-            && let Some(run_id) = &lease.run_id
-        {
-            let host = lease.owner_host.as_deref().unwrap_or("?");
-            let pid = lease.owner_pid.unwrap_or(0);
-            let expires = lease.lease_expires_at_utc.as_deref().unwrap_or("");
-            let owner_dead_here = same_machine(host, lease.owner_instance.as_deref())
-                && !process_alive(pid, lease.owner_process_start.as_deref());
-            let lease_valid = expires > now.as_str();
-            if lease_valid && !owner_dead_here {
-                return Err(StoreError::AlreadyRunning(format!(
-                    "stream {key} is already running: run {run_id} started {} by process {pid} on {host}, \
-                     its lease runs until {expires}; this run was refused and changed nothing. \
-                     The stream is taken over once that process ends or its lease expires",
-                    state.started_at_utc.as_deref().unwrap_or("?")
+    transaction(conn, async |tx: &mut Conn| {
+        // The row exists before it is locked, so two hosts beginning a new
+        // stream together queue on it instead of both inserting.
+        tx.execute(
+            "INSERT INTO delta_stream_state (customer_number, connector_name, stream_name, status)
+             VALUES (?1, ?2, ?3, 'idle')
+             ON CONFLICT (customer_number, connector_name, stream_name) DO NOTHING",
+            params![&key.customer_number, &key.connector_name, &key.stream_name],
+        )
+        .await?;
+        let existing = read_state(tx, key).await?;
+        let now = now_utc();
+        let mut took_over = None;
+        if let Some((state, lease)) = &existing {
+            if let Some(stored) = state.cursor_type
+                && stored != cursor_type
+            {
+                return Err(StoreError::CursorTypeMismatch(format!(
+                    "stream {key} keeps a {stored} cursor, but begin asked for {cursor_type}; \
+                     an operator can change the stream's cursor type with \
+                     `nuntiq-host state reset --cursor-type {cursor_type} …`"
                 )));
             }
-            let why = if owner_dead_here {
-                format!("its process {pid} on {host} no longer exists")
-            } else {
-                format!("its lease expired at {expires}")
-            };
-            tx.execute(
-                "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3
-                 WHERE run_id = ?1 AND status = 'running'",
-                params![
-                    run_id,
-                    now,
-                    format!("abandoned: {why}; taken over by run {}", owner.run_id)
-                ],
-            )?;
-            took_over = Some(format!("took over stream {key} from run {run_id}: {why}"));
+            if state.status == RunStatus::Running
+                && let Some(run_id) = &lease.run_id
+            {
+                let host = lease.owner_host.as_deref().unwrap_or("?");
+                let pid = lease.owner_pid.unwrap_or(0);
+                let expires = lease.lease_expires_at_utc.as_deref().unwrap_or("");
+                let owner_dead_here = same_machine(host, lease.owner_instance.as_deref())
+                    && !process_alive(pid, lease.owner_process_start.as_deref());
+                let lease_valid = expires > now.as_str();
+                if lease_valid && !owner_dead_here {
+                    return Err(StoreError::AlreadyRunning(format!(
+                        "stream {key} is already running: run {run_id} started {} by process {pid} on {host}, \
+                         its lease runs until {expires}; this run was refused and changed nothing. \
+                         The stream is taken over once that process ends or its lease expires",
+                        state.started_at_utc.as_deref().unwrap_or("?")
+                    )));
+                }
+                let why = if owner_dead_here {
+                    format!("its process {pid} on {host} no longer exists")
+                } else {
+                    format!("its lease expired at {expires}")
+                };
+                tx.execute(
+                    "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3
+                     WHERE run_id = ?1 AND status = 'running'",
+                    params![
+                        run_id,
+                        &now,
+                        &format!("abandoned: {why}; taken over by run {}", owner.run_id)
+                    ],
+                )
+                .await?;
+                took_over = Some(format!("took over stream {key} from run {run_id}: {why}"));
+            }
         }
-    }
-    let lower_bound = existing.as_ref().and_then(|(s, _)| s.committed_cursor_value.clone());
-    tx.execute(
-        "INSERT INTO delta_stream_state
-             (customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
-              completed_at_utc, error_summary, records_processed, updated_at_utc, updated_by,
-              run_id, owner_host, owner_pid, owner_process_start, lease_expires_at_utc, owner_instance)
-         VALUES (?1, ?2, ?3, ?4, 'running', ?5, NULL, NULL, NULL, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT (customer_number, connector_name, stream_name) DO UPDATE SET
-             cursor_type = excluded.cursor_type, status = 'running', started_at_utc = excluded.started_at_utc,
-             completed_at_utc = NULL, error_summary = NULL, records_processed = NULL,
-             updated_at_utc = excluded.updated_at_utc, updated_by = excluded.updated_by,
-             run_id = excluded.run_id, owner_host = excluded.owner_host, owner_pid = excluded.owner_pid,
-             owner_process_start = excluded.owner_process_start,
-             lease_expires_at_utc = excluded.lease_expires_at_utc, owner_instance = excluded.owner_instance",
-        params![
-            key.customer_number,
-            key.connector_name,
-            key.stream_name,
-            cursor_type.as_str(),
-            now,
-            owner.updated_by,
-            owner.run_id,
-            owner.host,
-            owner.pid,
-            owner.process_start,
-            lease_until(owner),
-            owner.instance
-        ],
-    )?;
-    tx.execute(
-        "INSERT INTO delta_run
-             (run_id, customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
-              cursor_before, plugin_sha256, owner_host, owner_pid)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10)",
-        params![
-            owner.run_id,
-            key.customer_number,
-            key.connector_name,
-            key.stream_name,
-            cursor_type.as_str(),
-            now,
-            lower_bound,
-            owner.plugin_sha256,
-            owner.host,
-            owner.pid
-        ],
-    )?;
-    check_not_stopped(stop, "the run's begin")?;
-    tx.commit()?;
-    Ok(Begun { lower_bound, took_over })
+        let lower_bound = existing.as_ref().and_then(|(s, _)| s.committed_cursor_value.clone());
+        tx.execute(
+            "UPDATE delta_stream_state SET
+                 cursor_type = ?4, status = 'running', started_at_utc = ?5, completed_at_utc = NULL,
+                 error_summary = NULL, records_processed = NULL, updated_at_utc = ?5, updated_by = ?6,
+                 run_id = ?7, owner_host = ?8, owner_pid = ?9, owner_process_start = ?10,
+                 lease_expires_at_utc = ?11, owner_instance = ?12
+             WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3",
+            params![
+                &key.customer_number,
+                &key.connector_name,
+                &key.stream_name,
+                cursor_type.as_str(),
+                &now,
+                &owner.updated_by,
+                &owner.run_id,
+                &owner.host,
+                owner.pid,
+                &owner.process_start,
+                &lease_until(owner),
+                &owner.instance
+            ],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO delta_run
+                 (run_id, customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
+                  cursor_before, plugin_sha256, owner_host, owner_pid)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10)",
+            params![
+                &owner.run_id,
+                &key.customer_number,
+                &key.connector_name,
+                &key.stream_name,
+                cursor_type.as_str(),
+                &now,
+                &lower_bound,
+                &owner.plugin_sha256,
+                &owner.host,
+                owner.pid
+            ],
+        )
+        .await?;
+        check_not_stopped(stop, "the run's begin")?;
+        Ok(Begun { lower_bound, took_over })
+    })
+    .await
 }
 
 /// Refuses when `run_id` no longer holds the stream's lease.
@@ -299,8 +316,8 @@ fn check_advance(
 /// after a crash the cursor is never ahead of the data. `written` is what the
 /// run's earlier `save-all`s wrote; it goes into the run history with the
 /// final chunk's counts.
-pub fn complete_run(
-    conn: &mut Connection,
+pub async fn complete_run(
+    conn: &mut Conn,
     key: &StreamKey,
     run_id: &str,
     completion: &Completion,
@@ -308,75 +325,105 @@ pub fn complete_run(
     written: SaveCounts,
     stop: &Stop,
 ) -> Result<(StreamState, SaveCounts), StoreError> {
-    let row = read_state(conn, key)?;
+    let row = read_state_unlocked(conn, key).await?;
     check_lease(key, run_id, row.as_ref())?;
     check_advance(key, completion, row.as_ref())?;
     let last_chunk_start = pending.len().saturating_sub(1) / SUPPLIERS_PER_TRANSACTION * SUPPLIERS_PER_TRANSACTION;
     let (earlier, last) = pending.split_at(last_chunk_start);
-    let mut counts = save_suppliers(conn, &key.customer_number, earlier)?;
+    let earlier_counts = save_suppliers(conn, &key.customer_number, earlier).await?;
 
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let row = read_state(&tx, key)?;
-    check_lease(key, run_id, row.as_ref())?;
-    let old = check_advance(key, completion, row.as_ref())?;
-    counts.add(upsert_suppliers(&tx, &key.customer_number, last)?);
-    let now = now_utc();
-    let metadata = completion.metadata.as_ref().map(|m| m.to_string());
-    let records = completion
-        .records_processed
-        .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-    tx.execute(
-        "UPDATE delta_stream_state SET
-             committed_cursor_value = ?4, committed_at_utc = ?5, status = 'succeeded',
-             completed_at_utc = ?5, records_processed = ?6, metadata = ?7, error_summary = NULL,
-             updated_at_utc = ?5, updated_by = ?8, run_id = NULL, lease_expires_at_utc = NULL
-         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3",
-        params![
-            key.customer_number,
-            key.connector_name,
-            key.stream_name,
-            completion.new_cursor_value,
-            now,
-            records,
-            metadata,
-            completion.updated_by
-        ],
-    )?;
+    let done = transaction(conn, async |tx: &mut Conn| {
+        let row = read_state(tx, key).await?;
+        check_lease(key, run_id, row.as_ref())?;
+        let old = check_advance(key, completion, row.as_ref())?;
+        let mut counts = earlier_counts;
+        counts.add(upsert_suppliers(tx, &key.customer_number, last).await?);
+        let now = now_utc();
+        let metadata = completion.metadata.as_ref().map(|m| m.to_string());
+        let records = completion
+            .records_processed
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        tx.execute(
+            "UPDATE delta_stream_state SET
+                 committed_cursor_value = ?4, committed_at_utc = ?5, status = 'succeeded',
+                 completed_at_utc = ?5, records_processed = ?6, metadata = ?7, error_summary = NULL,
+                 updated_at_utc = ?5, updated_by = ?8, run_id = NULL, lease_expires_at_utc = NULL
+             WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3",
+            params![
+                &key.customer_number,
+                &key.connector_name,
+                &key.stream_name,
+                &completion.new_cursor_value,
+                &now,
+                records,
+                &metadata,
+                &completion.updated_by
+            ],
+        )
+        .await?;
+        let mut in_run = written;
+        in_run.add(counts);
+        tx.execute(
+            "UPDATE delta_run SET status = 'succeeded', ended_at_utc = ?2, records_processed = ?3, cursor_after = ?4,
+                 suppliers_inserted = ?5, suppliers_updated = ?6, suppliers_unchanged = ?7
+             WHERE run_id = ?1",
+            params![
+                run_id,
+                &now,
+                records,
+                &completion.new_cursor_value,
+                in_run.inserted as i64,
+                in_run.updated as i64,
+                in_run.unchanged as i64
+            ],
+        )
+        .await?;
+        audit(
+            tx,
+            key,
+            "cursor_advance",
+            old.as_deref(),
+            &completion.new_cursor_value,
+            None,
+            &completion.updated_by,
+            &now,
+        )
+        .await?;
+        let (state, _) = read_state(tx, key)
+            .await?
+            .ok_or_else(|| StoreError::Database(format!("stream {key} vanished inside its own transaction")))?;
+        check_not_stopped(stop, "the cursor")?;
+        Ok((state, counts))
+    })
+    .await?;
     let mut in_run = written;
-    in_run.add(counts);
-    tx.execute(
-        "UPDATE delta_run SET status = 'succeeded', ended_at_utc = ?2, records_processed = ?3, cursor_after = ?4,
-             suppliers_inserted = ?5, suppliers_updated = ?6, suppliers_unchanged = ?7
-         WHERE run_id = ?1",
-        params![
-            run_id,
-            now,
-            records,
-            completion.new_cursor_value,
-            in_run.inserted as i64,
-            in_run.updated as i64,
-            in_run.unchanged as i64
-        ],
-    )?;
-    audit(
-        &tx,
-        key,
-        "cursor_advance",
-        old.as_deref(),
-        &completion.new_cursor_value,
-        None,
-        &completion.updated_by,
-        &now,
-    )?;
-    let (state, _) = read_state(&tx, key)?.expect("row exists inside this transaction");
-    check_not_stopped(stop, "the cursor")?;
-    tx.commit()?;
-    Ok((state, counts))
+    in_run.add(done.1);
+    if in_run.inserted + in_run.updated >= ANALYZE_AFTER_WRITES {
+        // After the commit, and best effort: the run succeeded either way.
+        let _ = refresh_statistics(conn).await;
+    }
+    Ok(done)
+}
+
+/// The stream's row, read outside a transaction (a first check before work
+/// that the transaction then checks again).
+async fn read_state_unlocked(conn: &mut Conn, key: &StreamKey) -> Result<Option<(StreamState, Lease)>, StoreError> {
+    let sql = format!(
+        "SELECT {STATE_COLUMNS} FROM delta_stream_state
+         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3"
+    );
+    Ok(conn
+        .query_opt(&sql, params![&key.customer_number, &key.connector_name, &key.stream_name])
+        .await?
+        .map(|r| {
+            let (_, state, lease) = state_from_row(&r);
+            (state, lease)
+        }))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn audit(
-    conn: &Connection,
+async fn audit(
+    conn: &mut Conn,
     key: &StreamKey,
     event_type: &str,
     old: Option<&str>,
@@ -384,16 +431,16 @@ fn audit(
     reason: Option<&str>,
     api_user: &str,
     now: &str,
-) -> rusqlite::Result<usize> {
+) -> Result<u64, StoreError> {
     conn.execute(
         "INSERT INTO delta_audit_log
              (customer_number, connector_name, stream_name, event_type, old_cursor_value, new_cursor_value,
               reason, api_user, created_at_utc)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
-            key.customer_number,
-            key.connector_name,
-            key.stream_name,
+            &key.customer_number,
+            &key.connector_name,
+            &key.stream_name,
             event_type,
             old,
             new,
@@ -402,6 +449,7 @@ fn audit(
             now
         ],
     )
+    .await
 }
 
 /// How a run ended when the host asked to fail it.
@@ -421,42 +469,43 @@ pub enum FailOutcome {
 /// The platform's fail: status `failed` with a summary; the cursor stays. Only
 /// a run that is still running is failed: one that completed keeps its
 /// success in the stream and in the history alike.
-pub fn fail_run(
-    conn: &mut Connection,
+pub async fn fail_run(
+    conn: &mut Conn,
     key: &StreamKey,
     run_id: &str,
     error_summary: &str,
     updated_by: &str,
 ) -> Result<FailOutcome, StoreError> {
-    fail_runs(conn, &[(key.clone(), run_id.to_owned())], error_summary, updated_by).map(|mut o| o.remove(0))
+    let outcomes = fail_runs(conn, &[(key.clone(), run_id.to_owned())], error_summary, updated_by).await?;
+    Ok(outcomes.into_iter().next().unwrap_or(FailOutcome::NeverBegun))
 }
 
 /// Fails several runs in one transaction (the host's clean-up after a stop).
-pub fn fail_runs(
-    conn: &mut Connection,
+pub async fn fail_runs(
+    conn: &mut Conn,
     runs: &[(StreamKey, String)],
     error_summary: &str,
     updated_by: &str,
 ) -> Result<Vec<FailOutcome>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let outcomes = runs
-        .iter()
-        .map(|(key, run_id)| fail_in(&tx, key, run_id, error_summary, updated_by))
-        .collect::<Result<Vec<_>, _>>()?;
-    tx.commit()?;
-    Ok(outcomes)
+    transaction(conn, async |tx: &mut Conn| {
+        let mut outcomes = Vec::with_capacity(runs.len());
+        for (key, run_id) in runs {
+            outcomes.push(fail_in(tx, key, run_id, error_summary, updated_by).await?);
+        }
+        Ok(outcomes)
+    })
+    .await
 }
 
-fn fail_in(
-    tx: &Transaction<'_>,
+async fn fail_in(
+    tx: &mut Conn,
     key: &StreamKey,
     run_id: &str,
     error_summary: &str,
     updated_by: &str,
 ) -> Result<FailOutcome, StoreError> {
-    let status: Option<String> = tx
-        .query_row("SELECT status FROM delta_run WHERE run_id = ?1", [run_id], |r| r.get(0))
-        .optional()?;
+    let sql = format!("SELECT status FROM delta_run WHERE run_id = ?1{}", tx.for_update());
+    let status = tx.query_opt(&sql, params![run_id]).await?.map(|r| r.text(0));
     match status.as_deref() {
         None => return Ok(FailOutcome::NeverBegun),
         Some("running") => {}
@@ -466,22 +515,25 @@ fn fail_in(
     tx.execute(
         "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3
          WHERE run_id = ?1 AND status = 'running'",
-        params![run_id, now, error_summary],
-    )?;
-    let changed = tx.execute(
-        "UPDATE delta_stream_state SET status = 'failed', error_summary = ?5, completed_at_utc = ?6,
-             updated_at_utc = ?6, updated_by = ?7, run_id = NULL, lease_expires_at_utc = NULL
-         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3 AND run_id = ?4",
-        params![
-            key.customer_number,
-            key.connector_name,
-            key.stream_name,
-            run_id,
-            error_summary,
-            now,
-            updated_by
-        ],
-    )?;
+        params![run_id, &now, error_summary],
+    )
+    .await?;
+    let changed = tx
+        .execute(
+            "UPDATE delta_stream_state SET status = 'failed', error_summary = ?5, completed_at_utc = ?6,
+                 updated_at_utc = ?6, updated_by = ?7, run_id = NULL, lease_expires_at_utc = NULL
+             WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3 AND run_id = ?4",
+            params![
+                &key.customer_number,
+                &key.connector_name,
+                &key.stream_name,
+                run_id,
+                error_summary,
+                &now,
+                updated_by
+            ],
+        )
+        .await?;
     Ok(if changed == 0 {
         FailOutcome::NotHeld
     } else {
@@ -490,28 +542,31 @@ fn fail_in(
 }
 
 /// Extends the leases of runs still open; returns the run ids that lost theirs.
-pub fn renew_leases(conn: &mut Connection, runs: &[(StreamKey, RunOwner)]) -> Result<Vec<String>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut lost = Vec::new();
-    for (key, owner) in runs {
-        let changed = tx.execute(
-            "UPDATE delta_stream_state SET lease_expires_at_utc = ?5
-             WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3 AND run_id = ?4
-               AND status = 'running'",
-            params![
-                key.customer_number,
-                key.connector_name,
-                key.stream_name,
-                owner.run_id,
-                lease_until(owner)
-            ],
-        )?;
-        if changed == 0 {
-            lost.push(owner.run_id.clone());
+pub async fn renew_leases(conn: &mut Conn, runs: &[(StreamKey, RunOwner)]) -> Result<Vec<String>, StoreError> {
+    transaction(conn, async |tx: &mut Conn| {
+        let mut lost = Vec::new();
+        for (key, owner) in runs {
+            let changed = tx
+                .execute(
+                    "UPDATE delta_stream_state SET lease_expires_at_utc = ?5
+                     WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3 AND run_id = ?4
+                       AND status = 'running'",
+                    params![
+                        &key.customer_number,
+                        &key.connector_name,
+                        &key.stream_name,
+                        &owner.run_id,
+                        &lease_until(owner)
+                    ],
+                )
+                .await?;
+            if changed == 0 {
+                lost.push(owner.run_id.clone());
+            }
         }
-    }
-    tx.commit()?;
-    Ok(lost)
+        Ok(lost)
+    })
+    .await
 }
 
 /// An operator's cursor reset, as the platform defines it.
@@ -530,83 +585,88 @@ pub struct Reset {
 
 /// The platform's reset: any direction, `reason` required, always audited
 /// (`cursor_reset`); the status becomes `idle`. Returns the old cursor.
-pub fn reset_cursor(conn: &mut Connection, key: &StreamKey, reset: &Reset) -> Result<Option<String>, StoreError> {
+pub async fn reset_cursor(conn: &mut Conn, key: &StreamKey, reset: &Reset) -> Result<Option<String>, StoreError> {
     if reset.reason.trim().is_empty() {
         return Err(StoreError::Invalid("--reason must say why the cursor is reset".into()));
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let row = read_state(&tx, key)?;
-    // --cursor-type changes the stream's type (the next begin must ask for it).
-    let cursor_type = match (reset.cursor_type, row.as_ref().and_then(|(s, _)| s.cursor_type)) {
-        (Some(t), _) | (None, Some(t)) => t,
-        (None, None) => {
-            return Err(StoreError::Invalid(format!(
-                "stream {key} has no cursor type yet; pass --cursor-type timestamp_utc|numeric_id|opaque_token"
+    transaction(conn, async |tx: &mut Conn| {
+        let row = read_state(tx, key).await?;
+        // --cursor-type changes the stream's type (the next begin must ask for it).
+        let cursor_type = match (reset.cursor_type, row.as_ref().and_then(|(s, _)| s.cursor_type)) {
+            (Some(t), _) | (None, Some(t)) => t,
+            (None, None) => {
+                return Err(StoreError::Invalid(format!(
+                    "stream {key} has no cursor type yet; pass --cursor-type timestamp_utc|numeric_id|opaque_token"
+                )));
+            }
+        };
+        cursor_type
+            .validate(&reset.new_cursor_value, reset.max_cursor_skew)
+            .map_err(|e| StoreError::InvalidCursor(format!("--cursor: {e}")))?;
+        if let Some((state, lease)) = &row
+            && state.status == RunStatus::Running
+            && lease.lease_expires_at_utc.as_deref() > Some(now_utc().as_str())
+            && !reset.force
+        {
+            return Err(StoreError::AlreadyRunning(format!(
+                "stream {key} is running (run {} by process {} on {}, started {}); wait for it to end or pass --force",
+                lease.run_id.as_deref().unwrap_or("-"),
+                lease.owner_pid.unwrap_or(0),
+                lease.owner_host.as_deref().unwrap_or("?"),
+                state.started_at_utc.as_deref().unwrap_or("?"),
             )));
         }
-    };
-    cursor_type
-        .validate(&reset.new_cursor_value, reset.max_cursor_skew)
-        .map_err(|e| StoreError::InvalidCursor(format!("--cursor: {e}")))?;
-    if let Some((state, lease)) = &row
-        && state.status == RunStatus::Running
-        && lease.lease_expires_at_utc.as_deref() > Some(now_utc().as_str())
-        && !reset.force
-    {
-        return Err(StoreError::AlreadyRunning(format!(
-            "stream {key} is running (run {} by process {} on {}, started {}); wait for it to end or pass --force",
-            lease.run_id.as_deref().unwrap_or("-"),
-            lease.owner_pid.unwrap_or(0),
-            lease.owner_host.as_deref().unwrap_or("?"),
-            state.started_at_utc.as_deref().unwrap_or("?"),
-        )));
-    }
-    let old = row.as_ref().and_then(|(s, _)| s.committed_cursor_value.clone());
-    let now = now_utc();
-    tx.execute(
-        "INSERT INTO delta_stream_state
-             (customer_number, connector_name, stream_name, cursor_type, committed_cursor_value, committed_at_utc,
-              status, updated_at_utc, updated_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'idle', ?6, ?7)
-         ON CONFLICT (customer_number, connector_name, stream_name) DO UPDATE SET
-             cursor_type = excluded.cursor_type, committed_cursor_value = excluded.committed_cursor_value,
-             committed_at_utc = excluded.committed_at_utc, status = 'idle', updated_at_utc = excluded.updated_at_utc,
-             updated_by = excluded.updated_by, run_id = NULL, lease_expires_at_utc = NULL",
-        params![
-            key.customer_number,
-            key.connector_name,
-            key.stream_name,
-            cursor_type.as_str(),
-            reset.new_cursor_value,
-            now,
-            reset.api_user
-        ],
-    )?;
-    if let Some((_, lease)) = &row
-        && let Some(run_id) = &lease.run_id
-    {
+        let old = row.as_ref().and_then(|(s, _)| s.committed_cursor_value.clone());
+        let now = now_utc();
         tx.execute(
-            "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3
-             WHERE run_id = ?1 AND status = 'running'",
+            "INSERT INTO delta_stream_state
+                 (customer_number, connector_name, stream_name, cursor_type, committed_cursor_value, committed_at_utc,
+                  status, updated_at_utc, updated_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'idle', ?6, ?7)
+             ON CONFLICT (customer_number, connector_name, stream_name) DO UPDATE SET
+                 cursor_type = excluded.cursor_type, committed_cursor_value = excluded.committed_cursor_value,
+                 committed_at_utc = excluded.committed_at_utc, status = 'idle',
+                 updated_at_utc = excluded.updated_at_utc, updated_by = excluded.updated_by, run_id = NULL,
+                 lease_expires_at_utc = NULL",
             params![
-                run_id,
-                now,
-                format!("the cursor was reset by {}: {}", reset.api_user, reset.reason)
+                &key.customer_number,
+                &key.connector_name,
+                &key.stream_name,
+                cursor_type.as_str(),
+                &reset.new_cursor_value,
+                &now,
+                &reset.api_user
             ],
-        )?;
-    }
-    audit(
-        &tx,
-        key,
-        "cursor_reset",
-        old.as_deref(),
-        &reset.new_cursor_value,
-        Some(&reset.reason),
-        &reset.api_user,
-        &now,
-    )?;
-    tx.commit()?;
-    Ok(old)
+        )
+        .await?;
+        if let Some((_, lease)) = &row
+            && let Some(run_id) = &lease.run_id
+        {
+            tx.execute(
+                "UPDATE delta_run SET status = 'failed', ended_at_utc = ?2, error_summary = ?3
+                 WHERE run_id = ?1 AND status = 'running'",
+                params![
+                    run_id,
+                    &now,
+                    &format!("the cursor was reset by {}: {}", reset.api_user, reset.reason)
+                ],
+            )
+            .await?;
+        }
+        audit(
+            tx,
+            key,
+            "cursor_reset",
+            old.as_deref(),
+            &reset.new_cursor_value,
+            Some(&reset.reason),
+            &reset.api_user,
+            &now,
+        )
+        .await?;
+        Ok(old)
+    })
+    .await
 }
 
 /// One row of run history.
@@ -632,45 +692,49 @@ pub struct RunRecord {
 }
 
 /// Run history, newest first.
-pub fn list_runs(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusqlite::Result<Vec<RunRecord>> {
-    let mut stmt = conn.prepare(&format!(
+pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+    let sql = format!(
         "SELECT run_id, customer_number, connector_name, stream_name, status, started_at_utc, ended_at_utc,
                 records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid,
                 suppliers_inserted, suppliers_updated, suppliers_unchanged
          FROM delta_run
          WHERE {STREAM_FILTER}
-         ORDER BY started_at_utc DESC, rowid DESC LIMIT ?4"
-    ))?;
-    stmt.query_map(
-        params![
-            filter.customer_number,
-            filter.connector_name,
-            filter.stream_name,
-            limit as i64
-        ],
-        |r| {
-            Ok(RunRecord {
-                run_id: r.get(0)?,
-                customer_number: r.get(1)?,
-                connector_name: r.get(2)?,
-                stream_name: r.get(3)?,
-                status: r.get(4)?,
-                started_at_utc: r.get(5)?,
-                ended_at_utc: r.get(6)?,
-                records_processed: r.get(7)?,
-                cursor_before: r.get(8)?,
-                cursor_after: r.get(9)?,
-                error_summary: r.get(10)?,
-                plugin_sha256: r.get(11)?,
-                owner_host: r.get(12)?,
-                owner_pid: r.get(13)?,
-                suppliers_inserted: r.get(14)?,
-                suppliers_updated: r.get(15)?,
-                suppliers_unchanged: r.get(16)?,
-            })
-        },
-    )?
-    .collect()
+         ORDER BY started_at_utc DESC, {} DESC LIMIT ?4",
+        conn.insertion_order()
+    );
+    let rows = conn
+        .query(
+            &sql,
+            params![
+                &filter.customer_number,
+                &filter.connector_name,
+                &filter.stream_name,
+                limit as i64
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| RunRecord {
+            run_id: r.text(0),
+            customer_number: r.text(1),
+            connector_name: r.text(2),
+            stream_name: r.text(3),
+            status: r.text(4),
+            started_at_utc: r.text(5),
+            ended_at_utc: r.opt_text(6),
+            records_processed: r.opt_int(7),
+            cursor_before: r.opt_text(8),
+            cursor_after: r.opt_text(9),
+            error_summary: r.opt_text(10),
+            plugin_sha256: r.opt_text(11),
+            owner_host: r.opt_text(12),
+            owner_pid: r.opt_int(13).and_then(|p| u32::try_from(p).ok()),
+            suppliers_inserted: r.opt_int(14),
+            suppliers_updated: r.opt_int(15),
+            suppliers_unchanged: r.opt_int(16),
+        })
+        .collect())
 }
 
 /// One audit event: `cursor_advance` or `cursor_reset`.
@@ -688,45 +752,48 @@ pub struct AuditRecord {
 }
 
 /// The audit log, newest first.
-pub fn list_audit(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusqlite::Result<Vec<AuditRecord>> {
-    let mut stmt = conn.prepare(&format!(
+pub async fn list_audit(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    let sql = format!(
         "SELECT customer_number, connector_name, stream_name, event_type, old_cursor_value, new_cursor_value,
                 reason, api_user, created_at_utc
          FROM delta_audit_log
          WHERE {STREAM_FILTER}
          ORDER BY id DESC LIMIT ?4"
-    ))?;
-    stmt.query_map(
-        params![
-            filter.customer_number,
-            filter.connector_name,
-            filter.stream_name,
-            limit as i64
-        ],
-        |r| {
-            Ok(AuditRecord {
-                customer_number: r.get(0)?,
-                connector_name: r.get(1)?,
-                stream_name: r.get(2)?,
-                event_type: r.get(3)?,
-                old_cursor_value: r.get(4)?,
-                new_cursor_value: r.get(5)?,
-                reason: r.get(6)?,
-                api_user: r.get(7)?,
-                created_at_utc: r.get(8)?,
-            })
-        },
-    )?
-    .collect()
+    );
+    let rows = conn
+        .query(
+            &sql,
+            params![
+                &filter.customer_number,
+                &filter.connector_name,
+                &filter.stream_name,
+                limit as i64
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| AuditRecord {
+            customer_number: r.text(0),
+            connector_name: r.text(1),
+            stream_name: r.text(2),
+            event_type: r.text(3),
+            old_cursor_value: r.opt_text(4),
+            new_cursor_value: r.opt_text(5),
+            reason: r.opt_text(6),
+            api_user: r.opt_text(7),
+            created_at_utc: r.text(8),
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sql::Conn;
     use crate::store::owner::RunOwner;
     use crate::store::records::tests::supplier;
-    use crate::store::schema::open;
-    use crate::store::suppliers::tests::count;
+    use crate::store::testing::{count, on_both_engines};
     use std::time::Duration;
 
     fn key() -> StreamKey {
@@ -752,16 +819,10 @@ mod tests {
         }
     }
 
-    fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("t.db")).unwrap();
-        (dir, conn)
-    }
-
     /// Begins and completes a run at `cursor`.
-    fn commit(conn: &mut Connection, cursor: &str) {
+    async fn commit(conn: &mut Conn, cursor: &str) {
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
         complete_run(
             conn,
             &key(),
@@ -770,17 +831,15 @@ mod tests {
             &[],
             SaveCounts::default(),
             &Stop::never(),
-        )
+        ).await
         .unwrap();
     }
 
-    #[test]
-    fn lifecycle_advances_audits_and_keeps_history() {
-        let (_dir, mut conn) = db();
+    async fn lifecycle_advances_audits_and_keeps_history(conn: &mut Conn) {
         let k = key();
-        assert_eq!(get_state(&mut conn, &k).unwrap().status, RunStatus::Idle);
+        assert_eq!(get_state(conn, &k).await.unwrap().status, RunStatus::Idle);
         let o = owner();
-        let begun = begin_run(&mut conn, &k, CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        let begun = begin_run(conn, &k, CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
         assert_eq!(
             begun,
             Begun {
@@ -788,86 +847,82 @@ mod tests {
                 took_over: None
             }
         );
-        assert_eq!(get_state(&mut conn, &k).unwrap().status, RunStatus::Running);
+        assert_eq!(get_state(conn, &k).await.unwrap().status, RunStatus::Running);
         let (state, _) = complete_run(
-            &mut conn,
+            conn,
             &k,
             &o.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[supplier("S1", "One", None)],
             SaveCounts::default(),
             &Stop::never(),
-        )
+        ).await
         .unwrap();
         assert_eq!(state.status, RunStatus::Succeeded);
         assert_eq!(state.committed_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
-        assert_eq!(count(&conn, "supplier"), 1);
-        let audit = list_audit(&conn, &StreamFilter::default(), 10).unwrap();
+        assert_eq!(count(conn, "supplier").await, 1);
+        let audit = list_audit(conn, &StreamFilter::default(), 10).await.unwrap();
         assert_eq!((audit.len(), audit[0].event_type.as_str()), (1, "cursor_advance"));
-        let runs = list_runs(&conn, &StreamFilter::default(), 10).unwrap();
+        let runs = list_runs(conn, &StreamFilter::default(), 10).await.unwrap();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].status, "succeeded");
         assert_eq!(runs[0].cursor_after.as_deref(), Some("2024-05-01T09:00:00Z"));
         assert_eq!(runs[0].plugin_sha256.as_deref(), Some("sha"));
-        let next = begin_run(&mut conn, &k, CursorType::TimestampUtc, &owner(), &Stop::never()).unwrap();
+        let next = begin_run(conn, &k, CursorType::TimestampUtc, &owner(), &Stop::never()).await.unwrap();
         assert_eq!(next.lower_bound.as_deref(), Some("2024-05-01T09:00:00Z"));
     }
 
-    #[test]
-    fn regression_is_refused_and_writes_nothing() {
-        let (_dir, mut conn) = db();
-        commit(&mut conn, "2024-05-01T09:00:00Z");
+    async fn regression_is_refused_and_writes_nothing(conn: &mut Conn) {
+        commit(conn, "2024-05-01T09:00:00Z").await;
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
         let err = complete_run(
-            &mut conn,
+            conn,
             &key(),
             &o.run_id,
             &completion("2024-05-01T10:00:00+02:00"),
             &[supplier("S9", "Nine", None)],
             SaveCounts::default(),
             &Stop::never(),
-        )
+        ).await
         .unwrap_err();
         assert!(matches!(err, StoreError::CursorRegression(_)), "{err}");
         assert!(err.to_string().starts_with("CURSOR_REGRESSION"));
-        assert_eq!(count(&conn, "supplier"), 0);
+        assert_eq!(count(conn, "supplier").await, 0);
         assert_eq!(
-            get_state(&mut conn, &key()).unwrap().committed_cursor_value.as_deref(),
+            get_state(conn, &key()).await.unwrap().committed_cursor_value.as_deref(),
             Some("2024-05-01T09:00:00Z")
         );
     }
 
-    #[test]
-    fn nothing_commits_once_the_job_was_stopped() {
-        let (_dir, mut conn) = db();
-        commit(&mut conn, "2024-05-01T09:00:00Z");
+    async fn nothing_commits_once_the_job_was_stopped(conn: &mut Conn) {
+        commit(conn, "2024-05-01T09:00:00Z").await;
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
         let stopped = Stop::new(Duration::ZERO);
         let err = complete_run(
-            &mut conn,
+            conn,
             &key(),
             &o.run_id,
             &completion("2024-06-01T00:00:00Z"),
             &[supplier("LATE", "Too late", None)],
             SaveCounts::default(),
             &stopped,
-        )
+        ).await
         .unwrap_err();
         assert!(matches!(err, StoreError::Stopped(_)), "{err}");
         assert!(err.to_string().contains("the cursor was not committed"), "{err}");
         assert_eq!(
-            count(&conn, "supplier"),
+            count(conn, "supplier").await,
             0,
             "the final chunk rolled back with the cursor"
         );
         assert_eq!(
-            get_state(&mut conn, &key()).unwrap().committed_cursor_value.as_deref(),
+            get_state(conn, &key()).await.unwrap().committed_cursor_value.as_deref(),
             Some("2024-05-01T09:00:00Z")
         );
         let err = begin_run(
-            &mut conn,
+            conn,
             &StreamKey {
                 stream_name: "other".into(),
                 ..key()
@@ -875,108 +930,98 @@ mod tests {
             CursorType::TimestampUtc,
             &owner(),
             &stopped,
-        )
+        ).await
         .unwrap_err();
         assert!(matches!(err, StoreError::Stopped(_)), "{err}");
         assert!(
             read_state(
-                &conn,
+                conn,
                 &StreamKey {
                     stream_name: "other".into(),
                     ..key()
                 }
-            )
+            ).await
             .unwrap()
             .is_none()
         );
     }
 
-    #[test]
-    fn failing_a_run_that_already_completed_keeps_its_success() {
-        let (_dir, mut conn) = db();
+    async fn failing_a_run_that_already_completed_keeps_its_success(conn: &mut Conn) {
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
         complete_run(
-            &mut conn,
+            conn,
             &key(),
             &o.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[],
             SaveCounts::default(),
             &Stop::never(),
-        )
+        ).await
         .unwrap();
         let outcomes = fail_runs(
-            &mut conn,
+            conn,
             &[(key(), o.run_id.clone()), (key(), "never-begun".into())],
             "timeout",
             "test",
-        )
+        ).await
         .unwrap();
         assert_eq!(
             outcomes,
             [FailOutcome::AlreadyEnded("succeeded".into()), FailOutcome::NeverBegun]
         );
-        assert_eq!(get_state(&mut conn, &key()).unwrap().status, RunStatus::Succeeded);
+        assert_eq!(get_state(conn, &key()).await.unwrap().status, RunStatus::Succeeded);
         assert_eq!(
-            list_runs(&conn, &StreamFilter::default(), 10).unwrap()[0].status,
+            list_runs(conn, &StreamFilter::default(), 10).await.unwrap()[0].status,
             "succeeded"
         );
     }
 
-    #[test]
-    fn fail_keeps_the_cursor_and_begin_clears_the_summary() {
-        let (_dir, mut conn) = db();
-        commit(&mut conn, "2024-05-01T09:00:00Z");
+    async fn fail_keeps_the_cursor_and_begin_clears_the_summary(conn: &mut Conn) {
+        commit(conn, "2024-05-01T09:00:00Z").await;
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
-        fail_run(&mut conn, &key(), &o.run_id, "page 3: 500", "test").unwrap();
-        let s = get_state(&mut conn, &key()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        fail_run(conn, &key(), &o.run_id, "page 3: 500", "test").await.unwrap();
+        let s = get_state(conn, &key()).await.unwrap();
         assert_eq!(
             (s.status, s.error_summary.as_deref()),
             (RunStatus::Failed, Some("page 3: 500"))
         );
         assert_eq!(s.committed_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).unwrap();
-        assert_eq!(get_state(&mut conn, &key()).unwrap().error_summary, None);
+        begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).await.unwrap();
+        assert_eq!(get_state(conn, &key()).await.unwrap().error_summary, None);
     }
 
-    #[test]
-    fn cursor_type_cannot_change_silently() {
-        let (_dir, mut conn) = db();
-        commit(&mut conn, "2024-05-01T09:00:00Z");
-        let err = begin_run(&mut conn, &key(), CursorType::NumericId, &owner(), &Stop::never()).unwrap_err();
+    async fn cursor_type_cannot_change_silently(conn: &mut Conn) {
+        commit(conn, "2024-05-01T09:00:00Z").await;
+        let err = begin_run(conn, &key(), CursorType::NumericId, &owner(), &Stop::never()).await.unwrap_err();
         assert!(matches!(err, StoreError::CursorTypeMismatch(_)), "{err}");
     }
 
-    #[test]
-    fn oversized_final_batch_keeps_the_last_chunk_with_the_cursor() {
-        let (_dir, mut conn) = db();
+    async fn oversized_final_batch_keeps_the_last_chunk_with_the_cursor(conn: &mut Conn) {
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
         let many: Vec<_> = (0..2500).map(|i| supplier(&format!("S{i}"), "x", None)).collect();
         complete_run(
-            &mut conn,
+            conn,
             &key(),
             &o.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &many,
             SaveCounts::default(),
             &Stop::never(),
-        )
+        ).await
         .unwrap();
-        assert_eq!(count(&conn, "supplier"), 2500);
+        assert_eq!(count(conn, "supplier").await, 2500);
     }
 
-    #[test]
-    fn a_live_run_holds_the_stream() {
-        let (_dir, mut conn) = db();
+    async fn a_live_run_holds_the_stream(conn: &mut Conn) {
         let first = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &first, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &first, &Stop::never()).await.unwrap();
         // Another process on another host, while the lease is valid: refused.
         let mut other = owner();
         other.host = "elsewhere".into();
-        let err = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &other, &Stop::never()).unwrap_err();
+        let err = begin_run(conn, &key(), CursorType::TimestampUtc, &other, &Stop::never()).await.unwrap_err();
         let StoreError::AlreadyRunning(message) = &err else {
             panic!("{err}")
         };
@@ -986,94 +1031,88 @@ mod tests {
             "{message}"
         );
         // This same live process counts as alive too.
-        assert!(begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).is_err());
+        assert!(begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).await.is_err());
         assert_eq!(
-            list_runs(&conn, &StreamFilter::default(), 10).unwrap().len(),
+            list_runs(conn, &StreamFilter::default(), 10).await.unwrap().len(),
             1,
             "the refusal changed nothing"
         );
     }
 
-    #[test]
-    fn a_dead_owner_on_this_host_is_taken_over_at_once() {
-        let (_dir, mut conn) = db();
+    async fn a_dead_owner_on_this_host_is_taken_over_at_once(conn: &mut Conn) {
         let mut dead = owner();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         dead.pid = child.id();
         dead.process_start = None;
         child.wait().unwrap();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &dead, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &dead, &Stop::never()).await.unwrap();
         let next = owner();
-        let begun = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &next, &Stop::never()).unwrap();
+        let begun = begin_run(conn, &key(), CursorType::TimestampUtc, &next, &Stop::never()).await.unwrap();
         let note = begun.took_over.expect("took over");
         assert!(
             note.contains(&format!("its process {} on {} no longer exists", dead.pid, dead.host)),
             "{note}"
         );
-        let runs = list_runs(&conn, &StreamFilter::default(), 10).unwrap();
+        let runs = list_runs(conn, &StreamFilter::default(), 10).await.unwrap();
         let old = runs.iter().find(|r| r.run_id == dead.run_id).unwrap();
         assert_eq!(old.status, "failed");
         assert!(old.error_summary.as_deref().unwrap().starts_with("abandoned: "));
         // The dead run may not complete now.
         let err = complete_run(
-            &mut conn,
+            conn,
             &key(),
             &dead.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[],
             SaveCounts::default(),
             &Stop::never(),
-        )
+        ).await
         .unwrap_err();
         assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
         complete_run(
-            &mut conn,
+            conn,
             &key(),
             &next.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[],
             SaveCounts::default(),
             &Stop::never(),
-        )
+        ).await
         .unwrap();
     }
 
-    #[test]
-    fn an_expired_lease_is_taken_over_and_renewal_keeps_a_live_one() {
-        let (_dir, mut conn) = db();
+    async fn an_expired_lease_is_taken_over_and_renewal_keeps_a_live_one(conn: &mut Conn) {
         let mut remote = owner();
         remote.host = "elsewhere".into();
         remote.lease = Duration::from_millis(50);
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &remote, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &remote, &Stop::never()).await.unwrap();
         // Renewal keeps it alive past its first expiry.
         std::thread::sleep(Duration::from_millis(30));
-        assert!(renew_leases(&mut conn, &[(key(), remote.clone())]).unwrap().is_empty());
+        assert!(renew_leases(conn, &[(key(), remote.clone())]).await.unwrap().is_empty());
         std::thread::sleep(Duration::from_millis(30));
         assert!(
-            begin_run(&mut conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).is_err(),
+            begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).await.is_err(),
             "still held"
         );
         std::thread::sleep(Duration::from_millis(60));
         let next = owner();
-        let begun = begin_run(&mut conn, &key(), CursorType::TimestampUtc, &next, &Stop::never()).unwrap();
+        let begun = begin_run(conn, &key(), CursorType::TimestampUtc, &next, &Stop::never()).await.unwrap();
         assert!(begun.took_over.unwrap().contains("its lease expired at"));
         // The old owner learns it lost the lease at its next heartbeat, and cannot fail the new run.
         assert_eq!(
-            renew_leases(&mut conn, &[(key(), remote.clone())]).unwrap(),
+            renew_leases(conn, &[(key(), remote.clone())]).await.unwrap(),
             [remote.run_id.clone()]
         );
         assert_eq!(
-            fail_run(&mut conn, &key(), &remote.run_id, "late", "test").unwrap(),
+            fail_run(conn, &key(), &remote.run_id, "late", "test").await.unwrap(),
             FailOutcome::AlreadyEnded("failed".into()),
             "the taken-over run stays as the taker recorded it"
         );
-        assert_eq!(get_state(&mut conn, &key()).unwrap().status, RunStatus::Running);
+        assert_eq!(get_state(conn, &key()).await.unwrap().status, RunStatus::Running);
     }
 
-    #[test]
-    fn reset_moves_the_cursor_any_way_audits_and_idles() {
-        let (_dir, mut conn) = db();
-        commit(&mut conn, "2024-05-01T09:00:00Z");
+    async fn reset_moves_the_cursor_any_way_audits_and_idles(conn: &mut Conn) {
+        commit(conn, "2024-05-01T09:00:00Z").await;
         let reset = Reset {
             new_cursor_value: "2024-01-01T00:00:00Z".into(),
             cursor_type: None,
@@ -1082,14 +1121,14 @@ mod tests {
             force: false,
             max_cursor_skew: crate::store::cursor::DEFAULT_MAX_CURSOR_SKEW,
         };
-        let old = reset_cursor(&mut conn, &key(), &reset).unwrap();
+        let old = reset_cursor(conn, &key(), &reset).await.unwrap();
         assert_eq!(old.as_deref(), Some("2024-05-01T09:00:00Z"));
-        let s = get_state(&mut conn, &key()).unwrap();
+        let s = get_state(conn, &key()).await.unwrap();
         assert_eq!(
             (s.status, s.committed_cursor_value.as_deref()),
             (RunStatus::Idle, Some("2024-01-01T00:00:00Z"))
         );
-        let audit = list_audit(&conn, &StreamFilter::default(), 10).unwrap();
+        let audit = list_audit(conn, &StreamFilter::default(), 10).await.unwrap();
         assert_eq!(audit[0].event_type, "cursor_reset");
         assert_eq!(audit[0].reason.as_deref(), Some("backfill after the ERP migration"));
         assert_eq!(audit[0].old_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
@@ -1099,7 +1138,7 @@ mod tests {
             ..reset.clone()
         };
         assert!(matches!(
-            reset_cursor(&mut conn, &key(), &bad),
+            reset_cursor(conn, &key(), &bad).await,
             Err(StoreError::InvalidCursor(_))
         ));
         let silent = Reset {
@@ -1107,28 +1146,42 @@ mod tests {
             ..reset.clone()
         };
         assert!(matches!(
-            reset_cursor(&mut conn, &key(), &silent),
+            reset_cursor(conn, &key(), &silent).await,
             Err(StoreError::Invalid(_))
         ));
         // A live run holds the stream unless forced.
         let o = owner();
-        begin_run(&mut conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
         assert!(matches!(
-            reset_cursor(&mut conn, &key(), &reset),
+            reset_cursor(conn, &key(), &reset).await,
             Err(StoreError::AlreadyRunning(_))
         ));
-        reset_cursor(&mut conn, &key(), &Reset { force: true, ..reset }).unwrap();
+        reset_cursor(conn, &key(), &Reset { force: true, ..reset }).await.unwrap();
         assert!(matches!(
             complete_run(
-                &mut conn,
+                conn,
                 &key(),
                 &o.run_id,
                 &completion("2024-06-01T00:00:00Z"),
                 &[],
                 SaveCounts::default(),
                 &Stop::never()
-            ),
+            ).await,
             Err(StoreError::LeaseLost(_))
         ));
     }
+
+    on_both_engines!(
+        lifecycle_advances_audits_and_keeps_history,
+        regression_is_refused_and_writes_nothing,
+        nothing_commits_once_the_job_was_stopped,
+        failing_a_run_that_already_completed_keeps_its_success,
+        fail_keeps_the_cursor_and_begin_clears_the_summary,
+        cursor_type_cannot_change_silently,
+        oversized_final_batch_keeps_the_last_chunk_with_the_cursor,
+        a_live_run_holds_the_stream,
+        a_dead_owner_on_this_host_is_taken_over_at_once,
+        an_expired_lease_is_taken_over_and_renewal_keeps_a_live_one,
+        reset_moves_the_cursor_any_way_audits_and_idles,
+    );
 }

@@ -1,16 +1,24 @@
-//! The persistence seam: delta-state rows and the supplier store.
+//! The persistence seam: delta-state rows and the supplier store, on SQLite
+//! (the embedded default, a file) or PostgreSQL (shared by many hosts).
 //!
-//! SQLite is the embedded default. One writer thread owns the connection; the
-//! async capabilities hand it work through a bounded channel, so a slow disk
-//! never blocks the runtime's threads and writes keep their order.
+//! The logic is written once against [`sql::Conn`]. A [`Store`] handle hands
+//! its work to one worker in order — SQLite's is a thread owning the
+//! connection, PostgreSQL's a task on the store runtime taking a pooled
+//! connection per piece of work — so a slow disk or network never blocks the
+//! connector's thread, and writes keep their order.
 
 pub mod cursor;
 pub mod delta;
 pub mod owner;
+pub mod postgres;
 pub mod records;
 pub mod rejected;
 pub mod schema;
+pub mod sql;
+pub mod sqlite;
 pub mod suppliers;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use crate::limits::Stop;
 pub use cursor::CursorType;
@@ -19,8 +27,12 @@ pub use owner::RunOwner;
 pub use records::{AddressRecord, LocationRecord, SupplierRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use postgres::PgPool;
+use sql::Conn;
+use sqlite::SqliteConn;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 pub use suppliers::SaveCounts;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -142,7 +154,7 @@ pub enum StoreError {
     #[error("{0}")]
     Invalid(String),
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(String),
     #[error("the store's writer thread stopped")]
     Closed,
     /// An earlier background supplier write failed; nothing after it commits.
@@ -169,14 +181,81 @@ pub struct OpenError {
     pub reason: String,
 }
 
-type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
+/// Where the store lives: `--db PATH` (SQLite) or `--db postgres://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Db {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
 
-/// A handle to the store's writer thread. Cheap to clone.
+impl Db {
+    /// `postgres://` and `postgresql://` URLs are PostgreSQL; anything else a SQLite file.
+    pub fn parse(db: &str) -> Self {
+        if postgres::is_url(db) {
+            Db::Postgres(db.to_owned())
+        } else {
+            Db::Sqlite(PathBuf::from(db))
+        }
+    }
+
+    /// How messages name it (a URL without its password).
+    pub fn shown(&self) -> String {
+        match self {
+            Db::Sqlite(path) => path.display().to_string(),
+            Db::Postgres(url) => postgres::redacted(url),
+        }
+    }
+}
+
+impl std::fmt::Display for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+/// One piece of the store's work, run by the handle's worker in order; it
+/// gets the connection, or why there is none.
+type Job = Box<dyn for<'c> FnOnce(Result<&'c mut Conn, StoreError>) -> BoxFuture<'c> + Send>;
+type BoxFuture<'c> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'c>>;
+
+/// What a job's caller hands over: given the connection, the work as a
+/// future that borrows it.
+pub trait JobFn<R>: for<'c> FnOnce(&'c mut Conn) -> JobFuture<'c, R> + Send + 'static {}
+impl<R, F: for<'c> FnOnce(&'c mut Conn) -> JobFuture<'c, R> + Send + 'static> JobFn<R> for F {}
+pub type JobFuture<'c, R> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, StoreError>> + Send + 'c>>;
+
+/// The runtime PostgreSQL's workers and connections run on: shared by every
+/// handle of the process, beside the connectors' own threads.
+fn store_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nuntiq-store")
+            .enable_all()
+            .build()
+            .expect("the store runtime starts")
+    })
+}
+
+/// One pool per database URL, shared by the process's runs.
+async fn pool_for(url: &str) -> Result<PgPool, OpenError> {
+    static POOLS: OnceLock<tokio::sync::Mutex<HashMap<String, PgPool>>> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock().await;
+    if let Some(pool) = pools.get(url) {
+        return Ok(pool.clone());
+    }
+    let pool = PgPool::open(url).await?;
+    pools.insert(url.to_owned(), pool.clone());
+    Ok(pool)
+}
+
+/// A handle to the store's worker. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     writes: Arc<BackgroundWrites>,
-    /// Time the writer thread spent working, in nanoseconds.
+    /// Time the worker spent working, in nanoseconds.
     busy: Arc<AtomicU64>,
     /// A dry run's private copy of the database, removed with the last handle.
     _copy: Option<Arc<tempfile::TempPath>>,
@@ -212,9 +291,29 @@ impl BackgroundWrites {
 const BATCHES_IN_FLIGHT: usize = 2;
 
 impl Store {
+    /// Opens (creating if needed) and migrates the store `db`. Callable from
+    /// inside an async context: PostgreSQL's set-up runs on the store runtime.
+    pub fn open(db: &Db) -> Result<Self, OpenError> {
+        match db {
+            Db::Sqlite(path) => Self::open_sqlite(path),
+            Db::Postgres(url) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let url = url.clone();
+                store_runtime().spawn(async move {
+                    let _ = tx.send(pool_for(&url).await);
+                });
+                let pool = rx.recv().map_err(|_| OpenError {
+                    path: db.shown().into(),
+                    reason: "the store runtime stopped".into(),
+                })??;
+                Ok(Self::start_postgres(pool))
+            }
+        }
+    }
+
     /// Opens (creating if needed) and migrates the SQLite database at `path`.
     pub fn open_sqlite(path: &Path) -> Result<Self, OpenError> {
-        Self::start(schema::open(path)?, path, None)
+        Self::start_sqlite(schema::open(path)?, path, None)
     }
 
     /// A dry run's store: a private copy of the database at `path` (empty when
@@ -239,32 +338,11 @@ impl Store {
                 .map_err(|e| fail(format!("cannot copy it for the dry run: {e}")))?;
         }
         let conn = schema::open(&copy)?;
-        Self::start(conn, path, Some(Arc::new(copy)))
+        Self::start_sqlite(conn, path, Some(Arc::new(copy)))
     }
 
-    fn start(
-        conn: rusqlite::Connection,
-        path: &Path,
-        copy: Option<Arc<tempfile::TempPath>>,
-    ) -> Result<Self, OpenError> {
-        let (jobs, mut rx) = mpsc::channel::<Job>(64);
-        let busy = Arc::new(AtomicU64::new(0));
-        let working = busy.clone();
-        std::thread::Builder::new()
-            .name("nuntiq-store".into())
-            .spawn(move || {
-                let mut conn = conn;
-                while let Some(job) = rx.blocking_recv() {
-                    let started = std::time::Instant::now();
-                    job(&mut conn);
-                    working.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                }
-            })
-            .map_err(|e| OpenError {
-                path: path.to_owned(),
-                reason: format!("failed to start the store thread: {e}"),
-            })?;
-        Ok(Self {
+    fn new(jobs: mpsc::Sender<Job>, busy: Arc<AtomicU64>, copy: Option<Arc<tempfile::TempPath>>) -> Self {
+        Self {
             jobs,
             writes: Arc::new(BackgroundWrites {
                 permits: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
@@ -273,35 +351,84 @@ impl Store {
             }),
             busy,
             _copy: copy,
-        })
+        }
     }
 
-    fn job<R: Send + 'static>(
-        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
-    ) -> (Job, oneshot::Receiver<Result<R, StoreError>>) {
+    /// SQLite's worker: a thread that owns the connection.
+    fn start_sqlite(
+        conn: rusqlite::Connection,
+        path: &Path,
+        copy: Option<Arc<tempfile::TempPath>>,
+    ) -> Result<Self, OpenError> {
+        let (jobs, mut rx) = mpsc::channel::<Job>(64);
+        let busy = Arc::new(AtomicU64::new(0));
+        let working = busy.clone();
+        let fail = |reason: String| OpenError {
+            path: path.to_owned(),
+            reason,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| fail(format!("failed to start the store thread: {e}")))?;
+        std::thread::Builder::new()
+            .name("nuntiq-store".into())
+            .spawn(move || {
+                let mut conn = Conn::Sqlite(SqliteConn::new(conn));
+                while let Some(job) = rx.blocking_recv() {
+                    let started = std::time::Instant::now();
+                    runtime.block_on(job(Ok(&mut conn)));
+                    working.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            })
+            .map_err(|e| fail(format!("failed to start the store thread: {e}")))?;
+        Ok(Self::new(jobs, busy, copy))
+    }
+
+    /// PostgreSQL's worker: a task on the store runtime, a pooled connection per job.
+    fn start_postgres(pool: PgPool) -> Self {
+        let (jobs, mut rx) = mpsc::channel::<Job>(64);
+        let busy = Arc::new(AtomicU64::new(0));
+        let working = busy.clone();
+        store_runtime().spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let started = std::time::Instant::now();
+                match pool.conn().await {
+                    Ok(conn) => {
+                        let mut conn = Conn::Postgres(conn);
+                        job(Ok(&mut conn)).await;
+                    }
+                    Err(e) => job(Err(e)).await,
+                }
+                working.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+        });
+        Self::new(jobs, busy, None)
+    }
+
+    fn job<R: Send + 'static>(f: impl JobFn<R>) -> (Job, oneshot::Receiver<Result<R, StoreError>>) {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
+            Box::pin(async move {
+                let result = match conn {
+                    Ok(conn) => f(conn).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            })
         });
         (job, answer)
     }
 
     /// Runs `f` on the writer thread and waits for its answer. Once handed
     /// over, `f` runs to its end even if this future is dropped.
-    async fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
+    async fn call<R: Send + 'static>(&self, f: impl JobFn<R>) -> Result<R, StoreError> {
         let (job, answer) = Self::job(f);
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Like `call`, for threads outside the async runtime (the lease heartbeat).
-    fn call_blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
+    fn call_blocking<R: Send + 'static>(&self, f: impl JobFn<R>) -> Result<R, StoreError> {
         let (job, answer) = Self::job(f);
         self.jobs.blocking_send(job).map_err(|_| StoreError::Closed)?;
         answer.blocking_recv().map_err(|_| StoreError::Closed)?
@@ -318,8 +445,10 @@ impl Store {
     ) -> Result<(Begun, SaveCounts), StoreError> {
         let writes = self.writes.clone();
         self.call(move |c| {
-            let begun = delta::begin_run(c, &key, cursor_type, &owner, &stop)?;
-            Ok((begun, writes.counts()))
+            Box::pin(async move {
+                let begun = delta::begin_run(c, &key, cursor_type, &owner, &stop).await?;
+                Ok((begun, writes.counts()))
+            })
         })
         .await
     }
@@ -340,24 +469,27 @@ impl Store {
         let writes = self.writes.clone();
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            // The data this cursor covers must all be durable: refuse after a failed write.
-            let result = match writes.failure() {
-                Some(e) => Err(StoreError::EarlierWrite(e)),
-                None => {
-                    let mut during_run = writes.counts();
-                    during_run.inserted -= written_before.inserted;
-                    during_run.updated -= written_before.updated;
-                    during_run.unchanged -= written_before.unchanged;
-                    delta::complete_run(conn, &key, &run_id, &completion, &pending, during_run, &stop)
-                }
-            };
-            let _ = reply.send(match result {
-                Ok((state, counts)) => {
-                    writes.count(counts);
-                    Ok((state, counts))
-                }
-                Err(error) => Err(CompleteError { error, pending }),
-            });
+            Box::pin(async move {
+                // The data this cursor covers must all be durable: refuse after a failed write.
+                let result = match (writes.failure(), conn) {
+                    (Some(e), _) => Err(StoreError::EarlierWrite(e)),
+                    (None, Err(e)) => Err(e),
+                    (None, Ok(conn)) => {
+                        let mut during_run = writes.counts();
+                        during_run.inserted -= written_before.inserted;
+                        during_run.updated -= written_before.updated;
+                        during_run.unchanged -= written_before.unchanged;
+                        delta::complete_run(conn, &key, &run_id, &completion, &pending, during_run, &stop).await
+                    }
+                };
+                let _ = reply.send(match result {
+                    Ok((state, counts)) => {
+                        writes.count(counts);
+                        Ok((state, counts))
+                    }
+                    Err(error) => Err(CompleteError { error, pending }),
+                });
+            })
         });
         let closed = || CompleteError {
             error: StoreError::Closed,
@@ -374,7 +506,7 @@ impl Store {
         error_summary: String,
         updated_by: String,
     ) -> Result<FailOutcome, StoreError> {
-        self.call(move |c| delta::fail_run(c, &key, &run_id, &error_summary, &updated_by))
+        self.call(move |c| Box::pin(async move { delta::fail_run(c, &key, &run_id, &error_summary, &updated_by).await }))
             .await
     }
 
@@ -385,22 +517,23 @@ impl Store {
         error_summary: String,
         updated_by: String,
     ) -> Result<Vec<FailOutcome>, StoreError> {
-        self.call(move |c| delta::fail_runs(c, &runs, &error_summary, &updated_by))
+        self.call(move |c| Box::pin(async move { delta::fail_runs(c, &runs, &error_summary, &updated_by).await }))
             .await
     }
 
     /// Extends the leases of `runs`; returns the run ids that lost theirs.
     pub fn renew_leases_blocking(&self, runs: Vec<(StreamKey, RunOwner)>) -> Result<Vec<String>, StoreError> {
-        self.call_blocking(move |c| delta::renew_leases(c, &runs))
+        self.call_blocking(move |c| Box::pin(async move { delta::renew_leases(c, &runs).await }))
     }
 
     pub async fn get_state(&self, key: StreamKey) -> Result<StreamState, StoreError> {
-        self.call(move |c| delta::get_state(c, &key)).await
+        self.call(move |c| Box::pin(async move { delta::get_state(c, &key).await }))
+            .await
     }
 
     /// Sets a source row aside for run `run_id` of stream `key`.
     pub async fn reject(&self, key: StreamKey, run_id: String, row: String, reason: String) -> Result<(), StoreError> {
-        self.call(move |c| rejected::reject(c, &key, &run_id, &row, &reason))
+        self.call(move |c| Box::pin(async move { rejected::reject(c, &key, &run_id, &row, &reason).await }))
             .await
     }
 
@@ -428,17 +561,22 @@ impl Store {
         let writes = self.writes.clone();
         let count = batch.len();
         let job: Job = Box::new(move |conn| {
-            let written = match stop.exceeded() {
-                Some(limit) => Err(format!("{limit}; the batch was not written")),
-                None => suppliers::save_suppliers(conn, &customer_number, &batch).map_err(|e| e.to_string()),
-            };
-            match written {
-                Ok(counts) => writes.count(counts),
-                Err(e) => {
-                    writes.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            Box::pin(async move {
+                let written = match (stop.exceeded(), conn) {
+                    (Some(limit), _) => Err(format!("{limit}; the batch was not written")),
+                    (None, Err(e)) => Err(e.to_string()),
+                    (None, Ok(conn)) => suppliers::save_suppliers(conn, &customer_number, &batch)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match written {
+                    Ok(counts) => writes.count(counts),
+                    Err(e) => {
+                        writes.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    }
                 }
-            }
-            drop(permit);
+                drop(permit);
+            })
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         Ok(count)
@@ -447,7 +585,7 @@ impl Store {
     /// Waits until every write handed over so far is done; reports a failed
     /// one, else what all writes of this handle did.
     pub async fn drain(&self) -> Result<SaveCounts, StoreError> {
-        self.call(|_| Ok(())).await?;
+        self.call(|_| Box::pin(async { Ok(()) })).await?;
         match self.writes.failure() {
             Some(e) => Err(StoreError::EarlierWrite(e)),
             None => Ok(self.writes.counts()),

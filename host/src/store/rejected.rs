@@ -5,46 +5,48 @@
 use super::delta::StreamFilter;
 use super::schema::now_utc;
 use super::{StoreError, StreamKey};
-use rusqlite::{Connection, params};
+use super::sql::{Conn, params, transaction};
 use serde::Serialize;
 
 /// Records a rejected row for the stream of run `run_id`.
-pub fn reject(conn: &mut Connection, key: &StreamKey, run_id: &str, row: &str, reason: &str) -> Result<(), StoreError> {
+pub async fn reject(conn: &mut Conn, key: &StreamKey, run_id: &str, row: &str, reason: &str) -> Result<(), StoreError> {
     use sha2::Digest;
     let row_sha256: String = sha2::Sha256::digest(row.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let now = now_utc();
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute(
-        "INSERT INTO rejected_record
-             (customer_number, connector_name, stream_name, row_sha256, row, reason, first_rejected_at,
-              last_rejected_at, last_run_id, times)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, 1)
-         ON CONFLICT (customer_number, connector_name, stream_name, row_sha256) DO UPDATE SET
-             reason = excluded.reason, last_rejected_at = excluded.last_rejected_at,
-             last_run_id = excluded.last_run_id, times = rejected_record.times + 1",
-        params![
-            key.customer_number,
-            key.connector_name,
-            key.stream_name,
-            row_sha256,
-            row,
-            reason,
-            now,
-            run_id
-        ],
-    )?;
-    tx.execute(
-        "UPDATE delta_run SET rejected = COALESCE(rejected, 0) + 1 WHERE run_id = ?1",
-        [run_id],
-    )?;
-    tx.commit()?;
-    Ok(())
+    transaction(conn, async |tx: &mut Conn| {
+        tx.execute(
+            "INSERT INTO rejected_record
+                 (customer_number, connector_name, stream_name, row_sha256, row, reason, first_rejected_at,
+                  last_rejected_at, last_run_id, times)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, 1)
+             ON CONFLICT (customer_number, connector_name, stream_name, row_sha256) DO UPDATE SET
+                 reason = excluded.reason, last_rejected_at = excluded.last_rejected_at,
+                 last_run_id = excluded.last_run_id, times = rejected_record.times + 1",
+            params![
+                &key.customer_number,
+                &key.connector_name,
+                &key.stream_name,
+                &row_sha256,
+                row,
+                reason,
+                &now,
+                run_id
+            ],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE delta_run SET rejected = COALESCE(rejected, 0) + 1 WHERE run_id = ?1",
+            params![run_id],
+        )
+        .await?;
+        Ok(())
+    })
+    .await
 }
 
-/// One rejected row as the admin view lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectedRecord {
     pub customer_number: String,
@@ -59,37 +61,44 @@ pub struct RejectedRecord {
 }
 
 /// Rejected rows matching `filter`, the most recently seen first.
-pub fn list_rejected(conn: &Connection, filter: &StreamFilter, limit: usize) -> rusqlite::Result<Vec<RejectedRecord>> {
-    let mut stmt = conn.prepare(&format!(
+pub async fn list_rejected(
+    conn: &mut Conn,
+    filter: &StreamFilter,
+    limit: usize,
+) -> Result<Vec<RejectedRecord>, StoreError> {
+    let sql = format!(
         "SELECT customer_number, connector_name, stream_name, row, reason, first_rejected_at, last_rejected_at,
                 last_run_id, times
          FROM rejected_record
          WHERE {}
          ORDER BY last_rejected_at DESC, row_sha256 LIMIT ?4",
         super::delta::STREAM_FILTER
-    ))?;
-    stmt.query_map(
-        params![
-            filter.customer_number,
-            filter.connector_name,
-            filter.stream_name,
-            limit as i64
-        ],
-        |r| {
-            Ok(RejectedRecord {
-                customer_number: r.get(0)?,
-                connector_name: r.get(1)?,
-                stream_name: r.get(2)?,
-                row: r.get(3)?,
-                reason: r.get(4)?,
-                first_rejected_at: r.get(5)?,
-                last_rejected_at: r.get(6)?,
-                last_run_id: r.get(7)?,
-                times: r.get(8)?,
-            })
-        },
-    )?
-    .collect()
+    );
+    let rows = conn
+        .query(
+            &sql,
+            params![
+                &filter.customer_number,
+                &filter.connector_name,
+                &filter.stream_name,
+                limit as i64
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| RejectedRecord {
+            customer_number: r.text(0),
+            connector_name: r.text(1),
+            stream_name: r.text(2),
+            row: r.text(3),
+            reason: r.text(4),
+            first_rejected_at: r.text(5),
+            last_rejected_at: r.text(6),
+            last_run_id: r.text(7),
+            times: r.int(8),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -100,45 +109,32 @@ mod tests {
     use crate::store::{CursorType, delta};
     use std::time::Duration;
 
-    #[test]
-    fn a_row_rejected_twice_is_kept_once_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::store::schema::open(&dir.path().join("t.db")).unwrap();
+    async fn a_row_rejected_twice_is_kept_once_and_counted(conn: &mut Conn) {
         let key = StreamKey {
             customer_number: "c1".into(),
             connector_name: "acme_eu".into(),
             stream_name: "suppliers".into(),
         };
         let owner = RunOwner::this_process("sha", "test", Duration::from_secs(60));
-        delta::begin_run(&mut conn, &key, CursorType::TimestampUtc, &owner, &Stop::never()).unwrap();
-        reject(
-            &mut conn,
-            &key,
-            &owner.run_id,
-            r#"{"number":"A1","active":"yes"}"#,
-            "active is not a boolean",
-        )
-        .unwrap();
-        reject(
-            &mut conn,
-            &key,
-            &owner.run_id,
-            r#"{"number":"A1","active":"yes"}"#,
-            "active is \"yes\"",
-        )
-        .unwrap();
-        reject(&mut conn, &key, &owner.run_id, r#"{"number":"A2"}"#, "name is missing").unwrap();
-        let rows = list_rejected(&conn, &StreamFilter::default(), 10).unwrap();
+        delta::begin_run(conn, &key, CursorType::TimestampUtc, &owner, &Stop::never())
+            .await
+            .unwrap();
+        let a1 = r#"{"number":"A1","active":"yes"}"#;
+        reject(conn, &key, &owner.run_id, a1, "active is not a boolean").await.unwrap();
+        reject(conn, &key, &owner.run_id, a1, "active is \"yes\"").await.unwrap();
+        reject(conn, &key, &owner.run_id, r#"{"number":"A2"}"#, "name is missing").await.unwrap();
+        let rows = list_rejected(conn, &StreamFilter::default(), 10).await.unwrap();
         assert_eq!(rows.len(), 2);
         let a1 = rows.iter().find(|r| r.row.contains("A1")).unwrap();
         assert_eq!((a1.times, a1.reason.as_str()), (2, "active is \"yes\""));
-        let counted: i64 = conn
-            .query_row(
-                "SELECT rejected FROM delta_run WHERE run_id = ?1",
-                [&owner.run_id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let counted = conn
+            .query_opt("SELECT rejected FROM delta_run WHERE run_id = ?1", params![&owner.run_id])
+            .await
+            .unwrap()
+            .unwrap()
+            .int(0);
         assert_eq!(counted, 3);
     }
+
+    crate::store::testing::on_both_engines!(a_row_rejected_twice_is_kept_once_and_counted);
 }

@@ -1,12 +1,18 @@
-//! The supplier store in SQLite: natural-key tables (no surrogate ids, no
-//! second index), and an upsert that writes nothing for a supplier whose
-//! content fingerprint is what the store already holds.
+//! The supplier store: natural-key tables (no surrogate ids, no second
+//! index), and an upsert that writes nothing for a supplier whose content
+//! fingerprint is what the store already holds. Each engine writes its own
+//! fastest way: SQLite one prepared statement per row (in-process, a row is
+//! cheaper than a round trip), PostgreSQL a few array statements per batch
+//! (`unnest`), so a batch of 1000 costs a handful of round trips.
 
 use super::StoreError;
+use super::postgres::PgConn;
 use super::records::SupplierRecord;
 use super::schema::now_utc;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use super::sql::{Conn, transaction};
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
+use std::collections::HashSet;
 
 /// The platform splits `save_all` into requests of 1000 rows; so do our transactions.
 pub const SUPPLIERS_PER_TRANSACTION: usize = 1000;
@@ -32,34 +38,74 @@ impl SaveCounts {
     }
 }
 
+/// Suppliers written by one run past which PostgreSQL's statistics are
+/// refreshed at its end: plans made while a table was small (a first load)
+/// would otherwise scan it whole for the next run's updates.
+pub const ANALYZE_AFTER_WRITES: u64 = 5_000;
+
+/// Refreshes the supplier tables' statistics (PostgreSQL; SQLite plans by its indexes).
+pub async fn refresh_statistics(conn: &mut Conn) -> Result<(), StoreError> {
+    if let Conn::Postgres(_) = conn {
+        conn.execute("ANALYZE supplier, supplier_location, supplier_address", &[]).await?;
+    }
+    Ok(())
+}
+
 /// Upserts `suppliers` in transactions of [`SUPPLIERS_PER_TRANSACTION`].
-pub fn save_suppliers(
-    conn: &mut Connection,
+pub async fn save_suppliers(
+    conn: &mut Conn,
     customer_number: &str,
     suppliers: &[SupplierRecord],
 ) -> Result<SaveCounts, StoreError> {
     let mut counts = SaveCounts::default();
     for chunk in suppliers.chunks(SUPPLIERS_PER_TRANSACTION) {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        counts.add(upsert_suppliers(&tx, customer_number, chunk)?);
-        tx.commit()?;
+        counts.add(transaction(conn, async |tx: &mut Conn| upsert_suppliers(tx, customer_number, chunk).await).await?);
     }
     Ok(counts)
 }
 
-/// Upserts on (customer_number, supplier_number, organization_code): a new
-/// supplier is inserted with its locations and addresses; a changed one is
-/// updated, each listed location upserted on its code and its addresses
-/// replaced; an unchanged one (same fingerprint) is left as it is.
-pub(super) fn upsert_suppliers(
-    tx: &Transaction<'_>,
+/// Upserts on (customer_number, supplier_number, organization_code), inside
+/// the caller's transaction: a new supplier is inserted with its locations
+/// and addresses; a changed one is updated, each listed location upserted on
+/// its code and its addresses replaced; an unchanged one (same fingerprint)
+/// is left as it is. Of one supplier listed twice, the last wins.
+pub(super) async fn upsert_suppliers(
+    conn: &mut Conn,
+    customer_number: &str,
+    suppliers: &[SupplierRecord],
+) -> Result<SaveCounts, StoreError> {
+    if suppliers.is_empty() {
+        return Ok(SaveCounts::default());
+    }
+    match conn {
+        Conn::Sqlite(c) => Ok(upsert_sqlite(&c.conn, customer_number, suppliers)?),
+        Conn::Postgres(c) => {
+            // Batches of distinct suppliers: a repeat starts the next batch,
+            // so it sees what the earlier one wrote.
+            let mut counts = SaveCounts::default();
+            let mut start = 0;
+            let mut seen = HashSet::new();
+            for (i, s) in suppliers.iter().enumerate() {
+                if !seen.insert((s.supplier_number.as_str(), s.organization_key())) {
+                    counts.add(upsert_postgres(c, customer_number, &suppliers[start..i]).await?);
+                    start = i;
+                    seen.clear();
+                    seen.insert((s.supplier_number.as_str(), s.organization_key()));
+                }
+            }
+            counts.add(upsert_postgres(c, customer_number, &suppliers[start..]).await?);
+            Ok(counts)
+        }
+    }
+}
+
+/// SQLite: a statement per row, prepared once per connection.
+fn upsert_sqlite(
+    tx: &rusqlite::Connection,
     customer_number: &str,
     suppliers: &[SupplierRecord],
 ) -> rusqlite::Result<SaveCounts> {
     let mut counts = SaveCounts::default();
-    if suppliers.is_empty() {
-        return Ok(counts);
-    }
     let now = now_utc();
     let mut stored_fingerprint = tx.prepare_cached(
         "SELECT fingerprint FROM supplier
@@ -192,117 +238,491 @@ pub(super) fn upsert_suppliers(
     Ok(counts)
 }
 
+
+/// PostgreSQL: one batch of distinct suppliers in a few array statements —
+/// read the stored fingerprints, then insert the new, update the changed,
+/// upsert their locations and replace their addresses.
+async fn upsert_postgres(
+    conn: &mut PgConn,
+    customer: &str,
+    suppliers: &[SupplierRecord],
+) -> Result<SaveCounts, StoreError> {
+    let mut counts = SaveCounts::default();
+    if suppliers.is_empty() {
+        return Ok(counts);
+    }
+    // Only what differs comes back: a batch the store already holds costs one
+    // statement and returns nothing.
+    let fingerprints: Vec<[u8; 16]> = suppliers.iter().map(SupplierRecord::fingerprint).collect();
+    let numbers: Vec<&str> = suppliers.iter().map(|s| s.supplier_number.as_str()).collect();
+    let orgs: Vec<&str> = suppliers.iter().map(SupplierRecord::organization_key).collect();
+    let prints: Vec<&[u8]> = fingerprints.iter().map(|f| f.as_slice()).collect();
+    let differing = conn
+        .prepared(
+            // LATERAL … LIMIT 1: one index probe per key, whatever the table's
+            // statistics say (a join may otherwise hash the customer's every supplier).
+            "SELECT k.i, s.fingerprint IS NOT NULL
+             FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY AS k(number, org, fp, i)
+             LEFT JOIN LATERAL (
+                 SELECT fingerprint FROM supplier
+                 WHERE customer_number = $1 AND supplier_number = k.number AND organization_code = k.org
+                 LIMIT 1
+             ) s ON true
+             WHERE s.fingerprint IS DISTINCT FROM k.fp",
+        )
+        .await?;
+    let now = now_utc();
+    let (mut new, mut changed) = (Vec::new(), Vec::new());
+    for row in conn.client().query(&differing, &[&customer, &numbers, &orgs, &prints]).await? {
+        let i = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+        let (Some(s), Some(fingerprint)) = (suppliers.get(i), fingerprints.get(i)) else {
+            continue;
+        };
+        if row.get::<_, bool>(1) {
+            changed.push((s, *fingerprint));
+        } else {
+            new.push((s, *fingerprint));
+        }
+    }
+    counts.unchanged = (suppliers.len() - new.len() - changed.len()) as u64;
+    counts.inserted = new.len() as u64;
+    counts.updated = changed.len() as u64;
+
+    let columns = SupplierColumns::of(&new);
+    let insert = conn
+        .prepared(
+            "INSERT INTO supplier
+                 (customer_number, supplier_number, organization_code, supplier_name, alternative_supplier_name,
+                  supplier_type, is_active, custom_field_1, custom_field_2, custom_field_3, custom_field_4,
+                  custom_field_5, fingerprint, created_at, updated_at)
+             SELECT $1, t.number, t.org, t.name, t.alt, t.type, COALESCE(t.active, 1), t.c1, t.c2, t.c3, t.c4, t.c5,
+                    t.fp, $14, $14
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
+                         $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[])
+                  AS t(number, org, name, alt, type, active, c1, c2, c3, c4, c5, fp)
+             ON CONFLICT (customer_number, supplier_number, organization_code) DO UPDATE SET
+                 supplier_name = excluded.supplier_name, alternative_supplier_name = excluded.alternative_supplier_name,
+                 supplier_type = excluded.supplier_type, is_active = excluded.is_active,
+                 custom_field_1 = excluded.custom_field_1, custom_field_2 = excluded.custom_field_2,
+                 custom_field_3 = excluded.custom_field_3, custom_field_4 = excluded.custom_field_4,
+                 custom_field_5 = excluded.custom_field_5, fingerprint = excluded.fingerprint,
+                 updated_at = excluded.updated_at",
+        )
+        .await?;
+    if !new.is_empty() {
+        conn.client().execute(&insert, &columns.params(&customer, &now)).await?;
+    }
+    let columns = SupplierColumns::of(&changed);
+    let update = conn
+        .prepared(
+            "UPDATE supplier s SET supplier_name = t.name, alternative_supplier_name = t.alt, supplier_type = t.type,
+                 is_active = COALESCE(t.active, s.is_active), custom_field_1 = t.c1, custom_field_2 = t.c2,
+                 custom_field_3 = t.c3, custom_field_4 = t.c4, custom_field_5 = t.c5, fingerprint = t.fp,
+                 updated_at = $14
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
+                         $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[])
+                  AS t(number, org, name, alt, type, active, c1, c2, c3, c4, c5, fp)
+             WHERE s.customer_number = $1 AND s.supplier_number = t.number AND s.organization_code = t.org",
+        )
+        .await?;
+    if !changed.is_empty() {
+        conn.client().execute(&update, &columns.params(&customer, &now)).await?;
+    }
+
+    // Locations and addresses of every supplier written.
+    let written: Vec<&SupplierRecord> = new.iter().chain(&changed).map(|(s, _)| *s).collect();
+    let locations = LocationColumns::of(&written);
+    if locations.len() > 0 {
+        // Existing locations of changed suppliers first (an absent is_active keeps
+        // the stored one), then every location not stored yet.
+        if !changed.is_empty() {
+            let update = conn
+                .prepared(
+                    "UPDATE supplier_location l SET location_name = t.name, organization_code = t.org_code,
+                         default_currency_code = t.currency, default_payment_term_code = t.term,
+                         default_payment_method = t.method, taxpayer_id = t.taxpayer, duns_number = t.duns,
+                         is_active = COALESCE(t.active, l.is_active), custom_field_1 = t.c1, custom_field_2 = t.c2,
+                         custom_field_3 = t.c3, custom_field_4 = t.c4, custom_field_5 = t.c5, updated_at = $18
+                     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                 $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[],
+                                 $14::text[], $15::text[], $16::text[], $17::text[])
+                          AS t(number, org, code, name, org_code, currency, term, method, taxpayer, duns, active,
+                               c1, c2, c3, c4, c5)
+                     WHERE l.customer_number = $1 AND l.supplier_number = t.number
+                       AND l.supplier_organization_code = t.org AND l.location_code = t.code",
+                )
+                .await?;
+            conn.client().execute(&update, &locations.params(&customer, &now)).await?;
+        }
+        let insert = conn
+            .prepared(
+                "INSERT INTO supplier_location
+                     (customer_number, supplier_number, supplier_organization_code, location_code, location_name,
+                      organization_code, default_currency_code, default_payment_term_code, default_payment_method,
+                      taxpayer_id, duns_number, is_active, custom_field_1, custom_field_2, custom_field_3,
+                      custom_field_4, custom_field_5, created_at, updated_at)
+                 SELECT $1, t.number, t.org, t.code, t.name, t.org_code, t.currency, t.term, t.method, t.taxpayer,
+                        t.duns, COALESCE(t.active, 1), t.c1, t.c2, t.c3, t.c4, t.c5, $18, $18
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                             $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[],
+                             $14::text[], $15::text[], $16::text[], $17::text[])
+                      AS t(number, org, code, name, org_code, currency, term, method, taxpayer, duns, active,
+                           c1, c2, c3, c4, c5)
+                 ON CONFLICT (customer_number, supplier_number, supplier_organization_code, location_code) DO NOTHING",
+            )
+            .await?;
+        conn.client().execute(&insert, &locations.params(&customer, &now)).await?;
+    }
+    if !changed.is_empty() {
+        let changed_locations: Vec<&SupplierRecord> = changed.iter().map(|(s, _)| *s).collect();
+        let keys = LocationColumns::of(&changed_locations);
+        let delete = conn
+            .prepared(
+                "DELETE FROM supplier_address a
+                 USING unnest($2::text[], $3::text[], $4::text[]) AS t(number, org, code)
+                 WHERE a.customer_number = $1 AND a.supplier_number = t.number
+                   AND a.supplier_organization_code = t.org AND a.location_code = t.code",
+            )
+            .await?;
+        conn.client()
+            .execute(&delete, &[&customer, &keys.number, &keys.org, &keys.code])
+            .await?;
+    }
+    let addresses = AddressColumns::of(&written);
+    if !addresses.number.is_empty() {
+        let insert = conn
+            .prepared(
+                "INSERT INTO supplier_address
+                     (customer_number, supplier_number, supplier_organization_code, location_code, position,
+                      street, city, state, postal_code, country_code, custom_field_1, custom_field_2, custom_field_3)
+                 SELECT $1, t.* FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[],
+                                            $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+                      AS t",
+            )
+            .await?;
+        conn.client().execute(&insert, &addresses.params(&customer)).await?;
+    }
+    Ok(counts)
+}
+
+type PgParam<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Suppliers as column arrays (one array per column, a row per index).
+#[derive(Default)]
+struct SupplierColumns<'a> {
+    number: Vec<&'a str>,
+    org: Vec<&'a str>,
+    name: Vec<&'a str>,
+    alt: Vec<Option<&'a str>>,
+    kind: Vec<Option<&'a str>>,
+    active: Vec<Option<i64>>,
+    custom: [Vec<Option<&'a str>>; 5],
+    fingerprint: Vec<Vec<u8>>,
+}
+
+impl<'a> SupplierColumns<'a> {
+    fn of(rows: &[(&'a SupplierRecord, [u8; 16])]) -> Self {
+        let mut c = Self::default();
+        for (s, fingerprint) in rows {
+            c.number.push(&s.supplier_number);
+            c.org.push(s.organization_key());
+            c.name.push(&s.supplier_name);
+            c.alt.push(s.alternative_supplier_name.as_deref());
+            c.kind.push(s.supplier_type.as_deref());
+            c.active.push(s.is_active.map(i64::from));
+            for (column, value) in c.custom.iter_mut().zip([
+                &s.custom_field_1,
+                &s.custom_field_2,
+                &s.custom_field_3,
+                &s.custom_field_4,
+                &s.custom_field_5,
+            ]) {
+                column.push(value.as_deref());
+            }
+            c.fingerprint.push(fingerprint.to_vec());
+        }
+        c
+    }
+
+    fn params(&'a self, customer: &'a &'a str, now: &'a String) -> Vec<PgParam<'a>> {
+        vec![
+            customer,
+            &self.number,
+            &self.org,
+            &self.name,
+            &self.alt,
+            &self.kind,
+            &self.active,
+            &self.custom[0],
+            &self.custom[1],
+            &self.custom[2],
+            &self.custom[3],
+            &self.custom[4],
+            &self.fingerprint,
+            now,
+        ]
+    }
+}
+
+/// The locations of some suppliers as column arrays.
+#[derive(Default)]
+struct LocationColumns<'a> {
+    number: Vec<&'a str>,
+    org: Vec<&'a str>,
+    code: Vec<&'a str>,
+    text: [Vec<Option<&'a str>>; 7],
+    active: Vec<Option<i64>>,
+    custom: [Vec<Option<&'a str>>; 5],
+}
+
+impl<'a> LocationColumns<'a> {
+    fn of(suppliers: &[&'a SupplierRecord]) -> Self {
+        let mut c = Self::default();
+        for s in suppliers {
+            for l in &s.locations {
+                c.number.push(&s.supplier_number);
+                c.org.push(s.organization_key());
+                c.code.push(&l.location_code);
+                for (column, value) in c.text.iter_mut().zip([
+                    &l.location_name,
+                    &l.organization_code,
+                    &l.default_currency_code,
+                    &l.default_payment_term_code,
+                    &l.default_payment_method,
+                    &l.taxpayer_id,
+                    &l.duns_number,
+                ]) {
+                    column.push(value.as_deref());
+                }
+                c.active.push(l.is_active.map(i64::from));
+                for (column, value) in c.custom.iter_mut().zip([
+                    &l.custom_field_1,
+                    &l.custom_field_2,
+                    &l.custom_field_3,
+                    &l.custom_field_4,
+                    &l.custom_field_5,
+                ]) {
+                    column.push(value.as_deref());
+                }
+            }
+        }
+        c
+    }
+
+    fn len(&self) -> usize {
+        self.number.len()
+    }
+
+    fn params(&'a self, customer: &'a &'a str, now: &'a String) -> Vec<PgParam<'a>> {
+        let mut p: Vec<PgParam<'a>> = vec![customer, &self.number, &self.org, &self.code];
+        p.extend(self.text.iter().map(|c| c as PgParam<'a>));
+        p.push(&self.active);
+        p.extend(self.custom.iter().map(|c| c as PgParam<'a>));
+        p.push(now);
+        p
+    }
+}
+
+/// The addresses of some suppliers' locations as column arrays, with their positions.
+#[derive(Default)]
+struct AddressColumns<'a> {
+    number: Vec<&'a str>,
+    org: Vec<&'a str>,
+    code: Vec<&'a str>,
+    position: Vec<i64>,
+    fields: [Vec<Option<&'a str>>; 8],
+}
+
+impl<'a> AddressColumns<'a> {
+    fn of(suppliers: &[&'a SupplierRecord]) -> Self {
+        let mut c = Self::default();
+        for s in suppliers {
+            for l in &s.locations {
+                for (position, a) in l.addresses.iter().enumerate() {
+                    c.number.push(&s.supplier_number);
+                    c.org.push(s.organization_key());
+                    c.code.push(&l.location_code);
+                    c.position.push(position as i64);
+                    for (column, value) in c.fields.iter_mut().zip([
+                        &a.street,
+                        &a.city,
+                        &a.state,
+                        &a.postal_code,
+                        &a.country_code,
+                        &a.custom_field_1,
+                        &a.custom_field_2,
+                        &a.custom_field_3,
+                    ]) {
+                        column.push(value.as_deref());
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    fn params(&'a self, customer: &'a &'a str) -> Vec<PgParam<'a>> {
+        let mut p: Vec<PgParam<'a>> = vec![customer, &self.number, &self.org, &self.code, &self.position];
+        p.extend(self.fields.iter().map(|c| c as PgParam<'a>));
+        p
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::store::records::tests::supplier;
-    use crate::store::schema::open;
+    use crate::store::sql::params;
+    use crate::store::testing::{count, on_both_engines};
 
-    pub(crate) fn count(conn: &Connection, table: &str) -> i64 {
-        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+    async fn name_and_city(conn: &mut Conn, number: &str) -> (String, String) {
+        let row = conn
+            .query_opt(
+                "SELECT s.supplier_name, a.city FROM supplier s
+                 JOIN supplier_address a ON a.customer_number = s.customer_number
+                  AND a.supplier_number = s.supplier_number AND a.supplier_organization_code = s.organization_code
+                 WHERE s.supplier_number = ?1",
+                params![number],
+            )
+            .await
             .unwrap()
+            .unwrap();
+        (row.text(0), row.text(1))
     }
 
-    fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("t.db")).unwrap();
-        (dir, conn)
+    /// Something that changes whenever any supplier row is written: SQLite's
+    /// change counter, PostgreSQL's row versions.
+    async fn writes(conn: &mut Conn) -> String {
+        match conn {
+            Conn::Sqlite(c) => c.conn.total_changes().to_string(),
+            Conn::Postgres(_) => {
+                let mut versions = String::new();
+                for table in ["supplier", "supplier_location", "supplier_address"] {
+                    for row in conn
+                        .query(&format!("SELECT xmin::text FROM {table} ORDER BY 1"), params![])
+                        .await
+                        .unwrap()
+                    {
+                        versions.push_str(&row.text(0));
+                        versions.push(',');
+                    }
+                }
+                versions
+            }
+        }
     }
 
-    fn name_and_city(conn: &Connection, number: &str) -> (String, String) {
-        conn.query_row(
-            "SELECT s.supplier_name, a.city FROM supplier s
-             JOIN supplier_address a ON a.customer_number = s.customer_number
-              AND a.supplier_number = s.supplier_number AND a.supplier_organization_code = s.organization_code
-             WHERE s.supplier_number = ?1",
-            [number],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn upsert_replaces_in_place_without_duplicates() {
-        let (_dir, mut conn) = db();
+    async fn upsert_replaces_in_place_without_duplicates(conn: &mut Conn) {
         let counts = save_suppliers(
-            &mut conn,
+            conn,
             "c1",
             &[supplier("S1", "One", Some("Utrecht")), supplier("S2", "Two", None)],
         )
+        .await
         .unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (2, 0, 0));
-        let counts = save_suppliers(&mut conn, "c1", &[supplier("S1", "One renamed", Some("Delft"))]).unwrap();
+        let counts = save_suppliers(conn, "c1", &[supplier("S1", "One renamed", Some("Delft"))])
+            .await
+            .unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (0, 1, 0));
-        assert_eq!(count(&conn, "supplier"), 2);
-        assert_eq!(count(&conn, "supplier_location"), 1);
-        assert_eq!(count(&conn, "supplier_address"), 1);
-        assert_eq!(name_and_city(&conn, "S1"), ("One renamed".into(), "Delft".into()));
+        assert_eq!(count(conn, "supplier").await, 2);
+        assert_eq!(count(conn, "supplier_location").await, 1);
+        assert_eq!(count(conn, "supplier_address").await, 1);
+        assert_eq!(name_and_city(conn, "S1").await, ("One renamed".into(), "Delft".into()));
         // Another tenant's S1 is another row.
-        save_suppliers(&mut conn, "c2", &[supplier("S1", "Theirs", None)]).unwrap();
-        assert_eq!(count(&conn, "supplier"), 3);
+        save_suppliers(conn, "c2", &[supplier("S1", "Theirs", None)]).await.unwrap();
+        assert_eq!(count(conn, "supplier").await, 3);
     }
 
-    #[test]
-    fn unchanged_suppliers_are_not_rewritten() {
-        let (_dir, mut conn) = db();
+    async fn unchanged_suppliers_are_not_rewritten(conn: &mut Conn) {
         let batch = [supplier("S1", "One", Some("Utrecht")), supplier("S2", "Two", None)];
-        save_suppliers(&mut conn, "c1", &batch).unwrap();
-        let stamp = |conn: &Connection| -> String {
-            conn.query_row(
-                "SELECT updated_at FROM supplier WHERE supplier_number = 'S1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
-        };
-        let before = stamp(&conn);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        let changes_before = conn.total_changes();
-        let counts = save_suppliers(&mut conn, "c1", &batch).unwrap();
+        save_suppliers(conn, "c1", &batch).await.unwrap();
+        let before = writes(conn).await;
+        let counts = save_suppliers(conn, "c1", &batch).await.unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (0, 0, 2));
-        assert_eq!(conn.total_changes(), changes_before, "not one row was written");
-        assert_eq!(stamp(&conn), before);
+        assert_eq!(writes(conn).await, before, "not one row was written");
+        let mut renamed = batch.clone();
+        renamed[1].supplier_name = "Two renamed".into();
+        save_suppliers(conn, "c1", &renamed).await.unwrap();
+        assert_ne!(writes(conn).await, before, "the check sees a write");
     }
 
-    #[test]
-    fn locations_not_listed_are_left_alone() {
-        let (_dir, mut conn) = db();
+    async fn locations_not_listed_are_left_alone(conn: &mut Conn) {
         let mut two = supplier("S1", "One", Some("Utrecht"));
         let mut branch = two.locations[0].clone();
         branch.location_code = "BRANCH".into();
         two.locations.push(branch);
-        save_suppliers(&mut conn, "c1", &[two]).unwrap();
-        save_suppliers(&mut conn, "c1", &[supplier("S1", "One", Some("Delft"))]).unwrap();
-        assert_eq!(count(&conn, "supplier_location"), 2);
+        save_suppliers(conn, "c1", &[two]).await.unwrap();
+        save_suppliers(conn, "c1", &[supplier("S1", "One", Some("Delft"))]).await.unwrap();
+        assert_eq!(count(conn, "supplier_location").await, 2);
         let cities: Vec<String> = conn
-            .prepare("SELECT city FROM supplier_address ORDER BY location_code")
+            .query("SELECT city FROM supplier_address ORDER BY location_code", params![])
+            .await
             .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+            .iter()
+            .map(|r| r.text(0))
+            .collect();
         assert_eq!(cities, ["Utrecht", "Delft"], "BRANCH kept, MAIN replaced");
     }
 
-    #[test]
-    fn organization_code_is_part_of_the_key() {
-        let (_dir, mut conn) = db();
-        let mut other_org = supplier("S1", "One in org B", None);
-        other_org.organization_code = Some("B".into());
-        save_suppliers(&mut conn, "c1", &[supplier("S1", "One", None), other_org]).unwrap();
-        assert_eq!(count(&conn, "supplier"), 2);
+    async fn an_absent_is_active_keeps_the_stored_one(conn: &mut Conn) {
+        let mut off = supplier("S1", "One", Some("Utrecht"));
+        off.is_active = Some(false);
+        off.locations[0].is_active = Some(false);
+        save_suppliers(conn, "c1", &[off.clone()]).await.unwrap();
+        let mut silent = off.clone();
+        silent.supplier_name = "One renamed".into();
+        silent.is_active = None;
+        silent.locations[0].is_active = None;
+        save_suppliers(conn, "c1", &[silent]).await.unwrap();
+        let row = conn
+            .query_opt(
+                "SELECT s.is_active, l.is_active FROM supplier s JOIN supplier_location l
+                   ON l.customer_number = s.customer_number AND l.supplier_number = s.supplier_number",
+                params![],
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((row.int(0), row.int(1)), (0, 0));
+        let mut fresh = supplier("S2", "Two", Some("Gouda"));
+        fresh.is_active = None;
+        fresh.locations[0].is_active = None;
+        save_suppliers(conn, "c1", &[fresh]).await.unwrap();
+        let row = conn
+            .query_opt("SELECT is_active FROM supplier WHERE supplier_number = 'S2'", params![])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.int(0), 1, "a new supplier is active unless it says otherwise");
     }
 
-    #[test]
-    fn duplicates_in_one_batch_collapse_to_the_last() {
-        let (_dir, mut conn) = db();
+    async fn organization_code_is_part_of_the_key(conn: &mut Conn) {
+        let mut other_org = supplier("S1", "One in org B", None);
+        other_org.organization_code = Some("B".into());
+        save_suppliers(conn, "c1", &[supplier("S1", "One", None), other_org])
+            .await
+            .unwrap();
+        assert_eq!(count(conn, "supplier").await, 2);
+    }
+
+    async fn duplicates_in_one_batch_collapse_to_the_last(conn: &mut Conn) {
         let batch = [
             supplier("S1", "First version", Some("Delft")),
             supplier("S1", "Last version", Some("Gouda")),
         ];
-        save_suppliers(&mut conn, "c1", &batch).unwrap();
-        assert_eq!(count(&conn, "supplier"), 1);
-        assert_eq!(count(&conn, "supplier_address"), 1);
-        assert_eq!(name_and_city(&conn, "S1"), ("Last version".into(), "Gouda".into()));
+        save_suppliers(conn, "c1", &batch).await.unwrap();
+        assert_eq!(count(conn, "supplier").await, 1);
+        assert_eq!(count(conn, "supplier_address").await, 1);
+        assert_eq!(name_and_city(conn, "S1").await, ("Last version".into(), "Gouda".into()));
     }
+
+    on_both_engines!(
+        upsert_replaces_in_place_without_duplicates,
+        unchanged_suppliers_are_not_rewritten,
+        locations_not_listed_are_left_alone,
+        an_absent_is_active_keeps_the_stored_one,
+        organization_code_is_part_of_the_key,
+        duplicates_in_one_batch_collapse_to_the_last,
+    );
 }

@@ -1,0 +1,441 @@
+//! PostgreSQL, the shared engine for many hosts: tokio-postgres through a
+//! deadpool pool. Its transactions, row locks (`SELECT … FOR UPDATE`) and
+//! unique constraints are the hosts' only coordination. Migrations are
+//! versioned and run under a transaction-scoped advisory lock, so hosts that
+//! start together apply each one once.
+
+use super::sql::{Param, Row, Value};
+use super::{OpenError, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::TryStreamExt;
+use std::collections::HashMap;
+use std::error::Error;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+/// Whether `--db` names a PostgreSQL database rather than a SQLite file.
+pub fn is_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// The URL as it may be shown: without its password.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The server's own message says what was wrong; the driver's Display alone says "db error".
+        let detail = e
+            .as_db_error()
+            .map(|db| format!("{}: {}", db.code().code(), db.message()))
+            .unwrap_or_else(|| {
+                let mut text = e.to_string();
+                let mut source = e.source();
+                while let Some(s) = source {
+                    text.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                text
+            });
+        StoreError::Database(detail)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Database(format!("no PostgreSQL connection: {other}")),
+        }
+    }
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match *self {
+            Param::Null => Ok(IsNull::Yes),
+            Param::Int(n) => match *ty {
+                Type::INT2 => i16::try_from(n)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(n)?.to_sql(ty, out),
+                Type::BOOL => (n != 0).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => n.to_string().to_sql(ty, out),
+                _ => n.to_sql(ty, out),
+            },
+            Param::Text(s) => s.to_sql(ty, out),
+            Param::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    /// Any column type: the value is converted to what the statement wants.
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// Connections to one database: the pool a process shares between its runs.
+#[derive(Clone)]
+pub struct PgPool {
+    pool: Pool,
+    /// The URL without its password, for messages.
+    pub shown: String,
+}
+
+/// Connections one process opens at most (runs queue for one beyond that).
+const POOL_SIZE: usize = 16;
+
+impl PgPool {
+    /// Connects, checks the server answers, and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, OpenError> {
+        let shown = redacted(url);
+        let fail = |reason: String| OpenError {
+            path: shown.clone().into(),
+            reason,
+        };
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| fail(format!("not a PostgreSQL URL ({e}); the form is postgres://USER@HOST:PORT/DATABASE")))?;
+        // Plan each statement for its own values: a generic plan made while a
+        // table was empty would scan it whole for ever after.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c plan_cache_mode=force_custom_plan"),
+            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+        };
+        config.options(options);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(120)))
+            .build()
+            .map_err(|e| fail(format!("cannot make a connection pool: {e}")))?;
+        let pool = Self { pool, shown: shown.clone() };
+        let mut conn = pool
+            .conn()
+            .await
+            .map_err(|e| fail(format!("cannot connect: {e}; is the server running and the database created?")))?;
+        migrate(&mut conn).await.map_err(|e| fail(format!("cannot migrate the schema: {e}")))?;
+        Ok(pool)
+    }
+
+    /// A connection from the pool, back to it when dropped.
+    pub async fn conn(&self) -> Result<PgConn, StoreError> {
+        Ok(PgConn {
+            client: self.pool.get().await?,
+            translated: HashMap::new(),
+        })
+    }
+}
+
+pub struct PgConn {
+    client: deadpool_postgres::Object,
+    /// `?N` placeholders written as PostgreSQL's `$N`, by statement text.
+    translated: HashMap<String, String>,
+}
+
+/// `?1` → `$1`: the store's SQL is written once, with SQLite's placeholders.
+fn translate(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl PgConn {
+    async fn statement(&mut self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+        let text = match self.translated.get(sql) {
+            Some(t) => t,
+            None => self.translated.entry(sql.to_owned()).or_insert_with(|| translate(sql)),
+        };
+        Ok(self.client.prepare_cached(text).await?)
+    }
+
+    pub(super) async fn begin(&mut self) -> Result<(), StoreError> {
+        Ok(self.client.batch_execute("BEGIN").await?)
+    }
+
+    pub(super) async fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(self.client.batch_execute("COMMIT").await?)
+    }
+
+    pub(super) async fn rollback(&mut self) -> Result<(), StoreError> {
+        Ok(self.client.batch_execute("ROLLBACK").await?)
+    }
+
+    pub(super) async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let statement = self.statement(sql).await?;
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        Ok(self.client.execute(&statement, &params).await?)
+    }
+
+    pub(super) async fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        mut visit: impl FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let statement = self.statement(sql).await?;
+        let rows = self.client.query_raw(&statement, params.iter()).await?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = rows.try_next().await? {
+            visit(read_row(&row)?)?;
+        }
+        Ok(())
+    }
+
+    /// The raw client, for the supplier upsert's array statements.
+    pub(super) fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    pub(super) async fn prepared(&mut self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+        self.statement(sql).await
+    }
+}
+
+fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let value = match *column.type_() {
+            Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Value::Int),
+            Type::INT4 => row.try_get::<_, Option<i32>>(i)?.map(|n| Value::Int(n.into())),
+            Type::INT2 => row.try_get::<_, Option<i16>>(i)?.map(|n| Value::Int(n.into())),
+            Type::BOOL => row.try_get::<_, Option<bool>>(i)?.map(|b| Value::Int(b.into())),
+            Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob),
+            _ => row.try_get::<_, Option<String>>(i)?.map(Value::Text),
+        };
+        values.push(value.unwrap_or(Value::Null));
+    }
+    Ok(Row(values))
+}
+
+/// Schema versions, applied in order; `nuntiq_schema.version` records how many
+/// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
+/// types, so the same statements serve both.
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE TABLE delta_stream_state (
+    customer_number        TEXT NOT NULL,
+    connector_name         TEXT NOT NULL,
+    stream_name            TEXT NOT NULL,
+    cursor_type            TEXT,
+    committed_cursor_value TEXT,
+    committed_at_utc       TEXT,
+    status                 TEXT NOT NULL DEFAULT 'idle',
+    started_at_utc         TEXT,
+    completed_at_utc       TEXT,
+    records_processed      BIGINT,
+    error_summary          TEXT,
+    metadata               TEXT,
+    updated_at_utc         TEXT,
+    updated_by             TEXT,
+    run_id                 TEXT,
+    owner_host             TEXT,
+    owner_pid              BIGINT,
+    owner_process_start    TEXT,
+    lease_expires_at_utc   TEXT,
+    owner_instance         TEXT,
+    PRIMARY KEY (customer_number, connector_name, stream_name)
+);
+
+CREATE TABLE delta_audit_log (
+    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_number  TEXT NOT NULL,
+    connector_name   TEXT NOT NULL,
+    stream_name      TEXT NOT NULL,
+    event_type       TEXT NOT NULL,
+    old_cursor_value TEXT,
+    new_cursor_value TEXT,
+    reason           TEXT,
+    api_user         TEXT,
+    created_at_utc   TEXT NOT NULL
+);
+
+CREATE TABLE delta_run (
+    seq                 BIGINT GENERATED ALWAYS AS IDENTITY,
+    run_id              TEXT PRIMARY KEY,
+    customer_number     TEXT NOT NULL,
+    connector_name      TEXT NOT NULL,
+    stream_name         TEXT NOT NULL,
+    cursor_type         TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    started_at_utc      TEXT NOT NULL,
+    ended_at_utc        TEXT,
+    records_processed   BIGINT,
+    cursor_before       TEXT,
+    cursor_after        TEXT,
+    error_summary       TEXT,
+    plugin_sha256       TEXT,
+    owner_host          TEXT,
+    owner_pid           BIGINT,
+    suppliers_inserted  BIGINT,
+    suppliers_updated   BIGINT,
+    suppliers_unchanged BIGINT,
+    rejected            BIGINT
+);
+CREATE INDEX delta_run_by_stream ON delta_run(customer_number, connector_name, stream_name, started_at_utc);
+
+CREATE TABLE supplier (
+    customer_number           TEXT NOT NULL,
+    supplier_number           TEXT NOT NULL,
+    organization_code         TEXT NOT NULL,
+    supplier_name             TEXT NOT NULL,
+    alternative_supplier_name TEXT,
+    supplier_type             TEXT,
+    is_active                 BIGINT NOT NULL,
+    custom_field_1            TEXT,
+    custom_field_2            TEXT,
+    custom_field_3            TEXT,
+    custom_field_4            TEXT,
+    custom_field_5            TEXT,
+    fingerprint               BYTEA NOT NULL,
+    created_at                TEXT NOT NULL,
+    updated_at                TEXT NOT NULL,
+    PRIMARY KEY (customer_number, supplier_number, organization_code)
+);
+
+CREATE TABLE supplier_location (
+    customer_number            TEXT NOT NULL,
+    supplier_number            TEXT NOT NULL,
+    supplier_organization_code TEXT NOT NULL,
+    location_code              TEXT NOT NULL,
+    location_name              TEXT,
+    organization_code          TEXT,
+    default_currency_code      TEXT,
+    default_payment_term_code  TEXT,
+    default_payment_method     TEXT,
+    taxpayer_id                TEXT,
+    duns_number                TEXT,
+    is_active                  BIGINT NOT NULL,
+    custom_field_1             TEXT,
+    custom_field_2             TEXT,
+    custom_field_3             TEXT,
+    custom_field_4             TEXT,
+    custom_field_5             TEXT,
+    created_at                 TEXT NOT NULL,
+    updated_at                 TEXT NOT NULL,
+    PRIMARY KEY (customer_number, supplier_number, supplier_organization_code, location_code)
+);
+
+CREATE TABLE supplier_address (
+    customer_number            TEXT NOT NULL,
+    supplier_number            TEXT NOT NULL,
+    supplier_organization_code TEXT NOT NULL,
+    location_code              TEXT NOT NULL,
+    position                   BIGINT NOT NULL,
+    street                     TEXT,
+    city                       TEXT,
+    state                      TEXT,
+    postal_code                TEXT,
+    country_code               TEXT,
+    custom_field_1             TEXT,
+    custom_field_2             TEXT,
+    custom_field_3             TEXT,
+    PRIMARY KEY (customer_number, supplier_number, supplier_organization_code, location_code, position)
+);
+
+CREATE TABLE rejected_record (
+    customer_number   TEXT NOT NULL,
+    connector_name    TEXT NOT NULL,
+    stream_name       TEXT NOT NULL,
+    row_sha256        TEXT NOT NULL,
+    row               TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    first_rejected_at TEXT NOT NULL,
+    last_rejected_at  TEXT NOT NULL,
+    last_run_id       TEXT NOT NULL,
+    times             BIGINT NOT NULL,
+    PRIMARY KEY (customer_number, connector_name, stream_name, row_sha256)
+);
+"#];
+
+/// Applies pending migrations in one transaction, under an advisory lock
+/// scoped to this schema: a second host starting at the same moment waits,
+/// then finds them applied.
+async fn migrate(conn: &mut PgConn) -> Result<(), StoreError> {
+    let client = &conn.client;
+    client.batch_execute("BEGIN").await?;
+    let result = async {
+        client
+            .execute("SELECT pg_advisory_xact_lock(hashtext('nuntiq-migrate:' || current_schema()))", &[])
+            .await?;
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS nuntiq_schema (version BIGINT NOT NULL)")
+            .await?;
+        let version: Option<i64> = client
+            .query_opt("SELECT version FROM nuntiq_schema", &[])
+            .await?
+            .map(|r| r.get(0));
+        let applied = version.unwrap_or(0).max(0) as usize;
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::Database(format!(
+                "the database is at schema version {applied}, newer than this host's {}; upgrade nuntiq-host",
+                MIGRATIONS.len()
+            )));
+        }
+        for migration in &MIGRATIONS[applied..] {
+            client.batch_execute(migration).await?;
+        }
+        if version.is_none() {
+            client
+                .execute("INSERT INTO nuntiq_schema (version) VALUES ($1)", &[&(MIGRATIONS.len() as i64)])
+                .await?;
+        } else if applied < MIGRATIONS.len() {
+            client
+                .execute("UPDATE nuntiq_schema SET version = $1", &[&(MIGRATIONS.len() as i64)])
+                .await?;
+        }
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(client.batch_execute("COMMIT").await?),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_dollars() {
+        assert_eq!(
+            translate("SELECT a FROM t WHERE (?1 IS NULL OR b = ?1) AND c = ?12 AND d = '?'"),
+            "SELECT a FROM t WHERE ($1 IS NULL OR b = $1) AND c = $12 AND d = '?'"
+        );
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db.internal:5432/nuntiq"),
+            "postgres://app:***@db.internal:5432/nuntiq"
+        );
+        assert_eq!(redacted("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+    }
+}
