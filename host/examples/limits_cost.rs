@@ -4,12 +4,9 @@
 //!
 //! `make build && cargo run --release -p nuntiq-host --example limits_cost [suppliers] [rounds]`
 
-use nuntiq_host::caps::delta::DeltaConfig;
-use nuntiq_host::caps::http::HttpConfig;
-use nuntiq_host::caps::supplier::SupplierConfig;
 use nuntiq_host::job::{JobOptions, run_plugin};
 use nuntiq_host::limits::Limits;
-use nuntiq_host::log::{Level, LogFormat};
+use nuntiq_host::log::Level;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -44,26 +41,15 @@ fn main() -> anyhow::Result<()> {
         let db = dir.path().join(format!("{}-{round}.db", limits.epoch_interruption));
         let started = Instant::now();
         let report = run_plugin(JobOptions {
-            plugin: root.join("dist/acme.wasm"),
-            settings: settings.clone(),
-            db: nuntiq_host::store::Db::Sqlite(db),
-            params: vec![],
-            log_format: LogFormat::Text,
             log_level: Level::Warn,
             allow_hosts: vec![url.clone()],
-            bearer_hosts: vec![],
-            allow_private_networks: false,
-            deny_secret_read: false,
             limits,
-            http: HttpConfig::default(),
-            suppliers: SupplierConfig::default(),
-            delta: DeltaConfig::default(),
-            lease: Duration::from_secs(300),
             cache_dir: Some(root.join("target/limits-cost-cache")),
-            fixtures: None,
-            record: None,
-            replay: None,
-            dry_run: false,
+            ..JobOptions::new(
+                root.join("dist/acme.wasm"),
+                settings.clone(),
+                nuntiq_host::store::Db::Sqlite(db),
+            )
         });
         anyhow::ensure!(report.exit_code == 0, "run failed: {}", report.envelope);
         Ok(started.elapsed())

@@ -285,6 +285,20 @@ pub fn runs(
                 n(r.suppliers_unchanged)
             )?;
         }
+        if let Some(u) = &r.usage {
+            writeln!(
+                out,
+                "  used {} ms wall, {} ms CPU, {} ms store, {} KiB peak memory; {} HTTP requests ({} retries, {} KiB in); {} records written",
+                u.wall_ms,
+                u.cpu_ms,
+                u.store_ms,
+                u.peak_memory_bytes / 1024,
+                u.http_requests,
+                u.http_retries,
+                u.http_bytes_in / 1024,
+                u.records_written
+            )?;
+        }
         writeln!(
             out,
             "  process {} on {}  plugin sha256 {}",

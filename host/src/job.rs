@@ -10,12 +10,13 @@ use crate::caps::supplier::SupplierConfig;
 use crate::limits::{Limits, Stop};
 use crate::log::{Level, LogFormat, LogSink, MAX_MESSAGE_BYTES, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
-use crate::runtime::{Job, Outcome, PluginError, Runtime, Succeeded};
+use crate::runtime::{Job, Outcome, Plugin, PluginError, Runtime, Succeeded};
 use crate::settings::{Settings, SettingsError};
 use crate::store::{Db, OpenError, Store};
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The operator's choices for one job (the CLI flags).
 #[derive(Debug, Clone)]
@@ -48,6 +49,41 @@ pub struct JobOptions {
     pub replay: Option<PathBuf>,
     /// Run fully against a throw-away copy of the database: nothing is written.
     pub dry_run: bool,
+    /// The job's id in the run history (a fresh one when `None`).
+    pub job_id: Option<String>,
+    /// Settings given in place (a `serve` jobs file's `[job.settings]`); then
+    /// `settings` only names them in messages.
+    pub inline_settings: Option<Value>,
+}
+
+impl JobOptions {
+    /// A job with every limit and policy at its default.
+    pub fn new(plugin: PathBuf, settings: PathBuf, db: Db) -> Self {
+        Self {
+            plugin,
+            settings,
+            db,
+            params: Vec::new(),
+            log_format: LogFormat::Text,
+            log_level: Level::Info,
+            allow_hosts: Vec::new(),
+            bearer_hosts: Vec::new(),
+            allow_private_networks: false,
+            deny_secret_read: false,
+            limits: Limits::default(),
+            http: HttpConfig::default(),
+            suppliers: SupplierConfig::default(),
+            delta: DeltaConfig::default(),
+            lease: std::time::Duration::from_secs(300),
+            cache_dir: CompileCache::default_dir(),
+            fixtures: None,
+            record: None,
+            replay: None,
+            dry_run: false,
+            job_id: None,
+            inline_settings: None,
+        }
+    }
 }
 
 /// Why a job did not run at all: bad input, exit code 2.
@@ -77,6 +113,65 @@ impl InputError {
     }
 }
 
+/// What the jobs of one process share: the wasm engine and linker, and each
+/// plugin compiled once — again when its file changes (runs already going
+/// finish on the one they started with).
+pub struct Runner {
+    runtime: Runtime,
+    cache: Option<CompileCache>,
+    plugins: Mutex<HashMap<PathBuf, (FileStamp, Arc<Plugin>)>>,
+}
+
+/// When a plugin file last changed, as far as a reload needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        })
+    }
+}
+
+impl Runner {
+    pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> Result<Self, InputError> {
+        Ok(Self {
+            runtime: Runtime::new(limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?,
+            cache: cache_dir.map(CompileCache::new),
+            plugins: Mutex::default(),
+        })
+    }
+
+    /// The plugin at `path`, and whether this call compiled or loaded it.
+    pub fn plugin(&self, path: &Path) -> Result<(Arc<Plugin>, bool), PluginError> {
+        let stamp = FileStamp::of(path);
+        let known = self.plugins.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
+        if let (Some((seen, plugin)), Some(stamp)) = (known, stamp)
+            && seen == stamp
+        {
+            return Ok((plugin, false));
+        }
+        let plugin = Arc::new(self.runtime.load(path, self.cache.as_ref())?);
+        if let Some(stamp) = stamp {
+            self.plugins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_owned(), (stamp, plugin.clone()));
+        }
+        Ok((plugin, true))
+    }
+
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().map(CompileCache::dir)
+    }
+}
+
 /// How the process ends: the envelope for stdout and the exit code.
 pub struct Report {
     pub envelope: Value,
@@ -97,11 +192,15 @@ impl Report {
 pub fn run_plugin(options: JobOptions) -> Report {
     let stop = Stop::new(options.limits.timeout);
     listen_for_signals(stop.clone());
+    let runner = match Runner::new(&options.limits, options.cache_dir.clone()) {
+        Ok(runner) => runner,
+        Err(e) => return Report::failure(e.kind(), e.to_string(), 2),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    runtime.block_on(run(options, stop))
+    runtime.block_on(run_job(&runner, &options, stop, LogSink::stderr))
 }
 
 /// Watches for SIGTERM and SIGINT on a thread of its own (a connector spinning
@@ -134,13 +233,21 @@ fn listen_for_signals(stop: Arc<Stop>) {
         });
 }
 
-async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
-    let prepared = match prepare(&options) {
+/// Runs one job with `runner`'s engine and plugins, and reports how it ended.
+/// `make_log` makes the job's log from the operator's format and level and the
+/// job's redactor (`LogSink::stderr` for `run-plugin`).
+pub async fn run_job(
+    runner: &Runner,
+    options: &JobOptions,
+    stop: Arc<Stop>,
+    make_log: impl Fn(LogFormat, Level, Redactor) -> LogSink,
+) -> Report {
+    let prepared = match prepare(options, runner) {
         Ok(p) => p,
         Err(e) => {
             // Settings may not have parsed, so there may be no secrets to redact:
             // our messages name secrets, never their values.
-            let log = LogSink::stderr(options.log_format, options.log_level, Redactor::default());
+            let log = make_log(options.log_format, options.log_level, Redactor::default());
             let message = Redactor::default().clean(&e.to_string(), MAX_MESSAGE_BYTES);
             log.error(&format!("Nothing was run: {message}"), Some("start"), None);
             return Report::failure(e.kind(), message, 2);
@@ -148,8 +255,8 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
     };
     let Prepared {
         settings,
-        runtime,
         plugin,
+        fresh,
         store,
         policy,
         bearer_hosts,
@@ -163,7 +270,7 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
     redact_panics(&settings);
     if let Some(limit) = stop.exceeded() {
         let message = format!("{limit} before the connector started; nothing was run");
-        LogSink::stderr(options.log_format, options.log_level, Redactor::default()).error(
+        make_log(options.log_format, options.log_level, Redactor::default()).error(
             &message,
             Some("start"),
             None,
@@ -171,7 +278,7 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
         return Report::failure(limit.kind(), message, 1);
     }
     let log = Arc::new(
-        LogSink::stderr(
+        make_log(
             options.log_format,
             options.log_level,
             Redactor::new(settings.secret_values()),
@@ -182,7 +289,9 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
         || options.plugin.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    log_compilation(&log, &plugin_name, &plugin, options.cache_dir.as_deref());
+    if fresh {
+        log_compilation(&log, &plugin_name, &plugin, runner.cache_dir());
+    }
     log.info(
         &format!("Running {plugin_name} for customer {}", settings.customer_number),
         Some("start"),
@@ -208,12 +317,13 @@ async fn run(options: JobOptions, stop: Arc<Stop>) -> Report {
             updated_by: format!("nuntiq-host:{plugin_name}"),
             plugin_sha256: plugin.sha256.clone(),
             lease: options.lease,
+            job_id: options.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         },
         stop: stop.clone(),
         offline,
     };
     let redact = |text: &str| log.redactor().clean(text, MAX_ENVELOPE_MESSAGE_BYTES);
-    let outcome = runtime.run(&plugin.pre, job).await;
+    let outcome = runner.runtime.run(&plugin.pre, job).await;
     if let Some(recorder) = &recorder {
         match recorder.save() {
             Ok(n) => log.info(
@@ -292,8 +402,9 @@ const MAX_ENVELOPE_MESSAGE_BYTES: usize = 8 * 1024;
 
 struct Prepared {
     settings: Arc<Settings>,
-    runtime: Runtime,
-    plugin: crate::runtime::Plugin,
+    plugin: Arc<Plugin>,
+    /// Whether the plugin was compiled or loaded for this job (else reused).
+    fresh: bool,
     store: Store,
     policy: Arc<NetworkPolicy>,
     bearer_hosts: Vec<AllowedHost>,
@@ -302,7 +413,7 @@ struct Prepared {
 
 /// Checks every input; the database is opened (and created) last, so bad
 /// input writes nothing.
-fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
+fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError> {
     let allowed = options
         .allow_hosts
         .iter()
@@ -315,7 +426,10 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
         .map(|h| AllowedHost::parse(h).map_err(|e| e.replacen("--allow-host", "--bearer-host", 1)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(InputError::Arguments)?;
-    let settings = Arc::new(Settings::load(&options.settings, &options.params)?);
+    let settings = Arc::new(match &options.inline_settings {
+        Some(value) => Settings::parse(&options.settings, value.clone(), &options.params)?,
+        None => Settings::load(&options.settings, &options.params)?,
+    });
     let policy = Arc::new(NetworkPolicy::new(
         &settings.api_url,
         allowed,
@@ -326,10 +440,8 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
             .check_url(&settings.api_url)
             .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
     }
-    let runtime = Runtime::new(&options.limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
-    let cache = options.cache_dir.clone().map(CompileCache::new);
     let offline = offline_sources(options, &settings)?;
-    let plugin = runtime.load(&options.plugin, cache.as_ref())?;
+    let (plugin, fresh) = runner.plugin(&options.plugin)?;
     let store = match (&options.db, options.dry_run) {
         (Db::Sqlite(path), true) => Store::open_sqlite_copy(path)?,
         (Db::Postgres(_), true) => {
@@ -343,8 +455,8 @@ fn prepare(options: &JobOptions) -> Result<Prepared, InputError> {
     };
     Ok(Prepared {
         settings,
-        runtime,
         plugin,
+        fresh,
         store,
         policy,
         bearer_hosts,
@@ -437,15 +549,32 @@ pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf) -> Result<String, I
     })
 }
 
-/// A host panic must not print a secret either: the hook redacts its message.
+/// A host panic must not print a secret either: the hook redacts its message
+/// with the secrets of every job this process has run.
 fn redact_panics(settings: &Settings) {
-    let redactor = Redactor::new(settings.secret_values());
-    std::panic::set_hook(Box::new(move |info| {
-        eprintln!(
-            "nuntiq-host panicked: {}",
-            redactor.clean(&info.to_string(), MAX_MESSAGE_BYTES)
-        );
-    }));
+    static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    {
+        let mut secrets = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
+        for value in settings.secret_values() {
+            if !secrets.iter().any(|s| s == value) {
+                secrets.push(value.to_owned());
+            }
+        }
+    }
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| match SECRETS.try_lock() {
+            Ok(secrets) => {
+                let redactor = Redactor::new(secrets.iter().map(String::as_str));
+                eprintln!(
+                    "nuntiq-host panicked: {}",
+                    redactor.clean(&info.to_string(), MAX_MESSAGE_BYTES)
+                );
+            }
+            // Never print what could not be redacted.
+            Err(_) => eprintln!("nuntiq-host panicked (message withheld: the secrets were busy)"),
+        }));
+    });
 }
 
 /// The envelope as one line of JSON.

@@ -252,6 +252,8 @@ struct Budget {
 pub struct LogSink {
     format: LogFormat,
     min_level: Level,
+    /// Which job a line is about, when one process runs many (`serve`).
+    label: Option<String>,
     redactor: Redactor,
     out: Mutex<Box<dyn Write + Send>>,
     budget: Budget,
@@ -262,6 +264,7 @@ impl LogSink {
         Self {
             format,
             min_level,
+            label: None,
             redactor,
             out: Mutex::new(out),
             budget: Budget {
@@ -270,6 +273,12 @@ impl LogSink {
                 ..Budget::default()
             },
         }
+    }
+
+    /// Names the job on every line: `[job]` before the text, `"job"` in JSON.
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
     }
 
     /// Caps what the connector may log (lines and bytes per run).
@@ -329,12 +338,20 @@ impl LogSink {
         let message = self.redactor.clean(message, MAX_MESSAGE_BYTES);
         let now = chrono::Utc::now();
         let line = match self.format {
-            LogFormat::Text => format!(
-                "{} [{}] {}\n",
-                now.format("%Y-%m-%d %H:%M:%S UTC"),
-                level.label(),
-                message
-            ),
+            LogFormat::Text => match &self.label {
+                Some(label) => format!(
+                    "{} [{}] [{label}] {}\n",
+                    now.format("%Y-%m-%d %H:%M:%S UTC"),
+                    level.label(),
+                    message
+                ),
+                None => format!(
+                    "{} [{}] {}\n",
+                    now.format("%Y-%m-%d %H:%M:%S UTC"),
+                    level.label(),
+                    message
+                ),
+            },
             LogFormat::Json => {
                 let mut obj = Map::new();
                 obj.insert(
@@ -342,6 +359,9 @@ impl LogSink {
                     now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into(),
                 );
                 obj.insert("level".into(), level.name().into());
+                if let Some(label) = &self.label {
+                    obj.insert("job".into(), label.clone().into());
+                }
                 obj.insert("message".into(), message.into());
                 let step = step.map(|s| self.redactor.clean(s, MAX_STEP_BYTES));
                 obj.insert("step".into(), step.map_or(Value::Null, Value::String));

@@ -3,12 +3,10 @@
 
 use clap::{Parser, Subcommand};
 use nuntiq_host::admin::{self, AdminError, ExportFormat};
+use nuntiq_host::flags::JobFlags;
 use nuntiq_host::cache::CompileCache;
-use nuntiq_host::caps::delta::DeltaConfig;
-use nuntiq_host::caps::http::HttpConfig;
-use nuntiq_host::caps::supplier::SupplierConfig;
 use nuntiq_host::job::{JobOptions, envelope_line, run_plugin};
-use nuntiq_host::limits::{self, Limits};
+use nuntiq_host::limits;
 use nuntiq_host::log::{Level, LogFormat};
 use nuntiq_host::store::cursor::DEFAULT_MAX_CURSOR_SKEW;
 use nuntiq_host::store::{CursorType, Db, Reset, StreamFilter};
@@ -38,6 +36,10 @@ enum Command {
     /// stderr carries the log.
     #[command(after_long_help = SECURITY_MODEL)]
     RunPlugin(RunPluginArgs),
+    /// Run every job of a jobs file on its cadence, on this host or on many
+    /// sharing one PostgreSQL database (each scheduled slot runs once).
+    #[command(after_long_help = SERVE_HELP)]
+    Serve(ServeArgs),
     /// Delta-state rows (the platform's DeltaStreamState).
     State {
         #[command(subcommand)]
@@ -255,6 +257,66 @@ failed, the cursor does not move, exit code 1):
   dropped and counted (not a failure); log messages are cut at 16KiB.
 ";
 
+const SERVE_HELP: &str = "\
+The jobs file (TOML; paths are relative to it):
+
+  [[job]]
+  name = \"acme_eu\"                  # unique: it keys the job's slots
+  plugin = \"dist/acme.wasm\"
+  settings = \"settings.json\"        # or an inline [job.settings] table
+  every = \"15m\"                     # or cron = \"*/15 * * * *\" (UTC)
+  allow_hosts = [\"http://127.0.0.1:8080\"]
+  timeout = \"5m\"                    # any run-plugin limit, with _ for -
+  params = { lookback_days = 3 }
+
+Each slot (a job at one scheduled moment) is claimed in the database: hosts
+sharing it run each slot once, a slot whose host died is taken over once its
+lease expires, and a slot is not claimed while the job's previous run goes on.
+SIGTERM or SIGINT: no new runs; running ones get --grace, then are stopped
+cleanly (cursors untouched). A second signal exits at once.
+";
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The jobs file (TOML): one [[job]] table per connector instance.
+    jobs: PathBuf,
+    /// The store: a SQLite file (one host), or postgres://USER@HOST:PORT/DATABASE
+    /// (one host or many).
+    #[arg(long, env = "NUNTIQ_DB", default_value = "nuntiq.db", value_name = "PATH|URL", value_parser = parse_db)]
+    db: Db,
+    /// Serve GET /metrics (Prometheus) and GET /healthz here, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Runs at once in this process.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_concurrent: u64,
+    /// Runs at once for one customer.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    max_per_customer: u64,
+    /// After SIGTERM/SIGINT: how long running jobs may go on before they are stopped.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limits::parse_duration)]
+    grace: Duration,
+    /// A claimed slot's lease, renewed every quarter of it; also each run's
+    /// stream lease unless its job sets one.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = limits::parse_duration)]
+    lease: Duration,
+    /// Connector wasm stack, for every job [default: 512KiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    max_stack: Option<usize>,
+    /// Compiled components are cached here [default: ~/.cache/nuntiq-host].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile each plugin every time the process starts.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_compile_cache: bool,
+    /// Log line format on stderr; every line names its job.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Lowest level logged.
+    #[arg(long, value_enum, default_value_t = Level::Info)]
+    log_level: Level,
+}
+
 #[derive(clap::Args)]
 struct RunPluginArgs {
     /// The connector: a wasm32-wasip2 component implementing nuntiq:connector/connector.
@@ -275,64 +337,11 @@ struct RunPluginArgs {
     /// Lowest level logged.
     #[arg(long, value_enum, default_value_t = Level::Info)]
     log_level: Level,
-    /// Also allow this origin: HOST, HOST:PORT, https://HOST[:PORT] or http://HOST[:PORT].
-    /// Needed for plain http and for private or loopback addresses; repeatable.
-    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
-    allow_hosts: Vec<String>,
-    /// Also send bearer secrets to this origin (same forms as --allow-host);
-    /// by default only config.api_url's origin receives them. Repeatable.
-    #[arg(long = "bearer-host", value_name = "HOST[:PORT]")]
-    bearer_hosts: Vec<String>,
-    /// Let connectors reach private, loopback and link-local addresses of allowed hosts.
-    #[arg(long)]
-    allow_private_networks: bool,
-    /// get-secret returns nothing; bearer-secret injection still works.
-    #[arg(long)]
-    deny_secret_read: bool,
-    /// Wall-clock limit for the whole run, host calls included [default: 15m].
-    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
-    timeout: Option<Duration>,
-    /// Connector memory (linear memory and tables) [default: 256MiB].
-    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
-    max_memory: Option<usize>,
+    #[command(flatten)]
+    flags: JobFlags,
     /// Connector wasm stack; deeper recursion traps [default: 512KiB].
     #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
     max_stack: Option<usize>,
-    /// Connector log lines per run; later lines are dropped and counted [default: 50000].
-    #[arg(long, value_name = "N")]
-    max_log_lines: Option<u64>,
-    /// Connector log bytes per run, likewise [default: 32MiB].
-    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
-    max_log_bytes: Option<usize>,
-    /// Largest HTTP response body [default: 64MiB].
-    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
-    max_response_body: Option<usize>,
-    /// HTTP requests per run, retries and redirects included [default: 10000].
-    #[arg(long, value_name = "N")]
-    max_requests: Option<u64>,
-    /// Rows one run may set aside with delta-run.reject [default: 100].
-    #[arg(long, value_name = "N")]
-    max_rejected: Option<u64>,
-    /// Suppliers queued and not yet saved [default: 10000].
-    #[arg(long, value_name = "N")]
-    max_queued_suppliers: Option<usize>,
-    /// Host memory the queued suppliers may take [default: 32MiB].
-    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
-    max_queued_bytes: Option<usize>,
-    /// Data the host copies out of the connector in one call, however its
-    /// strings and lists alias [default: 16MiB].
-    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
-    max_call_bytes: Option<usize>,
-    /// Distinct streams one run may begin [default: 100].
-    #[arg(long, value_name = "N")]
-    max_streams: Option<usize>,
-    /// How far past now a timestamp cursor may point [default: 1h].
-    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
-    max_cursor_skew: Option<Duration>,
-    /// After the deadline or SIGTERM/SIGINT: time to stop the connector, settle
-    /// the store and report [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
-    grace: Option<Duration>,
     /// Compiled components are cached here [default: ~/.cache/nuntiq-host].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -354,48 +363,14 @@ struct RunPluginArgs {
     /// envelope says what would have been (counts and would_commit).
     #[arg(long)]
     dry_run: bool,
-    /// A stream's lease: a run is renewed every quarter of it while alive, and
-    /// another process may take the stream over once it expires.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = limits::parse_duration)]
-    lease: Duration,
 }
 
 impl RunPluginArgs {
     fn into_options(self) -> JobOptions {
-        let mut limits = Limits::default();
-        let mut http = HttpConfig::default();
-        let mut suppliers = SupplierConfig::default();
-        let mut delta = DeltaConfig::default();
-        set(&mut limits.timeout, self.timeout);
-        set(&mut limits.max_call_bytes, self.max_call_bytes);
-        set(&mut limits.grace, self.grace);
-        set(&mut suppliers.max_queued_bytes, self.max_queued_bytes);
-        set(&mut delta.max_streams, self.max_streams);
-        set(&mut delta.max_cursor_skew, self.max_cursor_skew);
-        set(&mut delta.max_rejected, self.max_rejected);
-        set(&mut limits.max_memory_bytes, self.max_memory);
-        set(&mut limits.max_wasm_stack_bytes, self.max_stack);
-        set(&mut limits.max_log_lines, self.max_log_lines);
-        set(&mut limits.max_log_bytes, self.max_log_bytes.map(|b| b as u64));
-        set(&mut http.max_body_bytes, self.max_response_body.map(|b| b as u64));
-        set(&mut http.max_requests, self.max_requests);
-        set(&mut suppliers.max_queued, self.max_queued_suppliers);
-        JobOptions {
-            plugin: self.plugin,
-            settings: self.settings,
-            db: self.db,
+        let mut options = JobOptions {
             params: self.params,
             log_format: self.log_format,
             log_level: self.log_level,
-            allow_hosts: self.allow_hosts,
-            bearer_hosts: self.bearer_hosts,
-            allow_private_networks: self.allow_private_networks,
-            deny_secret_read: self.deny_secret_read,
-            limits,
-            http,
-            suppliers,
-            delta,
-            lease: self.lease,
             fixtures: self.fixtures,
             record: self.record,
             replay: self.replay,
@@ -405,13 +380,13 @@ impl RunPluginArgs {
             } else {
                 self.cache_dir.or_else(CompileCache::default_dir)
             },
+            ..JobOptions::new(self.plugin, self.settings, self.db)
+        };
+        self.flags.apply(&mut options);
+        if let Some(stack) = self.max_stack {
+            options.limits.max_wasm_stack_bytes = stack;
         }
-    }
-}
-
-fn set<T>(field: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *field = v;
+        options
     }
 }
 
@@ -550,6 +525,25 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             };
+        }
+        Command::Serve(args) => {
+            return ExitCode::from(nuntiq_host::serve::serve(nuntiq_host::serve::ServeOptions {
+                jobs_file: args.jobs,
+                db: args.db,
+                metrics_addr: args.metrics_addr,
+                max_concurrent: args.max_concurrent as usize,
+                max_per_customer: args.max_per_customer as usize,
+                grace: args.grace,
+                lease: args.lease,
+                cache_dir: if args.no_compile_cache {
+                    None
+                } else {
+                    args.cache_dir.or_else(CompileCache::default_dir)
+                },
+                max_stack: args.max_stack,
+                log_format: args.log_format,
+                log_level: args.log_level,
+            }));
         }
         Command::Compile { plugin, cache_dir } => {
             let Some(dir) = cache_dir.or_else(CompileCache::default_dir) else {

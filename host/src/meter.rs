@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use wasmtime::CallHook;
 
 /// A run's usage, as the envelope and the run history report it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Usage {
     pub wall_ms: u64,
     /// CPU time of the run's own thread: the connector and the host calls it made.

@@ -348,6 +348,7 @@ impl Runtime {
         let stop = job.stop.clone();
         let meter = Meter::default();
         let counters = meter.counters.clone();
+        let job_id = job.identity.job_id.clone();
         let http = HttpCap::new(
             client,
             job.policy.clone(),
@@ -561,6 +562,14 @@ impl Runtime {
             records_written: written.inserted + written.updated,
         };
         let breakdown = data.meter.breakdown();
+        // Billing and throttling read it from the run history too.
+        if let Err(e) = job.store.record_usage(job_id, usage).await {
+            log.warn(
+                &format!("Could not record the job's usage in the run history: {e}"),
+                Some("usage"),
+                None,
+            );
+        }
         log.debug(
             &format!(
                 "Where the time went: {} ms in all; the connector's own work (parsing, mapping) {:.0} ms; \

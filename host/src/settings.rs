@@ -52,7 +52,13 @@ impl Settings {
             path: path.to_owned(),
             source,
         })?;
-        let mut settings = Self::from_value(path, raw)?;
+        Self::parse(path, raw, params)
+    }
+
+    /// Validates settings given as a value (a `serve` jobs file's inline
+    /// `[job.settings]`); `source` names them in messages.
+    pub fn parse(source: &Path, raw: Value, params: &[String]) -> Result<Self, SettingsError> {
+        let mut settings = Self::from_value(source, raw)?;
         for arg in params {
             match parse_param(arg)? {
                 // `--param KEY=null` removes the key: null means absent.

@@ -55,15 +55,37 @@ fn assert_converged(db: &Path, mock: &Mock) {
     assert_eq!(Some(cursor), newest_after(&truth, window));
 }
 
-#[test]
-fn sigkill_at_many_points_then_rerun_converges() {
+/// Runs `test` on a SQLite file and on a PostgreSQL schema of its own.
+macro_rules! on_both_engines {
+    ($sqlite:ident, $postgres:ident, $test:ident) => {
+        #[test]
+        fn $sqlite() {
+            let work = Workdir::new();
+            $test(&work.db());
+        }
+
+        #[test]
+        fn $postgres() {
+            let schema = PgSchema::new();
+            $test(Path::new(&schema.url()));
+        }
+    };
+}
+
+on_both_engines!(
+    sigkill_at_many_points_then_rerun_converges_on_sqlite,
+    sigkill_at_many_points_then_rerun_converges_on_postgres,
+    sigkill_at_many_points_then_rerun_converges
+);
+
+fn sigkill_at_many_points_then_rerun_converges(db: &Path) {
     let mock = Mock::start(MOCK, 1000);
     slow_pages(&mock, 20);
     let work = Workdir::new();
     let mut settings = acme_settings(&mock.api_url(), "acme_eu");
     settings["config"]["page_size"] = json!(25);
     let settings = work.write_settings("settings.json", &settings);
-    let db = work.db();
+    let db = db.to_owned();
     let window_start = (Utc::now() - Days::days(7)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let backfill = format!("since_override={window_start}");
 
@@ -111,14 +133,19 @@ fn sigkill_at_many_points_then_rerun_converges() {
     );
 }
 
-#[test]
-fn two_processes_at_once_exactly_one_runs() {
+on_both_engines!(
+    two_processes_at_once_exactly_one_runs_on_sqlite,
+    two_processes_at_once_exactly_one_runs_on_postgres,
+    two_processes_at_once_exactly_one_runs
+);
+
+fn two_processes_at_once_exactly_one_runs(db: &Path) {
     let mock = Mock::start(MOCK, 300);
     let work = Workdir::new();
     let mut settings = acme_settings(&mock.api_url(), "acme_eu");
     settings["config"]["page_size"] = json!(10);
     let settings = work.write_settings("settings.json", &settings);
-    let db = work.db();
+    let db = db.to_owned();
     // A first run creates the database; the contest is over a backfill of ~30 slow pages.
     let warm = run_acme(&mock, &settings, &db, &[]);
     assert_eq!(warm.code, 0, "{}", warm.stderr);
@@ -161,13 +188,18 @@ fn two_processes_at_once_exactly_one_runs() {
     assert_eq!(state["committed_cursor_value"], winner.envelope["cursor_committed"]);
 }
 
-#[test]
-fn stale_running_row_is_taken_over_after_its_lease_or_at_once_if_its_process_died() {
+on_both_engines!(
+    stale_running_row_is_taken_over_after_its_lease_or_at_once_if_its_process_died_on_sqlite,
+    stale_running_row_is_taken_over_after_its_lease_or_at_once_if_its_process_died_on_postgres,
+    stale_running_row_is_taken_over_after_its_lease_or_at_once_if_its_process_died
+);
+
+fn stale_running_row_is_taken_over_after_its_lease_or_at_once_if_its_process_died(db: &Path) {
     let mock = Mock::start(MOCK, 300);
     slow_pages(&mock, 200);
     let work = Workdir::new();
     let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
-    let db = work.db();
+    let db = db.to_owned();
     let kill_mid_run = |lease: &str| {
         let mut child = spawn_acme(&mock, &settings, &db, &["--lease", lease]);
         wait_until_running(&db);
@@ -177,10 +209,7 @@ fn stale_running_row_is_taken_over_after_its_lease_or_at_once_if_its_process_die
 
     // A process on another host (staged): its lease must run out first.
     kill_mid_run("2s");
-    let rw = Db::open_rw(&db);
-    rw.execute("UPDATE delta_stream_state SET owner_host = 'other-host'", [])
-        .unwrap();
-    drop(rw);
+    Db::open_writable(&db).execute("UPDATE delta_stream_state SET owner_host = 'other-host'");
     let refused = run_acme(&mock, &settings, &db, &[]);
     assert_eq!(refused.code, 1);
     assert_eq!(refused.error_kind(), "already_running", "{}", refused.envelope);
@@ -214,12 +243,13 @@ fn stale_running_row_is_taken_over_after_its_lease_or_at_once_if_its_process_die
 fn wait_until_running(db: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if db.exists()
-            && let Ok(conn) = rusqlite::Connection::open(db)
-            && conn
-                .query_row("SELECT status FROM delta_stream_state", [], |r| r.get::<_, String>(0))
-                .is_ok_and(|s| s == "running")
-        {
+        let exists = db.to_string_lossy().starts_with("postgres://") || db.exists();
+        let status = exists
+            .then(|| Db::open(db).try_rows("SELECT status FROM delta_stream_state"))
+            .flatten()
+            .and_then(|rows| rows.into_iter().next())
+            .and_then(|row| row.into_iter().next().flatten());
+        if status.as_deref() == Some("running") {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -10,6 +10,7 @@ mod containment;
 mod delivery;
 mod hostile;
 mod secrets;
+mod serve;
 mod stopping;
 mod wasi_http;
 

@@ -429,12 +429,54 @@ pub fn newest_after(truth: &[Value], after: DateTime<Utc>) -> Option<DateTime<Ut
         .max()
 }
 
-/// Read access to the host's SQLite file.
-pub struct Db(rusqlite::Connection);
+/// Read access to the host's store: a SQLite file, or (for a `postgres://`
+/// URL) a PostgreSQL schema.
+pub enum Db {
+    Sqlite(rusqlite::Connection),
+    Postgres(std::cell::RefCell<postgres::Client>),
+}
+
+/// A value a test query returns.
+pub trait Scalar: Sized {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+    fn from_pg(row: &postgres::Row) -> Self;
+}
+
+impl Scalar for i64 {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        row.get(0)
+    }
+    fn from_pg(row: &postgres::Row) -> Self {
+        row.get(0)
+    }
+}
+
+impl Scalar for String {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        row.get(0)
+    }
+    fn from_pg(row: &postgres::Row) -> Self {
+        row.get(0)
+    }
+}
 
 impl Db {
     pub fn open(path: &Path) -> Self {
-        Self(rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("db opens"))
+        let text = path.to_string_lossy();
+        if text.starts_with("postgres://") {
+            return Db::Postgres(std::cell::RefCell::new(pg_connect(&text)));
+        }
+        Db::Sqlite(
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("db opens"),
+        )
+    }
+
+    /// Like [`Db::open`], writable: for tests that stage a state no run would leave.
+    pub fn open_writable(path: &Path) -> Self {
+        if path.to_string_lossy().starts_with("postgres://") {
+            return Self::open(path);
+        }
+        Db::Sqlite(Self::open_rw(path))
     }
 
     /// A writable connection, for tests that stage a state no run would leave.
@@ -442,71 +484,104 @@ impl Db {
         rusqlite::Connection::open(path).expect("db opens")
     }
 
+    /// Runs a statement (PostgreSQL or SQLite), for tests that stage a state no run would leave.
+    pub fn execute(&self, sql: &str) -> u64 {
+        match self {
+            Db::Sqlite(c) => c.execute(sql, []).unwrap_or_else(|e| panic!("{sql}: {e}")) as u64,
+            Db::Postgres(c) => c.borrow_mut().execute(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
     /// The one value a query returns.
-    pub fn scalar<T: rusqlite::types::FromSql>(&self, sql: &str) -> T {
-        self.0
-            .query_row(sql, [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    pub fn scalar<T: Scalar>(&self, sql: &str) -> T {
+        match self {
+            Db::Sqlite(c) => c.query_row(sql, [], |r| T::from_sqlite(r)).unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Db::Postgres(c) => T::from_pg(&c.borrow_mut().query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"))),
+        }
     }
 
     pub fn count(&self, table: &str) -> i64 {
-        self.0
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
+        self.scalar(&format!("SELECT count(*) FROM {table}"))
+    }
+
+    /// Like [`Db::rows`], but `None` when the query fails (a table not made yet).
+    pub fn try_rows(&self, sql: &str) -> Option<Vec<Vec<Option<String>>>> {
+        let ok = match self {
+            Db::Sqlite(c) => c.prepare(sql).is_ok(),
+            Db::Postgres(c) => c.borrow_mut().prepare(sql).is_ok(),
+        };
+        ok.then(|| self.rows(sql))
+    }
+
+    /// Every row of a query, each column as text (NULL as None).
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let n = stmt.column_count();
+                stmt.query_map([], |r| {
+                    (0..n)
+                        .map(|i| {
+                            Ok(match r.get_ref(i)? {
+                                rusqlite::types::ValueRef::Null => None,
+                                rusqlite::types::ValueRef::Integer(v) => Some(v.to_string()),
+                                rusqlite::types::ValueRef::Real(v) => Some(v.to_string()),
+                                rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                                rusqlite::types::ValueRef::Blob(_) => Some("<blob>".into()),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+            }
+            Db::Postgres(c) => c
+                .borrow_mut()
+                .query(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(pg_row_text)
+                .collect(),
+        }
     }
 
     /// Every supplier of a customer, with locations and addresses.
     pub fn suppliers(&self, customer: &str) -> BTreeMap<String, Stored> {
+        let q = |v: &str| format!("'{}'", v.replace('\'', "''"));
         let mut out = BTreeMap::new();
-        let mut stmt = self
-            .0
-            .prepare(
-                "SELECT supplier_number, organization_code, supplier_name, is_active FROM supplier
-                 WHERE customer_number = ?1",
-            )
-            .unwrap();
-        let rows: Vec<(String, String, String, bool)> = stmt
-            .query_map([customer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let mut locs = self
-            .0
-            .prepare(
-                "SELECT location_code, location_name FROM supplier_location
-                 WHERE customer_number = ?1 AND supplier_number = ?2 AND supplier_organization_code = ?3
-                 ORDER BY location_code",
-            )
-            .unwrap();
-        let mut addr = self
-            .0
-            .prepare(
-                "SELECT street, city, country_code FROM supplier_address
-                 WHERE customer_number = ?1 AND supplier_number = ?2 AND supplier_organization_code = ?3
-                   AND location_code = ?4
-                 ORDER BY position",
-            )
-            .unwrap();
-        for (number, org, name, is_active) in rows {
-            let locations: Vec<(String, String)> = locs
-                .query_map([customer, &number, &org], |r| {
-                    Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default()))
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            let locations = locations
+        let suppliers = self.rows(&format!(
+            "SELECT supplier_number, organization_code, supplier_name, is_active FROM supplier
+             WHERE customer_number = {}",
+            q(customer)
+        ));
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        for s in suppliers {
+            let (number, org, name) = (text(&s[0]), text(&s[1]), text(&s[2]));
+            let is_active = s[3].as_deref() == Some("1");
+            let key = format!(
+                "customer_number = {} AND supplier_number = {} AND supplier_organization_code = {}",
+                q(customer),
+                q(&number),
+                q(&org)
+            );
+            let locations = self
+                .rows(&format!(
+                    "SELECT location_code, location_name FROM supplier_location WHERE {key} ORDER BY location_code"
+                ))
                 .into_iter()
-                .map(|(code, loc_name)| {
-                    let addresses = addr
-                        .query_map([customer, &number, &org, &code], |r| {
-                            let s = |i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default);
-                            Ok((s(0)?, s(1)?, s(2)?))
-                        })
-                        .unwrap()
-                        .collect::<Result<_, _>>()
-                        .unwrap();
-                    (code, loc_name, addresses)
+                .map(|l| {
+                    let code = text(&l[0]);
+                    let addresses = self
+                        .rows(&format!(
+                            "SELECT street, city, country_code FROM supplier_address
+                             WHERE {key} AND location_code = {} ORDER BY position",
+                            q(&code)
+                        ))
+                        .into_iter()
+                        .map(|a| (text(&a[0]), text(&a[1]), text(&a[2])))
+                        .collect();
+                    (code, text(&l[1]), addresses)
                 })
                 .collect();
             out.insert(
@@ -523,25 +598,110 @@ impl Db {
 
     /// The delta-state row as a JSON object (column → value), if any.
     pub fn state(&self, connector: &str, stream: &str) -> Option<Value> {
-        let mut stmt = self
-            .0
-            .prepare("SELECT * FROM delta_stream_state WHERE connector_name = ?1 AND stream_name = ?2")
-            .unwrap();
-        let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
-        stmt.query_row([connector, stream], |r| {
-            let mut obj = serde_json::Map::new();
-            for (i, name) in names.iter().enumerate() {
-                let v = match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Null => Value::Null,
-                    rusqlite::types::ValueRef::Integer(n) => json!(n),
-                    rusqlite::types::ValueRef::Real(f) => json!(f),
-                    rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
-                    rusqlite::types::ValueRef::Blob(_) => Value::Null,
-                };
-                obj.insert(name.clone(), v);
+        let sql = format!(
+            "SELECT * FROM delta_stream_state WHERE connector_name = '{connector}' AND stream_name = '{stream}'"
+        );
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare(&sql).unwrap();
+                let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+                stmt.query_row([], |r| {
+                    let mut obj = serde_json::Map::new();
+                    for (i, name) in names.iter().enumerate() {
+                        let v = match r.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => Value::Null,
+                            rusqlite::types::ValueRef::Integer(n) => json!(n),
+                            rusqlite::types::ValueRef::Real(f) => json!(f),
+                            rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+                            rusqlite::types::ValueRef::Blob(_) => Value::Null,
+                        };
+                        obj.insert(name.clone(), v);
+                    }
+                    Ok(Value::Object(obj))
+                })
+                .ok()
             }
-            Ok(Value::Object(obj))
-        })
-        .ok()
+            Db::Postgres(c) => {
+                let rows = c.borrow_mut().query(&sql, &[]).unwrap();
+                let row = rows.first()?;
+                let mut obj = serde_json::Map::new();
+                for (i, column) in row.columns().iter().enumerate() {
+                    let v = match *column.type_() {
+                        postgres::types::Type::INT8 => row.get::<_, Option<i64>>(i).map_or(Value::Null, |n| json!(n)),
+                        _ => row.get::<_, Option<String>>(i).map_or(Value::Null, Value::String),
+                    };
+                    obj.insert(column.name().to_owned(), v);
+                }
+                Some(Value::Object(obj))
+            }
+        }
     }
+}
+
+/// The PostgreSQL server the tests use (`NUNTIQ_TEST_PG` overrides): the one
+/// every session and CI start on 127.0.0.1:5432.
+pub fn pg_server() -> String {
+    std::env::var("NUNTIQ_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A connection; panics naming the server when it does not answer (tests
+/// that need PostgreSQL fail, never skip, when it is down).
+pub fn pg_connect(url: &str) -> postgres::Client {
+    // The driver reads `options` from the URL; the schema tests use is set there.
+    postgres::Client::connect(url, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed for this test and did not answer: {e}"))
+}
+
+fn pg_row_text(row: &postgres::Row) -> Vec<Option<String>> {
+    (0..row.len())
+        .map(|i| match *row.columns()[i].type_() {
+            postgres::types::Type::INT8 => row.get::<_, Option<i64>>(i).map(|n| n.to_string()),
+            postgres::types::Type::INT4 => row.get::<_, Option<i32>>(i).map(|n| n.to_string()),
+            postgres::types::Type::BOOL => row.get::<_, Option<bool>>(i).map(|b| b.to_string()),
+            postgres::types::Type::BYTEA => row.get::<_, Option<Vec<u8>>>(i).map(|_| "<blob>".into()),
+            _ => row.get::<_, Option<String>>(i),
+        })
+        .collect()
+}
+
+/// A schema of its own in the test server, dropped with this value: its
+/// `url()` is the `--db` of the test's runs.
+pub struct PgSchema {
+    schema: String,
+}
+
+impl PgSchema {
+    pub fn new() -> Self {
+        let schema = format!("nuntiq_e2e_{}", uuid_like());
+        pg_connect(&pg_server())
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .unwrap_or_else(|e| panic!("cannot create a test schema: {e}"));
+        Self { schema }
+    }
+
+    /// The database URL with this schema first on the search path.
+    pub fn url(&self) -> String {
+        let base = pg_server();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}options=-c%20search_path%3D{}", self.schema)
+    }
+}
+
+impl Default for PgSchema {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&pg_server(), postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        }
+    }
+}
+
+/// A name no other test picks at the same time.
+fn uuid_like() -> String {
+    format!("{:016x}{:08x}", fastrand::u64(..), std::process::id())
 }

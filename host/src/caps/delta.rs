@@ -80,6 +80,8 @@ pub struct RunIdentity {
     pub plugin_sha256: String,
     /// How long a lease lasts without a heartbeat; heartbeats come every quarter of it.
     pub lease: Duration,
+    /// This job's id, on every run it begins (see [`RunOwner::job_id`]).
+    pub job_id: String,
 }
 
 pub struct DeltaCap {
@@ -341,7 +343,10 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         self.cap.streams.insert(key.clone());
         let cursor_type = CursorType::from(cursor_type);
         let id = &self.cap.identity;
-        let owner = RunOwner::this_process(&id.plugin_sha256, &id.updated_by, id.lease);
+        let owner = RunOwner {
+            job_id: Some(id.job_id.clone()),
+            ..RunOwner::this_process(&id.plugin_sha256, &id.updated_by, id.lease)
+        };
         // Known before the store hears of it: if the job is stopped while the
         // begin is in flight, the clean-up still fails whatever it committed.
         let run_id = self.cap.next_id;

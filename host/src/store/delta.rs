@@ -12,6 +12,7 @@ use super::suppliers::{
 };
 use super::{Completion, CursorType, RunStatus, StoreError, StreamKey, StreamState};
 use crate::limits::Stop;
+use crate::meter::Usage;
 use serde::Serialize;
 
 /// The columns [`state_from_row`] reads, in order.
@@ -246,8 +247,8 @@ pub async fn begin_run(
         tx.execute(
             "INSERT INTO delta_run
                  (run_id, customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
-                  cursor_before, plugin_sha256, owner_host, owner_pid)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10)",
+                  cursor_before, plugin_sha256, owner_host, owner_pid, job_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 &owner.run_id,
                 &key.customer_number,
@@ -258,7 +259,8 @@ pub async fn begin_run(
                 &lower_bound,
                 &owner.plugin_sha256,
                 &owner.host,
-                owner.pid
+                owner.pid,
+                &owner.job_id
             ],
         )
         .await?;
@@ -669,6 +671,28 @@ pub async fn reset_cursor(conn: &mut Conn, key: &StreamKey, reset: &Reset) -> Re
     .await
 }
 
+/// Records what job `job_id` used on the history rows of the runs it began.
+pub async fn record_usage(conn: &mut Conn, job_id: &str, usage: &Usage) -> Result<u64, StoreError> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    conn.execute(
+        "UPDATE delta_run SET wall_ms = ?2, cpu_ms = ?3, store_ms = ?4, peak_memory_bytes = ?5, http_requests = ?6,
+             http_retries = ?7, http_bytes_in = ?8, records_written = ?9
+         WHERE job_id = ?1",
+        params![
+            job_id,
+            n(usage.wall_ms),
+            n(usage.cpu_ms),
+            n(usage.store_ms),
+            n(usage.peak_memory_bytes),
+            n(usage.http_requests),
+            n(usage.http_retries),
+            n(usage.http_bytes_in),
+            n(usage.records_written)
+        ],
+    )
+    .await
+}
+
 /// One row of run history.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
@@ -689,6 +713,9 @@ pub struct RunRecord {
     pub suppliers_inserted: Option<i64>,
     pub suppliers_updated: Option<i64>,
     pub suppliers_unchanged: Option<i64>,
+    /// The job this run belonged to, and what that job used (see `meter::Usage`).
+    pub job_id: Option<String>,
+    pub usage: Option<Usage>,
 }
 
 /// Run history, newest first.
@@ -696,7 +723,8 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
     let sql = format!(
         "SELECT run_id, customer_number, connector_name, stream_name, status, started_at_utc, ended_at_utc,
                 records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid,
-                suppliers_inserted, suppliers_updated, suppliers_unchanged
+                suppliers_inserted, suppliers_updated, suppliers_unchanged, job_id, wall_ms, cpu_ms, store_ms,
+                peak_memory_bytes, http_requests, http_retries, http_bytes_in, records_written
          FROM delta_run
          WHERE {STREAM_FILTER}
          ORDER BY started_at_utc DESC, {} DESC LIMIT ?4",
@@ -733,6 +761,20 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
             suppliers_inserted: r.opt_int(14),
             suppliers_updated: r.opt_int(15),
             suppliers_unchanged: r.opt_int(16),
+            job_id: r.opt_text(17),
+            usage: r.opt_int(18).map(|wall_ms| {
+                let u = |i| r.opt_int(i).unwrap_or(0).max(0).unsigned_abs();
+                Usage {
+                    wall_ms: wall_ms.max(0).unsigned_abs(),
+                    cpu_ms: u(19),
+                    store_ms: u(20),
+                    peak_memory_bytes: u(21),
+                    http_requests: u(22),
+                    http_retries: u(23),
+                    http_bytes_in: u(24),
+                    records_written: u(25),
+                }
+            }),
         })
         .collect())
 }

@@ -13,6 +13,7 @@ pub mod owner;
 pub mod postgres;
 pub mod records;
 pub mod rejected;
+pub mod schedule;
 pub mod schema;
 pub mod sql;
 pub mod sqlite;
@@ -528,6 +529,35 @@ impl Store {
 
     pub async fn get_state(&self, key: StreamKey) -> Result<StreamState, StoreError> {
         self.call(move |c| Box::pin(async move { delta::get_state(c, &key).await }))
+            .await
+    }
+
+    /// Claims a scheduled slot for run `job_id` (see [`schedule::claim`]).
+    pub async fn claim_slot(
+        &self,
+        job_name: String,
+        slot_at: String,
+        job_id: String,
+        owner: schedule::SlotOwner,
+    ) -> Result<schedule::Claim, StoreError> {
+        self.call(move |c| Box::pin(async move { schedule::claim(c, &job_name, &slot_at, &job_id, &owner).await }))
+            .await
+    }
+
+    /// Renews running slots' claims; returns the job ids that lost theirs.
+    pub fn renew_slots_blocking(&self, job_ids: Vec<String>, lease: std::time::Duration) -> Result<Vec<String>, StoreError> {
+        self.call_blocking(move |c| Box::pin(async move { schedule::renew(c, &job_ids, lease).await }))
+    }
+
+    /// Records how a slot's run ended.
+    pub async fn finish_slot(&self, job_id: String, status: &'static str, outcome: Option<String>) -> Result<(), StoreError> {
+        self.call(move |c| Box::pin(async move { schedule::finish(c, &job_id, status, outcome.as_deref()).await }))
+            .await
+    }
+
+    /// Records what job `job_id` used on its runs' history rows.
+    pub async fn record_usage(&self, job_id: String, usage: crate::meter::Usage) -> Result<u64, StoreError> {
+        self.call(move |c| Box::pin(async move { delta::record_usage(c, &job_id, &usage).await }))
             .await
     }
 

@@ -26,6 +26,9 @@ pub struct RunOwner {
     pub updated_by: String,
     /// How long the lease lasts without a heartbeat.
     pub lease: Duration,
+    /// The job (one `run-plugin`, one scheduled run) the stream's run belongs
+    /// to: its usage is recorded on its runs' history rows.
+    pub job_id: Option<String>,
 }
 
 impl RunOwner {
@@ -41,6 +44,7 @@ impl RunOwner {
             plugin_sha256: plugin_sha256.to_owned(),
             updated_by: updated_by.to_owned(),
             lease,
+            job_id: None,
         }
     }
 }

@@ -234,7 +234,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
     connector_name         TEXT NOT NULL,
@@ -368,7 +368,36 @@ CREATE TABLE rejected_record (
     times             BIGINT NOT NULL,
     PRIMARY KEY (customer_number, connector_name, stream_name, row_sha256)
 );
-"#];
+"#,
+    // 2: SQLite's version 5.
+    r#"
+ALTER TABLE delta_run ADD COLUMN job_id TEXT;
+ALTER TABLE delta_run ADD COLUMN wall_ms BIGINT;
+ALTER TABLE delta_run ADD COLUMN cpu_ms BIGINT;
+ALTER TABLE delta_run ADD COLUMN store_ms BIGINT;
+ALTER TABLE delta_run ADD COLUMN peak_memory_bytes BIGINT;
+ALTER TABLE delta_run ADD COLUMN http_requests BIGINT;
+ALTER TABLE delta_run ADD COLUMN http_retries BIGINT;
+ALTER TABLE delta_run ADD COLUMN http_bytes_in BIGINT;
+ALTER TABLE delta_run ADD COLUMN records_written BIGINT;
+CREATE INDEX delta_run_by_job ON delta_run(job_id);
+
+CREATE TABLE schedule_slot (
+    job_name         TEXT NOT NULL,
+    slot_at          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    job_id           TEXT NOT NULL,
+    host             TEXT NOT NULL,
+    pid              BIGINT NOT NULL,
+    claimed_at       TEXT NOT NULL,
+    lease_expires_at TEXT NOT NULL,
+    ended_at         TEXT,
+    outcome          TEXT,
+    takeovers        BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_name, slot_at)
+);
+"#,
+];
 
 /// Applies pending migrations in one transaction, under an advisory lock
 /// scoped to this schema: a second host starting at the same moment waits,

@@ -232,6 +232,35 @@ CREATE TABLE rejected_record (
 ) WITHOUT ROWID;
 ALTER TABLE delta_run ADD COLUMN rejected INTEGER;
 "#,
+    // 5: what each job used, on its runs' history rows; the slots `serve`
+    // claims so that each scheduled run happens once, whichever host runs it.
+    r#"
+ALTER TABLE delta_run ADD COLUMN job_id TEXT;
+ALTER TABLE delta_run ADD COLUMN wall_ms INTEGER;
+ALTER TABLE delta_run ADD COLUMN cpu_ms INTEGER;
+ALTER TABLE delta_run ADD COLUMN store_ms INTEGER;
+ALTER TABLE delta_run ADD COLUMN peak_memory_bytes INTEGER;
+ALTER TABLE delta_run ADD COLUMN http_requests INTEGER;
+ALTER TABLE delta_run ADD COLUMN http_retries INTEGER;
+ALTER TABLE delta_run ADD COLUMN http_bytes_in INTEGER;
+ALTER TABLE delta_run ADD COLUMN records_written INTEGER;
+CREATE INDEX delta_run_by_job ON delta_run(job_id);
+
+CREATE TABLE schedule_slot (
+    job_name         TEXT NOT NULL,
+    slot_at          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    job_id           TEXT NOT NULL,
+    host             TEXT NOT NULL,
+    pid              INTEGER NOT NULL,
+    claimed_at       TEXT NOT NULL,
+    lease_expires_at TEXT NOT NULL,
+    ended_at         TEXT,
+    outcome          TEXT,
+    takeovers        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_name, slot_at)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.

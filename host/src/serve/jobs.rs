@@ -1,0 +1,259 @@
+//! The jobs file `serve` runs: one `[[job]]` table per connector instance,
+//! its plugin and settings (paths relative to the file), its cadence, and
+//! `run-plugin`'s per-job flags under the same names.
+//!
+//! ```toml
+//! [[job]]
+//! name = "acme_eu"
+//! plugin = "dist/acme.wasm"
+//! settings = "settings.json"        # or an inline [job.settings] table
+//! every = "15m"                     # or cron = "*/15 * * * *"
+//! allow_hosts = ["http://127.0.0.1:8080"]
+//! timeout = "5m"
+//! max_memory = "64MiB"
+//! ```
+
+use crate::flags::JobFlags;
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// When a job runs.
+#[derive(Debug, Clone)]
+pub enum Cadence {
+    /// Every period, aligned to the Unix epoch (15m: :00, :15, :30, :45).
+    Every(Duration),
+    Cron(Box<croner::Cron>),
+}
+
+impl Cadence {
+    /// The slot `now` falls in: the latest scheduled moment at or before it.
+    pub fn slot(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Cadence::Every(period) => {
+                let period = period.as_millis().max(1) as i64;
+                let at = now.timestamp_millis().div_euclid(period) * period;
+                Utc.timestamp_millis_opt(at).single()
+            }
+            Cadence::Cron(cron) => cron.find_previous_occurrence(&now, true).ok(),
+        }
+    }
+
+    /// The slot after `slot`, so the scheduler knows how long it may sleep.
+    pub fn next(&self, slot: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Cadence::Every(period) => Some(slot + chrono::Duration::from_std(*period).ok()?),
+            Cadence::Cron(cron) => cron.find_next_occurrence(&slot, false).ok(),
+        }
+    }
+}
+
+/// A slot as the store keys it.
+pub fn slot_key(slot: DateTime<Utc>) -> String {
+    slot.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// One job of the file, checked and with its paths resolved.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub name: String,
+    pub plugin: PathBuf,
+    /// The settings file, or (for inline settings) the jobs file, for messages.
+    pub settings: PathBuf,
+    pub inline_settings: Option<serde_json::Value>,
+    pub params: Vec<String>,
+    pub cadence: Cadence,
+    pub flags: JobFlags,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    job: Vec<toml::Table>,
+}
+
+/// A job's own keys, besides [`JobFlags::KEYS`].
+const JOB_KEYS: [&str; 6] = ["name", "plugin", "settings", "every", "cron", "params"];
+
+#[derive(Deserialize)]
+struct RawJob {
+    name: String,
+    plugin: PathBuf,
+    settings: SettingsSource,
+    every: Option<String>,
+    cron: Option<String>,
+    #[serde(default)]
+    params: toml::Table,
+    #[serde(flatten)]
+    flags: JobFlags,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SettingsSource {
+    Path(PathBuf),
+    Inline(toml::Table),
+}
+
+/// Reads and checks the jobs file: every job named once, a plugin, settings,
+/// one cadence, and only known keys (a misspelt limit would silently not apply).
+pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut jobs: Vec<JobSpec> = Vec::new();
+    for (index, table) in file.job.into_iter().enumerate() {
+        let named = table
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| format!("job {}", index + 1), |n| format!("job {n:?}"));
+        let fail = |problem: String| format!("{}: {named}: {problem}", path.display());
+        // Checked by hand: serde cannot refuse unknown keys next to flattened ones.
+        if let Some(key) = table
+            .keys()
+            .find(|k| !JOB_KEYS.contains(&k.as_str()) && !JobFlags::KEYS.contains(&k.as_str()))
+        {
+            return Err(fail(format!(
+                "unknown key {key:?} (the keys are {}, and run-plugin's per-job flags with _ for -: {})",
+                JOB_KEYS.join(", "),
+                JobFlags::KEYS.join(", ")
+            )));
+        }
+        if table.contains_key("max_stack") {
+            return Err(fail(
+                "max_stack is set for the whole process (serve --max-stack): its jobs share one engine".into(),
+            ));
+        }
+        let raw: RawJob = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| fail(e.to_string()))?;
+        if raw.name.is_empty() || raw.name.len() > 200 || raw.name.chars().any(char::is_control) {
+            return Err(fail("name must be 1 to 200 characters without control characters".into()));
+        }
+        if jobs.iter().any(|j| j.name == raw.name) {
+            return Err(fail("two jobs have this name; a name keys the job's slots, so it must be unique".into()));
+        }
+        let cadence = match (&raw.every, &raw.cron) {
+            (Some(every), None) => {
+                let period = crate::limits::parse_duration(every).map_err(|e| fail(format!("every: {e}")))?;
+                if period < Duration::from_secs(1) {
+                    return Err(fail("every must be at least 1s".into()));
+                }
+                Cadence::Every(period)
+            }
+            (None, Some(cron)) => Cadence::Cron(Box::new(
+                cron.parse::<croner::Cron>()
+                    .map_err(|e| fail(format!("cron {cron:?}: {e}")))?,
+            )),
+            _ => return Err(fail("give exactly one of every = \"15m\" or cron = \"*/15 * * * *\"".into())),
+        };
+        let params = raw
+            .params
+            .iter()
+            .map(|(k, v)| {
+                serde_json::to_value(v)
+                    .map(|json| format!("{k}={json}"))
+                    .map_err(|e| fail(format!("params.{k}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (settings, inline_settings) = match raw.settings {
+            SettingsSource::Path(p) => (base.join(p), None),
+            SettingsSource::Inline(table) => (
+                PathBuf::from(format!("{} [job.settings of {}]", path.display(), raw.name)),
+                Some(serde_json::to_value(table).map_err(|e| fail(format!("settings: {e}")))?),
+            ),
+        };
+        jobs.push(JobSpec {
+            name: raw.name,
+            plugin: base.join(raw.plugin),
+            settings,
+            inline_settings,
+            params,
+            cadence,
+            flags: raw.flags,
+        });
+    }
+    if jobs.is_empty() {
+        return Err(format!("{}: no [[job]] tables; see nuntiq-host serve --help", path.display()));
+    }
+    Ok(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn jobs_read_with_paths_relative_to_the_file() {
+        let (dir, path) = write(
+            r#"
+            [[job]]
+            name = "acme_eu"
+            plugin = "dist/acme.wasm"
+            settings = "settings.json"
+            every = "15m"
+            allow_hosts = ["http://127.0.0.1:8080"]
+            timeout = "5m"
+            max_memory = "64MiB"
+            params = { lookback_days = 3 }
+
+            [[job]]
+            name = "inline"
+            plugin = "/abs/acme.wasm"
+            cron = "*/15 * * * *"
+            [job.settings]
+            customer_number = "1"
+            config = { api_url = "https://api.example" }
+            "#,
+        );
+        let jobs = load(&path).unwrap();
+        assert_eq!(jobs[0].plugin, dir.path().join("dist/acme.wasm"));
+        assert_eq!(jobs[0].settings, dir.path().join("settings.json"));
+        assert_eq!(jobs[0].flags.max_memory, Some(64 << 20));
+        assert_eq!(jobs[0].flags.timeout, Some(Duration::from_secs(300)));
+        assert_eq!(jobs[0].params, ["lookback_days=3"]);
+        assert_eq!(jobs[1].plugin, PathBuf::from("/abs/acme.wasm"));
+        assert_eq!(jobs[1].inline_settings.as_ref().unwrap()["customer_number"], "1");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\nmax_memroy = \"1MiB\"", "unknown key \"max_memroy\""),
+            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"", "exactly one of every"),
+            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"soon\"", "every:"),
+            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\ncron = \"nope\"", "cron \"nope\""),
+            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\ntimeout = \"x\"", "job \"a\""),
+        ];
+        for (job, expected) in cases {
+            let (_dir, path) = write(&format!("[[job]]\n{job}\n"));
+            let err = load(&path).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        let (_dir, path) = write(
+            "[[job]]\nname = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\n\
+             [[job]]\nname = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\n",
+        );
+        assert!(load(&path).unwrap_err().contains("two jobs have this name"));
+    }
+
+    #[test]
+    fn slots_align_to_the_cadence() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let every = Cadence::Every(Duration::from_secs(900));
+        assert_eq!(every.slot(at("2026-05-01T10:22:31Z")), Some(at("2026-05-01T10:15:00Z")));
+        assert_eq!(every.next(at("2026-05-01T10:15:00Z")), Some(at("2026-05-01T10:30:00Z")));
+        let cron = Cadence::Cron(Box::new("5 * * * *".parse().unwrap()));
+        assert_eq!(cron.slot(at("2026-05-01T10:22:31Z")), Some(at("2026-05-01T10:05:00Z")));
+        assert_eq!(cron.slot(at("2026-05-01T10:05:00Z")), Some(at("2026-05-01T10:05:00Z")));
+        assert_eq!(cron.next(at("2026-05-01T10:05:00Z")), Some(at("2026-05-01T11:05:00Z")));
+        assert_eq!(slot_key(at("2026-05-01T10:05:00Z")), "2026-05-01T10:05:00Z");
+    }
+}

@@ -1,0 +1,401 @@
+//! `nuntiq-host serve`: every job of a jobs file on its cadence, on one host
+//! or many sharing one database. A job's slot (its run at one scheduled
+//! moment) is claimed through the database, so however many hosts run the
+//! same file, each slot runs once; the stream lease keeps runs of one stream
+//! from overlapping. Each run has its own sandbox, store handle, limits and
+//! thread: a trap, a timeout or a hostile connector ends that run only.
+//!
+//! The process shares one wasm engine and each plugin compiled once (again
+//! when its file changes). A global cap and a per-customer cap bound how many
+//! runs go at once; a host at its cap leaves due slots for other hosts.
+
+pub mod jobs;
+pub mod metrics;
+
+use crate::job::{JobOptions, Runner, run_job};
+use crate::limits::{Limits, Stop};
+use crate::log::{Level, LogFormat, LogSink, Redactor};
+use crate::meter::Usage;
+use crate::settings::Settings;
+use crate::store::schedule::{Claim, SlotOwner};
+use crate::store::{Db, Store};
+use jobs::{JobSpec, slot_key};
+use metrics::Metrics;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The operator's choices for a `serve` process.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub jobs_file: PathBuf,
+    pub db: Db,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Runs at once in this process.
+    pub max_concurrent: usize,
+    /// Runs at once for one customer (`customer_number`), so one tenant
+    /// cannot take every slot.
+    pub max_per_customer: usize,
+    /// After SIGTERM: how long running jobs may go on before they are stopped.
+    pub grace: Duration,
+    /// A claimed slot's lease (and, unless a job sets one, its stream lease):
+    /// another host takes over a slot whose holder stopped renewing it.
+    pub lease: Duration,
+    pub cache_dir: Option<PathBuf>,
+    /// The connectors' wasm stack, for the whole process (one engine).
+    pub max_stack: Option<usize>,
+    pub log_format: LogFormat,
+    pub log_level: Level,
+}
+
+/// How often the scheduler looks for due slots.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A job, checked at start.
+struct Job {
+    spec: JobSpec,
+    customer: String,
+}
+
+/// A run going on in this process.
+struct Running {
+    job_id: String,
+    customer: String,
+    stop: Arc<Stop>,
+}
+
+struct State {
+    options: ServeOptions,
+    runner: Runner,
+    store: Store,
+    metrics: Arc<Metrics>,
+    log: LogSink,
+    running: Mutex<HashMap<String, Running>>,
+    /// Set by the first SIGTERM or SIGINT.
+    stopping: AtomicBool,
+}
+
+/// Runs the jobs until SIGTERM or SIGINT; returns the process's exit code
+/// (2 when the jobs file, a job's settings or plugin, or the database is unusable).
+pub fn serve(options: ServeOptions) -> u8 {
+    let log = LogSink::stderr(options.log_format, options.log_level, Redactor::default()).with_label("serve");
+    match start(options, &log) {
+        Ok((state, jobs)) => run(state, jobs),
+        Err(message) => {
+            log.error(&format!("Nothing was started: {message}"), Some("start"), None);
+            2
+        }
+    }
+}
+
+fn start(options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Job>), String> {
+    let specs = jobs::load(&options.jobs_file)?;
+    let mut limits = Limits::default();
+    if let Some(stack) = options.max_stack {
+        limits.max_wasm_stack_bytes = stack;
+    }
+    let runner = Runner::new(&limits, options.cache_dir.clone()).map_err(|e| e.to_string())?;
+    let mut jobs = Vec::new();
+    for spec in specs {
+        let fail = |e: String| format!("job {:?}: {e}", spec.name);
+        let settings = match &spec.inline_settings {
+            Some(value) => Settings::parse(&spec.settings, value.clone(), &spec.params),
+            None => Settings::load(&spec.settings, &spec.params),
+        }
+        .map_err(|e| fail(e.to_string()))?;
+        // Compiled now, so a plugin that cannot run is found before any slot is claimed.
+        runner.plugin(&spec.plugin).map_err(|e| fail(e.to_string()))?;
+        jobs.push(Job {
+            customer: settings.customer_number.clone(),
+            spec,
+        });
+    }
+    let store = Store::open(&options.db).map_err(|e| e.to_string())?;
+    let metrics = Metrics::new();
+    if let Some(addr) = options.metrics_addr {
+        let bound = metrics::serve(addr, metrics.clone()).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        log.info(
+            &format!("Metrics on http://{bound}/metrics, health on http://{bound}/healthz"),
+            Some("start"),
+            Some(json!({"metrics_addr": bound.to_string()})),
+        );
+    }
+    log.info(
+        &format!(
+            "Serving {} jobs from {} on {} (at most {} runs at once, {} per customer)",
+            jobs.len(),
+            options.jobs_file.display(),
+            options.db,
+            options.max_concurrent,
+            options.max_per_customer
+        ),
+        Some("start"),
+        None,
+    );
+    let state = Arc::new(State {
+        log: LogSink::stderr(options.log_format, options.log_level, Redactor::default()).with_label("serve"),
+        options,
+        runner,
+        store,
+        metrics,
+        running: Mutex::default(),
+        stopping: AtomicBool::new(false),
+    });
+    listen_for_signals(state.clone());
+    heartbeat(state.clone());
+    Ok((state, jobs))
+}
+
+/// The scheduler: claims due slots and starts their runs until told to stop,
+/// then lets running jobs finish for the grace period and stops the rest.
+fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            state.log.error(&format!("cannot start the scheduler: {e}"), Some("start"), None);
+            return 1;
+        }
+    };
+    let owner = SlotOwner {
+        host: crate::store::owner::this_host(),
+        pid: std::process::id(),
+        lease: state.options.lease,
+    };
+    // Per job: the slot it last claimed or found done, or found held
+    // elsewhere and when to look at it again (its holder may die).
+    let mut handled: HashMap<String, (String, Option<Instant>)> = HashMap::new();
+    let recheck = state.options.lease / 2;
+    while !state.stopping.load(Ordering::Relaxed) {
+        let now = chrono::Utc::now();
+        let mut waiting = 0;
+        for job in &jobs {
+            let Some(slot) = job.spec.cadence.slot(now) else {
+                continue;
+            };
+            let key = slot_key(slot);
+            if let Some((seen, again)) = handled.get(&job.spec.name)
+                && *seen == key
+                && again.is_none_or(|at| Instant::now() < at)
+            {
+                continue;
+            }
+            {
+                let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
+                if running.contains_key(&job.spec.name) {
+                    continue;
+                }
+                let of_customer = running.values().filter(|r| r.customer == job.customer).count();
+                if running.len() >= state.options.max_concurrent || of_customer >= state.options.max_per_customer {
+                    waiting += 1;
+                    continue;
+                }
+            }
+            let job_id = uuid::Uuid::new_v4().to_string();
+            let claim = runtime.block_on(state.store.claim_slot(
+                job.spec.name.clone(),
+                key.clone(),
+                job_id.clone(),
+                owner.clone(),
+            ));
+            match claim {
+                Ok(Claim::Claimed { took_over }) => {
+                    handled.insert(job.spec.name.clone(), (key.clone(), None));
+                    if let Some(note) = took_over {
+                        state.log.warn(&format!("{}: {note}", job.spec.name), Some("claim"), None);
+                    }
+                    start_run(&state, job, key, job_id);
+                }
+                Ok(Claim::Done) => {
+                    handled.insert(job.spec.name.clone(), (key, None));
+                }
+                Ok(Claim::Held | Claim::Busy) => {
+                    handled.insert(job.spec.name.clone(), (key, Some(Instant::now() + recheck)));
+                }
+                Err(e) => state.log.error(
+                    &format!("{}: could not claim slot {key}: {e}; retrying", job.spec.name),
+                    Some("claim"),
+                    None,
+                ),
+            }
+        }
+        state.metrics.waiting.set(waiting);
+        std::thread::sleep(TICK);
+    }
+    shut_down(&state)
+}
+
+/// Starts one run on a thread of its own.
+fn start_run(state: &Arc<State>, job: &Job, slot: String, job_id: String) {
+    let spec = job.spec.clone();
+    let mut options = JobOptions {
+        params: spec.params.clone(),
+        log_format: state.options.log_format,
+        log_level: state.options.log_level,
+        lease: state.options.lease,
+        job_id: Some(job_id.clone()),
+        inline_settings: spec.inline_settings.clone(),
+        ..JobOptions::new(spec.plugin.clone(), spec.settings.clone(), state.options.db.clone())
+    };
+    spec.flags.apply(&mut options);
+    let stop = Stop::new(options.limits.timeout);
+    state.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        spec.name.clone(),
+        Running {
+            job_id: job_id.clone(),
+            customer: job.customer.clone(),
+            stop: stop.clone(),
+        },
+    );
+    state.metrics.run_started(&spec.name);
+    let state = state.clone();
+    let name = spec.name.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("nuntiq-run:{name}"))
+        .spawn({
+            let state = state.clone();
+            let name = name.clone();
+            move || execute(&state, &name, &slot, &job_id, &options, stop)
+        });
+    if let Err(e) = spawned {
+        state.log.error(&format!("{name}: cannot start its run: {e}"), Some("run"), None);
+        state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        state.metrics.run_finished(&name, "internal", None, 0.0);
+    }
+}
+
+/// One run, start to slot record; nothing in it can end the process.
+fn execute(state: &State, name: &str, slot: &str, job_id: &str, options: &JobOptions, stop: Arc<Stop>) {
+    let started = Instant::now();
+    let label = name.to_owned();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts");
+        let report = runtime.block_on(run_job(&state.runner, options, stop, |format, level, redactor| {
+            LogSink::stderr(format, level, redactor).with_label(label.clone())
+        }));
+        let kind = report.envelope["error"]["kind"].as_str().map(str::to_owned);
+        let usage: Option<Usage> = serde_json::from_value(report.envelope["usage"].clone()).ok();
+        let (status, outcome) = match (report.exit_code, kind) {
+            (0, _) => ("succeeded", None),
+            (_, kind) => ("failed", Some(kind.unwrap_or_else(|| "internal".into()))),
+        };
+        if let Err(e) = runtime.block_on(state.store.finish_slot(job_id.to_owned(), status, outcome.clone())) {
+            state.log.error(&format!("{name}: could not record how slot {slot} ended: {e}"), Some("run"), None);
+        }
+        (status, outcome, usage)
+    }));
+    let (status, outcome, usage) = outcome.unwrap_or_else(|_| ("failed", Some("internal".into()), None));
+    let seconds = started.elapsed().as_secs_f64();
+    state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    let shown = outcome.clone().unwrap_or_else(|| status.to_owned());
+    state.metrics.run_finished(name, &shown, usage.as_ref(), seconds);
+    state.log.info(
+        &format!("{name}: slot {slot} {status}{} in {seconds:.1} s", outcome.map(|k| format!(" ({k})")).unwrap_or_default()),
+        Some("run"),
+        Some(json!({"job": name, "slot": slot, "job_id": job_id, "status": shown, "usage": usage})),
+    );
+}
+
+/// Renews the claims of running slots every quarter lease; a run whose slot
+/// another host took over (this one was cut off too long) is stopped.
+fn heartbeat(state: Arc<State>) {
+    let every = state.options.lease / 4;
+    let _ = std::thread::Builder::new().name("nuntiq-slot-lease".into()).spawn(move || {
+        loop {
+            std::thread::sleep(every);
+            let ids: Vec<String> = state
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|r| r.job_id.clone())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            match state.store.renew_slots_blocking(ids, state.options.lease) {
+                Ok(lost) => {
+                    let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
+                    for (name, run) in running.iter().filter(|(_, r)| lost.contains(&r.job_id)) {
+                        state.log.error(
+                            &format!("{name}: another host took over this run's slot; stopping the run"),
+                            Some("lease"),
+                            None,
+                        );
+                        run.stop.cancel("slot takeover");
+                    }
+                }
+                Err(e) => state.log.warn(&format!("could not renew the slots' leases: {e}"), Some("lease"), None),
+            }
+        }
+    });
+}
+
+/// SIGTERM or SIGINT: stop scheduling, let runs finish; a second one ends the
+/// process at once.
+fn listen_for_signals(state: Arc<State>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new().name("nuntiq-signals".into()).spawn(move || {
+        let mut seen = 0;
+        for signal in signals.forever() {
+            let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+            seen += 1;
+            if seen == 1 {
+                state.log.info(
+                    &format!(
+                        "{name}: no new runs; running ones get {} to finish",
+                        humantime::format_duration(state.options.grace)
+                    ),
+                    Some("stop"),
+                    None,
+                );
+                state.metrics.healthy.store(false, Ordering::Relaxed);
+                state.stopping.store(true, Ordering::Relaxed);
+                continue;
+            }
+            state.log.error(
+                &format!("{name} a second time: exiting now; open runs stay running until their leases expire"),
+                Some("stop"),
+                None,
+            );
+            std::process::exit(1);
+        }
+    });
+}
+
+/// Waits for running jobs up to the grace period, then stops the rest (each
+/// fails cleanly: its cursor stays, its slot records why) and waits for them.
+fn shut_down(state: &State) -> u8 {
+    let count = || state.running.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let deadline = Instant::now() + state.options.grace;
+    while count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = count();
+    if left > 0 {
+        state.log.warn(
+            &format!("stopping {left} runs still going after the grace period"),
+            Some("stop"),
+            None,
+        );
+        for run in state.running.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            run.stop.cancel("SIGTERM");
+        }
+        // Each run settles within its own grace; a little more for the slot record.
+        let settle = Instant::now() + Limits::default().grace + Duration::from_secs(5);
+        while count() > 0 && Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    state.log.info("stopped", Some("stop"), None);
+    0
+}

@@ -1,0 +1,351 @@
+//! `nuntiq-host serve`: scheduled runs on one host or many sharing one
+//! PostgreSQL database — every slot once, no stream overlapping, a dead
+//! host's slot taken over, a hostile run failing alone among hundreds, a
+//! changed plugin picked up, SIGTERM settling cleanly, metrics served.
+
+use crate::MOCK;
+use chrono::{DateTime, Duration as Days, Utc};
+use nuntiq_e2e::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A jobs file of `n` Acme jobs against `mock`, one customer and connector each.
+struct Jobs {
+    work: Workdir,
+    toml: String,
+}
+
+impl Jobs {
+    fn new() -> Self {
+        Self {
+            work: Workdir::new(),
+            toml: String::new(),
+        }
+    }
+
+    /// Adds job `name` for customer `customer`, with extra TOML keys.
+    fn add(&mut self, mock: &Mock, name: &str, guest_name: &str, customer: &str, extra: &str) {
+        let mut settings = acme_settings(&mock.api_url(), name);
+        settings["customer_number"] = json!(customer);
+        settings["config"]["page_size"] = json!(50);
+        let path = self.work.write_settings(&format!("{name}.json"), &settings);
+        self.toml.push_str(&format!(
+            "[[job]]\nname = \"{name}\"\nplugin = \"{}\"\nsettings = \"{}\"\nallow_hosts = [\"{}\"]\n{extra}\n\n",
+            guest(guest_name).display(),
+            path.display(),
+            mock.allow_host()
+        ));
+    }
+
+    fn write(&self) -> PathBuf {
+        let path = self.work.path("jobs.toml");
+        std::fs::write(&path, &self.toml).unwrap();
+        path
+    }
+}
+
+/// A `serve` process; its stderr is collected as it comes.
+struct Serve {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(jobs: &Path, db: &str, extra: &[&str]) -> Self {
+        let mut child = host_command()
+            .args(["serve", jobs.to_str().unwrap(), "--db", db])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nuntiq-host serve starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self { child, stderr }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a line containing `text`; returns it.
+    fn wait_for_line(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(line) = self.log().lines().find(|l| l.contains(text)) {
+                return line.to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no line with {text:?} within {within:?}:\n{}", self.log());
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> (i32, String) {
+        // SAFETY: a plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        (status.code().unwrap_or(-1), self.log())
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+#[test]
+fn two_hosts_on_one_postgres_run_every_slot_of_twenty_jobs_once() {
+    let mock = Mock::start(MOCK, 80);
+    let schema = PgSchema::new();
+    let mut jobs = Jobs::new();
+    for i in 0..20 {
+        jobs.add(&mock, &format!("acme_{i:02}"), "acme", &format!("C{i:02}"), "every = \"2s\"");
+    }
+    let file = jobs.write();
+    // Ten runs at once each: neither host can take every slot by itself.
+    let args = ["--lease", "5s", "--max-concurrent", "10", "--log-level", "warn"];
+    let a = Serve::start(&file, &schema.url(), &args);
+    let b = Serve::start(&file, &schema.url(), &args);
+    std::thread::sleep(Duration::from_secs(9));
+    let (code_a, log_a) = a.stop();
+    let (code_b, log_b) = b.stop();
+    assert_eq!((code_a, code_b), (0, 0), "{log_a}\n--\n{log_b}");
+
+    let db = Db::open(Path::new(&schema.url()));
+    let slots = db.rows("SELECT job_name, slot_at, status, job_id, pid FROM schedule_slot ORDER BY job_name, slot_at");
+    let mut by_job: BTreeMap<String, Vec<DateTime<Utc>>> = BTreeMap::new();
+    for row in &slots {
+        let job = row[0].clone().unwrap();
+        assert_eq!(row[2].as_deref(), Some("succeeded"), "{row:?}\n{log_a}\n--\n{log_b}");
+        by_job.entry(job).or_default().push(at(row[1].as_deref().unwrap()));
+    }
+    assert_eq!(by_job.len(), 20, "every job ran");
+    for (job, times) in &by_job {
+        assert!(times.len() >= 3, "{job} ran {} slots in 9 s", times.len());
+        for pair in times.windows(2) {
+            assert_eq!(pair[1] - pair[0], Days::seconds(2), "{job}: no slot skipped or doubled: {times:?}");
+        }
+    }
+    // One run per slot, and every run came from a slot.
+    assert_eq!(db.count("delta_run"), slots.len() as i64);
+    assert_eq!(
+        db.scalar::<i64>(
+            "SELECT count(*) FROM schedule_slot s WHERE (SELECT count(*) FROM delta_run r WHERE r.job_id = s.job_id) <> 1"
+        ),
+        0
+    );
+    // Both hosts took slots.
+    let pids: std::collections::BTreeSet<_> = slots.iter().map(|r| r[4].clone()).collect();
+    assert_eq!(pids.len(), 2, "both hosts ran slots: {pids:?}");
+    // No two runs of one stream overlapped.
+    let runs = db.rows("SELECT connector_name, started_at_utc, ended_at_utc FROM delta_run ORDER BY connector_name, started_at_utc");
+    for pair in runs.windows(2) {
+        if pair[0][0] == pair[1][0] {
+            assert!(pair[0][2] <= pair[1][1], "runs of {:?} overlapped: {pair:?}", pair[0][0]);
+        }
+    }
+    // Each customer's store is the source's truth.
+    let expected = expected_from(&mock.truth(), Utc::now() - Days::days(7));
+    for i in 0..20 {
+        assert_same_suppliers(&db.suppliers(&format!("C{i:02}")), &expected);
+    }
+}
+
+#[test]
+fn two_hundred_runs_at_once_succeed_while_a_hostile_one_fails_alone() {
+    let mock = Mock::start(MOCK, 40);
+    let schema = PgSchema::new();
+    let mut jobs = Jobs::new();
+    for i in 0..200 {
+        jobs.add(&mock, &format!("acme_{i:03}"), "acme", &format!("C{i:03}"), "every = \"1h\"");
+    }
+    jobs.add(&mock, "hostile", "memory-hog", "C999", "every = \"1h\"\nmax_memory = \"16MiB\"");
+    let file = jobs.write();
+    let serve = Serve::start(
+        &file,
+        &schema.url(),
+        &["--max-concurrent", "256", "--metrics-addr", "127.0.0.1:0"],
+    );
+    let line = serve.wait_for_line("Metrics on http://", Duration::from_secs(60));
+    let metrics_url = line
+        .split("Metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .to_owned();
+    let db = Db::open(Path::new(&schema.url()));
+    wait_until("every slot ended", Duration::from_secs(240), || {
+        db.try_rows("SELECT count(*) FROM schedule_slot WHERE status <> 'running'")
+            .and_then(|rows| rows[0][0].clone())
+            .is_some_and(|n| n == "201")
+    });
+    let metrics = ureq::get(&metrics_url).call().unwrap().body_mut().read_to_string().unwrap();
+    let health = ureq::get(metrics_url.replace("/metrics", "/healthz")).call().unwrap().status();
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(health, 200);
+
+    let outcome = |sql: &str| db.scalar::<i64>(sql);
+    assert_eq!(outcome("SELECT count(*) FROM schedule_slot WHERE status = 'succeeded'"), 200, "{log}");
+    assert_eq!(
+        outcome("SELECT count(*) FROM schedule_slot WHERE job_name = 'hostile' AND status = 'failed' AND outcome = 'memory_limit'"),
+        1
+    );
+    // Every customer got its suppliers; the hostile run wrote none.
+    let expected = expected_from(&mock.truth(), Utc::now() - Days::days(7)).len() as i64;
+    assert_eq!(
+        outcome(&format!(
+            "SELECT count(*) FROM (SELECT customer_number FROM supplier GROUP BY customer_number HAVING count(*) = {expected}) c"
+        )),
+        200
+    );
+    assert_eq!(outcome("SELECT count(*) FROM supplier WHERE customer_number = 'C999'"), 0);
+    // The metrics saw the same.
+    let succeeded = metrics
+        .lines()
+        .filter(|l| l.starts_with("nuntiq_runs_total{") && l.contains("status=\"succeeded\"") && l.ends_with(" 1"))
+        .count();
+    assert_eq!(succeeded, 200, "{metrics}");
+    for expected in [
+        r#"nuntiq_runs_total{connector="hostile",status="memory_limit"} 1"#,
+        r#"nuntiq_limit_hits_total{kind="memory_limit"} 1"#,
+        "nuntiq_runs_running 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+    // What each run used is in its run history.
+    assert_eq!(
+        outcome("SELECT count(*) FROM delta_run WHERE http_requests >= 1 AND records_written >= 1 AND cpu_ms IS NOT NULL"),
+        200
+    );
+}
+
+#[test]
+fn a_dead_hosts_slot_is_taken_over_after_its_lease() {
+    let mock = Mock::start(MOCK, 300);
+    // Slow pages: the first host is killed in the middle of its run.
+    mock.faults(json!([{"action": "delay", "delay_ms": 100, "times": 1_000_000}]));
+    let schema = PgSchema::new();
+    let mut jobs = Jobs::new();
+    jobs.add(&mock, "acme_eu", "acme", "10000001", "every = \"1h\"");
+    let file = jobs.write();
+    let mut first = Serve::start(&file, &schema.url(), &["--lease", "2s"]);
+    first.wait_for_line("Fetched page 1", Duration::from_secs(60));
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let db = Db::open(Path::new(&schema.url()));
+    assert_eq!(db.scalar::<String>("SELECT status FROM schedule_slot"), "running");
+
+    mock.faults(json!([]));
+    let second = Serve::start(&file, &schema.url(), &["--lease", "2s"]);
+    second.wait_for_line("took over the slot", Duration::from_secs(30));
+    wait_until("the slot ended", Duration::from_secs(60), || {
+        db.scalar::<String>("SELECT status FROM schedule_slot") != "running"
+    });
+    let (code, log) = second.stop();
+    assert_eq!(code, 0, "{log}");
+    let slot = db.rows("SELECT status, takeovers FROM schedule_slot");
+    assert_eq!(slot, [[Some("succeeded".to_owned()), Some("1".to_owned())]], "{log}");
+    assert_eq!(db.count("schedule_slot"), 1, "still one slot");
+    let expected = expected_from(&mock.truth(), Utc::now() - Days::days(7));
+    assert_same_suppliers(&db.suppliers("10000001"), &expected);
+}
+
+#[test]
+fn a_changed_plugin_is_picked_up_by_the_next_run() {
+    let mock = Mock::start(MOCK, 60);
+    let work = Workdir::new();
+    let plugin = work.path("connector.wasm");
+    std::fs::copy(guest("acme"), &plugin).unwrap();
+    let mut jobs = Jobs::new();
+    // The 0.1.0 fixture reads job_params.since; the current Acme ignores it.
+    jobs.add(
+        &mock,
+        "acme_eu",
+        "acme",
+        "10000001",
+        "every = \"2s\"\nparams = { since = \"2020-01-01T00:00:00Z\" }",
+    );
+    jobs.toml = jobs.toml.replace(&guest("acme").display().to_string(), &plugin.display().to_string());
+    let file = jobs.write();
+    let db = work.db();
+    let serve = Serve::start(&file, db.to_str().unwrap(), &[]);
+    let runs = |sql: &str| {
+        db.exists()
+            .then(|| Db::open(&db).try_rows(sql))
+            .flatten()
+            .map_or(0, |r| r.len())
+    };
+    wait_until("a first run", Duration::from_secs(30), || {
+        runs("SELECT 1 FROM schedule_slot WHERE status = 'succeeded'") >= 1
+    });
+    // A new build of the connector (the 0.1.0 fixture: another file, same job).
+    let replacement = work.path("new.wasm");
+    std::fs::copy(guest("acme-v0_1"), &replacement).unwrap();
+    std::fs::rename(&replacement, &plugin).unwrap();
+    let sha = |path: PathBuf| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(path).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let (old, new) = (sha(guest("acme")), sha(guest("acme-v0_1")));
+    wait_until("a run of the new plugin", Duration::from_secs(30), || {
+        runs(&format!("SELECT 1 FROM delta_run WHERE plugin_sha256 = '{new}'")) >= 1
+    });
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(runs(&format!("SELECT 1 FROM delta_run WHERE plugin_sha256 = '{old}'")) >= 1);
+}
+
+#[test]
+fn sigterm_lets_runs_finish_for_the_grace_period_then_stops_them_cleanly() {
+    let mock = Mock::start(MOCK, 300);
+    mock.faults(json!([{"action": "delay", "delay_ms": 300, "times": 1_000_000}]));
+    let mut jobs = Jobs::new();
+    jobs.add(&mock, "acme_eu", "acme", "10000001", "every = \"1h\"");
+    let file = jobs.write();
+    let db = jobs.work.db();
+    let serve = Serve::start(&file, db.to_str().unwrap(), &["--grace", "1s"]);
+    serve.wait_for_line("Fetched page 1", Duration::from_secs(30));
+    let started = Instant::now();
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(started.elapsed() < Duration::from_secs(15), "stopped within grace and settling");
+    assert!(log.contains("no new runs; running ones get 1s"), "{log}");
+    let db = Db::open(&db);
+    assert_eq!(
+        db.rows("SELECT status, outcome FROM schedule_slot"),
+        [[Some("failed".to_owned()), Some("cancelled".to_owned())]],
+        "{log}"
+    );
+    let state = db.state("acme_eu", "suppliers").unwrap();
+    assert_eq!(state["status"], "failed");
+    assert_eq!(state["committed_cursor_value"], serde_json::Value::Null, "the cursor did not move");
+}
