@@ -26,11 +26,13 @@ impl From<rusqlite::Error> for StoreError {
 
 pub struct SqliteConn {
     pub(crate) conn: rusqlite::Connection,
+    /// Whether the last supplier batch was mostly new suppliers (see `suppliers.rs`).
+    pub(crate) inserting: bool,
 }
 
 impl SqliteConn {
     pub fn new(conn: rusqlite::Connection) -> Self {
-        Self { conn }
+        Self { conn, inserting: false }
     }
 
     pub(super) fn begin(&mut self) -> Result<(), StoreError> {

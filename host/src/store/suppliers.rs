@@ -78,7 +78,12 @@ pub(super) async fn upsert_suppliers(
         return Ok(SaveCounts::default());
     }
     match conn {
-        Conn::Sqlite(c) => Ok(upsert_sqlite(&c.conn, customer_number, suppliers)?),
+        Conn::Sqlite(c) => {
+            let counts = upsert_sqlite(&c.conn, customer_number, suppliers, c.inserting)?;
+            // The next batch guesses from this one: a first load inserts, a re-read finds.
+            c.inserting = counts.inserted * 2 > counts.total();
+            Ok(counts)
+        }
         Conn::Postgres(c) => {
             // Batches of distinct suppliers: a repeat starts the next batch,
             // so it sees what the earlier one wrote.
@@ -99,11 +104,16 @@ pub(super) async fn upsert_suppliers(
     }
 }
 
-/// SQLite: a statement per row, prepared once per connection.
+/// SQLite: a statement per row, prepared once per connection. With
+/// `inserting` (the last batch was mostly new suppliers) each supplier is
+/// inserted first and looked up only when its key is taken; otherwise looked
+/// up first and inserted only when absent — one statement for the common
+/// case either way.
 fn upsert_sqlite(
     tx: &rusqlite::Connection,
     customer_number: &str,
     suppliers: &[SupplierRecord],
+    inserting: bool,
 ) -> rusqlite::Result<SaveCounts> {
     let mut counts = SaveCounts::default();
     let now = now_utc();
@@ -116,7 +126,8 @@ fn upsert_sqlite(
              (customer_number, supplier_number, organization_code, supplier_name, alternative_supplier_name,
               supplier_type, is_active, custom_field_1, custom_field_2, custom_field_3, custom_field_4,
               custom_field_5, fingerprint, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, 1), ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, 1), ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
+         ON CONFLICT (customer_number, supplier_number, organization_code) DO NOTHING",
     )?;
     let mut update_supplier = tx.prepare_cached(
         "UPDATE supplier SET supplier_name = ?4, alternative_supplier_name = ?5, supplier_type = ?6,
@@ -157,17 +168,6 @@ fn upsert_sqlite(
     for s in suppliers {
         let org = s.organization_key();
         let fingerprint = s.fingerprint();
-        let stored: Option<Vec<u8>> = stored_fingerprint
-            .query_row(params![customer_number, s.supplier_number, org], |r| r.get(0))
-            .optional()?;
-        let is_new = match &stored {
-            Some(stored) if stored.as_slice() == fingerprint.as_slice() => {
-                counts.unchanged += 1;
-                continue;
-            }
-            Some(_) => false,
-            None => true,
-        };
         let supplier_params = params![
             customer_number,
             s.supplier_number,
@@ -184,13 +184,41 @@ fn upsert_sqlite(
             fingerprint.as_slice(),
             now
         ];
-        if is_new {
-            insert_supplier.execute(supplier_params)?;
-            counts.inserted += 1;
+        let stored = |statement: &mut rusqlite::CachedStatement<'_>| {
+            statement
+                .query_row(params![customer_number, s.supplier_number, org], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+        };
+        let held = if inserting {
+            if insert_supplier.execute(supplier_params)? == 1 {
+                None
+            } else {
+                stored(&mut stored_fingerprint)?
+            }
         } else {
-            update_supplier.execute(supplier_params)?;
-            counts.updated += 1;
-        }
+            match stored(&mut stored_fingerprint)? {
+                None => {
+                    insert_supplier.execute(supplier_params)?;
+                    None
+                }
+                held => held,
+            }
+        };
+        let is_new = match held {
+            None => {
+                counts.inserted += 1;
+                true
+            }
+            Some(held) if held.as_slice() == fingerprint.as_slice() => {
+                counts.unchanged += 1;
+                continue;
+            }
+            Some(_) => {
+                update_supplier.execute(supplier_params)?;
+                counts.updated += 1;
+                false
+            }
+        };
         for l in &s.locations {
             upsert_location.execute(params![
                 customer_number,
@@ -641,10 +669,23 @@ pub(crate) mod tests {
         let counts = save_suppliers(conn, "c1", &batch).await.unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (0, 0, 2));
         assert_eq!(writes(conn).await, before, "not one row was written");
-        let mut renamed = batch.clone();
+        let mut renamed = batch.to_vec();
         renamed[1].supplier_name = "Two renamed".into();
-        save_suppliers(conn, "c1", &renamed).await.unwrap();
+        renamed.push(supplier("S3", "Three", None));
+        let counts = save_suppliers(conn, "c1", &renamed).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (1, 1, 1));
         assert_ne!(writes(conn).await, before, "the check sees a write");
+        // SQLite looks suppliers up first after a batch of mostly known ones
+        // and inserts first after a batch of mostly new ones: both count alike.
+        let mut mixed = renamed.clone();
+        mixed[0].supplier_name = "One renamed".into();
+        mixed.extend((4..8).map(|n| supplier(&format!("S{n}"), "New", None)));
+        let counts = save_suppliers(conn, "c1", &mixed).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (4, 1, 2));
+        mixed[1].supplier_name = "Two again".into();
+        mixed.push(supplier("S8", "Eight", None));
+        let counts = save_suppliers(conn, "c1", &mixed).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (1, 1, 6));
     }
 
     async fn locations_not_listed_are_left_alone(conn: &mut Conn) {
