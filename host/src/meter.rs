@@ -27,6 +27,12 @@ pub struct Usage {
     pub records_written: u64,
 }
 
+/// Milliseconds, rounded up: a run that used any time is billed at least
+/// 1 ms, so thousands of small runs do not add up to nothing.
+pub fn whole_ms(d: Duration) -> u64 {
+    d.as_micros().div_ceil(1000) as u64
+}
+
 /// Where the run's thread spent its time, in milliseconds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
 pub struct Breakdown {
@@ -179,6 +185,14 @@ impl Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_rounds_time_up_to_whole_milliseconds() {
+        assert_eq!(whole_ms(Duration::ZERO), 0);
+        assert_eq!(whole_ms(Duration::from_micros(1)), 1);
+        assert_eq!(whole_ms(Duration::from_micros(1000)), 1);
+        assert_eq!(whole_ms(Duration::from_micros(1001)), 2);
+    }
 
     #[test]
     fn time_in_wasm_and_in_host_calls_is_told_apart() {

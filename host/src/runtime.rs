@@ -552,9 +552,9 @@ impl Runtime {
         let data = store.data();
         let written = job.store.written();
         let usage = Usage {
-            wall_ms: data.meter.wall().as_millis() as u64,
-            cpu_ms: data.meter.cpu().as_millis() as u64,
-            store_ms: job.store.busy().saturating_sub(store_busy_before).as_millis() as u64,
+            wall_ms: crate::meter::whole_ms(data.meter.wall()),
+            cpu_ms: crate::meter::whole_ms(data.meter.cpu()),
+            store_ms: crate::meter::whole_ms(job.store.busy().saturating_sub(store_busy_before)),
             peak_memory_bytes: data.limiter.peak_memory_bytes as u64,
             http_requests: counters.http_requests.load(Ordering::Relaxed),
             http_retries: counters.http_retries.load(Ordering::Relaxed),

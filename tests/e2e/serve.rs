@@ -231,6 +231,17 @@ fn two_hundred_runs_at_once_succeed_while_a_hostile_one_fails_alone() {
         .filter(|l| l.starts_with("nuntiq_runs_total{") && l.contains("status=\"succeeded\"") && l.ends_with(" 1"))
         .count();
     assert_eq!(succeeded, 200, "{metrics}");
+    // Per-run accounting: every run, the hostile one too, reported what it used.
+    for family in ["nuntiq_run_peak_memory_bytes_count{", "nuntiq_run_duration_seconds_count{"] {
+        let runs = metrics.lines().filter(|l| l.starts_with(family) && l.ends_with(" 1")).count();
+        assert_eq!(runs, 201, "{family}: {metrics}");
+    }
+    // CPU is billed in whole milliseconds, rounded up: a run that ran used some.
+    for family in ["nuntiq_http_requests_total{", "nuntiq_records_written_total{", "nuntiq_run_cpu_seconds_total{"] {
+        let used = |l: &&str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0);
+        let acme = metrics.lines().filter(|l| l.starts_with(family) && !l.contains("hostile")).filter(used).count();
+        assert_eq!(acme, 200, "{family}: {metrics}");
+    }
     for expected in [
         r#"nuntiq_runs_total{connector="hostile",status="memory_limit"} 1"#,
         r#"nuntiq_limit_hits_total{kind="memory_limit"} 1"#,

@@ -224,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_jobs_file_reads() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n# jobs.toml").expect("README shows a jobs file") + "```toml\n".len();
+        let text = &readme[start..][..readme[start..].find("```").unwrap()];
+        let (_dir, path) = write(text);
+        let jobs = load(&path).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[1].inline_settings.as_ref().unwrap()["config"]["connector_name"], "acme_us");
+        assert_eq!(jobs[1].params, ["lookback_days=3"]);
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let cases = [
             ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\nmax_memroy = \"1MiB\"", "unknown key \"max_memroy\""),

@@ -58,6 +58,7 @@ pub struct Metrics {
     started: Family<ConnectorLabel, Counter>,
     finished: Family<RunLabels, Counter>,
     duration: Family<ConnectorLabel, Histogram>,
+    peak_memory: Family<ConnectorLabel, Histogram>,
     records: Family<ConnectorLabel, Counter>,
     http_requests: Family<ConnectorLabel, Counter>,
     http_retries: Family<ConnectorLabel, Counter>,
@@ -78,6 +79,10 @@ impl Metrics {
         let duration = Family::<ConnectorLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0])
         });
+        let peak_memory = Family::<ConnectorLabel, Histogram>::new_with_constructor(|| {
+            // 1 MiB to 4 GiB (the most a 32-bit guest can have), by fours.
+            Histogram::new((0..7).map(|i| (1u64 << (20 + 2 * i)) as f64))
+        });
         let records = Family::<ConnectorLabel, Counter>::default();
         let http_requests = Family::<ConnectorLabel, Counter>::default();
         let http_retries = Family::<ConnectorLabel, Counter>::default();
@@ -89,6 +94,11 @@ impl Metrics {
         registry.register("runs_started", "Runs started, by connector (job name)", started.clone());
         registry.register("runs", "Runs finished, by connector and status", finished.clone());
         registry.register("run_duration_seconds", "Wall time of finished runs", duration.clone());
+        registry.register(
+            "run_peak_memory_bytes",
+            "Largest linear memory a run's connector had",
+            peak_memory.clone(),
+        );
         registry.register("records_written", "Suppliers inserted or updated", records.clone());
         registry.register("http_requests", "HTTP requests connectors sent", http_requests.clone());
         registry.register("http_retries", "HTTP retries the host made", http_retries.clone());
@@ -102,6 +112,7 @@ impl Metrics {
             started,
             finished,
             duration,
+            peak_memory,
             records,
             http_requests,
             http_retries,
@@ -131,6 +142,7 @@ impl Metrics {
             .inc();
         self.duration.get_or_create(&l).observe(wall_seconds);
         if let Some(u) = usage {
+            self.peak_memory.get_or_create(&l).observe(u.peak_memory_bytes as f64);
             self.records.get_or_create(&l).inc_by(u.records_written);
             self.http_requests.get_or_create(&l).inc_by(u.http_requests);
             self.http_retries.get_or_create(&l).inc_by(u.http_retries);

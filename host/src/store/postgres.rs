@@ -129,7 +129,16 @@ impl PgPool {
         let mut conn = pool
             .conn()
             .await
-            .map_err(|e| fail(format!("cannot connect: {e}; is the server running and the database created?")))?;
+            .map_err(|e| {
+                let e = e.to_string();
+                let next = if e.contains("TLS") {
+                    "this host connects to PostgreSQL without TLS: use sslmode=disable (or none) on a trusted \
+                     network, or a local TLS proxy such as pgbouncer or stunnel"
+                } else {
+                    "is the server running and the database created?"
+                };
+                fail(format!("cannot connect: {e}; {next}"))
+            })?;
         migrate(&mut conn).await.map_err(|e| fail(format!("cannot migrate the schema: {e}")))?;
         Ok(pool)
     }
@@ -466,5 +475,12 @@ mod tests {
             "postgres://app:***@db.internal:5432/nuntiq"
         );
         assert_eq!(redacted("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+    }
+
+    #[tokio::test]
+    async fn asking_for_tls_says_what_to_do_instead() {
+        let url = format!("{}?sslmode=require", crate::store::testing::server_url());
+        let message = PgPool::open(&url).await.err().expect("TLS is refused").to_string();
+        assert!(message.contains("sslmode=require") && message.contains("without TLS"), "{message}");
     }
 }
