@@ -95,6 +95,15 @@ pub struct StreamFilter {
     pub stream_name: Option<String>,
 }
 
+impl StreamFilter {
+    /// The rows of a listing whose `sql` filters with [`STREAM_FILTER`] and
+    /// ends in `LIMIT ?4`.
+    pub(super) async fn list(&self, conn: &mut Conn, sql: &str, limit: usize) -> Result<Vec<super::sql::Row>, StoreError> {
+        let params = params![&self.customer_number, &self.connector_name, &self.stream_name, limit as i64];
+        conn.query(sql, params).await
+    }
+}
+
 /// A stream row as `state show` lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StateRow {
@@ -730,17 +739,7 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
          ORDER BY started_at_utc DESC, {} DESC LIMIT ?4",
         conn.insertion_order()
     );
-    let rows = conn
-        .query(
-            &sql,
-            params![
-                &filter.customer_number,
-                &filter.connector_name,
-                &filter.stream_name,
-                limit as i64
-            ],
-        )
-        .await?;
+    let rows = filter.list(conn, &sql, limit).await?;
     Ok(rows
         .iter()
         .map(|r| RunRecord {
@@ -802,17 +801,7 @@ pub async fn list_audit(conn: &mut Conn, filter: &StreamFilter, limit: usize) ->
          WHERE {STREAM_FILTER}
          ORDER BY id DESC LIMIT ?4"
     );
-    let rows = conn
-        .query(
-            &sql,
-            params![
-                &filter.customer_number,
-                &filter.connector_name,
-                &filter.stream_name,
-                limit as i64
-            ],
-        )
-        .await?;
+    let rows = filter.list(conn, &sql, limit).await?;
     Ok(rows
         .iter()
         .map(|r| AuditRecord {

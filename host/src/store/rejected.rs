@@ -74,17 +74,7 @@ pub async fn list_rejected(
          ORDER BY last_rejected_at DESC, row_sha256 LIMIT ?4",
         super::delta::STREAM_FILTER
     );
-    let rows = conn
-        .query(
-            &sql,
-            params![
-                &filter.customer_number,
-                &filter.connector_name,
-                &filter.stream_name,
-                limit as i64
-            ],
-        )
-        .await?;
+    let rows = filter.list(conn, &sql, limit).await?;
     Ok(rows
         .iter()
         .map(|r| RejectedRecord {
