@@ -10,7 +10,8 @@ use super::postgres::PgConn;
 use super::records::SupplierRecord;
 use super::schema::now_utc;
 use super::sql::{Conn, transaction};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{OptionalExtension, ToSql, params};
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -190,7 +191,7 @@ fn upsert_sqlite(
                 .optional()
         };
         let held = if inserting {
-            if insert_supplier.execute(supplier_params)? == 1 {
+            if execute_sparse(&mut insert_supplier, supplier_params)? == 1 {
                 None
             } else {
                 stored(&mut stored_fingerprint)?
@@ -198,7 +199,7 @@ fn upsert_sqlite(
         } else {
             match stored(&mut stored_fingerprint)? {
                 None => {
-                    insert_supplier.execute(supplier_params)?;
+                    execute_sparse(&mut insert_supplier, supplier_params)?;
                     None
                 }
                 held => held,
@@ -214,13 +215,13 @@ fn upsert_sqlite(
                 continue;
             }
             Some(_) => {
-                update_supplier.execute(supplier_params)?;
+                execute_sparse(&mut update_supplier, supplier_params)?;
                 counts.updated += 1;
                 false
             }
         };
         for l in &s.locations {
-            upsert_location.execute(params![
+            execute_sparse(&mut upsert_location, params![
                 customer_number,
                 s.supplier_number,
                 org,
@@ -242,10 +243,10 @@ fn upsert_sqlite(
             ])?;
             // A new supplier has no addresses to replace.
             if !is_new {
-                delete_addresses.execute(params![customer_number, s.supplier_number, org, l.location_code])?;
+                execute_sparse(&mut delete_addresses, params![customer_number, s.supplier_number, org, l.location_code])?;
             }
             for (position, a) in l.addresses.iter().enumerate() {
-                insert_address.execute(params![
+                execute_sparse(&mut insert_address, params![
                     customer_number,
                     s.supplier_number,
                     org,
@@ -266,6 +267,19 @@ fn upsert_sqlite(
     Ok(counts)
 }
 
+/// Runs `statement` binding only the values that are not NULL: its bindings
+/// are cleared first, so an absent value costs no bind call (most of a
+/// supplier's optional columns are absent).
+fn execute_sparse(statement: &mut rusqlite::CachedStatement<'_>, values: &[&dyn ToSql]) -> rusqlite::Result<usize> {
+    statement.clear_bindings();
+    for (i, value) in values.iter().enumerate() {
+        match value.to_sql()? {
+            ToSqlOutput::Borrowed(ValueRef::Null) | ToSqlOutput::Owned(Value::Null) => {}
+            value => statement.raw_bind_parameter(i + 1, value)?,
+        }
+    }
+    statement.raw_execute()
+}
 
 /// PostgreSQL: one batch of distinct suppliers in a few array statements —
 /// read the stored fingerprints, then insert the new, update the changed,
@@ -706,6 +720,31 @@ pub(crate) mod tests {
         assert_eq!(cities, ["Utrecht", "Delft"], "BRANCH kept, MAIN replaced");
     }
 
+    async fn a_value_never_leaks_into_the_next_rows_absent_one(conn: &mut Conn) {
+        let mut full = supplier("S1", "One", Some("Utrecht"));
+        full.custom_field_1 = Some("c1".into());
+        full.alternative_supplier_name = Some("Alt".into());
+        full.locations[0].taxpayer_id = Some("NL123".into());
+        full.locations[0].addresses[0].postal_code = Some("3511".into());
+        let bare = supplier("S2", "Two", Some("Delft"));
+        save_suppliers(conn, "c1", &[full, bare]).await.unwrap();
+        let absent = conn
+            .query(
+                "SELECT s.custom_field_1, s.alternative_supplier_name, l.taxpayer_id, a.postal_code
+                 FROM supplier s
+                 JOIN supplier_location l ON l.supplier_number = s.supplier_number
+                 JOIN supplier_address a ON a.supplier_number = s.supplier_number
+                 WHERE s.supplier_number = 'S2'",
+                params![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(absent.len(), 1);
+        for i in 0..4 {
+            assert_eq!(absent[0].opt_text(i), None, "column {i} of S2 is absent");
+        }
+    }
+
     async fn an_absent_is_active_keeps_the_stored_one(conn: &mut Conn) {
         let mut off = supplier("S1", "One", Some("Utrecht"));
         off.is_active = Some(false);
@@ -763,6 +802,7 @@ pub(crate) mod tests {
         unchanged_suppliers_are_not_rewritten,
         locations_not_listed_are_left_alone,
         an_absent_is_active_keeps_the_stored_one,
+        a_value_never_leaks_into_the_next_rows_absent_one,
         organization_code_is_part_of_the_key,
         duplicates_in_one_batch_collapse_to_the_last,
     );
