@@ -146,6 +146,19 @@ impl Redactor {
         out
     }
 
+    /// Redacts text kept as it came (a rejected row): unchanged unless a
+    /// secret shows once controls and invisible characters are stripped, in
+    /// which case the stripped text is kept, redacted — a secret split by
+    /// them must not survive to be printed whole.
+    pub fn redact_raw(&self, text: &str) -> String {
+        if self.is_empty() {
+            return text.to_owned();
+        }
+        let printed = strip_controls(text);
+        let redacted = self.redact(&printed);
+        if redacted != printed { redacted } else { self.redact(text) }
+    }
+
     /// Text for people: sanitised first (so a secret split by a control
     /// character is whole again), then redacted, then cut to `max_bytes`. Only
     /// a bounded prefix of `text` is ever looked at.
@@ -216,15 +229,28 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Strips ANSI escape sequences, control and bidi characters; line breaks and
-/// tabs become spaces (a line break would let a connector forge log lines).
+/// Characters a terminal shows as nothing (Unicode's default-ignorable code
+/// points: zero-width space and joiners, soft hyphen, word joiner, byte-order
+/// mark, variation selectors, tags, fillers): between a secret's halves they
+/// would print it whole to the eye and hide it from redaction.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
+}
+
+/// Strips ANSI escape sequences, control, bidi and invisible characters; line
+/// breaks and tabs become spaces (a line break would let a connector forge log
+/// lines).
 fn strip_controls(text: &str) -> String {
     let stripped = strip_ansi_escapes::strip_str(text);
     let mut out = String::with_capacity(stripped.len());
     for c in stripped.chars() {
         match c {
             '\n' | '\r' | '\t' => out.push(' '),
-            c if c.is_control() || is_bidi_control(c) => {}
+            c if c.is_control() || is_bidi_control(c) || is_invisible(c) => {}
             c => out.push(c),
         }
     }
@@ -511,6 +537,19 @@ pub(crate) mod tests {
         // Long secrets go wherever they are, even inside words.
         let r = Redactor::new(["correct-horse"]);
         assert_eq!(r.redact("xcorrect-horsey"), "x[REDACTED]y");
+    }
+
+    #[test]
+    fn invisible_characters_cannot_split_a_secret() {
+        let r = Redactor::new(["correct-horse"]);
+        for c in ['\u{200b}', '\u{ad}', '\u{2060}', '\u{feff}', '\u{fe0f}', '\u{e0041}', '\u{1d173}'] {
+            let split = format!("token correct{c}-horse here");
+            assert_eq!(r.clean(&split, 1000), "token [REDACTED] here", "U+{:04X}", c as u32);
+            // A rejected row is kept as it came, unless a secret hides in it.
+            assert_eq!(r.redact_raw(&split), "token [REDACTED] here");
+            let honest = format!("{{\"name\": \"Zero{c}Width\"}}");
+            assert_eq!(r.redact_raw(&honest), honest);
+        }
     }
 
     #[test]

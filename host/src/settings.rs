@@ -182,14 +182,14 @@ impl Settings {
 pub const MAX_NAME_BYTES: usize = 200;
 
 /// A connector or stream name: not blank, at most [`MAX_NAME_BYTES`], no
-/// control or bidi characters (names reach operators' terminals and logs).
+/// control, bidi or invisible characters (names reach operators' terminals and logs).
 pub fn check_name(name: &str) -> Result<&str, String> {
     if name.trim().is_empty() {
         return Err("must not be empty".into());
     }
-    if name.len() > MAX_NAME_BYTES || name.chars().any(|c| c.is_control() || crate::log::is_bidi_control(c)) {
+    if name.len() > MAX_NAME_BYTES || name.chars().any(|c| c.is_control() || crate::log::is_bidi_control(c) || crate::log::is_invisible(c)) {
         return Err(format!(
-            "must be at most {MAX_NAME_BYTES} bytes without control or bidi characters"
+            "must be at most {MAX_NAME_BYTES} bytes without control, bidi or invisible characters"
         ));
     }
     Ok(name)

@@ -15,7 +15,7 @@ fn with_mode(arena: &Arena, mode: &str) -> Value {
 #[test]
 fn a_secret_split_by_control_characters_never_prints() {
     let arena = Arena::new();
-    for format in ["text", "json"] {
+    for (round, format) in ["text", "json"].into_iter().enumerate() {
         let run = arena.attack_with(
             "secret-splitter",
             &with_mode(&arena, "split"),
@@ -32,6 +32,14 @@ fn a_secret_split_by_control_characters_never_prints() {
             !everything.contains(&format!("{head}\u{7}")) && !everything.contains(&format!("\u{202e}{tail_half}")),
             "{format}: a split token printed"
         );
+        // Characters a terminal shows as nothing would print the token to the eye.
+        for invisible in ['\u{200b}', '\u{ad}', '\u{2060}', '\u{feff}', '\u{fe0f}', '\u{e0041}'] {
+            assert!(
+                !everything.contains(&format!("{head}{invisible}")),
+                "{format}: the token printed split by U+{:04X}",
+                invisible as u32
+            );
+        }
         assert!(
             run.error_message().contains("giving up with [REDACTED]"),
             "{}",
@@ -42,8 +50,18 @@ fn a_secret_split_by_control_characters_never_prints() {
             "{}",
             tail(&run.stderr)
         );
-        let state = Db::open(&arena.work.db()).state("acme_eu", "suppliers").unwrap();
+        let db = Db::open(&arena.work.db());
+        let state = db.state("acme_eu", "suppliers").unwrap();
         assert!(!state.to_string().contains(head), "{state}");
+        // Rejected rows are kept as they came, but never with a split token in them.
+        let rejected = db.rows("SELECT row, reason, times FROM rejected_record");
+        let times: usize = rejected.iter().map(|r| r[2].as_deref().unwrap().parse::<usize>().unwrap()).sum();
+        assert_eq!(times, 11 * (round + 1), "every split row was set aside");
+        for r in &rejected {
+            let (row, reason) = (r[0].as_deref().unwrap(), r[1].as_deref().unwrap());
+            assert!(row.contains("[REDACTED]") && !row.contains(head), "{row:?}");
+            assert!(reason.contains("[REDACTED]") && !reason.contains(head), "{reason:?}");
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Tries to get secrets and lies past the host, in the mode `config.mode` names:
 //!
-//! - `split`: prints its token split by BEL, NUL, ESC and bidi characters in
-//!   log messages, steps, details, stdout and its error.
+//! - `split`: prints its token split by controls, escapes, bidi and invisible characters in
+//!   log messages, steps, details, rejected rows, stdout and its error.
 //! - `numeric`: returns and logs a numeric secret as a JSON number.
 //! - `bearer-elsewhere`: asks the host to send its token to `config.elsewhere`,
 //!   another origin the operator allowed for plain requests.
@@ -14,15 +14,30 @@ use nuntiq_connector::{Guest, context, export_connector, get_config, http, log};
 
 struct SecretSplitter;
 
-/// Characters a sanitiser strips, each splitting the secret in two.
-const SPLITTERS: [&str; 5] = ["\u{7}", "\u{0}", "\u{1b}[31m", "\u{202e}", "\u{2066}"];
+/// Characters a sanitiser strips, each splitting the secret in two: controls,
+/// an ANSI escape, bidi controls, and characters a terminal shows as nothing
+/// (zero-width space, soft hyphen, word joiner, byte-order mark, variation
+/// selector, tag letter).
+const SPLITTERS: [&str; 11] = [
+    "\u{7}",
+    "\u{0}",
+    "\u{1b}[31m",
+    "\u{202e}",
+    "\u{2066}",
+    "\u{200b}",
+    "\u{ad}",
+    "\u{2060}",
+    "\u{feff}",
+    "\u{fe0f}",
+    "\u{e0041}",
+];
 
 impl Guest for SecretSplitter {
     fn run() -> Result<String, String> {
         let own = get_config("connector_name").unwrap_or_default();
         match get_config("mode").unwrap_or_default().as_str() {
             "split" => {
-                let _run = hostile_kit::open_run();
+                let run = hostile_kit::open_run();
                 let secret = context::get_secret("acme_token").ok_or("no secret")?;
                 let (head, tail) = secret.split_at(secret.len() / 2);
                 let mut last = String::new();
@@ -34,6 +49,8 @@ impl Guest for SecretSplitter {
                         &format!("token {split}"),
                         &serde_json::json!({ "t": split }),
                     );
+                    // A rejected row is stored as it came: the split token must not be.
+                    let _ = run.reject(&format!("row {split}"), &format!("reason {split}"));
                     println!("stdout {split}");
                     eprintln!("stderr {split}");
                     last = split;
