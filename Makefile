@@ -1,5 +1,7 @@
 # Nuntiq connector host. `make demo` shows it working; `make test` proves it.
 # Everything needed is installed here: the wasm32-wasip2 target via rustup.
+# `make test` also needs the PostgreSQL server on 127.0.0.1:5432 (user postgres,
+# trust auth, database `test`); its tests fail, never skip, when it is down.
 
 CARGO ?= cargo
 GUEST_TARGET := wasm32-wasip2

@@ -116,6 +116,15 @@ fn query_lists_and_metadata_are_bounded() {
     );
     assert_eq!(arena.supplier_requests(), before, "nothing was sent");
 
+    let run = arena.attack_with("payload-bomb", &with_mode(&arena, "headers-many"), &[]);
+    arena.assert_contained(&run, "connector_error");
+    assert!(
+        run.error_message().contains("64 headers (this one 0 and 1000)"),
+        "{}",
+        run.envelope
+    );
+    assert_eq!(arena.supplier_requests(), before, "nothing was sent");
+
     let run = arena.attack_with("payload-bomb", &with_mode(&arena, "metadata-big"), &[]);
     arena.assert_contained(&run, "connector_error");
     assert!(

@@ -10,6 +10,7 @@
 //! - `result-big` / `result-huge`: a 1 MiB / 40 MiB result object.
 //! - `query-alias`: one request with a million query pairs that alias one string.
 //! - `query-many`: one request with 1000 small query pairs.
+//! - `headers-many`: one request with 1000 small headers.
 //! - `metadata-big`: 10 MiB of delta metadata.
 
 use nuntiq_connector::bindings::nuntiq::connector::logger;
@@ -61,6 +62,14 @@ impl Guest for PayloadBomb {
                 }
                 let e = request.send().err().map(|e| e.message()).unwrap_or_default();
                 Err(format!("1000 query pairs: {e}"))
+            }
+            "headers-many" => {
+                let mut request = http::get(get_config("api_url").unwrap_or_default() + "/suppliers");
+                for i in 0..1000 {
+                    request = request.header(&format!("x-h{i}"), "v");
+                }
+                let e = request.send().err().map(|e| e.message()).unwrap_or_default();
+                Err(format!("1000 headers: {e}"))
             }
             "metadata-big" => {
                 let padding = format!("{{\"padding\": \"{}\"}}", "x".repeat(10 * MIB));
