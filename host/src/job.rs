@@ -490,7 +490,8 @@ fn offline_sources(options: &JobOptions, settings: &Settings) -> Result<Offline,
             .as_deref()
             .map(Replay::load)
             .transpose()
-            .map_err(InputError::Arguments)?,
+            .map_err(InputError::Arguments)?
+            .map(|replay| Arc::new(std::sync::Mutex::new(replay))),
         record: None,
     })
 }

@@ -1,6 +1,7 @@
 //! wasi:http outgoing requests: a standard HTTP client inside a connector
 //! works, held to the same network policy, request budget and limits as the
-//! `http` interface; a connector hoarding wasi:http resources is cut off.
+//! `http` interface, recorded and replayed like it; a connector hoarding
+//! wasi:http resources is cut off.
 
 use crate::MOCK;
 use crate::hostile::tail;
@@ -159,16 +160,36 @@ fn wasi_http_bodies_and_waits_are_bounded() {
 }
 
 #[test]
-fn a_replayed_run_sends_nothing_through_wasi_http() {
+fn wasi_http_exchanges_are_recorded_and_replayed_without_the_network() {
     let client = Client::new();
-    let cassette = workspace_root().join("tests/cassettes/acme.json");
-    let (run, results) = client.fetch(
-        json!([{"url": client.page(10)}]),
-        &["--replay", cassette.to_str().unwrap()],
+    let cassette = client.work.path("wasi-http.cassette.json");
+    let cassette = cassette.to_str().unwrap();
+    let requests = json!([
+        {"url": client.page(10), "bearer_secret": "acme_token"},
+        {"url": client.page(3), "method": "POST", "body_bytes": 100},
+    ]);
+    let (_, recorded) = client.fetch(requests.clone(), &["--record", cassette]);
+    assert_eq!(recorded[0]["status"], 200, "{recorded:?}");
+    assert!(recorded[0]["bytes"].as_u64().unwrap() > 1000, "{recorded:?}");
+    let text = std::fs::read_to_string(cassette).unwrap();
+    assert!(text.contains("\"POST\"") && text.contains("per_page=10"), "{text}");
+    assert!(!text.contains(TOKEN), "the cassette holds no secret");
+    let sent = client.mock.requests().len();
+
+    // The replay answers the same, byte for byte, and the API hears nothing.
+    let (_, replayed) = client.fetch(requests, &["--replay", cassette]);
+    assert_eq!(replayed, recorded);
+    assert_eq!(client.mock.requests().len(), sent, "a replay sent a request");
+
+    // A request the cassette lacks is refused, naming it; still nothing is sent.
+    let (run, missed) = client.fetch(json!([{"url": client.page(7)}]), &["--replay", cassette]);
+    assert_eq!(missed[0]["error"], "HttpRequestDenied", "{missed:?}");
+    assert!(
+        run.stderr.contains("GET /v2/suppliers?page=1&per_page=7 is not in the cassette"),
+        "{}",
+        tail(&run.stderr)
     );
-    assert_eq!(results[0]["error"], "HttpRequestDenied", "{results:?}");
-    assert_eq!(client.supplier_requests(), 0);
-    assert!(run.stderr.contains("no network"), "{}", tail(&run.stderr));
+    assert_eq!(client.mock.requests().len(), sent);
 }
 
 #[test]

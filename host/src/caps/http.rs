@@ -239,7 +239,8 @@ pub struct HttpCap {
 #[derive(Default)]
 pub struct Offline {
     pub fixtures: Option<Fixtures>,
-    pub replay: Option<Replay>,
+    /// Shared with `wasi:http`, which answers from the same cassette.
+    pub replay: Option<Arc<std::sync::Mutex<Replay>>>,
     pub record: Option<Arc<Recorder>>,
 }
 
@@ -295,7 +296,8 @@ impl HttpCap {
             refusals: self.refusals.clone(),
             counters: self.counters.clone(),
             log: self.log.clone(),
-            replaying: self.offline.replay.is_some(),
+            replay: self.offline.replay.clone(),
+            record: self.offline.record.clone(),
         }
     }
 
@@ -465,8 +467,11 @@ impl HttpCap {
     async fn fetch(&mut self, url: &Url, headers: &HeaderMap, timeout: Duration) -> Result<Exchange, Attempt> {
         let limit = self.config.max_body_bytes;
         let too_large = || Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit));
-        let offline = if let Some(replay) = &mut self.offline.replay {
-            let answer = replay.answer(url, self.log.redactor());
+        let offline = if let Some(replay) = &self.offline.replay {
+            let answer = replay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .answer("GET", url, self.log.redactor());
             Some(answer.map_err(|m| Attempt::Limit("replay_miss", HttpError::InvalidRequest(m)))?)
         } else if url.scheme() == "file" {
             match &self.offline.fixtures {
@@ -530,7 +535,7 @@ impl HttpCap {
             .fetch_add(body.len() as u64, Ordering::Relaxed);
         let exchange = Exchange { status, headers, body };
         if let Some(recorder) = &self.offline.record {
-            recorder.record(url, &exchange, self.log.redactor());
+            recorder.record("GET", url, &exchange, self.log.redactor());
         }
         Ok(exchange)
     }

@@ -10,9 +10,10 @@
 //!   `key=value`, joined by `&`, percent-encoded as in a URL. A request nothing
 //!   answers gets a 404 whose body lists the files it looked for.
 //! - **Cassettes** (`--record FILE`, `--replay FILE`): every HTTP exchange of a
-//!   run (method and URL, status, headers, body; no request headers, secrets
-//!   redacted) is written to a JSON file, and a replay answers from it by path
-//!   and query (whatever the origin) without touching the network. A request
+//!   run, through `http` or `wasi:http` (method and URL, status, headers, body;
+//!   no request headers or bodies, secrets redacted) is written to a JSON file,
+//!   and a replay answers from it by method, path and query (whatever the
+//!   origin) without touching the network. A request
 //!   the cassette lacks fails the run (`replay_miss`). The replayed connector's
 //!   wall clock starts at the recorded time, so time-derived queries (the
 //!   bootstrap `since`) match.
@@ -199,7 +200,7 @@ impl Recorder {
     }
 
     /// Adds one exchange, secrets redacted and credentials scrubbed.
-    pub fn record(&self, url: &Url, exchange: &Exchange, redactor: &Redactor) {
+    pub fn record(&self, method: &str, url: &Url, exchange: &Exchange, redactor: &Redactor) {
         let body = String::from_utf8(exchange.body.clone());
         let response = RecordedResponse {
             status: exchange.status,
@@ -221,7 +222,7 @@ impl Recorder {
             .interactions
             .push(Interaction {
                 request: RecordedRequest {
-                    method: "GET".into(),
+                    method: method.to_ascii_uppercase(),
                     url: redactor.redact(url.as_str()),
                 },
                 response,
@@ -293,13 +294,17 @@ impl Replay {
         })
     }
 
-    /// The recorded answer to `url`: identical requests get their recordings
-    /// in order, then the last one again. `Err` says what the cassette has.
-    pub fn answer(&mut self, url: &Url, redactor: &Redactor) -> Result<Exchange, String> {
+    /// The recorded answer to `method url`: identical requests get their
+    /// recordings in order, then the last one again. `Err` says what the
+    /// cassette has.
+    pub fn answer(&mut self, method: &str, url: &Url, redactor: &Redactor) -> Result<Exchange, String> {
         // The cassette's URLs were redacted when recorded: compare alike.
         let wanted = replay_key(&redactor.redact(url.as_str()));
         let matching: Vec<usize> = (0..self.interactions.len())
-            .filter(|&i| replay_key(&self.interactions[i].request.url) == wanted)
+            .filter(|&i| {
+                let recorded = &self.interactions[i].request;
+                recorded.method.eq_ignore_ascii_case(method) && replay_key(&recorded.url) == wanted
+            })
             .collect();
         let Some(&pick) = matching.iter().find(|&&i| self.served[i] == 0).or(matching.last()) else {
             let known: Vec<String> = self
@@ -309,7 +314,8 @@ impl Replay {
                 .take(5)
                 .collect();
             return Err(format!(
-                "GET {} is not in the cassette {} ({} recorded requests, e.g. {}); record it again with --record",
+                "{} {} is not in the cassette {} ({} recorded requests, e.g. {}); record it again with --record",
+                method.to_ascii_uppercase(),
                 wanted.as_deref().unwrap_or(url.as_str()),
                 self.shown,
                 self.interactions.len(),
@@ -436,23 +442,25 @@ mod tests {
             body: text.as_bytes().to_vec(),
         };
         let a = Url::parse("http://127.0.0.1:1/v2/suppliers?page=1&key=s3cr3t-token").unwrap();
-        recorder.record(&a, &exchange(503, "busy"), &redactor);
-        recorder.record(&a, &exchange(200, "first page s3cr3t-token"), &redactor);
-        assert_eq!(recorder.save().unwrap(), 2);
+        recorder.record("GET", &a, &exchange(503, "busy"), &redactor);
+        recorder.record("GET", &a, &exchange(200, "first page s3cr3t-token"), &redactor);
+        recorder.record("post", &a, &exchange(201, "made"), &redactor);
+        assert_eq!(recorder.save().unwrap(), 3);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("s3cr3t-token") && !text.contains("set-cookie"), "{text}");
 
         let mut replay = Replay::load(&path).unwrap();
         let elsewhere = Url::parse("http://127.0.0.1:9/v2/suppliers?page=1&key=s3cr3t-token").unwrap();
-        assert_eq!(replay.answer(&elsewhere, &redactor).unwrap().status, 503);
-        assert_eq!(replay.answer(&elsewhere, &redactor).unwrap().status, 200);
+        assert_eq!(replay.answer("POST", &elsewhere, &redactor).unwrap().status, 201, "by method");
+        assert_eq!(replay.answer("GET", &elsewhere, &redactor).unwrap().status, 503);
+        assert_eq!(replay.answer("GET", &elsewhere, &redactor).unwrap().status, 200);
         assert_eq!(
-            replay.answer(&elsewhere, &redactor).unwrap().status,
+            replay.answer("GET", &elsewhere, &redactor).unwrap().status,
             200,
             "the last one again"
         );
         let e = replay
-            .answer(&Url::parse("http://x/v2/suppliers?page=2").unwrap(), &redactor)
+            .answer("GET", &Url::parse("http://x/v2/suppliers?page=2").unwrap(), &redactor)
             .unwrap_err();
         assert!(e.contains("GET /v2/suppliers?page=2 is not in the cassette"), "{e}");
         assert_eq!(

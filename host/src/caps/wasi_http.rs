@@ -9,15 +9,17 @@
 //! wasmtime-wasi-http owns the resources (fields, requests, bodies, streams);
 //! this module owns only [`OutgoingHooks::send_request`], the one way out.
 
+use super::offline::{Exchange, Recorder, Replay};
 use crate::limits::{LimitHit, Refusals, RequestBudget};
 use crate::log::LogSink;
 use crate::meter::Counters;
 use crate::policy::{Denied, NetworkPolicy, redact_url};
-use http_body_util::{BodyExt, Limited};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use serde_json::json;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use url::Url;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
@@ -53,9 +55,10 @@ pub struct OutgoingHooks {
     pub(super) refusals: Refusals,
     pub(super) counters: Arc<Counters>,
     pub(super) log: Arc<LogSink>,
-    /// Replaying a cassette: the run must not touch the network, and
-    /// cassettes hold `http` exchanges only.
-    pub(super) replaying: bool,
+    /// Replaying a cassette: answers come from it, never from the network.
+    pub(super) replay: Option<Arc<Mutex<Replay>>>,
+    /// Recording one: every exchange is kept (its body read in full first).
+    pub(super) record: Option<Arc<Recorder>>,
 }
 
 type Sent = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>;
@@ -73,13 +76,6 @@ impl OutgoingHooks {
             self.refusals.refused(LimitHit { kind, message });
             error
         };
-        if self.replaying {
-            return Err(refuse(
-                "replay_miss",
-                Error::HttpRequestDenied,
-                "a replayed run has no network, and cassettes record only the http interface's requests".into(),
-            ));
-        }
         let url = Url::parse(url).map_err(|_| Error::HttpRequestUriInvalid)?;
         if let Err(Denied(why)) = self.policy.check_url(&url) {
             return Err(refuse("network_denied", Error::HttpRequestDenied, why));
@@ -90,6 +86,51 @@ impl OutgoingHooks {
         self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
         Ok(url)
     }
+
+    /// A replayed run's answer: the cassette's, or a refusal that names what
+    /// it lacks (a replay never reaches the network).
+    fn replayed(&self, replay: &Mutex<Replay>, method: &http::Method, url: &Url) -> Sent {
+        let answer = replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .answer(method.as_str(), url, self.log.redactor());
+        match answer {
+            Ok(exchange) => {
+                self.counters
+                    .http_bytes_in
+                    .fetch_add(exchange.body.len() as u64, Ordering::Relaxed);
+                Ok((respond(exchange)?, Box::new(async { Ok(()) })))
+            }
+            Err(message) => {
+                self.log.warn(
+                    &format!("wasi:http {method} refused: {message}"),
+                    Some("http"),
+                    Some(json!({"kind": "replay_miss"})),
+                );
+                self.refusals.refused(LimitHit {
+                    kind: "replay_miss",
+                    message,
+                });
+                Err(Error::HttpRequestDenied)
+            }
+        }
+    }
+}
+
+/// Headers about the original connection's framing, not the body handed over.
+const FRAMING: [&str; 4] = ["content-length", "transfer-encoding", "connection", "keep-alive"];
+
+/// A response whose body is all there (replayed, or read in full to record).
+fn respond(exchange: Exchange) -> Result<http::Response<WasiBody>, Error> {
+    let mut response = http::Response::builder().status(exchange.status);
+    // Framing is the body's own now (a recorded body may have been redacted).
+    for (name, value) in exchange.headers.iter().filter(|(name, _)| !FRAMING.contains(&name.to_ascii_lowercase().as_str())) {
+        response = response.header(name.as_str(), value.as_str());
+    }
+    let body = Full::new(Bytes::from(exchange.body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    response.body(body).map_err(|_| Error::HttpProtocolError)
 }
 
 impl WasiHttpHooks for OutgoingHooks {
@@ -107,6 +148,10 @@ impl WasiHttpHooks for OutgoingHooks {
             Ok(url) => url,
             Err(e) => return Box::new(async move { Err(e) }),
         };
+        if let Some(replay) = &self.replay {
+            let answer = self.replayed(replay, request.method(), &url);
+            return Box::new(async move { answer });
+        }
         // The connector may ask for shorter waits, never longer ones.
         let first_byte = options
             .and_then(|o| o.first_byte_timeout)
@@ -118,6 +163,7 @@ impl WasiHttpHooks for OutgoingHooks {
             first_byte,
             counters: self.counters.clone(),
             log: self.log.clone(),
+            record: self.record.clone(),
         };
         Box::new(forward.send(request, url))
     }
@@ -132,6 +178,7 @@ struct Forward {
     first_byte: Duration,
     counters: Arc<Counters>,
     log: Arc<LogSink>,
+    record: Option<Arc<Recorder>>,
 }
 
 impl Forward {
@@ -171,6 +218,9 @@ impl Forward {
             );
             return Err(Error::HttpResponseBodySize(Some(max)));
         }
+        if let Some(recorder) = &self.record {
+            return self.recorded(recorder, &parts.method, &url, response).await;
+        }
         let counters = self.counters.clone();
         let response: http::Response<reqwest::Body> = response.into();
         let response = response.map(move |body| {
@@ -193,6 +243,37 @@ impl Forward {
                 .boxed_unsync()
         });
         Ok((response, Box::new(async { Ok(()) })))
+    }
+
+    /// Reads the whole body (within the limit), records the exchange and
+    /// hands the connector the same bytes.
+    async fn recorded(&self, recorder: &Recorder, method: &http::Method, url: &Url, response: reqwest::Response) -> Sent {
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let response: http::Response<reqwest::Body> = response.into();
+        let body = Limited::new(response.into_body(), self.max_body_bytes as usize)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Error::HttpResponseBodySize(Some(self.max_body_bytes))
+                } else {
+                    Error::HttpProtocolError
+                }
+            })?
+            .to_bytes();
+        self.counters.http_bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+        let exchange = Exchange {
+            status,
+            headers,
+            body: body.to_vec(),
+        };
+        recorder.record(method.as_str(), url, &exchange, self.log.redactor());
+        Ok((respond(exchange)?, Box::new(async { Ok(()) })))
     }
 
     /// The connector's error code; the log says what happened.
