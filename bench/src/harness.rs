@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "test-bearer-token-here";
+pub(crate) const TOKEN: &str = "test-bearer-token-here";
 /// Every contender fetches the whole data set: updated after this.
-const SINCE: &str = "2000-01-01T00:00:00Z";
+pub(crate) const SINCE: &str = "2000-01-01T00:00:00Z";
 /// Rows per page, as in the independent measurement (nginx, pre-rendered pages of 200).
-const PAGE_SIZE: u32 = 200;
+pub(crate) const PAGE_SIZE: u32 = 200;
 
 /// The targets.
 const HOST_OVER_PLAIN_AT_MOST: f64 = 1.3;
@@ -31,13 +31,19 @@ pub struct Options {
     pub large: usize,
     pub python: Option<PathBuf>,
     pub out: PathBuf,
+    /// Jobs at once in one `serve` (serve_scale); empty skips it.
+    pub serve_levels: Vec<usize>,
+    /// The host's load into SQLite and PostgreSQL (pg_load).
+    pub pg_load: bool,
+    /// The PostgreSQL server of both.
+    pub pg: String,
 }
 
 /// One process's measurement.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    wall: Duration,
-    peak_rss_kb: u64,
+pub(crate) struct Sample {
+    pub(crate) wall: Duration,
+    pub(crate) peak_rss_kb: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,21 +82,21 @@ fn check(target: impl Into<String>, measured: Option<(String, bool)>) -> Check {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("bench/ has a parent")
         .to_owned()
 }
 
-fn bin(name: &str) -> PathBuf {
+pub(crate) fn bin(name: &str) -> PathBuf {
     let path = root().join("target/release").join(name);
     assert!(path.exists(), "{} is missing: run `make build` first", path.display());
     path
 }
 
 /// Spawns, waits with `wait4` for the child's own peak RSS, and returns its stdout.
-fn measure(command: &mut Command) -> anyhow::Result<(Sample, String)> {
+pub(crate) fn measure(command: &mut Command) -> anyhow::Result<(Sample, String)> {
     let out = tempfile::NamedTempFile::new()?;
     let started = Instant::now();
     let child = command.stdout(out.reopen()?).stderr(Stdio::piped()).spawn()?;
@@ -120,7 +126,7 @@ fn measure(command: &mut Command) -> anyhow::Result<(Sample, String)> {
 }
 
 /// The median wall time and the highest peak RSS.
-fn median(samples: &[Sample]) -> Sample {
+pub(crate) fn median(samples: &[Sample]) -> Sample {
     let mut walls: Vec<Duration> = samples.iter().map(|s| s.wall).collect();
     walls.sort();
     Sample {
@@ -129,13 +135,13 @@ fn median(samples: &[Sample]) -> Sample {
     }
 }
 
-fn median_f64(mut values: Vec<f64>) -> Option<f64> {
+pub(crate) fn median_f64(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
 }
 
 /// The JSON a contender printed last (the host's envelope, the others' `{"rows", "seconds"}`).
-fn last_json(stdout: &str) -> Option<Value> {
+pub(crate) fn last_json(stdout: &str) -> Option<Value> {
     serde_json::from_str(stdout.lines().rev().find(|l| !l.trim().is_empty())?).ok()
 }
 
@@ -145,13 +151,13 @@ fn rows_reported(stdout: &str) -> Option<u64> {
     v.get("rows").or_else(|| v.get("fetched")).and_then(Value::as_u64)
 }
 
-struct MockServer {
+pub(crate) struct MockServer {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl MockServer {
-    fn start(suppliers: usize) -> anyhow::Result<Self> {
+    pub(crate) fn start(suppliers: usize) -> anyhow::Result<Self> {
         let mut child = Command::new(bin("acme-mock"))
             .args(["serve", "--suppliers", &suppliers.to_string(), "--token", TOKEN])
             .stdout(Stdio::piped())
@@ -162,12 +168,12 @@ impl MockServer {
         Ok(Self { child, url })
     }
 
-    fn api_url(&self) -> String {
+    pub(crate) fn api_url(&self) -> String {
         format!("{}/v2", self.url)
     }
 
     /// Renders every page once, then reads them all `rounds` times: requests per second.
-    fn warm_and_measure(&self, rounds: usize) -> anyhow::Result<(f64, f64)> {
+    pub(crate) fn warm_and_measure(&self, rounds: usize) -> anyhow::Result<(f64, f64)> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
             let client = reqwest::Client::new();
@@ -229,7 +235,7 @@ fn settings(dir: &Path, api_url: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The host job; `backfill` adds `--param since_override=SINCE` (the whole window).
-fn host_command(dir: &Path, mock: &MockServer, db: &Path, cache: &Path, backfill: bool) -> anyhow::Result<Command> {
+pub(crate) fn host_command(dir: &Path, mock: &MockServer, db: &Path, cache: &Path, backfill: bool) -> anyhow::Result<Command> {
     let mut c = Command::new(bin("nuntiq-host"));
     c.arg("run-plugin")
         .arg(root().join("dist/acme.wasm"))
@@ -330,13 +336,13 @@ fn row(id: &str, name: &str, suppliers: usize, runs: usize, sample: Sample, note
 
 /// The host's own account of a run (the envelope's `usage`), medians over runs.
 #[derive(Debug, Default, Serialize)]
-struct HostUsage {
-    wall_ms: Option<f64>,
-    cpu_ms: Option<f64>,
-    store_ms: Option<f64>,
+pub(crate) struct HostUsage {
+    pub(crate) wall_ms: Option<f64>,
+    pub(crate) cpu_ms: Option<f64>,
+    pub(crate) store_ms: Option<f64>,
 }
 
-fn host_usage(envelopes: &[Value]) -> HostUsage {
+pub(crate) fn host_usage(envelopes: &[Value]) -> HostUsage {
     let field = |k: &str| median_f64(envelopes.iter().filter_map(|e| e["usage"][k].as_f64()).collect());
     HostUsage {
         wall_ms: field("wall_ms"),
@@ -700,6 +706,20 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "includes compiling acme.wasm",
     ));
     let compile_median = median_f64(compile_ms);
+
+    // The same first load and re-read into SQLite and into PostgreSQL.
+    let pg_load = if options.pg_load {
+        eprintln!("S1, G1: the host's first load and re-read into SQLite and PostgreSQL…");
+        match crate::scale::pg_load(&mock, cache.path(), n, runs, &options.pg) {
+            Ok(done) => Some(done),
+            Err(e) => {
+                eprintln!("pg_load not measured: {e:#}");
+                Some((Vec::new(), json!({"error": format!("{e:#}")})))
+            }
+        }
+    } else {
+        None
+    };
     drop(mock);
 
     // The same content in every store that keeps the platform's tables.
@@ -722,6 +742,27 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let (native, _, _) = repeat(1, Some(big), |dir| Ok(native_command(&mock, &dir.join("n.db"))))?;
         rows.push(row("2L", "native baseline", big, 1, native, "flat memory check"));
     }
+
+    // Many jobs at once in one serve process, on PostgreSQL.
+    let serve_scale = if options.serve_levels.is_empty() {
+        None
+    } else {
+        let scale_options = crate::scale::ServeScaleOptions {
+            levels: options.serve_levels.clone(),
+            suppliers_per_job: 200,
+            page_size: 50,
+            page_delays_ms: vec![0, 2000],
+            pg: options.pg.clone(),
+            timeout: Duration::from_secs(600),
+        };
+        match crate::scale::serve_scale(&scale_options) {
+            Ok(done) => Some(done),
+            Err(e) => {
+                eprintln!("serve_scale not measured: {e:#}");
+                Some((Vec::new(), json!({"error": format!("{e:#}")})))
+            }
+        }
+    };
 
     let wall_of = |rows: &[Row], id: &str| rows.iter().find(|r| r.id == id).map(|r| r.wall_s_median);
     let (host_time, host_idle, host_large) = (wall_of(&rows, "1"), wall_of(&rows, "1i"), wall_of(&rows, "1L"));
@@ -839,6 +880,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         fmt_ms(again_usage.store_ms),
     );
     print_checks(&checks);
+    if let Some((rows, _)) = &pg_load
+        && !rows.is_empty()
+    {
+        crate::scale::print_pg_load(rows);
+    }
+    if let Some((levels, value)) = &serve_scale
+        && !levels.is_empty()
+    {
+        crate::scale::print_serve_scale(levels, value);
+    }
     let harness_rss = own_peak_rss_mb();
     if let Some(mb) = harness_rss {
         println!("(the harness's own peak RSS: {mb:.1} MB; a child's peak RSS as wait4 reports it is at least its parent's)");
@@ -855,6 +906,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "content": digests.iter().map(|(id, d)| json!({"id": id, "digest": d})).collect::<Vec<_>>(),
         "targets": checks,
         "harness_peak_rss_mb": harness_rss,
+        "pg_load": pg_load.map(|(_, v)| v),
+        "serve_scale": serve_scale.map(|(_, v)| v),
     });
     std::fs::write(&options.out, serde_json::to_string_pretty(&results)? + "\n")?;
     eprintln!("wrote {}", options.out.display());
@@ -865,7 +918,7 @@ fn fmt_ms(ms: Option<f64>) -> String {
     ms.map_or("?".into(), |m| format!("{m:.0}"))
 }
 
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()

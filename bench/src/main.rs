@@ -5,6 +5,7 @@
 mod harness;
 mod native;
 mod plain;
+mod scale;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -34,6 +35,49 @@ enum Command {
         python: Option<PathBuf>,
         #[arg(long, default_value = "bench/results.json")]
         out: PathBuf,
+        /// Jobs at once in one `serve` for the concurrency figures (serve_scale); empty skips them.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        serve_levels: Vec<usize>,
+        /// Skip the SQLite-vs-PostgreSQL load (pg_load).
+        #[arg(long)]
+        no_pg_load: bool,
+        /// The PostgreSQL server for serve_scale and pg_load (a fresh schema per measurement).
+        #[arg(long, default_value_t = scale::default_pg())]
+        pg: String,
+    },
+    /// Only the concurrency figures: N Acme jobs at once in one `nuntiq-host serve` on PostgreSQL.
+    ServeScale {
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        levels: Vec<usize>,
+        /// Suppliers every run fetches (the mock's whole data set).
+        #[arg(long, default_value_t = 200)]
+        suppliers_per_job: usize,
+        #[arg(long, default_value_t = 50)]
+        page_size: u32,
+        /// One series of levels per value: the mock waits this long before every page
+        /// (0: runs as short as they go; 2000: runs last long enough that all N are in flight).
+        #[arg(long, value_delimiter = ',', default_value = "0,2000")]
+        page_delay_ms: Vec<u64>,
+        #[arg(long, default_value_t = scale::default_pg())]
+        pg: String,
+        /// Longest one level may take, serve start to the last run's end.
+        #[arg(long, default_value = "600")]
+        timeout_s: u64,
+        /// Set the serve_scale key in this JSON file (e.g. bench/results.json), keeping its other keys.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Only the SQLite-vs-PostgreSQL figures: the host's first load and unchanged re-read into each.
+    PgLoad {
+        #[arg(long, default_value_t = 100_000)]
+        suppliers: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = scale::default_pg())]
+        pg: String,
+        /// Set the pg_load key in this JSON file (e.g. bench/results.json), keeping its other keys.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// What the harness compares across stores: a digest of every platform column.
     Digest {
@@ -85,6 +129,9 @@ fn main() -> anyhow::Result<()> {
             large,
             python,
             out,
+            serve_levels,
+            no_pg_load,
+            pg,
         } => {
             return harness::run(harness::Options {
                 suppliers,
@@ -92,7 +139,46 @@ fn main() -> anyhow::Result<()> {
                 large,
                 python,
                 out,
+                serve_levels,
+                pg_load: !no_pg_load,
+                pg,
             });
+        }
+        Command::ServeScale {
+            levels,
+            suppliers_per_job,
+            page_size,
+            page_delay_ms,
+            pg,
+            timeout_s,
+            out,
+        } => {
+            let (levels, value) = scale::serve_scale(&scale::ServeScaleOptions {
+                levels,
+                suppliers_per_job,
+                page_size,
+                page_delays_ms: page_delay_ms,
+                pg,
+                timeout: std::time::Duration::from_secs(timeout_s),
+            })?;
+            scale::print_serve_scale(&levels, &value);
+            if let Some(out) = out {
+                scale::write_key(&out, "serve_scale", value)?;
+            }
+            return Ok(());
+        }
+        Command::PgLoad {
+            suppliers,
+            runs,
+            pg,
+            out,
+        } => {
+            let (rows, value) = scale::pg_load_alone(suppliers, runs, &pg)?;
+            scale::print_pg_load(&rows);
+            if let Some(out) = out {
+                scale::write_key(&out, "pg_load", value)?;
+            }
+            return Ok(());
         }
         Command::Digest { db } => {
             println!("{}", harness::content_digest(&db)?);
