@@ -169,6 +169,8 @@ pub struct Level {
     /// Slot claimed → slot ended (schedule_slot), p50 and p99: includes waiting for the pool.
     pub slot_p50_ms: Option<f64>,
     pub slot_p99_ms: Option<f64>,
+    /// First slot claimed → last slot claimed (the scheduler claims one at a time).
+    pub claim_spread_s: Option<f64>,
     /// Most runs in progress at one moment, from the run history.
     pub max_overlap: usize,
     /// VmHWM of the serve process, read after the last run ended, before SIGTERM.
@@ -426,6 +428,12 @@ fn measure_level(
         .filter_map(|s| Some((at(s[3].as_deref()?)? - at(s[2].as_deref()?)?).num_milliseconds() as f64))
         .collect();
     slot_ms.sort_by(f64::total_cmp);
+    let claims: Vec<DateTime<Utc>> = slots.iter().filter_map(|s| at(s[2].as_deref()?)).collect();
+    let claim_spread_s = claims
+        .iter()
+        .min()
+        .zip(claims.iter().max())
+        .map(|(a, b)| (*b - *a).num_milliseconds() as f64 / 1000.0);
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for s in slots.iter().filter(|s| s[0].as_deref() != Some("succeeded")) {
         *outcomes
@@ -479,6 +487,7 @@ fn measure_level(
         host_wall_p50_ms: nearest_rank(&host_walls, 0.50),
         slot_p50_ms: nearest_rank(&slot_ms, 0.50),
         slot_p99_ms: nearest_rank(&slot_ms, 0.99),
+        claim_spread_s,
         max_overlap: max_overlap as usize,
         peak_rss_mb,
         rusage_peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
@@ -567,13 +576,13 @@ pub fn print_serve_scale(levels: &[Level], value: &Value) {
         value["suppliers_per_run"], value["page_size"]
     );
     println!(
-        "\n| page delay (ms) | jobs | succeeded | wall (s) | runs/s | runs/s (active) | start (s) | max overlap | \
+        "\n| page delay (ms) | jobs | succeeded | wall (s) | runs/s | runs/s (active) | start (s) | claims over (s) | max overlap | \
          latency p50 (ms) | p99 (ms) | slot p99 (ms) | peak RSS (MB) | RSS/instance (MB) | peak/N (MB) | threads | fds | note |"
     );
-    println!("|-----:|-----:|----------:|---------:|-------:|----------------:|----------:|------------:|-----------------:|---------:|--------------:|--------------:|------------------:|------------:|--------:|----:|------|");
+    println!("|-----:|-----:|----------:|---------:|-------:|----------------:|----------:|----------------:|------------:|-----------------:|---------:|--------------:|--------------:|------------------:|------------:|--------:|----:|------|");
     for l in levels {
         println!(
-            "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.2} | {} | {} | {} |",
             l.page_delay_ms,
             l.jobs,
             l.succeeded,
@@ -581,6 +590,7 @@ pub fn print_serve_scale(levels: &[Level], value: &Value) {
             l.runs_per_s,
             opt(l.runs_per_s_active, 1),
             opt(l.startup_s, 2),
+            opt(l.claim_spread_s, 2),
             l.max_overlap,
             opt(l.latency_p50_ms, 0),
             opt(l.latency_p99_ms, 0),
@@ -595,7 +605,7 @@ pub fn print_serve_scale(levels: &[Level], value: &Value) {
     }
     println!(
         "wall: serve spawned → every slot ended; active: first run start → last run end; latency: a run's \
-         started → ended in delta_run; slot: claimed → ended; RSS/instance = (peak at N − peak at 1) / N"
+         started → ended in delta_run; slot: claimed → ended; claims over: first → last slot claimed; RSS/instance = (peak at N − peak at 1) / N"
     );
 }
 
@@ -706,11 +716,25 @@ pub fn pg_load(
         "runs": runs,
         "page_size": harness::PAGE_SIZE,
         "postgres_version": server_version(pg),
+        "postgres_settings": server_settings(pg),
         "rows": rows,
         "pg_over_sqlite_first_load": rows[2].ratio_to_sqlite,
         "pg_over_sqlite_reread": rows[3].ratio_to_sqlite,
     });
     Ok((rows, value))
+}
+
+/// The server settings that weigh most on write speed, as the server reports them.
+fn server_settings(pg: &str) -> Value {
+    let names = ["fsync", "synchronous_commit", "wal_level", "shared_buffers", "max_connections"];
+    let read = std::panic::catch_unwind(|| {
+        let db = Db::open(Path::new(pg));
+        names
+            .iter()
+            .map(|n| (n.to_string(), json!(db.scalar::<String>(&format!("SHOW {n}")))))
+            .collect::<serde_json::Map<_, _>>()
+    });
+    read.map_or(Value::Null, Value::Object)
 }
 
 fn server_version(pg: &str) -> Option<String> {
