@@ -189,6 +189,19 @@ impl DeltaCap {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|(_, o)| o.run_id != run_id);
+            hb.ending.lock().unwrap_or_else(|p| p.into_inner()).remove(run_id);
+        }
+    }
+
+    /// Marks a run as being completed (or no longer), for the heartbeat.
+    fn ending(&mut self, run_id: &str, ending: bool) {
+        if let Some(hb) = &self.heartbeat {
+            let mut set = hb.ending.lock().unwrap_or_else(|p| p.into_inner());
+            if ending {
+                set.insert(run_id.to_owned());
+            } else {
+                set.remove(run_id);
+            }
         }
     }
 
@@ -496,6 +509,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         let pending = self.queue.take();
         let stop = self.cap.stop.clone();
         let started = Instant::now();
+        self.cap.ending(&run_id, true);
         let completed = self
             .cap
             .store
@@ -529,7 +543,11 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                             message: message.clone(),
                         });
                     }
-                    _ => self.cap.refusals.answered(),
+                    _ => {
+                        // The run stays open: its lease matters again.
+                        self.cap.ending(&run_id, false);
+                        self.cap.refusals.answered();
+                    }
                 }
                 Ok(Err(failed.error.into()))
             }
@@ -632,10 +650,23 @@ impl delta_state::Host for DeltaView<'_> {
     }
 }
 
+/// Of the runs a renewal did not find running, those that really lost their
+/// lease: not the ones that ended (released) or are completing meanwhile — a
+/// renewal can wait for a store connection while its run commits.
+fn still_open(lost: Vec<String>, runs: &[(StreamKey, RunOwner)], ending: &HashSet<String>) -> Vec<String> {
+    lost.into_iter()
+        .filter(|id| !ending.contains(id) && runs.iter().any(|(_, o)| &o.run_id == id))
+        .collect()
+}
+
 /// Renews the leases of this job's open runs from its own thread, so a run
 /// stays alive while the connector computes, waits or retries.
 struct Heartbeat {
     runs: Arc<Mutex<Vec<(StreamKey, RunOwner)>>>,
+    /// Runs being completed: a renewal queued before their commit may run
+    /// after it and find them ended, which is not a lost lease (a lease lost
+    /// before the commit fails the complete itself).
+    ending: Arc<Mutex<HashSet<String>>>,
     /// Dropping it stops the thread.
     _stop: mpsc::Sender<()>,
 }
@@ -643,9 +674,10 @@ struct Heartbeat {
 impl Heartbeat {
     fn start(store: Store, log: Arc<LogSink>, lease: Duration) -> Self {
         let runs: Arc<Mutex<Vec<(StreamKey, RunOwner)>>> = Arc::default();
+        let ending: Arc<Mutex<HashSet<String>>> = Arc::default();
         let (stop, stopped) = mpsc::channel::<()>();
         let every = (lease / 4).max(Duration::from_millis(50));
-        let shared = runs.clone();
+        let (shared, closing) = (runs.clone(), ending.clone());
         std::thread::Builder::new()
             .name("nuntiq-lease".into())
             .spawn(move || {
@@ -656,6 +688,11 @@ impl Heartbeat {
                     }
                     match store.renew_leases_blocking(open) {
                         Ok(lost) => {
+                            let lost = still_open(
+                                lost,
+                                &shared.lock().unwrap_or_else(|p| p.into_inner()),
+                                &closing.lock().unwrap_or_else(|p| p.into_inner()),
+                            );
                             for run_id in lost {
                                 log.warn(
                                     &format!("Run {run_id} lost its lease; it will not be allowed to complete"),
@@ -673,6 +710,35 @@ impl Heartbeat {
                 }
             })
             .expect("the lease thread starts");
-        Self { runs, _stop: stop }
+        Self {
+            runs,
+            ending,
+            _stop: stop,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_runs_still_open_and_not_completing_are_reported_lost() {
+        let key = StreamKey {
+            customer_number: "c".into(),
+            connector_name: "acme_eu".into(),
+            stream_name: "suppliers".into(),
+        };
+        let open = |id: &str| {
+            let mut owner = RunOwner::this_process("sha", "test", Duration::from_secs(60));
+            owner.run_id = id.into();
+            (key.clone(), owner)
+        };
+        let runs = [open("live"), open("completing")];
+        let ending: HashSet<String> = ["completing".to_owned()].into();
+        let lost = vec!["live".to_owned(), "completing".to_owned(), "released".to_owned()];
+        // A renewal that waited for a store connection while its run committed
+        // finds it ended: only a run still open and not completing lost its lease.
+        assert_eq!(still_open(lost, &runs, &ending), ["live"]);
     }
 }
