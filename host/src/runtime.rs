@@ -17,8 +17,8 @@ use crate::settings::Settings;
 use crate::store::{FailOutcome, SaveCounts, Store as StateStore, StreamKey};
 use serde_json::{Map, Value};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
 use wasmtime::component::{Component, HasData, HasSelf, Linker, ResourceTable};
@@ -109,6 +109,9 @@ pub enum PluginError {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<JobState>,
+    /// One ticker for every run on this engine: the epoch is the engine's, so
+    /// a ticker per run would advance it once per run per tick.
+    ticker: Arc<EpochTicker>,
 }
 
 /// How often the epoch advances; a spinning connector is checked this often.
@@ -148,7 +151,8 @@ impl Runtime {
             Ok(())
         };
         link().map_err(|e| anyhow::anyhow!("failed to link the host interfaces: {e:#}"))?;
-        Ok(Self { engine, linker })
+        let ticker = Arc::new(EpochTicker::new(engine.clone()));
+        Ok(Self { engine, linker, ticker })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -411,7 +415,7 @@ impl Runtime {
                 Some(limit) => Err(limit.into()),
                 None => Ok(UpdateDeadline::Continue(1)),
             });
-            EpochTicker::start(self.engine.clone())
+            self.ticker.hold()
         });
         let call = pre.call_run(&mut store);
         let returned = tokio::select! {
@@ -640,31 +644,58 @@ fn with_commits(message: String, failed: &[(StreamKey, FailOutcome)]) -> String 
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances the engine's epoch every [`EPOCH_TICK`] while any run holds it:
+/// one thread per engine, started by the first holder, ending when the last
+/// lets go.
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    engine: Engine,
+    /// Runs holding the ticker, and whether its thread is running.
+    state: Arc<Mutex<(usize, bool)>>,
+}
+
+/// A run's hold on the ticker; dropping it lets go.
+struct TickerHold {
+    state: Arc<Mutex<(usize, bool)>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("nuntiq-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("the epoch thread starts");
-        Self { stop }
+    fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            state: Arc::default(),
+        }
+    }
+
+    fn hold(&self) -> TickerHold {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 += 1;
+        if !state.1 {
+            state.1 = true;
+            let (engine, shared) = (self.engine.clone(), self.state.clone());
+            std::thread::Builder::new()
+                .name("nuntiq-epoch".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                        let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        if state.0 == 0 {
+                            state.1 = false;
+                            return;
+                        }
+                    }
+                })
+                .expect("the epoch thread starts");
+        }
+        TickerHold {
+            state: self.state.clone(),
+        }
     }
 }
 
-impl Drop for EpochTicker {
+impl Drop for TickerHold {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 -= 1;
     }
 }
 
@@ -698,4 +729,30 @@ fn wasm_backtrace(error: &wasmtime::Error) -> (String, Value) {
         })
         .collect();
     (frames.join(", "), serde_json::json!({ "wasm_backtrace": frames }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_share_one_epoch_ticker_that_stops_with_the_last() {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let ticker = EpochTicker::new(Engine::new(&config).unwrap());
+        let running = || ticker.state.lock().unwrap().1;
+        let (a, b) = (ticker.hold(), ticker.hold());
+        assert_eq!(*ticker.state.lock().unwrap(), (2, true), "one thread for both");
+        drop(a);
+        std::thread::sleep(EPOCH_TICK * 3);
+        assert!(running(), "still held");
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(EPOCH_TICK);
+        }
+        assert!(!running(), "the thread ends with the last hold");
+        let _c = ticker.hold();
+        assert!(running(), "and starts again with the next");
+    }
 }
