@@ -183,6 +183,10 @@ const SCRUBBED_HEADERS: [&str; 4] = ["set-cookie", "authorization", "proxy-autho
 pub struct Recorder {
     path: PathBuf,
     cassette: Mutex<Cassette>,
+    /// A recorded `wasi:http` body is read in full before the connector sees
+    /// it; one at a time, so a connector with many requests in flight cannot
+    /// make the host hold many bodies at once.
+    pub reading: tokio::sync::Semaphore,
 }
 
 impl Recorder {
@@ -196,6 +200,7 @@ impl Recorder {
                 recorded_at,
                 interactions: Vec::new(),
             }),
+            reading: tokio::sync::Semaphore::new(1),
         }
     }
 

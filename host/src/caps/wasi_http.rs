@@ -254,6 +254,7 @@ impl Forward {
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
+        let _reading = recorder.reading.acquire().await.map_err(|_| Error::HttpProtocolError)?;
         let response: http::Response<reqwest::Body> = response.into();
         let body = Limited::new(response.into_body(), self.max_body_bytes as usize)
             .collect()
