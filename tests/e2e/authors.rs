@@ -339,4 +339,53 @@ fn a_new_connector_builds_outside_the_repository_and_runs_at_once() {
     let (code, _, err) = host_output(&["new", "hello-erp", "--dir", work.dir.path().to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("already exists"), "{err}");
+
+    // The SDK as a git dependency, the README's other way: a repository that
+    // holds guests/sdk (here a local one, pinned to its commit).
+    let repo = work.path("sdk-repo");
+    copy_dir(&workspace_root().join("guests/sdk"), &repo.join("guests/sdk"));
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "sdk"]);
+    let rev = git(&["rev-parse", "HEAD"]);
+    let url = format!("file://{}", repo.display());
+    let dir = work.dir.path().to_str().unwrap();
+    let (code, _, err) = host_output(&["new", "hello-git", "--dir", dir, "--sdk-git", &url, "--sdk-rev", &rev]);
+    assert_eq!(code, 0, "{err}");
+    let manifest = std::fs::read_to_string(work.path("hello-git/Cargo.toml")).unwrap();
+    assert!(manifest.contains(&format!("git = \"{url}\"")) && manifest.contains(&rev), "{manifest}");
+    let built = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release"])
+        .current_dir(work.path("hello-git"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let wasm = target.join("wasm32-wasip2/release/hello_git.wasm");
+    let (code, text, _) = host_output(&["inspect", wasm.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
+    }
 }
