@@ -17,7 +17,7 @@ use crate::limits::{Limits, Stop};
 use crate::log::{Level, LogFormat, LogSink, Redactor};
 use crate::meter::Usage;
 use crate::settings::Settings;
-use crate::store::schedule::{Claim, SlotOwner};
+use crate::store::schedule::{Claim, SlotClaim, SlotOwner};
 use crate::store::{Db, Store};
 use jobs::{JobSpec, slot_key};
 use metrics::Metrics;
@@ -54,6 +54,10 @@ pub struct ServeOptions {
 
 /// How often the scheduler looks for due slots.
 const TICK: Duration = Duration::from_millis(200);
+
+/// Due slots claimed in one store transaction: one commit for many claims,
+/// while the first runs start before the last are claimed.
+const CLAIMS_PER_COMMIT: usize = 50;
 
 /// A job, checked at start.
 struct Job {
@@ -172,54 +176,79 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
     while !state.stopping.load(Ordering::Relaxed) {
         let now = chrono::Utc::now();
         let mut waiting = 0;
-        for job in &jobs {
-            let Some(slot) = job.spec.cadence.slot(now) else {
-                continue;
-            };
-            let key = slot_key(slot);
-            if let Some((seen, again)) = handled.get(&job.spec.name)
-                && *seen == key
-                && again.is_none_or(|at| Instant::now() < at)
-            {
-                continue;
+        // The due slots this host has room for, claimed together below.
+        let mut due: Vec<(&Job, SlotClaim)> = Vec::new();
+        {
+            let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut of_customer: HashMap<&str, usize> = HashMap::new();
+            for r in running.values() {
+                *of_customer.entry(r.customer.as_str()).or_default() += 1;
             }
-            {
-                let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
+            for job in &jobs {
+                let Some(slot) = job.spec.cadence.slot(now) else {
+                    continue;
+                };
+                let key = slot_key(slot);
+                if let Some((seen, again)) = handled.get(&job.spec.name)
+                    && *seen == key
+                    && again.is_none_or(|at| Instant::now() < at)
+                {
+                    continue;
+                }
                 if running.contains_key(&job.spec.name) {
                     continue;
                 }
-                let of_customer = running.values().filter(|r| r.customer == job.customer).count();
-                if running.len() >= state.options.max_concurrent || of_customer >= state.options.max_per_customer {
+                let customer = of_customer.entry(job.customer.as_str()).or_default();
+                if running.len() + due.len() >= state.options.max_concurrent
+                    || *customer >= state.options.max_per_customer
+                {
                     waiting += 1;
                     continue;
                 }
+                *customer += 1;
+                due.push((
+                    job,
+                    SlotClaim {
+                        job_name: job.spec.name.clone(),
+                        slot_at: key,
+                        job_id: uuid::Uuid::new_v4().to_string(),
+                    },
+                ));
             }
-            let job_id = uuid::Uuid::new_v4().to_string();
-            let claim = runtime.block_on(state.store.claim_slot(
-                job.spec.name.clone(),
-                key.clone(),
-                job_id.clone(),
-                owner.clone(),
-            ));
-            match claim {
-                Ok(Claim::Claimed { took_over }) => {
-                    handled.insert(job.spec.name.clone(), (key.clone(), None));
-                    if let Some(note) = took_over {
-                        state.log.warn(&format!("{}: {note}", job.spec.name), Some("claim"), None);
+        }
+        for batch in due.chunks(CLAIMS_PER_COMMIT) {
+            if state.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            let claims: Vec<SlotClaim> = batch.iter().map(|(_, c)| c.clone()).collect();
+            let answers = match runtime.block_on(state.store.claim_slots(claims, owner.clone())) {
+                Ok(answers) => answers,
+                Err(e) => {
+                    state.log.error(
+                        &format!("could not claim {} due slots: {e}; retrying", batch.len()),
+                        Some("claim"),
+                        None,
+                    );
+                    break;
+                }
+            };
+            for ((job, claim), answer) in batch.iter().zip(answers) {
+                let (name, key) = (&job.spec.name, claim.slot_at.clone());
+                match answer {
+                    Claim::Claimed { took_over } => {
+                        handled.insert(name.clone(), (key.clone(), None));
+                        if let Some(note) = took_over {
+                            state.log.warn(&format!("{name}: {note}"), Some("claim"), None);
+                        }
+                        start_run(&state, job, key, claim.job_id.clone());
                     }
-                    start_run(&state, job, key, job_id);
+                    Claim::Done => {
+                        handled.insert(name.clone(), (key, None));
+                    }
+                    Claim::Held | Claim::Busy => {
+                        handled.insert(name.clone(), (key, Some(Instant::now() + recheck)));
+                    }
                 }
-                Ok(Claim::Done) => {
-                    handled.insert(job.spec.name.clone(), (key, None));
-                }
-                Ok(Claim::Held | Claim::Busy) => {
-                    handled.insert(job.spec.name.clone(), (key, Some(Instant::now() + recheck)));
-                }
-                Err(e) => state.log.error(
-                    &format!("{}: could not claim slot {key}: {e}; retrying", job.spec.name),
-                    Some("claim"),
-                    None,
-                ),
             }
         }
         state.metrics.waiting.set(waiting);

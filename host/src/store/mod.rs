@@ -532,15 +532,13 @@ impl Store {
             .await
     }
 
-    /// Claims a scheduled slot for run `job_id` (see [`schedule::claim`]).
-    pub async fn claim_slot(
+    /// Claims many slots in one transaction (see [`schedule::claim_many`]).
+    pub async fn claim_slots(
         &self,
-        job_name: String,
-        slot_at: String,
-        job_id: String,
+        claims: Vec<schedule::SlotClaim>,
         owner: schedule::SlotOwner,
-    ) -> Result<schedule::Claim, StoreError> {
-        self.call(move |c| Box::pin(async move { schedule::claim(c, &job_name, &slot_at, &job_id, &owner).await }))
+    ) -> Result<Vec<schedule::Claim>, StoreError> {
+        self.call(move |c| Box::pin(async move { schedule::claim_many(c, &claims, &owner).await }))
             .await
     }
 

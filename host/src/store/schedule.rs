@@ -38,6 +38,14 @@ fn lease_until(lease: Duration) -> String {
     (chrono::Utc::now() + lease).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A slot to claim: the job, the slot, and the run id it would get.
+#[derive(Debug, Clone)]
+pub struct SlotClaim {
+    pub job_name: String,
+    pub slot_at: String,
+    pub job_id: String,
+}
+
 /// Claims `job_name`'s slot at `slot_at` for run `job_id`.
 pub async fn claim(
     conn: &mut Conn,
@@ -46,7 +54,35 @@ pub async fn claim(
     job_id: &str,
     owner: &SlotOwner,
 ) -> Result<Claim, StoreError> {
+    transaction(conn, async |tx: &mut Conn| claim_in(tx, job_name, slot_at, job_id, owner).await).await
+}
+
+/// Claims many slots in one transaction (one commit, not one per slot: a
+/// host with a thousand jobs due claims them in a few commits). The slots
+/// are taken in job order, so hosts claiming overlapping sets wait for each
+/// other instead of deadlocking. The answers come in the order asked.
+pub async fn claim_many(conn: &mut Conn, claims: &[SlotClaim], owner: &SlotOwner) -> Result<Vec<Claim>, StoreError> {
+    let mut order: Vec<usize> = (0..claims.len()).collect();
+    order.sort_by(|&a, &b| (&claims[a].job_name, &claims[a].slot_at).cmp(&(&claims[b].job_name, &claims[b].slot_at)));
     transaction(conn, async |tx: &mut Conn| {
+        let mut answers = vec![Claim::Held; claims.len()];
+        for &i in &order {
+            let c = &claims[i];
+            answers[i] = claim_in(tx, &c.job_name, &c.slot_at, &c.job_id, owner).await?;
+        }
+        Ok(answers)
+    })
+    .await
+}
+
+async fn claim_in(
+    tx: &mut Conn,
+    job_name: &str,
+    slot_at: &str,
+    job_id: &str,
+    owner: &SlotOwner,
+) -> Result<Claim, StoreError> {
+    {
         let now = now_utc();
         let until = lease_until(owner.lease);
         // Earlier slots of this job whose holder stopped renewing: history.
@@ -104,8 +140,7 @@ pub async fn claim(
         } else {
             Claim::Held
         })
-    })
-    .await
+    }
 }
 
 /// Extends the claims of running slots (by job id); returns the ids whose
@@ -221,5 +256,40 @@ mod tests {
         assert_eq!(claim(conn, "acme", slot, "run-c", &b).await.unwrap(), Claim::Done, "done is done");
     }
 
-    on_both_engines!(a_slot_is_claimed_once_and_a_dead_holder_is_taken_over);
+    async fn many_slots_are_claimed_in_one_commit_answered_in_order(conn: &mut Conn) {
+        let slot = "2026-01-01T00:15:00Z";
+        let (a, b) = (owner("a", Duration::from_secs(60)), owner("b", Duration::from_secs(60)));
+        claim(conn, "held", slot, "run-held", &a).await.unwrap();
+        claim(conn, "done", slot, "run-done", &a).await.unwrap();
+        finish(conn, "run-done", "succeeded", None).await.unwrap();
+        let ask = |job: &str| SlotClaim {
+            job_name: job.into(),
+            slot_at: slot.into(),
+            job_id: format!("b-{job}"),
+        };
+        let answers = claim_many(conn, &[ask("zeta"), ask("held"), ask("alpha"), ask("done")], &b).await.unwrap();
+        assert_eq!(
+            answers,
+            [
+                Claim::Claimed { took_over: None },
+                Claim::Held,
+                Claim::Claimed { took_over: None },
+                Claim::Done
+            ]
+        );
+        let mine: Vec<String> = list(conn, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.host == "b")
+            .map(|s| s.job_name)
+            .collect();
+        assert_eq!(mine.len(), 2, "{mine:?}");
+        assert!(mine.contains(&"alpha".to_owned()) && mine.contains(&"zeta".to_owned()));
+    }
+
+    on_both_engines!(
+        a_slot_is_claimed_once_and_a_dead_holder_is_taken_over,
+        many_slots_are_claimed_in_one_commit_answered_in_order,
+    );
 }
