@@ -6,8 +6,10 @@
 #
 #   1. guests/acme builds with `cargo component build --release` and runs;
 #   2. `nuntiq-host new` makes a crate that builds with cargo-component and runs;
-#   3. each output passes `wasm-tools component targets wit … --world connector`;
-#   4. the Python and JavaScript examples in guests/examples build and run.
+#   3. each output, and dist/acme.wasm (plain cargo build), passes
+#      `wasm-tools component targets wit … --world connector`;
+#   4. the Python and JavaScript examples in guests/examples build and run, and
+#      the Python one built against contract 0.1.0 still runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -56,6 +58,9 @@ acme="$root/target/wasm32-wasip1/release/acme.wasm"
 "$host" inspect "$acme" | grep -E "^(world|compatible)"
 targets "$acme"
 run_ok "$acme" "$work/acme.json"
+
+step "make build's plain cargo build output"
+targets "$root/dist/acme.wasm"
 
 step "a new connector with cargo component build --release"
 "$host" new author-check --dir "$work"

@@ -19,6 +19,26 @@ for lang in python js; do
   echo "$envelope"
   echo "$envelope" | grep -q '"success":true'
 done
+# Built against contract 0.1.0, as connectors written before 0.2.0 were: they
+# keep running on this host unchanged.
+echo "-- python and js against contract 0.1.0"
+v01="$here/../../wit/v0.1.0"
+out="$tools/python-v0_1-connector.wasm"
+VENV="$tools/python-venv" OUT="$out" WIT="$v01" WORLD=connector "$here/python/build.sh"
+sed 's/@0\.2\.0/@0.1.0/' "$here/js/connector.js" > "$here/js/connector-v0_1.js"
+trap 'rm -f "$here/js/connector-v0_1.js"' EXIT
+OUT="$tools/js-v0_1-connector.wasm" WIT="$v01" WORLD=connector SRC=connector-v0_1.js "$here/js/build.sh"
+for lang in python js; do
+  out="$tools/$lang-v0_1-connector.wasm"
+  "$host" inspect "$out" | grep -E "^(world|contract|compatible)"
+  "$host" inspect "$out" | grep -q "nuntiq:connector/http@0.1.0"
+  envelope=$("$host" run-plugin "$out" "$work/example.json" --db "$work/$lang-v0_1.db" --allow-host "$url")
+  echo "$envelope"
+  echo "$envelope" | grep -q '"success":true'
+  diff <("$host" suppliers export --db "$work/$lang.db") <("$host" suppliers export --db "$work/$lang-v0_1.db")
+done
+echo "0.1.0 connectors: the same store as their 0.2.0 builds"
+
 # fetch() through wasi:http. StarlingMonkey writes wasi:http 0.2.10, which the
 # host links by the semver rule but `component targets` (exact versions) does
 # not match against the world's 0.2.12, so inspect is the check here.

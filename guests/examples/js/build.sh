@@ -8,9 +8,13 @@
 #   build.sh fetch    fetch.js (the web's fetch(), sent through wasi:http) with
 #                     jco's default engine, StarlingMonkey, 13 MB, no flags.
 #   OUT=…   the component to write
+#   WIT=… WORLD=… SRC=…  another contract and source (make check-authors
+#                  builds connector.js against wit/v0.1.0, world `connector`)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-wit="$here/../../../wit"
+wit="${WIT:-$here/../../../wit}"
+world="${WORLD:-connector-core}"
+src="${SRC:-connector.js}"
 out="${OUT:-$here/js-connector.wasm}"
 cd "$here"
 # jco 1.35.0 reads WIT through preview2-shim, and 0.26 no longer preopens "/":
@@ -19,6 +23,6 @@ cd "$here"
 if [ "${1:-}" = fetch ]; then
   npx jco componentize fetch.js --wit "$wit" --world-name connector-core -o "$out"
 else
-  npx jco componentize connector.js --wit "$wit" --world-name connector-core \
+  npx jco componentize "$src" --wit "$wit" --world-name "$world" \
     --backend qjs --backend-qjs-disable-async -o "$out"
 fi
