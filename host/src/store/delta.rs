@@ -63,10 +63,20 @@ fn state_from_row(r: &Row) -> (String, StreamState, Lease) {
 
 /// The stream's row; inside a write transaction, locked until it ends.
 async fn read_state(conn: &mut Conn, key: &StreamKey) -> Result<Option<(StreamState, Lease)>, StoreError> {
+    let lock = conn.for_update();
+    select_state(conn, key, lock).await
+}
+
+/// The stream's row, read outside a transaction (a first check before work
+/// that the transaction then checks again).
+async fn read_state_unlocked(conn: &mut Conn, key: &StreamKey) -> Result<Option<(StreamState, Lease)>, StoreError> {
+    select_state(conn, key, "").await
+}
+
+async fn select_state(conn: &mut Conn, key: &StreamKey, lock: &str) -> Result<Option<(StreamState, Lease)>, StoreError> {
     let sql = format!(
         "SELECT {STATE_COLUMNS} FROM delta_stream_state
-         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3{}",
-        conn.for_update()
+         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3{lock}"
     );
     Ok(conn
         .query_opt(&sql, params![&key.customer_number, &key.connector_name, &key.stream_name])
@@ -414,22 +424,6 @@ pub async fn complete_run(
         let _ = refresh_statistics(conn).await;
     }
     Ok(done)
-}
-
-/// The stream's row, read outside a transaction (a first check before work
-/// that the transaction then checks again).
-async fn read_state_unlocked(conn: &mut Conn, key: &StreamKey) -> Result<Option<(StreamState, Lease)>, StoreError> {
-    let sql = format!(
-        "SELECT {STATE_COLUMNS} FROM delta_stream_state
-         WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3"
-    );
-    Ok(conn
-        .query_opt(&sql, params![&key.customer_number, &key.connector_name, &key.stream_name])
-        .await?
-        .map(|r| {
-            let (_, state, lease) = state_from_row(&r);
-            (state, lease)
-        }))
 }
 
 #[allow(clippy::too_many_arguments)]
