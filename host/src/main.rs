@@ -276,6 +276,28 @@ SIGTERM or SIGINT: no new runs; running ones get --grace, then are stopped
 cleanly (cursors untouched). A second signal exits at once.
 ";
 
+/// Where compiled components are kept, for `run-plugin` and `serve`.
+#[derive(clap::Args)]
+struct CompileCacheArgs {
+    /// Compiled components are cached here [default: ~/.cache/nuntiq-host].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the plugin every time instead of using the cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_compile_cache: bool,
+}
+
+impl CompileCacheArgs {
+    /// The cache directory, or none when the cache is off.
+    fn dir(self) -> Option<PathBuf> {
+        if self.no_compile_cache {
+            None
+        } else {
+            self.cache_dir.or_else(CompileCache::default_dir)
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// The jobs file (TOML): one [[job]] table per connector instance.
@@ -303,12 +325,8 @@ struct ServeArgs {
     /// Connector wasm stack, for every job [default: 512KiB].
     #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
     max_stack: Option<usize>,
-    /// Compiled components are cached here [default: ~/.cache/nuntiq-host].
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Compile each plugin every time the process starts.
-    #[arg(long, conflicts_with = "cache_dir")]
-    no_compile_cache: bool,
+    #[command(flatten)]
+    compile_cache: CompileCacheArgs,
     /// Log line format on stderr; every line names its job.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -342,12 +360,8 @@ struct RunPluginArgs {
     /// Connector wasm stack; deeper recursion traps [default: 512KiB].
     #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
     max_stack: Option<usize>,
-    /// Compiled components are cached here [default: ~/.cache/nuntiq-host].
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Compile the plugin every time instead of using the cache.
-    #[arg(long, conflicts_with = "cache_dir")]
-    no_compile_cache: bool,
+    #[command(flatten)]
+    compile_cache: CompileCacheArgs,
     /// Offline: answer file:// URLs (config.api_url may be one) from files in
     /// DIR, confined to it; see the README for how paths and queries map to files.
     #[arg(long, value_name = "DIR")]
@@ -375,11 +389,7 @@ impl RunPluginArgs {
             record: self.record,
             replay: self.replay,
             dry_run: self.dry_run,
-            cache_dir: if self.no_compile_cache {
-                None
-            } else {
-                self.cache_dir.or_else(CompileCache::default_dir)
-            },
+            cache_dir: self.compile_cache.dir(),
             ..JobOptions::new(self.plugin, self.settings, self.db)
         };
         self.flags.apply(&mut options);
@@ -535,11 +545,7 @@ fn main() -> ExitCode {
                 max_per_customer: args.max_per_customer as usize,
                 grace: args.grace,
                 lease: args.lease,
-                cache_dir: if args.no_compile_cache {
-                    None
-                } else {
-                    args.cache_dir.or_else(CompileCache::default_dir)
-                },
+                cache_dir: args.compile_cache.dir(),
                 max_stack: args.max_stack,
                 log_format: args.log_format,
                 log_level: args.log_level,
