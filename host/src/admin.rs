@@ -158,7 +158,7 @@ pub fn esc(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() || crate::log::is_bidi_control(c) || crate::log::is_invisible(c) => {
+            c if crate::log::is_unprintable(c) => {
                 out.push_str(&format!("\\u{{{:x}}}", c as u32));
             }
             c => out.push(c),

@@ -225,7 +225,7 @@ fn is_token(text: &str, start: usize, end: usize) -> bool {
 }
 
 /// Characters that reorder how a line reads (Trojan Source): never printed.
-pub fn is_bidi_control(c: char) -> bool {
+fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
@@ -233,12 +233,18 @@ pub fn is_bidi_control(c: char) -> bool {
 /// points: zero-width space and joiners, soft hyphen, word joiner, byte-order
 /// mark, variation selectors, tags, fillers): between a secret's halves they
 /// would print it whole to the eye and hide it from redaction.
-pub fn is_invisible(c: char) -> bool {
+fn is_invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
         | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{206F}'
         | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}'
         | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
+}
+
+/// Whether `c` must not reach a log line, a terminal or a name as it is:
+/// a control, bidi or invisible character.
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control() || is_bidi_control(c) || is_invisible(c)
 }
 
 /// Strips ANSI escape sequences, control, bidi and invisible characters; line
@@ -250,7 +256,7 @@ fn strip_controls(text: &str) -> String {
     for c in stripped.chars() {
         match c {
             '\n' | '\r' | '\t' => out.push(' '),
-            c if c.is_control() || is_bidi_control(c) || is_invisible(c) => {}
+            c if is_unprintable(c) => {}
             c => out.push(c),
         }
     }

@@ -187,7 +187,7 @@ pub fn check_name(name: &str) -> Result<&str, String> {
     if name.trim().is_empty() {
         return Err("must not be empty".into());
     }
-    if name.len() > MAX_NAME_BYTES || name.chars().any(|c| c.is_control() || crate::log::is_bidi_control(c) || crate::log::is_invisible(c)) {
+    if name.len() > MAX_NAME_BYTES || name.chars().any(crate::log::is_unprintable) {
         return Err(format!(
             "must be at most {MAX_NAME_BYTES} bytes without control, bidi or invisible characters"
         ));
