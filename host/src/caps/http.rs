@@ -507,16 +507,7 @@ impl HttpCap {
             return Err(too_large());
         }
         let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = Exchange::header_pairs(response.headers());
         let mut body = Vec::new();
         loop {
             match response.chunk().await {

@@ -33,6 +33,17 @@ pub struct Exchange {
     pub body: Vec<u8>,
 }
 
+impl Exchange {
+    /// A response's headers as a connector and a cassette see them (values
+    /// that are not UTF-8 lossily converted).
+    pub fn header_pairs(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect()
+    }
+}
+
 /// `file://` answers from a directory.
 pub struct Fixtures {
     dir: cap_std::fs::Dir,

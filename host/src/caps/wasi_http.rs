@@ -249,11 +249,7 @@ impl Forward {
     /// hands the connector the same bytes.
     async fn recorded(&self, recorder: &Recorder, method: &http::Method, url: &Url, response: reqwest::Response) -> Sent {
         let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
+        let headers = Exchange::header_pairs(response.headers());
         let _reading = recorder.reading.acquire().await.map_err(|_| Error::HttpProtocolError)?;
         let response: http::Response<reqwest::Body> = response.into();
         let body = Limited::new(response.into_body(), self.max_body_bytes as usize)
