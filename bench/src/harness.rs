@@ -779,42 +779,29 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let wall = |id: &str| wall_of(&rows, id);
     let rss = |id: &str| rows.iter().find(|r| r.id == id).map(|r| r.peak_rss_mb);
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    // How contender `a`'s wall time compares with `b`'s, and whether that is `ok`.
+    let versus = |a: &str, b: &str, ok: &dyn Fn(f64) -> bool| {
+        ratio(wall(a), wall(b)).map(|x| {
+            let shown = format!("{x:.2}× ({:.3} s vs {:.3} s)", wall(a).unwrap(), wall(b).unwrap());
+            (shown, ok(x))
+        })
+    };
     let mut checks = vec![
         check(
             format!("host first load ≤ {HOST_OVER_PLAIN_AT_MOST}× the plain Rust loader"),
-            ratio(wall("1"), wall("P")).map(|x| {
-                (
-                    format!("{x:.2}× ({:.3} s vs {:.3} s)", wall("1").unwrap(), wall("P").unwrap()),
-                    x <= HOST_OVER_PLAIN_AT_MOST,
-                )
-            }),
+            versus("1", "P", &|x| x <= HOST_OVER_PLAIN_AT_MOST),
         ),
         check(
             format!("Python seed pattern ≥ {PYTHON_OVER_HOST_AT_LEAST}× the host"),
-            ratio(wall("3"), wall("1")).map(|x| {
-                (
-                    format!("{x:.2}× ({:.3} s vs {:.3} s)", wall("3").unwrap(), wall("1").unwrap()),
-                    x >= PYTHON_OVER_HOST_AT_LEAST,
-                )
-            }),
+            versus("3", "1", &|x| x >= PYTHON_OVER_HOST_AT_LEAST),
         ),
         check(
             format!("dlt ≥ {DLT_OVER_HOST_AT_LEAST}× the host"),
-            ratio(wall("4"), wall("1")).map(|x| {
-                (
-                    format!("{x:.2}× ({:.3} s vs {:.3} s)", wall("4").unwrap(), wall("1").unwrap()),
-                    x >= DLT_OVER_HOST_AT_LEAST,
-                )
-            }),
+            versus("4", "1", &|x| x >= DLT_OVER_HOST_AT_LEAST),
         ),
         check(
             format!("unchanged re-read ≤ {REREAD_OVER_FIRST_AT_MOST}× the first load"),
-            ratio(wall("1r"), wall("1")).map(|x| {
-                (
-                    format!("{x:.2}× ({:.3} s vs {:.3} s)", wall("1r").unwrap(), wall("1").unwrap()),
-                    x <= REREAD_OVER_FIRST_AT_MOST,
-                )
-            }),
+            versus("1r", "1", &|x| x <= REREAD_OVER_FIRST_AT_MOST),
         ),
         check(
             format!("unchanged re-read writes nothing (unchanged = {n})"),
