@@ -587,3 +587,18 @@ pub fn suppliers_export(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::esc;
+
+    #[test]
+    fn views_escape_what_could_forge_a_field_or_hide_a_character() {
+        assert_eq!(esc("a\nstatus succeeded"), "a\\nstatus succeeded");
+        assert_eq!(esc("\u{1b}[2J\u{7}"), "\\u{1b}[2J\\u{7}");
+        assert_eq!(esc("tok\u{202e}dne"), "tok\\u{202e}dne");
+        assert_eq!(esc("acme_eu\u{200b}"), "acme_eu\\u{200b}");
+        assert_eq!(esc("back\\slash"), "back\\\\slash");
+        assert_eq!(esc("Malmö 🙂"), "Malmö 🙂", "printable text stays");
+    }
+}
