@@ -6,7 +6,8 @@
 //! `Err` from a host function is a trap — a broken invariant or an exceeded
 //! limit — while errors a connector can handle travel as WIT variants.
 
-/// `nuntiq:connector@0.2.0`, world `connector-core` (WASI is linked apart).
+/// `nuntiq:connector@0.2.1` (which links 0.2.0 connectors too), world
+/// `connector-core` (WASI is linked apart).
 pub mod v0_2 {
     wasmtime::component::bindgen!({
         world: "connector-core",
@@ -15,6 +16,7 @@ pub mod v0_2 {
         exports: { default: async },
         with: {
             "nuntiq:connector/delta-state.delta-run": crate::caps::delta::DeltaRunHandle,
+            "nuntiq:connector/http.pending-response": crate::caps::http::PendingGet,
         },
     });
 

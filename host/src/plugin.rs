@@ -11,7 +11,7 @@ use std::fmt;
 pub enum Contract {
     #[serde(rename = "nuntiq:connector@0.1.0")]
     V0_1,
-    #[serde(rename = "nuntiq:connector@0.2.0")]
+    #[serde(rename = "nuntiq:connector@0.2.1")]
     V0_2,
 }
 
@@ -19,7 +19,7 @@ impl Contract {
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_1 => "0.1.0",
-            Contract::V0_2 => "0.2.0",
+            Contract::V0_2 => "0.2.1",
         }
     }
 }
@@ -148,7 +148,7 @@ impl fmt::Display for Mismatch {
             Mismatch::MissingImport { import, offered } if offered.is_empty() => write!(
                 f,
                 "it imports {import}, which this host does not provide (it offers nuntiq:connector@0.1.0 and \
-                 @0.2.0, and WASI {WASI_VERSION}: wasi:cli/imports and wasi:http/outgoing-handler); see `nuntiq-host inspect`"
+                 @0.2.1, and WASI {WASI_VERSION}: wasi:cli/imports and wasi:http/outgoing-handler); see `nuntiq-host inspect`"
             ),
             Mismatch::MissingImport { import, offered } => write!(
                 f,
@@ -156,7 +156,7 @@ impl fmt::Display for Mismatch {
                 offered.join(" and ")
             ),
             Mismatch::MixedContracts => {
-                f.write_str("it imports both nuntiq:connector@0.1.0 and @0.2.0; build it against one contract version")
+                f.write_str("it imports both nuntiq:connector@0.1.0 and @0.2.x; build it against one contract version")
             }
             Mismatch::ComponentModelAsync(what) => write!(
                 f,
@@ -165,7 +165,7 @@ impl fmt::Display for Mismatch {
             ),
             Mismatch::NoRun => f.write_str(
                 "it does not export `run: func() -> result<string, string>`, so it is not a connector \
-                 (world nuntiq:connector/connector@0.2.0, or @0.1.0)",
+                 (world nuntiq:connector/connector@0.2.1, or @0.1.0)",
             ),
         }
     }
@@ -406,7 +406,7 @@ mod tests {
         assert!(
             found[0].starts_with(
                 "it imports nuntiq:connector/context@0.3.0, but this host provides \
-                 nuntiq:connector/context@0.1.0 and nuntiq:connector/context@0.2.0"
+                 nuntiq:connector/context@0.1.0 and nuntiq:connector/context@0.2.1"
             ),
             "{}",
             found[0]

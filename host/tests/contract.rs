@@ -17,7 +17,7 @@ fn parse(dir: &Path) -> anyhow::Result<(wit_parser::Resolve, wit_parser::Package
 fn the_current_contract_parses_with_cargo_components_wit_parser() {
     let (resolve, package) = parse(&root().join("wit")).unwrap_or_else(|e| panic!("{e:#}"));
     let name = &resolve.packages[package].name;
-    assert_eq!(name.to_string(), "nuntiq:connector@0.2.0");
+    assert_eq!(name.to_string(), "nuntiq:connector@0.2.1");
     for world in ["connector", "connector-core"] {
         resolve
             .select_world(package, Some(world))

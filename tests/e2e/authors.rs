@@ -247,7 +247,7 @@ fn a_dry_run_writes_nothing_and_says_what_it_would_have() {
 fn inspect_says_what_a_plugin_is_and_whether_it_runs_here() {
     let (code, text, _) = host_output(&["inspect", guest("acme").to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("world       nuntiq:connector/connector@0.2.0"), "{text}");
+    assert!(text.contains("world       nuntiq:connector/connector@0.2.1"), "{text}");
     assert!(text.contains("compatible  yes"), "{text}");
     let (code, out, _) = host_output(&["inspect", guest("acme-v0_1").to_str().unwrap(), "--json"]);
     assert_eq!(code, 0);
@@ -316,7 +316,7 @@ fn a_new_connector_builds_outside_the_repository_and_runs_at_once() {
     let wasm = target.join("wasm32-wasip2/release/hello_erp.wasm");
     let (code, text, _) = host_output(&["inspect", wasm.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("nuntiq:connector/connector@0.2.0"), "{text}");
+    assert!(text.contains("nuntiq:connector/connector@0.2.1"), "{text}");
 
     let run = nuntiq_host([
         "run-plugin",

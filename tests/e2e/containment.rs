@@ -135,6 +135,29 @@ fn query_lists_and_metadata_are_bounded() {
 }
 
 #[test]
+fn background_requests_are_bounded_per_run_and_freed_when_dropped() {
+    let arena = Arena::new();
+    let before = arena.supplier_requests();
+    let run = arena.attack_with("payload-bomb", &with_mode(&arena, "pending-many"), &[]);
+    arena.assert_contained(&run, "connector_error");
+    let message = run.error_message();
+    assert!(
+        message.contains(
+            "4 started, the next refused: refused by the host: 4 requests are pending already, \
+             the most a run may have; finish or drop one before starting another"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("after dropping them, 4 more finished with [200, 200, 200, 200]"),
+        "{message}"
+    );
+    // The refused request never left the host: 4 sent, 4 cancelled at most, 4 finished.
+    let sent = arena.supplier_requests() - before;
+    assert!((4..=8).contains(&sent), "{sent} requests reached the API");
+}
+
+#[test]
 fn a_connector_cannot_read_or_move_another_connectors_cursor() {
     let arena = Arena::new();
     let mut settings = with_mode(&arena, "other-connector");

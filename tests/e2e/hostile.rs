@@ -202,7 +202,7 @@ fn loopback_addresses_the_operator_did_not_allow_are_refused_in_every_spelling()
     arena.assert_contained(&run, "network_denied");
     for target in &targets {
         assert!(
-            run.error_message().contains(&format!("{target}: request refused")),
+            run.error_message().contains(&format!("{target}: refused by the host")),
             "{target}: {}",
             run.envelope
         );

@@ -1,10 +1,10 @@
 // Minimal Nuntiq connector in JavaScript (jco componentize / componentize-js, StarlingMonkey).
 // WIT interfaces are ES-module imports named "<package>/<interface>@<version>"; functions are camelCase.
-import { getConfig, getParam, hasSecret } from 'nuntiq:connector/context@0.2.0';
-import { log } from 'nuntiq:connector/logger@0.2.0';
-import { getWithRetry } from 'nuntiq:connector/http@0.2.0';
-import { DeltaRun } from 'nuntiq:connector/delta-state@0.2.0';
-import { queue } from 'nuntiq:connector/supplier-load@0.2.0';
+import { getConfig, getParam, hasSecret } from 'nuntiq:connector/context@0.2.1';
+import { log } from 'nuntiq:connector/logger@0.2.1';
+import { getWithRetry } from 'nuntiq:connector/http@0.2.1';
+import { DeltaRun } from 'nuntiq:connector/delta-state@0.2.1';
+import { queue } from 'nuntiq:connector/supplier-load@0.2.1';
 
 const STREAM = 'suppliers';
 

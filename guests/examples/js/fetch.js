@@ -3,10 +3,10 @@
 // through wasi:http, which the host holds to the same network policy, request
 // budget and limits. No retries (use `http` for those), and the token is read
 // from the secrets and set by the connector itself.
-import { getConfig, getParam, getSecret } from 'nuntiq:connector/context@0.2.0';
-import { log } from 'nuntiq:connector/logger@0.2.0';
-import { DeltaRun } from 'nuntiq:connector/delta-state@0.2.0';
-import { queue } from 'nuntiq:connector/supplier-load@0.2.0';
+import { getConfig, getParam, getSecret } from 'nuntiq:connector/context@0.2.1';
+import { log } from 'nuntiq:connector/logger@0.2.1';
+import { DeltaRun } from 'nuntiq:connector/delta-state@0.2.1';
+import { queue } from 'nuntiq:connector/supplier-load@0.2.1';
 
 const setting = (v) => (v == null ? undefined : v.tag === 'json' ? JSON.parse(v.val) : v.tag === 'integer' ? Number(v.val) : v.val);
 const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');

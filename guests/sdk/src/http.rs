@@ -15,9 +15,29 @@
 //!     .map_err(|e| e.to_string())?;
 //! # Ok::<(), String>(())
 //! ```
+//!
+//! [`Request::start`] sends it in the background instead, so the next page
+//! downloads while this one is mapped and written:
+//!
+//! ```no_run
+//! use nuntiq_connector::http;
+//!
+//! let page = |n: u32| http::get("https://api.example.com/suppliers").query("page", n);
+//! let mut next = Some(page(1).start().map_err(|e| e.message())?);
+//! let mut n = 1;
+//! while let Some(pending) = next.take() {
+//!     let body: serde_json::Value = pending.finish().map_err(|e| e.message())?.json().map_err(|e| e.to_string())?;
+//!     if body["next_page"].is_number() {
+//!         n += 1;
+//!         next = Some(page(n).start().map_err(|e| e.message())?); // in flight while this page is handled
+//!     }
+//!     // … map and queue this page's rows …
+//! }
+//! # Ok::<(), String>(())
+//! ```
 
 pub use crate::raw_http::{HttpError, Response, RetryPolicy};
-use crate::raw_http::{Request as RawRequest, get_with_retry};
+use crate::raw_http::{PendingResponse, Request as RawRequest, get_with_retry, start_get_with_retry};
 
 /// Starts a GET request.
 pub fn get(url: impl Into<String>) -> Request {
@@ -75,6 +95,24 @@ impl Request {
     pub fn send(self) -> Result<Response, HttpError> {
         get_with_retry(&self.raw, self.policy.as_ref())
     }
+
+    /// Sends it in the background and returns at once; [`Pending::finish`]
+    /// waits for the outcome `send` would have given. A malformed or refused
+    /// request fails here. At most 4 may be pending at a time (the host
+    /// answers a fifth with `Denied`); dropping a [`Pending`] cancels it.
+    pub fn start(self) -> Result<Pending, HttpError> {
+        start_get_with_retry(&self.raw, self.policy.as_ref()).map(Pending)
+    }
+}
+
+/// A request running in the host while the connector works on.
+pub struct Pending(PendingResponse);
+
+impl Pending {
+    /// Waits for the response (retries included).
+    pub fn finish(self) -> Result<Response, HttpError> {
+        PendingResponse::finish(self.0)
+    }
 }
 
 impl Response {
@@ -88,7 +126,7 @@ impl HttpError {
     /// What went wrong, for people (wit-bindgen's `Display` is the `Debug` form).
     pub fn message(&self) -> String {
         match self {
-            HttpError::Denied(m) => format!("request refused by the host's network policy: {m}"),
+            HttpError::Denied(m) => format!("refused by the host: {m}"),
             HttpError::InvalidRequest(m) => format!("invalid request: {m}"),
             HttpError::Timeout(m) | HttpError::Connection(m) => m.clone(),
             HttpError::Status(r) => {

@@ -1,4 +1,4 @@
-//! The guest SDK for Nuntiq connectors: the `nuntiq:connector@0.2.0` bindings
+//! The guest SDK for Nuntiq connectors: the `nuntiq:connector@0.2.1` bindings
 //! plus helpers in the platform's words ([`get_config`], [`delta_run`],
 //! [`SupplierLoad`], `save_all`).
 //!
@@ -40,7 +40,7 @@ extern crate self as nuntiq_connector;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-/// The raw bindings generated from `wit/connector.wit` (`nuntiq:connector@0.2.0`,
+/// The raw bindings generated from `wit/connector.wit` (`nuntiq:connector@0.2.1`,
 /// world `connector-core`; a Rust guest's std imports the WASI it needs). Their
 /// documentation is the contract's own.
 #[allow(missing_docs)]

@@ -16,8 +16,10 @@ use crate::settings::Settings;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
+use wasmtime::component::Resource;
 use url::Url;
 
 /// A retry policy with the host's limits applied.
@@ -223,16 +225,59 @@ pub fn build_client(policy: Arc<NetworkPolicy>) -> anyhow::Result<reqwest::Clien
         .build()?)
 }
 
+/// The `http` capability of one run: its requests (sent on the host's HTTP
+/// threads, see [`io`]) and the ones the connector started and has not finished.
 pub struct HttpCap {
+    fetcher: Arc<Fetcher>,
+    refusals: Refusals,
+    pending: HashMap<u32, InFlight>,
+    next_pending: u32,
+}
+
+/// Everything a request needs, shared with the ones running in the background.
+struct Fetcher {
     client: reqwest::Client,
     policy: Arc<NetworkPolicy>,
     settings: Arc<Settings>,
     config: HttpConfig,
     log: Arc<LogSink>,
     budget: Arc<RequestBudget>,
-    refusals: Refusals,
     offline: Offline,
     counters: Arc<Counters>,
+}
+
+/// A `pending-response` handle's host side: its key in [`HttpCap::pending`].
+pub struct PendingGet;
+
+/// Requests one run may have started and not finished. Each holds at most the
+/// body limit, so this bounds what a connector can make the host buffer.
+pub const MAX_PENDING: usize = 4;
+
+/// The host's HTTP runtime: a couple of threads of its own, so a request (a
+/// prefetched page above all) makes progress while the connector computes;
+/// a run's own runtime is single-threaded and busy in wasm then. Every
+/// `http` request runs here, so pooled connections are driven here too.
+fn io() -> Result<&'static tokio::runtime::Runtime, String> {
+    static IO: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    IO.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nuntiq-http")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("the host could not start its HTTP threads: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// A request running on [`io`]; dropping it cancels the request.
+struct InFlight(tokio::task::JoinHandle<Result<Response, SendError>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Where answers come from besides the network (see `caps::offline`).
@@ -272,28 +317,84 @@ impl HttpCap {
     ) -> Self {
         let max_requests = config.max_requests;
         Self {
-            client,
-            policy,
-            settings,
-            config,
-            log,
-            budget: Arc::new(RequestBudget::new(max_requests)),
+            fetcher: Arc::new(Fetcher {
+                client,
+                policy,
+                settings,
+                config,
+                log,
+                budget: Arc::new(RequestBudget::new(max_requests)),
+                offline,
+                counters,
+            }),
             refusals,
-            offline,
-            counters,
+            pending: HashMap::new(),
+            next_pending: 0,
         }
     }
 
     /// `wasi:http`'s side of this capability: the same client (DNS pinned
     /// through the policy), policy, budget and limits.
     pub fn outgoing(&self) -> super::wasi_http::OutgoingHooks {
+        self.fetcher.outgoing(self.refusals.clone())
+    }
+
+    /// Checks the request and sends it on the HTTP runtime. A request that is
+    /// malformed or refused up front fails here, the rest when awaited.
+    fn start(&mut self, request: &Request, policy: Option<http::RetryPolicy>) -> Result<InFlight, HttpError> {
+        let fetcher = &self.fetcher;
+        let policy = policy.map_or_else(|| fetcher.config.default_policy.clone(), |p| fetcher.config.clamp(p));
+        let (url, headers) = match fetcher.prepare(request) {
+            Ok(prepared) => prepared,
+            Err((kind, e)) => {
+                self.settle(kind.zip(match &e {
+                    HttpError::Denied(message) => Some(message.clone()),
+                    _ => None,
+                }));
+                return Err(e);
+            }
+        };
+        let io = io().map_err(HttpError::Connection)?;
+        let fetcher = fetcher.clone();
+        let timeout_ms = request.timeout_ms;
+        Ok(InFlight(io.spawn(async move {
+            fetcher.send_with_retry(url, headers, policy, timeout_ms).await
+        })))
+    }
+
+    /// Waits for a started request; the wait is the connector's HTTP time.
+    async fn outcome(&mut self, in_flight: InFlight) -> wasmtime::Result<Result<Response, HttpError>> {
+        let started = Instant::now();
+        let mut in_flight = in_flight;
+        let outcome = (&mut in_flight.0)
+            .await
+            .map_err(|e| wasmtime::Error::msg(format!("the host's HTTP task failed: {e}")))?;
+        self.fetcher.counters.add(Section::Http, started);
+        match &outcome {
+            Err(SendError::Limit(hit, _)) => self.refusals.refused(hit.clone()),
+            _ => self.refusals.answered(),
+        }
+        Ok(outcome.map_err(SendError::into_http))
+    }
+
+    /// Records how a call ended for the envelope: a host limit by its kind, or answered.
+    fn settle(&self, limit: Option<(&'static str, String)>) {
+        match limit {
+            Some((kind, message)) => self.refusals.refused(LimitHit { kind, message }),
+            None => self.refusals.answered(),
+        }
+    }
+}
+
+impl Fetcher {
+    fn outgoing(&self, refusals: Refusals) -> super::wasi_http::OutgoingHooks {
         super::wasi_http::OutgoingHooks {
             client: self.client.clone(),
             policy: self.policy.clone(),
             budget: self.budget.clone(),
             max_body_bytes: self.config.max_body_bytes,
             timeout: self.config.max_timeout,
-            refusals: self.refusals.clone(),
+            refusals,
             counters: self.counters.clone(),
             log: self.log.clone(),
             replay: self.offline.replay.clone(),
@@ -391,7 +492,7 @@ impl HttpCap {
 
     /// One attempt: the request and any redirects, each hop checked by the
     /// policy (a `file://` hop is answered by the fixtures instead).
-    async fn attempt(&mut self, mut url: Url, headers: &HeaderMap, policy: &RetryPolicy, attempt: u32) -> Attempt {
+    async fn attempt(&self, mut url: Url, headers: &HeaderMap, policy: &RetryPolicy, attempt: u32) -> Attempt {
         let mut headers = headers.clone();
         let origin = url.origin();
         for hop in 0..=self.config.max_redirects {
@@ -464,7 +565,7 @@ impl HttpCap {
 
     /// One hop's answer: from the cassette when replaying, from the fixtures
     /// for `file://`, else from the network (and recorded when recording).
-    async fn fetch(&mut self, url: &Url, headers: &HeaderMap, timeout: Duration) -> Result<Exchange, Attempt> {
+    async fn fetch(&self, url: &Url, headers: &HeaderMap, timeout: Duration) -> Result<Exchange, Attempt> {
         let limit = self.config.max_body_bytes;
         let too_large = || Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit));
         let offline = if let Some(replay) = &self.offline.replay {
@@ -572,28 +673,49 @@ impl http::Host for HttpCap {
         request: Request,
         policy: Option<http::RetryPolicy>,
     ) -> wasmtime::Result<Result<Response, HttpError>> {
-        let policy = policy.map_or_else(|| self.config.default_policy.clone(), |p| self.config.clamp(p));
-        let (url, headers) = match self.prepare(&request) {
-            Ok(prepared) => prepared,
-            Err((kind, e)) => {
-                match (kind, &e) {
-                    (Some(kind), HttpError::Denied(message)) => self.refusals.refused(LimitHit {
-                        kind,
-                        message: message.clone(),
-                    }),
-                    _ => self.refusals.answered(),
-                }
-                return Ok(Err(e));
-            }
-        };
-        let started = Instant::now();
-        let outcome = self.send_with_retry(url, headers, policy, request.timeout_ms).await;
-        self.counters.add(Section::Http, started);
-        match &outcome {
-            Err(SendError::Limit(hit, _)) => self.refusals.refused(hit.clone()),
-            _ => self.refusals.answered(),
+        match self.start(&request, policy) {
+            Ok(in_flight) => self.outcome(in_flight).await,
+            Err(e) => Ok(Err(e)),
         }
-        Ok(outcome.map_err(SendError::into_http))
+    }
+
+    async fn start_get_with_retry(
+        &mut self,
+        request: Request,
+        policy: Option<http::RetryPolicy>,
+    ) -> wasmtime::Result<Result<Resource<PendingGet>, HttpError>> {
+        if self.pending.len() >= MAX_PENDING {
+            let message = format!(
+                "{MAX_PENDING} requests are pending already, the most a run may have; \
+                 finish or drop one before starting another"
+            );
+            self.settle(Some(("pending_requests", message.clone())));
+            return Ok(Err(HttpError::Denied(message)));
+        }
+        let in_flight = match self.start(&request, policy) {
+            Ok(in_flight) => in_flight,
+            Err(e) => return Ok(Err(e)),
+        };
+        let key = self.next_pending;
+        self.next_pending = self.next_pending.wrapping_add(1);
+        self.pending.insert(key, in_flight);
+        Ok(Ok(Resource::new_own(key)))
+    }
+}
+
+impl http::HostPendingResponse for HttpCap {
+    async fn finish(&mut self, this: Resource<PendingGet>) -> wasmtime::Result<Result<Response, HttpError>> {
+        let in_flight = self
+            .pending
+            .remove(&this.rep())
+            .ok_or_else(|| wasmtime::Error::msg("finish: no such pending-response"))?;
+        self.outcome(in_flight).await
+    }
+
+    async fn drop(&mut self, this: Resource<PendingGet>) -> wasmtime::Result<()> {
+        // Dropping the in-flight request cancels it.
+        self.pending.remove(&this.rep());
+        Ok(())
     }
 }
 
@@ -611,9 +733,9 @@ impl SendError {
     }
 }
 
-impl HttpCap {
+impl Fetcher {
     async fn send_with_retry(
-        &mut self,
+        &self,
         url: Url,
         headers: HeaderMap,
         policy: RetryPolicy,
@@ -967,6 +1089,57 @@ mod tests {
                 matches!(&error, HttpError::Timeout(m) if m.contains("timed out")),
                 "{error:?}"
             );
+        }
+
+        #[tokio::test]
+        async fn a_started_request_is_answered_while_the_connector_computes() {
+            // The server runs on a thread of its own and says when it has answered.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let (answered, on_answer) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let (mut socket, _) = listener.accept().unwrap();
+                let mut request = [0u8; 8192];
+                let _ = socket.read(&mut request);
+                socket.write_all(reply(200, "{\"page\": 2}").as_bytes()).unwrap();
+                answered.send(()).unwrap();
+            });
+            let (mut cap, _) = cap(&url, HttpConfig::default());
+            let pending = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
+            // This thread runs the run's runtime and is now blocked, as it is
+            // while wasm computes: the request must go on without it.
+            on_answer
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the request was not sent while its caller was busy");
+            let response = http::HostPendingResponse::finish(&mut cap, pending).await.unwrap().unwrap();
+            assert_eq!((response.status, response.body.as_slice()), (200, b"{\"page\": 2}".as_slice()));
+        }
+
+        #[tokio::test]
+        async fn a_run_has_at_most_four_pending_requests_and_a_drop_frees_one() {
+            let (url, _) = canned(vec!["HANG".into(); 8]).await;
+            let (mut cap, _) = cap(&url, HttpConfig::default());
+            let mut held = Vec::new();
+            for _ in 0..MAX_PENDING {
+                held.push(cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap());
+            }
+            let refused = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap_err();
+            assert!(
+                matches!(&refused, HttpError::Denied(m) if m.contains("4 requests are pending already")),
+                "{refused:?}"
+            );
+            assert_eq!(cap.refusals.last().unwrap().kind, "pending_requests");
+            http::HostPendingResponse::drop(&mut cap, held.pop().unwrap()).await.unwrap();
+            assert_eq!(cap.pending.len(), MAX_PENDING - 1);
+            cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
+            // A malformed request fails at once and takes no place.
+            let mut bad = request(&url);
+            bad.url = "not a url".into();
+            cap.pending.clear();
+            let e = cap.start_get_with_retry(bad, None).await.unwrap().unwrap_err();
+            assert!(matches!(&e, HttpError::InvalidRequest(m) if m.contains("not an absolute URL")), "{e:?}");
+            assert!(cap.pending.is_empty());
         }
 
         #[tokio::test]

@@ -12,6 +12,8 @@
 //! - `query-many`: one request with 1000 small query pairs.
 //! - `headers-many`: one request with 1000 small headers.
 //! - `metadata-big`: 10 MiB of delta metadata.
+//! - `pending-many`: starts background requests until the host refuses one,
+//!   drops them, and starts and finishes as many again.
 
 use nuntiq_connector::bindings::nuntiq::connector::logger;
 use nuntiq_connector::{Guest, export_connector, get_config, http, raw_http};
@@ -80,6 +82,36 @@ impl Guest for PayloadBomb {
                     .unwrap_or_default();
                 Err(format!("10 MiB of metadata: {e}"))
             }
+            "pending-many" => {
+                let page = |n: usize| {
+                    http::get(get_config("api_url").unwrap_or_default() + "/suppliers")
+                        .query("page", n)
+                        .query("per_page", 1)
+                        .bearer_secret("acme_token")
+                };
+                let mut held = Vec::new();
+                let refusal = loop {
+                    match page(held.len() + 1).start() {
+                        Ok(pending) if held.len() < 1000 => held.push(pending),
+                        Ok(_) => break "none".to_owned(),
+                        Err(e) => break e.message(),
+                    }
+                };
+                let started = held.len();
+                // Dropping cancels them and frees their places.
+                drop(held);
+                let again: Vec<_> = (1..=started)
+                    .map(|n| page(n).start().map_err(|e| format!("after dropping: {}", e.message())))
+                    .collect::<Result<_, _>>()?;
+                let statuses: Vec<u16> = again
+                    .into_iter()
+                    .map(|p| p.finish().map(|r| r.status).unwrap_or(0))
+                    .collect();
+                Err(format!(
+                    "{started} started, the next refused: {refusal}; after dropping them, {} more finished with {statuses:?}",
+                    statuses.len()
+                ))
+            }
             other => Err(format!("unknown mode {other:?}")),
         }
     }
@@ -127,7 +159,7 @@ fn aliased_query(pairs: usize) -> raw_http::Response {
     }
 }
 
-#[link(wasm_import_module = "nuntiq:connector/supplier-load@0.2.0")]
+#[link(wasm_import_module = "nuntiq:connector/supplier-load@0.2.1")]
 unsafe extern "C" {
     /// `queue: func(suppliers: list<supplier>) -> result<u32, load-error>`,
     /// lowered by hand: (list pointer, list length, return area).
