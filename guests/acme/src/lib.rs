@@ -12,10 +12,13 @@ use nuntiq_connector::log::{self, Level};
 use nuntiq_connector::{
     Guest, Supplier, SupplierLoad, address, context, get_config, get_param, http, location, supplier,
 };
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
 const STREAM_NAME: &str = "suppliers";
 /// Bump on schema changes so you can spot which version emitted a row.
@@ -69,28 +72,40 @@ impl Guest for Acme {
 
             let mut count = 0usize;
             let mut page = 1u64;
-            loop {
-                let bytes = fetch_page(&api_url, &since, page, page_size)?;
-                let body = read_page(&bytes, page)?;
+            let mut pending = Some(start_page(&api_url, &since, page, page_size)?);
+            while let Some(request) = pending.take() {
+                let response = request.finish().map_err(|e| format!("page {page}: {}", e.message()))?;
+                let body = read_page(&response.body, page)?;
+                // The next page downloads while this one is mapped and written.
+                let next = body.next(page);
+                if let Ok(Some(next)) = next {
+                    pending = Some(start_page(&api_url, &since, next, page_size)?);
+                }
                 log::event(
                     Level::Info,
                     "fetch",
-                    &format!("Fetched page {page} ({} rows)", body.data.len()),
-                    &json!({"page": page, "count": body.data.len()}),
+                    &format!("Fetched page {page} ({} rows)", body.len()),
+                    &json!({"page": page, "count": body.len()}),
                 );
-                for (row, raw) in body.data.iter().enumerate() {
-                    let raw: &RawValue = raw;
-                    count += 1;
-                    let (updated_at, supplier) = match read_row(raw) {
+                // Rows are mapped here, not while reading the page, so the next page is already on its way.
+                let mut raw_rows = None;
+                for row in 0..body.len() {
+                    let (updated_at, supplier) = match body.read(row) {
                         Ok(read) => read,
                         Err(reason) => {
                             // One bad row must not fail every run until the source fixes it:
                             // set it aside (the host keeps it and counts it) and go on.
+                            count += 1;
+                            let raw = match &raw_rows {
+                                Some(rows) => rows,
+                                None => raw_rows.insert(body.raw_rows(&response.body, page)?),
+                            };
+                            let raw = raw.get(row).map_or("", |r: &&RawValue| r.get());
                             let reason = format!("page {page}, row {row}: {reason}");
                             log::warn(&format!("Setting a row aside: {reason}"));
-                            r.reject(raw.get(), &reason)
+                            r.reject(raw, &reason)
                                 .map_err(|e| format!("{reason}; the row could not be set aside: {}", e.message()))?;
-                            if let Some(at) = serde_json::from_str::<Value>(raw.get())
+                            if let Some(at) = serde_json::from_str::<Value>(raw)
                                 .ok()
                                 .and_then(|v| v.get("updated_at")?.as_str().and_then(|t| parse_timestamp(t).ok()))
                             {
@@ -99,6 +114,7 @@ impl Guest for Acme {
                             continue;
                         }
                     };
+                    count += 1;
                     if updated_at > run_start {
                         log::event(
                             Level::Warn,
@@ -126,7 +142,7 @@ impl Guest for Acme {
                         );
                     }
                 }
-                match body.next(page)? {
+                match next? {
                     Some(next) => page = next,
                     None => break,
                 }
@@ -213,17 +229,42 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{text:?} is not an RFC 3339 timestamp ({e})"))
 }
 
-/// A page as Acme sends it. Rows stay raw JSON (borrowed from the response
-/// body) and are read one by one, so a bad row can be set aside.
-#[derive(Deserialize)]
+/// A page as Acme sends it: its rows read in one pass over the body when
+/// they all read, else left raw so each bad one can be set aside.
 struct Page<'a> {
-    #[serde(default, borrow)]
-    data: Vec<&'a RawValue>,
-    #[serde(default)]
+    rows: Rows<'a>,
     next_page: Value,
 }
 
-impl Page<'_> {
+enum Rows<'a> {
+    Typed(Vec<AcmeSupplier<'a>>),
+    Raw(Vec<&'a RawValue>),
+}
+
+impl<'a> Page<'a> {
+    fn len(&self) -> usize {
+        match &self.rows {
+            Rows::Typed(rows) => rows.len(),
+            Rows::Raw(rows) => rows.len(),
+        }
+    }
+
+    /// Row `row`'s `updated_at` and the supplier it maps to, or why it cannot be read.
+    fn read(&self, row: usize) -> Result<(DateTime<Utc>, Supplier), String> {
+        match &self.rows {
+            Rows::Typed(rows) => map_row(&rows[row]),
+            Rows::Raw(rows) => read_row(rows[row]),
+        }
+    }
+
+    /// The rows as raw JSON, to set one aside.
+    fn raw_rows(&self, body: &'a [u8], page: u64) -> Result<Vec<&'a RawValue>, String> {
+        match &self.rows {
+            Rows::Raw(rows) => Ok(rows.clone()),
+            Rows::Typed(_) => Ok(raw_page(body, page)?.data),
+        }
+    }
+
     /// `next_page`: a number, a string holding one, or null at the end.
     fn next(&self, page: u64) -> Result<Option<u64>, String> {
         let next = match &self.next_page {
@@ -244,13 +285,35 @@ impl Page<'_> {
     }
 }
 
+/// The page with its rows typed: the one pass the common case needs.
+#[derive(Deserialize)]
+struct TypedPage<'a> {
+    #[serde(default, borrow)]
+    data: Vec<AcmeSupplier<'a>>,
+    #[serde(default)]
+    next_page: Value,
+}
+
+/// The page with its rows left raw, when some row does not read.
+#[derive(Deserialize)]
+struct RawPage<'a> {
+    #[serde(default, borrow)]
+    data: Vec<&'a RawValue>,
+    #[serde(default)]
+    next_page: Value,
+}
+
 /// One source row: its `updated_at` and the supplier it maps to, or why it cannot be read.
 fn read_row(raw: &RawValue) -> Result<(DateTime<Utc>, Supplier), String> {
     let ext: AcmeSupplier<'_> =
         serde_json::from_str(raw.get()).map_err(|e| format!("the row does not read: {e}"))?;
+    map_row(&ext)
+}
+
+fn map_row(ext: &AcmeSupplier<'_>) -> Result<(DateTime<Utc>, Supplier), String> {
     let updated_at = ext.updated_at.as_deref().ok_or("updated_at is missing")?;
     let updated_at = parse_timestamp(updated_at).map_err(|e| format!("updated_at {e}"))?;
-    Ok((updated_at, map_supplier(&ext)?))
+    Ok((updated_at, map_supplier(ext)?))
 }
 
 /// A row, read straight from the page's bytes (strings borrowed unless escaped).
@@ -264,40 +327,119 @@ struct AcmeSupplier<'a> {
     active: Option<bool>,
     #[serde(borrow)]
     updated_at: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    address: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    address: Option<AcmeAddress<'a>>,
 }
 
 /// The address fields Acme sends; a field that is not a string counts as absent.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct AcmeAddress<'a> {
-    #[serde(borrow)]
-    street: Option<&'a RawValue>,
-    #[serde(borrow)]
-    city: Option<&'a RawValue>,
-    #[serde(borrow)]
-    country: Option<&'a RawValue>,
+    street: Option<Cow<'a, str>>,
+    city: Option<Cow<'a, str>>,
+    country: Option<Cow<'a, str>>,
+    /// `{}`: no keys at all, which makes no location.
+    empty: bool,
 }
 
-/// A JSON string's text; `None` for anything else.
-fn text(raw: Option<&RawValue>) -> Option<String> {
-    raw.and_then(|r| serde_json::from_str::<Cow<'_, str>>(r.get()).ok())
-        .map(Cow::into_owned)
+impl<'de: 'a, 'a> Deserialize<'de> for AcmeAddress<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Fields<'a> {
+            type Value = AcmeAddress<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut address = AcmeAddress { empty: true, ..AcmeAddress::default() };
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    address.empty = false;
+                    let slot = match key.as_ref() {
+                        "street" => &mut address.street,
+                        "city" => &mut address.city,
+                        "country" => &mut address.country,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                    }
+                    *slot = map.next_value::<Text<'a>>()?.0;
+                }
+                Ok(address)
+            }
+        }
+        deserializer.deserialize_map(Fields(PhantomData))
+    }
 }
 
-fn fetch_page(api_url: &str, since: &str, page: u64, page_size: i64) -> Result<Vec<u8>, String> {
-    let response = http::get(format!("{}/suppliers", api_url.trim_end_matches('/')))
+/// A JSON string's text; any other value reads as absent.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnyValue<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for AnyValue<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+        }
+        deserializer.deserialize_any(AnyValue(PhantomData))
+    }
+}
+
+fn start_page(api_url: &str, since: &str, page: u64, page_size: i64) -> Result<http::Pending, String> {
+    http::get(format!("{}/suppliers", api_url.trim_end_matches('/')))
         .query("updated_after", since)
         .query("page", page)
         .query("per_page", page_size)
         .header("accept", "application/json")
         .bearer_secret(TOKEN_SECRET)
-        .send()
-        .map_err(|e| format!("page {page}: {}", e.message()))?;
-    Ok(response.body)
+        .start()
+        .map_err(|e| format!("page {page}: {}", e.message()))
 }
 
+/// Reads a page in one pass when every row has the expected shape.
 fn read_page(body: &[u8], page: u64) -> Result<Page<'_>, String> {
+    if let Ok(typed) = serde_json::from_slice::<TypedPage<'_>>(body) {
+        return Ok(Page { rows: Rows::Typed(typed.data), next_page: typed.next_page });
+    }
+    let raw = raw_page(body, page)?;
+    Ok(Page { rows: Rows::Raw(raw.data), next_page: raw.next_page })
+}
+
+fn raw_page(body: &[u8], page: u64) -> Result<RawPage<'_>, String> {
     serde_json::from_slice(body).map_err(|e| {
         format!("page {page}: the response is not the expected JSON {{\"data\": [...], \"next_page\": N|null}} ({e})")
     })
@@ -306,7 +448,10 @@ fn read_page(body: &[u8], page: u64) -> Result<Page<'_>, String> {
 /// External Acme row → Nuntiq supplier, with one MAIN location when there is an address.
 fn map_supplier(ext: &AcmeSupplier<'_>) -> Result<Supplier, String> {
     let number = match ext.number.map(RawValue::get) {
-        Some(n) if n.starts_with('"') => text(ext.number).filter(|s| !s.is_empty()),
+        Some(n) if n.starts_with('"') => serde_json::from_str::<Cow<'_, str>>(n)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(Cow::into_owned),
         Some(n) => serde_json::from_str::<serde_json::Number>(n).ok().map(|n| n.to_string()),
         None => None,
     }
@@ -315,21 +460,17 @@ fn map_supplier(ext: &AcmeSupplier<'_>) -> Result<Supplier, String> {
     let mut s = supplier(number, name);
     s.is_active = Some(ext.active.unwrap_or(true));
     // VAT numbers live on Organization, not Supplier: vat_number is ignored here.
-    if let Some(raw) = ext.address.filter(|a| a.get() != "null") {
-        let ext_address: AcmeAddress<'_> =
-            serde_json::from_str(raw.get()).map_err(|e| format!("the address does not read: {e}"))?;
-        let empty = raw.get().trim_start_matches('{').trim_end_matches('}').trim().is_empty();
-        if !empty {
-            let mut loc = location("MAIN");
-            loc.location_name = Some("Headquarters".into());
-            loc.is_active = Some(true);
-            let mut addr = address();
-            addr.street = Some(text(ext_address.street).unwrap_or_default());
-            addr.city = Some(text(ext_address.city).unwrap_or_default());
-            addr.country_code = Some(text(ext_address.country).unwrap_or_else(|| "XX".into()));
-            loc.addresses.push(addr);
-            s.locations.push(loc);
-        }
+    if let Some(ext_address) = ext.address.as_ref().filter(|a| !a.empty) {
+        let mut loc = location("MAIN");
+        loc.location_name = Some("Headquarters".into());
+        loc.is_active = Some(true);
+        let mut addr = address();
+        let text = |t: &Option<Cow<'_, str>>| t.as_deref().map(str::to_owned);
+        addr.street = Some(text(&ext_address.street).unwrap_or_default());
+        addr.city = Some(text(&ext_address.city).unwrap_or_default());
+        addr.country_code = Some(text(&ext_address.country).unwrap_or_else(|| "XX".into()));
+        loc.addresses.push(addr);
+        s.locations.push(loc);
     }
     Ok(s)
 }
@@ -390,11 +531,41 @@ mod tests {
     }
 
     #[test]
+    fn a_page_reads_the_same_in_one_pass_as_row_by_row() {
+        let rows = [
+            r#"{"number": "A-1", "name": "Caf\u00e9", "updated_at": "2026-01-01T10:00:00+02:00", "vat_number": "X",
+                "address": {"street": "Main 1", "city": 7, "country": null, "zip": "1234", "extra": {"a": [1]}}}"#,
+            r#"{"number": 42, "name": "N", "active": false, "updated_at": "2026-01-01T00:00:00Z", "address": {}}"#,
+            r#"{"number": "B", "name": "M", "updated_at": "2026-01-01T00:00:00Z", "address": null}"#,
+        ];
+        let page = format!(r#"{{"data": [{}], "next_page": 2}}"#, rows.join(","));
+        let read = read_page(page.as_bytes(), 1).unwrap();
+        assert!(matches!(read.rows, Rows::Typed(_)), "every row reads: one pass");
+        // wit-bindgen's records have Debug, not PartialEq.
+        let alone = |row: &str| format!("{:?}", read_row(&serde_json::from_str::<Box<RawValue>>(row).unwrap()));
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(format!("{:?}", read.read(i)), alone(row));
+        }
+        let (_, first) = read.read(0).unwrap();
+        let a = &first.locations[0].addresses[0];
+        assert_eq!((a.street.as_deref(), a.city.as_deref(), a.country_code.as_deref()), (Some("Main 1"), Some(""), Some("XX")));
+
+        // A row of the wrong shape leaves the page raw: the good rows read as before, the bad one says why.
+        let bad = r#"{"number": "C", "name": "O", "active": "yes", "updated_at": "2026-01-01T00:00:00Z"}"#;
+        let dup = r#"{"number": "D", "name": "P", "updated_at": "2026-01-01T00:00:00Z", "address": {"city": "a", "city": "b"}}"#;
+        let page = format!(r#"{{"data": [{}, {bad}, {dup}], "next_page": null}}"#, rows[0]);
+        let read = read_page(page.as_bytes(), 1).unwrap();
+        assert!(matches!(read.rows, Rows::Raw(_)));
+        assert_eq!(format!("{:?}", read.read(0)), alone(rows[0]));
+        assert!(read.read(1).unwrap_err().contains("does not read"));
+        assert!(read.read(2).unwrap_err().contains("duplicate field `city`"));
+        assert_eq!(read.raw_rows(page.as_bytes(), 1).unwrap()[1].get(), bad);
+        assert_eq!(read.next(1), Ok(None));
+    }
+
+    #[test]
     fn pages_name_their_next_page_as_a_number_or_a_string() {
-        let page = |json: &str, n| {
-            let page: Page<'_> = serde_json::from_str(json).unwrap();
-            page.next(n)
-        };
+        let page = |json: &str, n| read_page(json.as_bytes(), 1).unwrap().next(n);
         assert_eq!(page(r#"{"data": [], "next_page": 3}"#, 2), Ok(Some(3)));
         assert_eq!(page(r#"{"data": [], "next_page": "3"}"#, 2), Ok(Some(3)));
         assert_eq!(page(r#"{"data": [], "next_page": null}"#, 2), Ok(None));
