@@ -268,6 +268,13 @@ fn plain_command(mock: &MockServer, db: &Path) -> Command {
     c
 }
 
+/// The plain loader's fetch thread alone: the floor of a re-read.
+fn plain_read_command(mock: &MockServer) -> Command {
+    let mut c = Command::new(bin("nuntiq-bench"));
+    c.arg("plain-read").args(source_args(mock)).args(["--since", SINCE]);
+    c
+}
+
 fn native_command(mock: &MockServer, db: &Path) -> Command {
     let mut c = Command::new(bin("nuntiq-bench"));
     c.arg("native")
@@ -487,6 +494,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     eprintln!("1, 1r, P: nuntiq-host first load, an unchanged re-read of the same window, the plain Rust loader…");
     let (mut first, mut again, mut first_envelopes, mut again_envelopes) = (vec![], vec![], vec![], vec![]);
     let (mut plain_samples, mut plain_dir) = (vec![], None);
+    let mut read_samples = vec![];
     let mut host_dir = None;
     for _ in 0..runs {
         let dir = tempfile::tempdir()?;
@@ -515,6 +523,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         anyhow::ensure!(rows == Some(n as u64), "the plain loader loaded {rows:?}, not {n}: {stdout}");
         plain_samples.push(sample);
         plain_dir = Some(dir);
+
+        let (sample, stdout) = measure(&mut plain_read_command(&mock))?;
+        let rows = rows_reported(&stdout);
+        anyhow::ensure!(rows == Some(n as u64), "the plain reader read {rows:?}, not {n}: {stdout}");
+        read_samples.push(sample);
     }
     stores.push(("1", host_dir.expect("at least one run"), "h.db"));
     let reread_unchanged: Vec<u64> = again_envelopes
@@ -629,6 +642,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         runs,
         median(&again),
         &unchanged_note,
+    ));
+    rows.push(row(
+        "R",
+        "plain Rust reader: P's fetching and parsing alone, nothing written",
+        n,
+        runs,
+        median(&read_samples),
+        "the floor under any re-read of the window; process start to exit",
     ));
 
     // The no-change incremental runs: the stored cursor, nothing new.
@@ -865,6 +886,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         fmt_ms(again_usage.wall_ms),
         fmt_ms(again_usage.cpu_ms),
         fmt_ms(again_usage.store_ms),
+    );
+    let floor = versus("R", "1", &|_| true).map(|(shown, _)| shown);
+    let over_floor = versus("1r", "R", &|_| true).map(|(shown, _)| shown);
+    println!(
+        "the floor of a re-read (R: fetch and parse natively, write nothing) is {} the host's first load; \
+         the host's unchanged re-read is {} that floor",
+        floor.as_deref().unwrap_or("?"),
+        over_floor.as_deref().unwrap_or("?"),
     );
     print_checks(&checks);
     if let Some((rows, _)) = &pg_load

@@ -105,6 +105,18 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
     },
+    /// Contender R (a floor): the plain loader's fetching and parsing alone, nothing
+    /// written: what any re-read of the window costs before it touches a store.
+    PlainRead {
+        #[arg(long)]
+        api_url: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        since: String,
+        #[arg(long, default_value_t = 200)]
+        page_size: u32,
+    },
     /// Contender 2 (diagnostic): the Acme connector as plain Rust on the host's store, no wasm.
     Native {
         #[arg(long)]
@@ -199,6 +211,12 @@ fn main() -> anyhow::Result<()> {
             page_size,
             db,
         } => plain::plain(&api_url, &token, since.as_deref(), page_size, &db)?,
+        Command::PlainRead {
+            api_url,
+            token,
+            since,
+            page_size,
+        } => plain::read_only(&api_url, &token, &since, page_size)?,
         Command::Native {
             api_url,
             token,
