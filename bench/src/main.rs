@@ -93,43 +93,42 @@ enum Command {
     },
     /// Contender P: a plain Rust loader of the same rows into its own natural-key tables (no host code).
     Plain {
-        #[arg(long)]
-        api_url: String,
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        source: Source,
         /// Fetch suppliers updated after this; its stored cursor when absent.
         #[arg(long)]
         since: Option<String>,
-        #[arg(long, default_value_t = 200)]
-        page_size: u32,
         #[arg(long)]
         db: PathBuf,
     },
     /// Contender R (a floor): the plain loader's fetching and parsing alone, nothing
     /// written: what any re-read of the window costs before it touches a store.
     PlainRead {
-        #[arg(long)]
-        api_url: String,
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        source: Source,
         #[arg(long)]
         since: String,
-        #[arg(long, default_value_t = 200)]
-        page_size: u32,
     },
     /// Contender 2 (diagnostic): the Acme connector as plain Rust on the host's store, no wasm.
     Native {
-        #[arg(long)]
-        api_url: String,
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        source: Source,
         #[arg(long)]
         since: String,
-        #[arg(long, default_value_t = 200)]
-        page_size: u32,
         #[arg(long)]
         db: PathBuf,
     },
+}
+
+/// Where a single contender reads from: the Acme API, its token and the page size.
+#[derive(clap::Args)]
+struct Source {
+    #[arg(long)]
+    api_url: String,
+    #[arg(long)]
+    token: String,
+    #[arg(long, default_value_t = 200)]
+    page_size: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -204,26 +203,15 @@ fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        Command::Plain {
-            api_url,
-            token,
-            since,
-            page_size,
-            db,
-        } => plain::plain(&api_url, &token, since.as_deref(), page_size, &db)?,
-        Command::PlainRead {
-            api_url,
-            token,
-            since,
-            page_size,
-        } => plain::read_only(&api_url, &token, &since, page_size)?,
-        Command::Native {
-            api_url,
-            token,
-            since,
-            page_size,
-            db,
-        } => native::native(&api_url, &token, &since, page_size, &db)?,
+        Command::Plain { source, since, db } => {
+            plain::plain(&source.api_url, &source.token, since.as_deref(), source.page_size, &db)?
+        }
+        Command::PlainRead { source, since } => {
+            plain::read_only(&source.api_url, &source.token, &since, source.page_size)?
+        }
+        Command::Native { source, since, db } => {
+            native::native(&source.api_url, &source.token, &since, source.page_size, &db)?
+        }
     };
     println!(
         "{{\"rows\": {rows}, \"seconds\": {:.4}}}",

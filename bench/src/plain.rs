@@ -429,17 +429,28 @@ fn fetch(
     })
 }
 
+/// The fetch thread's handle, the channel it fills with parsed pages, and
+/// the one that hands their buffers back.
+type Fetching = (
+    std::thread::JoinHandle<anyhow::Result<Option<DateTime<Utc>>>>,
+    mpsc::Receiver<Batch>,
+    mpsc::SyncSender<Batch>,
+);
+
+fn spawn_fetch(api_url: &str, token: &str, since: &str, page_size: u32) -> anyhow::Result<Fetching> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(PAGES_AHEAD);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Batch>(PAGES_AHEAD + 2);
+    let (api_url, token, since) = (api_url.to_owned(), token.to_owned(), since.to_owned());
+    let fetcher = std::thread::Builder::new()
+        .name("fetch".into())
+        .spawn(move || fetch(api_url, token, since, page_size, full_tx, empty_rx))?;
+    Ok((fetcher, full_rx, empty_tx))
+}
+
 /// Every page fetched and parsed as [`plain`] does, on its fetch thread, and
 /// nothing written: the floor under any re-read of the window. Returns the rows read.
 pub fn read_only(api_url: &str, token: &str, since: &str, page_size: u32) -> anyhow::Result<usize> {
-    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(PAGES_AHEAD);
-    let (empty_tx, empty_rx) = mpsc::sync_channel::<Batch>(PAGES_AHEAD + 2);
-    let fetcher = {
-        let (api_url, token, since) = (api_url.to_owned(), token.to_owned(), since.to_owned());
-        std::thread::Builder::new()
-            .name("fetch".into())
-            .spawn(move || fetch(api_url, token, since, page_size, full_tx, empty_rx))?
-    };
+    let (fetcher, full_rx, empty_tx) = spawn_fetch(api_url, token, since, page_size)?;
     let mut rows = 0;
     for batch in full_rx.iter() {
         rows += batch.rows.len();
@@ -474,14 +485,7 @@ pub fn plain(api_url: &str, token: &str, since: Option<&str>, page_size: u32, db
         }
     };
 
-    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(PAGES_AHEAD);
-    let (empty_tx, empty_rx) = mpsc::sync_channel::<Batch>(PAGES_AHEAD + 2);
-    let fetcher = {
-        let (api_url, token, since) = (api_url.to_owned(), token.to_owned(), since.clone());
-        std::thread::Builder::new()
-            .name("fetch".into())
-            .spawn(move || fetch(api_url, token, since, page_size, full_tx, empty_rx))?
-    };
+    let (fetcher, full_rx, empty_tx) = spawn_fetch(api_url, token, &since, page_size)?;
 
     // Prepared once; the values that never change are bound once (SQLite keeps
     // bindings across executions), the rest per row.
