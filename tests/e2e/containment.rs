@@ -155,6 +155,42 @@ fn background_requests_are_bounded_per_run_and_freed_when_dropped() {
     // The refused request never left the host: 4 sent, 4 cancelled at most, 4 finished.
     let sent = arena.supplier_requests() - before;
     assert!((4..=8).contains(&sent), "{sent} requests reached the API");
+
+    // Four copies of one page waiting at once under a limit of 2.5 pages: two fit, two are refused.
+    let page = ureq::get(format!("{}/suppliers?page=1&per_page=200", arena.mock.api_url()))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_vec()
+        .unwrap()
+        .len();
+    let limit = (page * 5 / 2).to_string();
+    let run = arena.attack_with(
+        "payload-bomb",
+        &with_mode(&arena, "pending-bodies"),
+        &["--max-response-body", &limit],
+    );
+    assert_eq!(run.code, 1, "{}", run.envelope);
+    let message = run.error_message();
+    let mut statuses: Vec<&str> = message
+        .split(['[', ']'])
+        .nth(1)
+        .unwrap_or("")
+        .split(", ")
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["0", "0", "200", "200"], "{message}");
+    assert!(message.contains(&format!("over the host's limit of {limit} bytes")), "{message}");
+    // When the connector fails right after the refusal, the envelope names it in the host's words.
+    if run.error_kind() == "body_too_large" {
+        assert!(
+            message.contains("would take the bodies this run holds at once (pending requests' included)"),
+            "{message}"
+        );
+    } else {
+        assert_eq!(run.error_kind(), "connector_error", "{}", run.envelope);
+    }
 }
 
 #[test]

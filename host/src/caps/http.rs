@@ -8,7 +8,7 @@ use super::offline::{Exchange, Fixtures, Recorder, Replay};
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
 use crate::limits::{LimitHit, Refusals, RequestBudget};
 use crate::meter::{Counters, Section};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use crate::log::LogSink;
 use crate::policy::{AllowedHost, Denied, NetworkPolicy, redact_url};
@@ -159,6 +159,17 @@ enum Attempt {
     Fatal(HttpError),
     /// Ends the request at once because a host limit refused it (the envelope's kind).
     Limit(&'static str, HttpError),
+    /// The bodies the run holds together would pass the body limit.
+    HeldTooMuch,
+}
+
+fn held_too_much(url: &Url, limit: u64) -> String {
+    format!(
+        "the response from {} would take the bodies this run holds at once (pending requests' \
+         included) past the limit of {limit} bytes (--max-response-body); finish or drop pending \
+         requests before starting more",
+        redact_url(url)
+    )
 }
 
 /// Retry or give up: transient statuses, timeouts and connection errors retry.
@@ -244,13 +255,55 @@ struct Fetcher {
     budget: Arc<RequestBudget>,
     offline: Offline,
     counters: Arc<Counters>,
+    /// Bytes of response bodies the run holds: being read, or read and not
+    /// yet handed to the connector. Background requests share
+    /// `--max-response-body` through it, so pending requests cannot make the
+    /// host buffer more than one response's worth.
+    held: Arc<AtomicU64>,
+}
+
+/// A share of [`Fetcher::held`], given back when dropped.
+struct Hold {
+    held: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Hold {
+    fn new(held: &Arc<AtomicU64>) -> Self {
+        Self {
+            held: held.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes `n` more bytes, unless the run would then hold more than `limit`.
+    fn grow(&mut self, n: u64, limit: u64) -> bool {
+        if self.held.fetch_add(n, Ordering::AcqRel).saturating_add(n) > limit {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// What a request's task hands back: its outcome and the body bytes it holds.
+struct Finished {
+    outcome: Result<Response, SendError>,
+    _hold: Hold,
 }
 
 /// A `pending-response` handle's host side: its key in [`HttpCap::pending`].
 pub struct PendingGet;
 
-/// Requests one run may have started and not finished. Each holds at most the
-/// body limit, so this bounds what a connector can make the host buffer.
+/// Requests one run may have started and not finished. Their bodies share the
+/// body limit ([`Fetcher::held`]), so starting more buys no more host memory.
 pub const MAX_PENDING: usize = 4;
 
 /// The host's HTTP runtime: a couple of threads of its own, so a request (a
@@ -272,7 +325,7 @@ fn io() -> Result<&'static tokio::runtime::Runtime, String> {
 }
 
 /// A request running on [`io`]; dropping it cancels the request.
-struct InFlight(tokio::task::JoinHandle<Result<Response, SendError>>);
+struct InFlight(tokio::task::JoinHandle<Finished>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -326,6 +379,7 @@ impl HttpCap {
                 budget: Arc::new(RequestBudget::new(max_requests)),
                 offline,
                 counters,
+                held: Arc::default(),
             }),
             refusals,
             pending: HashMap::new(),
@@ -358,7 +412,26 @@ impl HttpCap {
         let fetcher = fetcher.clone();
         let timeout_ms = request.timeout_ms;
         Ok(InFlight(io.spawn(async move {
-            fetcher.send_with_retry(url, headers, policy, timeout_ms).await
+            let outcome = fetcher.send_with_retry(url.clone(), headers, policy, timeout_ms).await;
+            // The body now waits for the connector: it keeps its share of the limit.
+            let mut hold = Hold::new(&fetcher.held);
+            let body = match &outcome {
+                Ok(response) | Err(SendError::Other(HttpError::Status(response))) => response.body.len() as u64,
+                _ => 0,
+            };
+            let limit = fetcher.config.max_body_bytes;
+            if !hold.grow(body, limit) {
+                let error = HttpError::BodyTooLarge(limit);
+                let hit = LimitHit {
+                    kind: "body_too_large",
+                    message: held_too_much(&url, limit),
+                };
+                return Finished {
+                    outcome: Err(SendError::Limit(hit, error)),
+                    _hold: hold,
+                };
+            }
+            Finished { outcome, _hold: hold }
         })))
     }
 
@@ -366,7 +439,7 @@ impl HttpCap {
     async fn outcome(&mut self, in_flight: InFlight) -> wasmtime::Result<Result<Response, HttpError>> {
         let started = Instant::now();
         let mut in_flight = in_flight;
-        let outcome = (&mut in_flight.0)
+        let Finished { outcome, _hold } = (&mut in_flight.0)
             .await
             .map_err(|e| wasmtime::Error::msg(format!("the host's HTTP task failed: {e}")))?;
         self.fetcher.counters.add(Section::Http, started);
@@ -610,11 +683,16 @@ impl Fetcher {
         let status = response.status().as_u16();
         let headers = Exchange::header_pairs(response.headers());
         let mut body = Vec::new();
+        // Released when this body is dropped or handed on (the task holds it then).
+        let mut hold = Hold::new(&self.held);
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() as u64 + chunk.len() as u64 > limit {
                         return Err(too_large());
+                    }
+                    if !hold.grow(chunk.len() as u64, limit) {
+                        return Err(Attempt::HeldTooMuch);
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -752,6 +830,14 @@ impl Fetcher {
             let (status, cause, retry_after, last) = match outcome {
                 Attempt::Done(response) => return Ok(response),
                 Attempt::Fatal(error) => return Err(SendError::Other(error)),
+                Attempt::HeldTooMuch => {
+                    let limit = self.config.max_body_bytes;
+                    let hit = LimitHit {
+                        kind: "body_too_large",
+                        message: held_too_much(&url, limit),
+                    };
+                    return Err(SendError::Limit(hit, HttpError::BodyTooLarge(limit)));
+                }
                 Attempt::Limit(kind, error) => {
                     let message = match &error {
                         HttpError::BodyTooLarge(limit) => format!(
@@ -802,6 +888,8 @@ impl Fetcher {
                 Some("http_get"),
                 Some(json!({"url": url.as_str(), "attempt": attempt, "status": status})),
             );
+            // A response that will be retried is not kept through the wait.
+            drop(last);
             tokio::time::sleep(delay).await;
             attempt += 1;
             self.counters.http_retries.fetch_add(1, Ordering::Relaxed);
@@ -1140,6 +1228,50 @@ mod tests {
             let e = cap.start_get_with_retry(bad, None).await.unwrap().unwrap_err();
             assert!(matches!(&e, HttpError::InvalidRequest(m) if m.contains("not an absolute URL")), "{e:?}");
             assert!(cap.pending.is_empty());
+        }
+
+        #[tokio::test]
+        async fn pending_responses_share_one_body_limit() {
+            // A server on its own thread, so both responses arrive while nobody finishes them.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                for socket in listener.incoming().take(3) {
+                    let mut socket = socket.unwrap();
+                    let mut request = [0u8; 8192];
+                    let _ = socket.read(&mut request);
+                    let _ = socket.write_all(reply(200, &"x".repeat(60)).as_bytes());
+                }
+            });
+            let (mut cap, _) = cap(
+                &url,
+                HttpConfig {
+                    max_body_bytes: 100,
+                    ..HttpConfig::default()
+                },
+            );
+            // Two 60-byte responses cannot both wait in a run limited to 100 bytes.
+            let first = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
+            let second = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
+            let waited = Instant::now();
+            while !cap.pending.values().all(|p| p.0.is_finished()) {
+                assert!(waited.elapsed() < Duration::from_secs(30), "the requests never ended");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 60, "one body waits, the other was refused");
+            let mut outcomes = Vec::new();
+            for pending in [first, second] {
+                outcomes.push(http::HostPendingResponse::finish(&mut cap, pending).await.unwrap());
+            }
+            let refused: Vec<&HttpError> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+            assert_eq!(refused.len(), 1, "{outcomes:?}");
+            assert!(matches!(refused[0], HttpError::BodyTooLarge(100)), "{refused:?}");
+            assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
+            // Handed to the connector, a body no longer counts: the next one fits.
+            assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 0);
+            let third = cap.get_with_retry(request(&url), None).await.unwrap().unwrap();
+            assert_eq!(third.body.len(), 60);
         }
 
         #[tokio::test]

@@ -14,6 +14,8 @@
 //! - `metadata-big`: 10 MiB of delta metadata.
 //! - `pending-many`: starts background requests until the host refuses one,
 //!   drops them, and starts and finishes as many again.
+//! - `pending-bodies`: starts 4 requests for the same ~40 kB page, lets them
+//!   all arrive, then finishes them: the bodies waiting at once share one limit.
 
 use nuntiq_connector::bindings::nuntiq::connector::logger;
 use nuntiq_connector::{Guest, export_connector, get_config, http, raw_http};
@@ -111,6 +113,32 @@ impl Guest for PayloadBomb {
                     "{started} started, the next refused: {refusal}; after dropping them, {} more finished with {statuses:?}",
                     statuses.len()
                 ))
+            }
+            "pending-bodies" => {
+                let pending: Vec<_> = (0..4)
+                    .map(|_| {
+                        http::get(get_config("api_url").unwrap_or_default() + "/suppliers")
+                            .query("page", 1)
+                            .query("per_page", 200)
+                            .bearer_secret("acme_token")
+                            .start()
+                            .map_err(|e| e.message())
+                    })
+                    .collect::<Result<_, _>>()?;
+                // Every response arrives while none is finished.
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                let mut statuses = Vec::new();
+                let mut refusal = String::new();
+                for p in pending {
+                    match p.finish() {
+                        Ok(r) => statuses.push(r.status),
+                        Err(e) => {
+                            statuses.push(0);
+                            refusal = e.message();
+                        }
+                    }
+                }
+                Err(format!("statuses {statuses:?}; refused: {refusal}"))
             }
             other => Err(format!("unknown mode {other:?}")),
         }
