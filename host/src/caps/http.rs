@@ -411,28 +411,7 @@ impl HttpCap {
         let io = io().map_err(HttpError::Connection)?;
         let fetcher = fetcher.clone();
         let timeout_ms = request.timeout_ms;
-        Ok(InFlight(io.spawn(async move {
-            let outcome = fetcher.send_with_retry(url.clone(), headers, policy, timeout_ms).await;
-            // The body now waits for the connector: it keeps its share of the limit.
-            let mut hold = Hold::new(&fetcher.held);
-            let body = match &outcome {
-                Ok(response) | Err(SendError::Other(HttpError::Status(response))) => response.body.len() as u64,
-                _ => 0,
-            };
-            let limit = fetcher.config.max_body_bytes;
-            if !hold.grow(body, limit) {
-                let error = HttpError::BodyTooLarge(limit);
-                let hit = LimitHit {
-                    kind: "body_too_large",
-                    message: held_too_much(&url, limit),
-                };
-                return Finished {
-                    outcome: Err(SendError::Limit(hit, error)),
-                    _hold: hold,
-                };
-            }
-            Finished { outcome, _hold: hold }
-        })))
+        Ok(InFlight(io.spawn(fetcher.send_and_hold(url, headers, policy, timeout_ms))))
     }
 
     /// Waits for a started request; the wait is the connector's HTTP time.
@@ -812,6 +791,36 @@ impl SendError {
 }
 
 impl Fetcher {
+    /// A request's whole life on the HTTP runtime: sent (with retries), then
+    /// its body kept within the run's share of the body limit until the
+    /// connector takes it.
+    async fn send_and_hold(
+        self: Arc<Self>,
+        url: Url,
+        headers: HeaderMap,
+        policy: RetryPolicy,
+        timeout_ms: Option<u32>,
+    ) -> Finished {
+        let outcome = self.send_with_retry(url.clone(), headers, policy, timeout_ms).await;
+        let mut hold = Hold::new(&self.held);
+        let body = match &outcome {
+            Ok(response) | Err(SendError::Other(HttpError::Status(response))) => response.body.len() as u64,
+            _ => 0,
+        };
+        let limit = self.config.max_body_bytes;
+        if !hold.grow(body, limit) {
+            let hit = LimitHit {
+                kind: "body_too_large",
+                message: held_too_much(&url, limit),
+            };
+            return Finished {
+                outcome: Err(SendError::Limit(hit, HttpError::BodyTooLarge(limit))),
+                _hold: hold,
+            };
+        }
+        Finished { outcome, _hold: hold }
+    }
+
     async fn send_with_retry(
         &self,
         url: Url,
