@@ -49,7 +49,8 @@ pub struct JobFlags {
     #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
     #[serde(default, deserialize_with = "size")]
     pub max_log_bytes: Option<usize>,
-    /// Largest HTTP response body [default: 64MiB].
+    /// Most HTTP response bodies a run holds at once: one response, or its
+    /// pending requests' together [default: 64MiB].
     #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
     #[serde(default, deserialize_with = "size")]
     pub max_response_body: Option<usize>,

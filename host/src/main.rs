@@ -239,7 +239,7 @@ failed, the cursor does not move, exit code 1):
   --timeout 15m               whole run, host calls included        timeout
   --max-memory 256MiB         linear memory and tables              memory_limit
   --max-stack 512KiB          wasm stack (recursion)                trap
-  --max-response-body 64MiB   per HTTP response                     body_too_large
+  --max-response-body 64MiB   HTTP bodies a run holds at once       body_too_large
   --max-requests 10000        HTTP requests per run                 request_budget
   (redirects: 5 per request, each hop re-checked)                   too_many_redirects
   --max-queued-suppliers 10000  unsaved suppliers                   batch_too_large
