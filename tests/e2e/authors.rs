@@ -389,3 +389,36 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn a_connector_built_against_contract_0_2_0_runs_on_this_0_2_1_host() {
+    let plugin = guest("contract-v0_2_0");
+    let (code, out, _) = host_output(&["inspect", plugin.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let found: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(found["compatible"], true, "{found}");
+    let imports: Vec<&str> = found["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert!(imports.contains(&"nuntiq:connector/http@0.2.0"), "{imports:?}");
+
+    let mock = Mock::start(MOCK, 5);
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let run = nuntiq_host([
+        "run-plugin",
+        plugin.to_str().unwrap(),
+        settings.to_str().unwrap(),
+        "--db",
+        work.db().to_str().unwrap(),
+        "--allow-host",
+        &mock.allow_host(),
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.envelope, run.stderr);
+    assert_eq!(run.envelope["status"], 200, "{}", run.envelope);
+    let stored = Db::open(&work.db()).suppliers("10000001");
+    assert!(stored.contains_key("V020-1"), "{stored:?}");
+}
