@@ -236,9 +236,9 @@ impl Refusals {
 /// error it could handle). If the run then fails, the envelope names the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitHit {
-    /// The envelope's error kind: `body_too_large`, `request_budget`, `too_many_redirects`,
-    /// `network_denied`, `batch_too_large`, `already_running`, `lease_lost`,
-    /// `stream_denied`, `stream_limit`.
+    /// The envelope's error kind: `body_too_large`, `request_budget`, `pending_requests`,
+    /// `too_many_redirects`, `network_denied`, `secret_denied`, `replay_miss`,
+    /// `batch_too_large`, `already_running`, `lease_lost`, `stream_denied`, `stream_limit`.
     pub kind: &'static str,
     pub message: String,
 }

@@ -422,6 +422,7 @@ impl Runtime {
             returned = call => returned,
             limit = stop.stopped() => Err(limit.into()),
         };
+        store.data_mut().http.cancel_pending();
         // After a stop, the clean-up has the grace period and no more.
         let settle_by = (stop.reason().is_some()).then(|| Instant::now() + job.limits.grace);
 

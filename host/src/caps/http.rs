@@ -277,13 +277,23 @@ impl Hold {
     }
 
     /// Takes `n` more bytes, unless the run would then hold more than `limit`.
+    /// A compare-and-swap, so two requests growing at once are refused only
+    /// when both together would not fit.
     fn grow(&mut self, n: u64, limit: u64) -> bool {
-        if self.held.fetch_add(n, Ordering::AcqRel).saturating_add(n) > limit {
-            self.held.fetch_sub(n, Ordering::AcqRel);
-            return false;
+        let taken = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            held.checked_add(n).filter(|&total| total <= limit)
+        });
+        if taken.is_ok() {
+            self.bytes += n;
         }
-        self.bytes += n;
-        true
+        taken.is_ok()
+    }
+
+    /// Keeps at most `n` bytes of this share and gives the rest back.
+    fn shrink_to(&mut self, n: u64) {
+        let back = self.bytes.saturating_sub(n);
+        self.held.fetch_sub(back, Ordering::AcqRel);
+        self.bytes -= back;
     }
 }
 
@@ -309,7 +319,9 @@ pub const MAX_PENDING: usize = 4;
 /// The host's HTTP runtime: a couple of threads of its own, so a request (a
 /// prefetched page above all) makes progress while the connector computes;
 /// a run's own runtime is single-threaded and busy in wasm then. Every
-/// `http` request runs here, so pooled connections are driven here too.
+/// `http` request runs here. (`wasi:http` requests share the run's client but
+/// run on the run's own runtime: a connection one of them opened and pooled
+/// is driven there, so an `http` request reusing it waits for that thread.)
 fn io() -> Result<&'static tokio::runtime::Runtime, String> {
     static IO: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     IO.get_or_init(|| {
@@ -408,6 +420,15 @@ impl HttpCap {
                 return Err(e);
             }
         };
+        // Refused here, not in the background: a connector that starts a
+        // request to a denied host and drops it still has the refusal named.
+        // (Each redirect hop and each resolved address is checked again.)
+        if url.scheme() != "file"
+            && let Err(Denied(why)) = fetcher.policy.check_url(&url)
+        {
+            self.settle(Some(("network_denied", why.clone())));
+            return Err(HttpError::Denied(why));
+        }
         let io = io().map_err(HttpError::Connection)?;
         let fetcher = fetcher.clone();
         let timeout_ms = request.timeout_ms;
@@ -427,6 +448,13 @@ impl HttpCap {
             _ => self.refusals.answered(),
         }
         Ok(outcome.map_err(SendError::into_http))
+    }
+
+    /// Cancels the requests the connector started and never finished nor
+    /// dropped (it returned, trapped, was stopped, or forgot its handles):
+    /// they carry its credentials and must not outlive its `run`.
+    pub fn cancel_pending(&mut self) {
+        self.pending.clear();
     }
 
     /// Records how a call ended for the envelope: a host limit by its kind, or answered.
@@ -544,7 +572,14 @@ impl Fetcher {
 
     /// One attempt: the request and any redirects, each hop checked by the
     /// policy (a `file://` hop is answered by the fixtures instead).
-    async fn attempt(&self, mut url: Url, headers: &HeaderMap, policy: &RetryPolicy, attempt: u32) -> Attempt {
+    async fn attempt(
+        &self,
+        mut url: Url,
+        headers: &HeaderMap,
+        policy: &RetryPolicy,
+        attempt: u32,
+        hold: &mut Hold,
+    ) -> Attempt {
         let mut headers = headers.clone();
         let origin = url.origin();
         for hop in 0..=self.config.max_redirects {
@@ -557,7 +592,7 @@ impl Fetcher {
                 return Attempt::Limit("request_budget", HttpError::Denied(why));
             }
             self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
-            let exchange = match self.fetch(&url, &headers, policy.timeout).await {
+            let exchange = match self.fetch(&url, &headers, policy.timeout, hold).await {
                 Ok(exchange) => exchange,
                 Err(a) => return a,
             };
@@ -617,7 +652,11 @@ impl Fetcher {
 
     /// One hop's answer: from the cassette when replaying, from the fixtures
     /// for `file://`, else from the network (and recorded when recording).
-    async fn fetch(&self, url: &Url, headers: &HeaderMap, timeout: Duration) -> Result<Exchange, Attempt> {
+    /// Its body is counted in `hold`, the request's share of the run's body
+    /// limit; a request holds one body at a time, so an earlier hop's or
+    /// attempt's share is given back first.
+    async fn fetch(&self, url: &Url, headers: &HeaderMap, timeout: Duration, hold: &mut Hold) -> Result<Exchange, Attempt> {
+        hold.shrink_to(0);
         let limit = self.config.max_body_bytes;
         let too_large = || Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit));
         let offline = if let Some(replay) = &self.offline.replay {
@@ -641,6 +680,8 @@ impl Fetcher {
         if let Some(exchange) = offline {
             return if exchange.body.len() as u64 > limit {
                 Err(too_large())
+            } else if !hold.grow(exchange.body.len() as u64, limit) {
+                Err(Attempt::HeldTooMuch)
             } else {
                 Ok(exchange)
             };
@@ -662,8 +703,6 @@ impl Fetcher {
         let status = response.status().as_u16();
         let headers = Exchange::header_pairs(response.headers());
         let mut body = Vec::new();
-        // Released when this body is dropped or handed on (the task holds it then).
-        let mut hold = Hold::new(&self.held);
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
@@ -753,9 +792,14 @@ impl http::Host for HttpCap {
             Ok(in_flight) => in_flight,
             Err(e) => return Ok(Err(e)),
         };
-        let key = self.next_pending;
-        self.next_pending = self.next_pending.wrapping_add(1);
+        // A key still pending is never reused, however long the run.
+        let mut key = self.next_pending;
+        while self.pending.contains_key(&key) {
+            key = key.wrapping_add(1);
+        }
+        self.next_pending = key.wrapping_add(1);
         self.pending.insert(key, in_flight);
+        self.refusals.answered();
         Ok(Ok(Resource::new_own(key)))
     }
 }
@@ -801,23 +845,15 @@ impl Fetcher {
         policy: RetryPolicy,
         timeout_ms: Option<u32>,
     ) -> Finished {
-        let outcome = self.send_with_retry(url.clone(), headers, policy, timeout_ms).await;
+        // The body is counted from its first chunk until the connector takes
+        // it (or drops the request), never handed from one share to another.
         let mut hold = Hold::new(&self.held);
+        let outcome = self.send_with_retry(url, headers, policy, timeout_ms, &mut hold).await;
         let body = match &outcome {
             Ok(response) | Err(SendError::Other(HttpError::Status(response))) => response.body.len() as u64,
             _ => 0,
         };
-        let limit = self.config.max_body_bytes;
-        if !hold.grow(body, limit) {
-            let hit = LimitHit {
-                kind: "body_too_large",
-                message: held_too_much(&url, limit),
-            };
-            return Finished {
-                outcome: Err(SendError::Limit(hit, HttpError::BodyTooLarge(limit))),
-                _hold: hold,
-            };
-        }
+        hold.shrink_to(body);
         Finished { outcome, _hold: hold }
     }
 
@@ -827,6 +863,7 @@ impl Fetcher {
         headers: HeaderMap,
         policy: RetryPolicy,
         timeout_ms: Option<u32>,
+        hold: &mut Hold,
     ) -> Result<Response, SendError> {
         let timeout = timeout_ms.map_or(policy.timeout, |ms| {
             Duration::from_millis(ms.into()).clamp(Duration::from_millis(1), self.config.max_timeout)
@@ -835,7 +872,7 @@ impl Fetcher {
 
         let mut attempt = 1;
         loop {
-            let outcome = self.attempt(url.clone(), &headers, &policy, attempt).await;
+            let outcome = self.attempt(url.clone(), &headers, &policy, attempt, hold).await;
             let (status, cause, retry_after, last) = match outcome {
                 Attempt::Done(response) => return Ok(response),
                 Attempt::Fatal(error) => return Err(SendError::Other(error)),
@@ -899,6 +936,7 @@ impl Fetcher {
             );
             // A response that will be retried is not kept through the wait.
             drop(last);
+            hold.shrink_to(0);
             tokio::time::sleep(delay).await;
             attempt += 1;
             self.counters.http_retries.fetch_add(1, Ordering::Relaxed);
@@ -1281,6 +1319,103 @@ mod tests {
             assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 0);
             let third = cap.get_with_retry(request(&url), None).await.unwrap().unwrap();
             assert_eq!(third.body.len(), 60);
+        }
+
+        #[tokio::test]
+        async fn a_request_to_a_denied_host_is_refused_when_started() {
+            let (url, hits) = canned(vec![reply(200, "")]).await;
+            let (mut cap, _) = cap(&url, HttpConfig::default());
+            let mut elsewhere = request(&url);
+            elsewhere.url = "http://not-allowed.invalid/suppliers".into();
+            let e = cap.start_get_with_retry(elsewhere, None).await.unwrap().unwrap_err();
+            assert!(matches!(&e, HttpError::Denied(m) if m.contains("not-allowed.invalid")), "{e:?}");
+            assert_eq!(cap.refusals.last().unwrap().kind, "network_denied");
+            assert!(cap.pending.is_empty());
+            assert_eq!(hits.load(Ordering::SeqCst), 0);
+        }
+
+        #[tokio::test]
+        async fn requests_left_pending_are_cancelled_when_the_run_ends() {
+            // The server holds the request open and says when the host hangs up.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let (events, on_event) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let (mut socket, _) = listener.accept().unwrap();
+                let mut buffer = [0u8; 8192];
+                let _ = socket.read(&mut buffer);
+                events.send("request").unwrap();
+                socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                if matches!(socket.read(&mut buffer), Ok(0)) {
+                    events.send("closed").unwrap();
+                }
+            });
+            let (mut cap, _) = cap(&url, HttpConfig::default());
+            let _forgotten = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
+            assert_eq!(on_event.recv_timeout(Duration::from_secs(30)), Ok("request"));
+            cap.cancel_pending();
+            assert_eq!(
+                on_event.recv_timeout(Duration::from_secs(30)),
+                Ok("closed"),
+                "a request the connector never finished outlived its run"
+            );
+            assert!(cap.pending.is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_pending_key_still_in_use_is_never_reused() {
+            let (url, _) = canned(vec!["HANG".into(); 2]).await;
+            let (mut cap, _) = cap(&url, HttpConfig::default());
+            let first = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
+            // As if the counter had wrapped around to the first one's key.
+            cap.next_pending = first.rep();
+            let second = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
+            assert_ne!(first.rep(), second.rep());
+            assert_eq!(cap.pending.len(), 2);
+        }
+
+        #[tokio::test]
+        async fn a_retried_response_is_not_held_with_the_next_one() {
+            // 60 + 60 bytes would pass the 100-byte limit if the 503's body were still held.
+            let (url, hits) = canned(vec![reply(503, &"r".repeat(60)), reply(200, &"x".repeat(60))]).await;
+            let (mut cap, _) = cap(
+                &url,
+                HttpConfig {
+                    max_body_bytes: 100,
+                    min_backoff: Duration::from_millis(1),
+                    ..HttpConfig::default()
+                },
+            );
+            let pending = cap.start_get_with_retry(request(&url), fast(3)).await.unwrap().unwrap();
+            let waited = Instant::now();
+            while !cap.pending.values().all(|p| p.0.is_finished()) {
+                assert!(waited.elapsed() < Duration::from_secs(30), "the request never ended");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 60, "only the final body is held");
+            let response = http::HostPendingResponse::finish(&mut cap, pending).await.unwrap().unwrap();
+            assert_eq!((response.status, response.attempts, hits.load(Ordering::SeqCst)), (200, 2, 2));
+            assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 0);
+        }
+
+        #[test]
+        fn a_hold_grows_only_within_the_limit_and_gives_back_what_it_sheds() {
+            let held = Arc::new(AtomicU64::new(0));
+            let mut a = Hold::new(&held);
+            let mut b = Hold::new(&held);
+            assert!(a.grow(60, 100));
+            assert!(!b.grow(50, 100), "60 + 50 passes 100");
+            assert_eq!(held.load(Ordering::SeqCst), 60, "a refused grow takes nothing");
+            assert!(b.grow(40, 100));
+            a.shrink_to(10);
+            assert_eq!(held.load(Ordering::SeqCst), 50);
+            a.shrink_to(20);
+            assert_eq!(held.load(Ordering::SeqCst), 50, "shrinking never grows");
+            drop(b);
+            assert_eq!(held.load(Ordering::SeqCst), 10);
+            drop(a);
+            assert_eq!(held.load(Ordering::SeqCst), 0);
         }
 
         #[tokio::test]
