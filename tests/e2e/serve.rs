@@ -159,9 +159,18 @@ fn two_hosts_on_one_postgres_run_every_slot_of_twenty_jobs_once() {
         ),
         0
     );
-    // Both hosts took slots.
-    let pids: std::collections::BTreeSet<_> = slots.iter().map(|r| r[4].clone()).collect();
-    assert_eq!(pids.len(), 2, "both hosts ran slots: {pids:?}");
+    // Both hosts took a fair share of the slots: a host whose room refills
+    // between its ticks does not take them all.
+    let mut by_host: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    for row in &slots {
+        *by_host.entry(row[4].clone()).or_default() += 1;
+    }
+    assert_eq!(by_host.len(), 2, "both hosts ran slots: {by_host:?}\n{log_a}\n--\n{log_b}");
+    assert!(
+        by_host.values().all(|&n| n * 4 >= slots.len()),
+        "each host ran at least a quarter of the {} slots: {by_host:?}",
+        slots.len()
+    );
     // No two runs of one stream overlapped.
     let runs = db.rows("SELECT connector_name, started_at_utc, ended_at_utc FROM delta_run ORDER BY connector_name, started_at_utc");
     for pair in runs.windows(2) {

@@ -176,9 +176,13 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
     while !state.stopping.load(Ordering::Relaxed) {
         let now = chrono::Utc::now();
         let mut waiting = 0;
-        // The due slots this host has room for, claimed together below.
+        // Every due slot this host could run, claimed below until its room is
+        // full. Not only as many as it has room for: those may all be held
+        // by another host already (hosts see the jobs in the same order), and
+        // a host that only ever asked for them would never get a slot while
+        // a faster one took every other.
         let mut due: Vec<(&Job, SlotClaim)> = Vec::new();
-        {
+        let room = {
             let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
             let mut of_customer: HashMap<&str, usize> = HashMap::new();
             for r in running.values() {
@@ -199,9 +203,7 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                     continue;
                 }
                 let customer = of_customer.entry(job.customer.as_str()).or_default();
-                if running.len() + due.len() >= state.options.max_concurrent
-                    || *customer >= state.options.max_per_customer
-                {
+                if *customer >= state.options.max_per_customer {
                     waiting += 1;
                     continue;
                 }
@@ -215,11 +217,16 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                     },
                 ));
             }
-        }
-        for batch in due.chunks(CLAIMS_PER_COMMIT) {
+            state.options.max_concurrent.saturating_sub(running.len())
+        };
+        let mut claimed = 0;
+        let mut asked = 0;
+        while asked < due.len() && claimed < room {
             if state.stopping.load(Ordering::Relaxed) {
                 break;
             }
+            let batch = &due[asked..due.len().min(asked + (room - claimed).min(CLAIMS_PER_COMMIT))];
+            asked += batch.len();
             let claims: Vec<SlotClaim> = batch.iter().map(|(_, c)| c.clone()).collect();
             let answers = match runtime.block_on(state.store.claim_slots(claims, owner.clone())) {
                 Ok(answers) => answers,
@@ -236,6 +243,7 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                 let (name, key) = (&job.spec.name, claim.slot_at.clone());
                 match answer {
                     Claim::Claimed { took_over } => {
+                        claimed += 1;
                         handled.insert(name.clone(), (key.clone(), None));
                         if let Some(note) = took_over {
                             state.log.warn(&format!("{name}: {note}"), Some("claim"), None);
@@ -251,6 +259,8 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                 }
             }
         }
+        // Due slots this host had no room to ask for.
+        waiting += (due.len() - asked) as i64;
         state.metrics.waiting.set(waiting);
         std::thread::sleep(TICK);
     }
