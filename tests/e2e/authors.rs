@@ -225,8 +225,21 @@ fn a_dry_run_writes_nothing_and_says_what_it_would_have() {
     mock.mutate(2, 1);
     let before = std::fs::read(work.db()).unwrap();
     let state_before = Db::open(&work.db()).state("acme_eu", "suppliers").unwrap();
-    let dry = run_acme(&mock, &settings, &work.db(), &["--dry-run"]);
+    // The dry run's copy lives in the temporary directory, and leaves nothing there.
+    let tmp = work.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let dry = finish(
+        host_command()
+            .env("TMPDIR", &tmp)
+            .args(acme_args(&mock, &settings, &work.db(), &["--dry-run"]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "the dry run left {left:?} in its temporary directory");
     assert_eq!(
         (&dry.envelope["inserted"], &dry.envelope["updated"]),
         (&json!(1), &json!(2))

@@ -258,8 +258,36 @@ pub struct Store {
     writes: Arc<BackgroundWrites>,
     /// Time the worker spent working, in nanoseconds.
     busy: Arc<AtomicU64>,
-    /// A dry run's private copy of the database, removed with the last handle.
+    /// SQLite's writer thread, waited for when the last handle goes (after
+    /// `jobs`, so its queue is closed by then).
+    _writer: Option<Arc<SqliteWriter>>,
+    /// A dry run's private copy of the database, removed with the last handle
+    /// (after the writer has closed it, so its WAL goes with it).
     _copy: Option<Arc<tempfile::TempPath>>,
+}
+
+/// The end of SQLite's writer thread. The last handle waits for it, so the
+/// connection is closed before the process exits — a dry run's copy is
+/// checkpointed as it closes, so its `-wal` and `-shm` go with it (a process
+/// that exited first left them in the temporary directory).
+struct SqliteWriter {
+    thread: std::thread::ThreadId,
+    closed: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+/// The longest the last handle waits for the writer to finish and close.
+const WRITER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Drop for SqliteWriter {
+    fn drop(&mut self) {
+        // A handle dropped by the writer itself cannot wait for it.
+        if std::thread::current().id() == self.thread {
+            return;
+        }
+        if let Ok(closed) = self.closed.get_mut() {
+            let _ = closed.recv_timeout(WRITER_CLOSE_WAIT);
+        }
+    }
 }
 
 /// Supplier batches written behind the connector's back: it fetches the next
@@ -342,7 +370,12 @@ impl Store {
         Self::start_sqlite(conn, path, Some(Arc::new(copy)))
     }
 
-    fn new(jobs: mpsc::Sender<Job>, busy: Arc<AtomicU64>, copy: Option<Arc<tempfile::TempPath>>) -> Self {
+    fn new(
+        jobs: mpsc::Sender<Job>,
+        busy: Arc<AtomicU64>,
+        writer: Option<Arc<SqliteWriter>>,
+        copy: Option<Arc<tempfile::TempPath>>,
+    ) -> Self {
         Self {
             jobs,
             writes: Arc::new(BackgroundWrites {
@@ -351,6 +384,7 @@ impl Store {
                 counts: Mutex::new(SaveCounts::default()),
             }),
             busy,
+            _writer: writer,
             _copy: copy,
         }
     }
@@ -371,7 +405,10 @@ impl Store {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(|e| fail(format!("failed to start the store thread: {e}")))?;
-        std::thread::Builder::new()
+        let (closing, closed) = std::sync::mpsc::channel::<()>();
+        // A dry run's copy is checkpointed on close, so its WAL goes with it.
+        let checkpoint = copy.is_some();
+        let thread = std::thread::Builder::new()
             .name("nuntiq-store".into())
             .spawn(move || {
                 let mut conn = Conn::Sqlite(SqliteConn::new(conn));
@@ -380,9 +417,18 @@ impl Store {
                     runtime.block_on(job(Ok(&mut conn)));
                     working.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
+                // Every handle is gone: close, then say so.
+                if let Conn::Sqlite(c) = conn {
+                    c.close(checkpoint);
+                }
+                let _ = closing.send(());
             })
             .map_err(|e| fail(format!("failed to start the store thread: {e}")))?;
-        Ok(Self::new(jobs, busy, copy))
+        let writer = SqliteWriter {
+            thread: thread.thread().id(),
+            closed: std::sync::Mutex::new(closed),
+        };
+        Ok(Self::new(jobs, busy, Some(Arc::new(writer)), copy))
     }
 
     /// PostgreSQL's worker: a task on the store runtime, a pooled connection per job.
@@ -403,7 +449,7 @@ impl Store {
                 working.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
         });
-        Self::new(jobs, busy, None)
+        Self::new(jobs, busy, None, None)
     }
 
     fn job<R: Send + 'static>(f: impl JobFn<R>) -> (Job, oneshot::Receiver<Result<R, StoreError>>) {
