@@ -668,7 +668,20 @@ struct Heartbeat {
     /// before the commit fails the complete itself).
     ending: Arc<Mutex<HashSet<String>>>,
     /// Dropping it stops the thread.
-    _stop: mpsc::Sender<()>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Heartbeat {
+    /// Stops the thread and waits for it, so its handle on the store is gone
+    /// before the run's: the run's then closes the store, not this thread
+    /// after the process has moved on.
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Heartbeat {
@@ -678,7 +691,7 @@ impl Heartbeat {
         let (stop, stopped) = mpsc::channel::<()>();
         let every = (lease / 4).max(Duration::from_millis(50));
         let (shared, closing) = (runs.clone(), ending.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("nuntiq-lease".into())
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
@@ -713,7 +726,8 @@ impl Heartbeat {
         Self {
             runs,
             ending,
-            _stop: stop,
+            stop: Some(stop),
+            thread: Some(thread),
         }
     }
 }
