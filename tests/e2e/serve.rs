@@ -369,3 +369,45 @@ fn sigterm_lets_runs_finish_for_the_grace_period_then_stops_them_cleanly() {
     assert_eq!(state["status"], "failed");
     assert_eq!(state["committed_cursor_value"], serde_json::Value::Null, "the cursor did not move");
 }
+
+#[test]
+fn a_customer_never_has_more_runs_at_once_than_its_cap() {
+    let mock = Mock::start(MOCK, 40);
+    mock.faults(json!([{"action": "delay", "delay_ms": 400, "times": 1_000_000}]));
+    let mut jobs = Jobs::new();
+    for i in 0..6 {
+        jobs.add(&mock, &format!("busy_{i}"), "acme", "C1", "every = \"1h\"");
+    }
+    jobs.add(&mock, "other_0", "acme", "C2", "every = \"1h\"");
+    jobs.add(&mock, "other_1", "acme", "C2", "every = \"1h\"");
+    let file = jobs.write();
+    let db_path = jobs.work.db();
+    let serve = Serve::start(&file, db_path.to_str().unwrap(), &["--max-per-customer", "2", "--max-concurrent", "10"]);
+    wait_until("the store exists", Duration::from_secs(30), || db_path.exists());
+    let db = Db::open(&db_path);
+    wait_until("every job ran", Duration::from_secs(60), || {
+        db.scalar::<i64>("SELECT count(*) FROM schedule_slot WHERE status = 'succeeded'") == 8
+    });
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    let runs = db.rows("SELECT customer_number, started_at_utc, ended_at_utc FROM delta_run");
+    assert_eq!(runs.len(), 8, "{runs:?}");
+    // The most runs of one customer going on at any moment.
+    let most_at_once = |customer: &str| {
+        let mut events: Vec<(DateTime<Utc>, i32)> = Vec::new();
+        for run in runs.iter().filter(|r| r[0].as_deref() == Some(customer)) {
+            events.push((at(run[1].as_deref().unwrap()), 1));
+            events.push((at(run[2].as_deref().unwrap()), -1));
+        }
+        // An end and a start at the same instant do not overlap.
+        events.sort();
+        let (mut now, mut most) = (0, 0);
+        for (_, step) in events {
+            now += step;
+            most = most.max(now);
+        }
+        most
+    };
+    assert_eq!(most_at_once("C1"), 2, "C1's six runs went two at a time at most, and did go two at a time");
+    assert_eq!(most_at_once("C2"), 2);
+}

@@ -182,11 +182,11 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
         // a host that only ever asked for them would never get a slot while
         // a faster one took every other.
         let mut due: Vec<(&Job, SlotClaim)> = Vec::new();
-        let room = {
+        let (room, mut of_customer) = {
             let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
-            let mut of_customer: HashMap<&str, usize> = HashMap::new();
+            let mut of_customer: HashMap<String, usize> = HashMap::new();
             for r in running.values() {
-                *of_customer.entry(r.customer.as_str()).or_default() += 1;
+                *of_customer.entry(r.customer.clone()).or_default() += 1;
             }
             for job in &jobs {
                 let Some(slot) = job.spec.cadence.slot(now) else {
@@ -202,12 +202,6 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                 if running.contains_key(&job.spec.name) {
                     continue;
                 }
-                let customer = of_customer.entry(job.customer.as_str()).or_default();
-                if *customer >= state.options.max_per_customer {
-                    waiting += 1;
-                    continue;
-                }
-                *customer += 1;
                 due.push((
                     job,
                     SlotClaim {
@@ -217,18 +211,33 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                     },
                 ));
             }
-            state.options.max_concurrent.saturating_sub(running.len())
+            (state.options.max_concurrent.saturating_sub(running.len()), of_customer)
         };
         let mut claimed = 0;
-        let mut asked = 0;
-        while asked < due.len() && claimed < room {
-            if state.stopping.load(Ordering::Relaxed) {
+        let mut next = 0;
+        while next < due.len() && claimed < room && !state.stopping.load(Ordering::Relaxed) {
+            // A batch of candidates whose customers have room, counting their
+            // runs going on, this tick's claims and the batch itself; one
+            // left out here is looked at again next tick.
+            let mut batch = Vec::new();
+            let mut in_batch: HashMap<&str, usize> = HashMap::new();
+            while next < due.len() && batch.len() < CLAIMS_PER_COMMIT {
+                let (job, claim) = &due[next];
+                next += 1;
+                let customer = job.customer.as_str();
+                let taken = of_customer.get(customer).copied().unwrap_or(0) + in_batch.get(customer).copied().unwrap_or(0);
+                if taken >= state.options.max_per_customer {
+                    waiting += 1;
+                    continue;
+                }
+                *in_batch.entry(customer).or_default() += 1;
+                batch.push((*job, claim.clone()));
+            }
+            if batch.is_empty() {
                 break;
             }
-            let batch = &due[asked..due.len().min(asked + (room - claimed).min(CLAIMS_PER_COMMIT))];
-            asked += batch.len();
             let claims: Vec<SlotClaim> = batch.iter().map(|(_, c)| c.clone()).collect();
-            let answers = match runtime.block_on(state.store.claim_slots(claims, owner.clone())) {
+            let answers = match runtime.block_on(state.store.claim_slots(claims, owner.clone(), room - claimed)) {
                 Ok(answers) => answers,
                 Err(e) => {
                     state.log.error(
@@ -239,28 +248,31 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                     break;
                 }
             };
-            for ((job, claim), answer) in batch.iter().zip(answers) {
+            for ((job, claim), answer) in batch.into_iter().zip(answers) {
                 let (name, key) = (&job.spec.name, claim.slot_at.clone());
                 match answer {
-                    Claim::Claimed { took_over } => {
+                    Some(Claim::Claimed { took_over }) => {
                         claimed += 1;
+                        *of_customer.entry(job.customer.clone()).or_default() += 1;
                         handled.insert(name.clone(), (key.clone(), None));
                         if let Some(note) = took_over {
                             state.log.warn(&format!("{name}: {note}"), Some("claim"), None);
                         }
                         start_run(&state, job, key, claim.job_id.clone());
                     }
-                    Claim::Done => {
+                    Some(Claim::Done) => {
                         handled.insert(name.clone(), (key, None));
                     }
-                    Claim::Held | Claim::Busy => {
+                    Some(Claim::Held | Claim::Busy) => {
                         handled.insert(name.clone(), (key, Some(Instant::now() + recheck)));
                     }
+                    // Not asked: the room filled first.
+                    None => waiting += 1,
                 }
             }
         }
         // Due slots this host had no room to ask for.
-        waiting += (due.len() - asked) as i64;
+        waiting += (due.len() - next) as i64;
         state.metrics.waiting.set(waiting);
         std::thread::sleep(TICK);
     }

@@ -578,13 +578,14 @@ impl Store {
             .await
     }
 
-    /// Claims many slots in one transaction (see [`schedule::claim_many`]).
+    /// Claims up to `limit` of many slots in one transaction (see [`schedule::claim_many`]).
     pub async fn claim_slots(
         &self,
         claims: Vec<schedule::SlotClaim>,
         owner: schedule::SlotOwner,
-    ) -> Result<Vec<schedule::Claim>, StoreError> {
-        self.call(move |c| Box::pin(async move { schedule::claim_many(c, &claims, &owner).await }))
+        limit: usize,
+    ) -> Result<Vec<Option<schedule::Claim>>, StoreError> {
+        self.call(move |c| Box::pin(async move { schedule::claim_many(c, &claims, &owner, limit).await }))
             .await
     }
 

@@ -58,17 +58,30 @@ pub async fn claim(
 }
 
 /// Claims many slots in one transaction (one commit, not one per slot: a
-/// host with a thousand jobs due claims them in a few commits). The slots
-/// are taken in job order, so hosts claiming overlapping sets wait for each
-/// other instead of deadlocking. The answers come in the order asked.
-pub async fn claim_many(conn: &mut Conn, claims: &[SlotClaim], owner: &SlotOwner) -> Result<Vec<Claim>, StoreError> {
+/// host with a thousand jobs due claims them in a few commits), at most
+/// `limit` of them: the ones held or done elsewhere are passed over, and once
+/// `limit` are claimed the rest are not asked (`None`). The slots are taken in
+/// job order, so hosts claiming overlapping sets wait for each other instead
+/// of deadlocking. The answers come in the order asked.
+pub async fn claim_many(
+    conn: &mut Conn,
+    claims: &[SlotClaim],
+    owner: &SlotOwner,
+    limit: usize,
+) -> Result<Vec<Option<Claim>>, StoreError> {
     let mut order: Vec<usize> = (0..claims.len()).collect();
     order.sort_by(|&a, &b| (&claims[a].job_name, &claims[a].slot_at).cmp(&(&claims[b].job_name, &claims[b].slot_at)));
     transaction(conn, async |tx: &mut Conn| {
-        let mut answers = vec![Claim::Held; claims.len()];
+        let mut answers = vec![None; claims.len()];
+        let mut claimed = 0;
         for &i in &order {
+            if claimed == limit {
+                break;
+            }
             let c = &claims[i];
-            answers[i] = claim_in(tx, &c.job_name, &c.slot_at, &c.job_id, owner).await?;
+            let answer = claim_in(tx, &c.job_name, &c.slot_at, &c.job_id, owner).await?;
+            claimed += usize::from(matches!(answer, Claim::Claimed { .. }));
+            answers[i] = Some(answer);
         }
         Ok(answers)
     })
@@ -267,14 +280,16 @@ mod tests {
             slot_at: slot.into(),
             job_id: format!("b-{job}"),
         };
-        let answers = claim_many(conn, &[ask("zeta"), ask("held"), ask("alpha"), ask("done")], &b).await.unwrap();
+        let answers = claim_many(conn, &[ask("zeta"), ask("held"), ask("alpha"), ask("done")], &b, 10)
+            .await
+            .unwrap();
         assert_eq!(
             answers,
             [
-                Claim::Claimed { took_over: None },
-                Claim::Held,
-                Claim::Claimed { took_over: None },
-                Claim::Done
+                Some(Claim::Claimed { took_over: None }),
+                Some(Claim::Held),
+                Some(Claim::Claimed { took_over: None }),
+                Some(Claim::Done)
             ]
         );
         let mine: Vec<String> = list(conn, None, 10)
@@ -286,6 +301,24 @@ mod tests {
             .collect();
         assert_eq!(mine.len(), 2, "{mine:?}");
         assert!(mine.contains(&"alpha".to_owned()) && mine.contains(&"zeta".to_owned()));
+
+        // With room for one, the held and done slots are passed over and the
+        // first free one (in job order) is claimed; the rest are not asked.
+        let next = "2026-01-01T00:30:00Z";
+        claim(conn, "beta", next, "run-beta", &a).await.unwrap();
+        let ask = |job: &str| SlotClaim {
+            job_name: job.into(),
+            slot_at: next.into(),
+            job_id: format!("b2-{job}"),
+        };
+        let answers = claim_many(conn, &[ask("delta"), ask("beta"), ask("gamma"), ask("epsilon")], &b, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            answers,
+            [Some(Claim::Claimed { took_over: None }), Some(Claim::Held), None, None],
+            "in job order: beta (held), delta (claimed), then nothing more"
+        );
     }
 
     on_both_engines!(
