@@ -1101,6 +1101,22 @@ mod tests {
             (url, hits)
         }
 
+        /// A server on a thread of its own (so it answers while the test's
+        /// runtime is blocked): it reads one request, then hands the
+        /// connection to `then`.
+        fn serve_once(then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> String {
+            use std::io::Read;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            std::thread::spawn(move || {
+                let (mut socket, _) = listener.accept().unwrap();
+                let mut request = [0u8; 8192];
+                let _ = socket.read(&mut request);
+                then(socket);
+            });
+            url
+        }
+
         fn reply(status: u16, body: &str) -> String {
             format!(
                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -1228,15 +1244,10 @@ mod tests {
 
         #[tokio::test]
         async fn a_started_request_is_answered_while_the_connector_computes() {
-            // The server runs on a thread of its own and says when it has answered.
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap());
+            // The server says when it has answered.
             let (answered, on_answer) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let (mut socket, _) = listener.accept().unwrap();
-                let mut request = [0u8; 8192];
-                let _ = socket.read(&mut request);
+            let url = serve_once(move |mut socket| {
+                use std::io::Write;
                 socket.write_all(reply(200, "{\"page\": 2}").as_bytes()).unwrap();
                 answered.send(()).unwrap();
             });
@@ -1337,14 +1348,10 @@ mod tests {
         #[tokio::test]
         async fn requests_left_pending_are_cancelled_when_the_run_ends() {
             // The server holds the request open and says when the host hangs up.
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap());
             let (events, on_event) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
+            let url = serve_once(move |mut socket| {
                 use std::io::Read;
-                let (mut socket, _) = listener.accept().unwrap();
                 let mut buffer = [0u8; 8192];
-                let _ = socket.read(&mut buffer);
                 events.send("request").unwrap();
                 socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 if matches!(socket.read(&mut buffer), Ok(0)) {
