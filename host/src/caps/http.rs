@@ -1117,6 +1117,15 @@ mod tests {
             url
         }
 
+        /// Waits until every pending request's task has ended, nobody finishing them.
+        async fn until_answered(cap: &HttpCap) {
+            let waited = Instant::now();
+            while !cap.pending.values().all(|p| p.0.is_finished()) {
+                assert!(waited.elapsed() < Duration::from_secs(30), "the requests never ended");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
         fn reply(status: u16, body: &str) -> String {
             format!(
                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -1312,11 +1321,7 @@ mod tests {
             // Two 60-byte responses cannot both wait in a run limited to 100 bytes.
             let first = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
             let second = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
-            let waited = Instant::now();
-            while !cap.pending.values().all(|p| p.0.is_finished()) {
-                assert!(waited.elapsed() < Duration::from_secs(30), "the requests never ended");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            until_answered(&cap).await;
             assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 60, "one body waits, the other was refused");
             let mut outcomes = Vec::new();
             for pending in [first, second] {
@@ -1395,11 +1400,7 @@ mod tests {
                 },
             );
             let pending = cap.start_get_with_retry(request(&url), fast(3)).await.unwrap().unwrap();
-            let waited = Instant::now();
-            while !cap.pending.values().all(|p| p.0.is_finished()) {
-                assert!(waited.elapsed() < Duration::from_secs(30), "the request never ended");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            until_answered(&cap).await;
             assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 60, "only the final body is held");
             let response = http::HostPendingResponse::finish(&mut cap, pending).await.unwrap().unwrap();
             assert_eq!((response.status, response.attempts, hits.load(Ordering::SeqCst)), (200, 2, 2));

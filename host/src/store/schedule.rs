@@ -275,12 +275,17 @@ mod tests {
         claim(conn, "held", slot, "run-held", &a).await.unwrap();
         claim(conn, "done", slot, "run-done", &a).await.unwrap();
         finish(conn, "run-done", "succeeded", None).await.unwrap();
-        let ask = |job: &str| SlotClaim {
+        let ask = |job: &str, slot: &str| SlotClaim {
             job_name: job.into(),
             slot_at: slot.into(),
-            job_id: format!("b-{job}"),
+            job_id: format!("b-{job}-{slot}"),
         };
-        let answers = claim_many(conn, &[ask("zeta"), ask("held"), ask("alpha"), ask("done")], &b, 10)
+        let answers = claim_many(
+            conn,
+            &[ask("zeta", slot), ask("held", slot), ask("alpha", slot), ask("done", slot)],
+            &b,
+            10,
+        )
             .await
             .unwrap();
         assert_eq!(
@@ -302,16 +307,16 @@ mod tests {
         assert_eq!(mine.len(), 2, "{mine:?}");
         assert!(mine.contains(&"alpha".to_owned()) && mine.contains(&"zeta".to_owned()));
 
-        // With room for one, the held and done slots are passed over and the
-        // first free one (in job order) is claimed; the rest are not asked.
+        // With room for one, the held slot is passed over and the first free
+        // one (in job order) is claimed; the rest are not asked.
         let next = "2026-01-01T00:30:00Z";
         claim(conn, "beta", next, "run-beta", &a).await.unwrap();
-        let ask = |job: &str| SlotClaim {
-            job_name: job.into(),
-            slot_at: next.into(),
-            job_id: format!("b2-{job}"),
-        };
-        let answers = claim_many(conn, &[ask("delta"), ask("beta"), ask("gamma"), ask("epsilon")], &b, 1)
+        let answers = claim_many(
+            conn,
+            &[ask("delta", next), ask("beta", next), ask("gamma", next), ask("epsilon", next)],
+            &b,
+            1,
+        )
             .await
             .unwrap();
         assert_eq!(
