@@ -39,7 +39,12 @@ impl Exchange {
     pub fn header_pairs(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
         headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect()
     }
 }
@@ -190,28 +195,73 @@ pub struct Cassette {
 /// Response headers never written to a cassette.
 const SCRUBBED_HEADERS: [&str; 4] = ["set-cookie", "authorization", "proxy-authorization", "www-authenticate"];
 
-/// What `--record` collects while a job runs.
+/// What `--record` writes while a job runs: each exchange goes to a
+/// temporary file beside the cassette as it is recorded (nothing is held until
+/// the run ends), and [`Recorder::save`] closes it and puts it in place.
 pub struct Recorder {
     path: PathBuf,
-    cassette: Mutex<Cassette>,
+    file: Mutex<Writing>,
     /// A recorded `wasi:http` body is read in full before the connector sees
     /// it; one at a time, so a connector with many requests in flight cannot
     /// make the host hold many bodies at once.
     pub reading: tokio::sync::Semaphore,
 }
 
+/// The cassette being written: the open file, how many exchanges it has, and
+/// the first write that failed (reported by `save`).
+struct Writing {
+    out: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
+    written: usize,
+    failed: Option<String>,
+}
+
 impl Recorder {
-    pub fn new(path: PathBuf, started: SystemTime) -> Self {
+    /// Starts the cassette at `path` (in a temporary file beside it until saved).
+    pub fn create(path: PathBuf, started: SystemTime) -> Result<Self, String> {
         let recorded_at =
             chrono::DateTime::<chrono::Utc>::from(started).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        Self {
+        let shown = |e: std::io::Error| format!("--record {}: {e}", path.display());
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut out = std::io::BufWriter::new(tempfile::NamedTempFile::new_in(dir).map_err(shown)?);
+        // The document is written as it grows: this head, the exchanges, then the tail on save.
+        let head = format!(
+            "{{\n  \"nuntiq_cassette\": 1,\n  \"recorded_at\": {},\n  \"interactions\": [",
+            serde_json::Value::String(recorded_at)
+        );
+        std::io::Write::write_all(&mut out, head.as_bytes()).map_err(shown)?;
+        Ok(Self {
             path,
-            cassette: Mutex::new(Cassette {
-                nuntiq_cassette: 1,
-                recorded_at,
-                interactions: Vec::new(),
+            file: Mutex::new(Writing {
+                out: Some(out),
+                written: 0,
+                failed: None,
             }),
             reading: tokio::sync::Semaphore::new(1),
+        })
+    }
+
+    /// Appends one interaction to the file.
+    fn write(&self, interaction: &Interaction) {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let Writing { out, written, failed } = &mut *file;
+        let (Some(out), None) = (out.as_mut(), failed.as_ref()) else {
+            return;
+        };
+        let text = match serde_json::to_string_pretty(interaction) {
+            Ok(text) => text,
+            Err(e) => {
+                *failed = Some(e.to_string());
+                return;
+            }
+        };
+        let separator = if *written == 0 { "\n" } else { ",\n" };
+        let indented = text.replace('\n', "\n    ");
+        match std::io::Write::write_all(out, format!("{separator}    {indented}").as_bytes()) {
+            Ok(()) => *written += 1,
+            Err(e) => *failed = Some(e.to_string()),
         }
     }
 
@@ -232,40 +282,38 @@ impl Recorder {
             }),
             body: body.ok().map(|b| redactor.redact(&b)),
         };
-        self.cassette
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .interactions
-            .push(Interaction {
-                request: RecordedRequest {
-                    method: method.to_ascii_uppercase(),
-                    url: redactor.redact(url.as_str()),
-                },
-                response,
-            });
+        self.write(&Interaction {
+            request: RecordedRequest {
+                method: method.to_ascii_uppercase(),
+                url: redactor.redact(url.as_str()),
+            },
+            response,
+        });
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Writes the cassette (atomically: a reader sees the old file or the new one).
+    /// Closes the cassette and puts it in place (atomically: a reader sees the
+    /// old file or the new one); returns how many exchanges it holds.
     pub fn save(&self) -> Result<usize, String> {
-        let cassette = self.cassette.lock().unwrap_or_else(|p| p.into_inner());
-        let text = serde_json::to_vec_pretty(&*cassette).map_err(|e| e.to_string())?;
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{}: {e}", self.path.display()))?;
-        std::io::Write::write_all(&mut tmp, &text).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let shown = |e: &dyn std::fmt::Display| format!("{}: {e}", self.path.display());
+        if let Some(e) = &file.failed {
+            return Err(shown(e));
+        }
+        let Some(mut out) = file.out.take() else {
+            return Err(shown(&"the cassette was saved already"));
+        };
+        let tail = if file.written == 0 { "]\n}\n" } else { "\n  ]\n}\n" };
+        std::io::Write::write_all(&mut out, tail.as_bytes()).map_err(|e| shown(&e))?;
+        let tmp = out.into_inner().map_err(|e| shown(&e.error()))?;
         // Secrets are redacted: a cassette is for sharing, like any test fixture.
         use std::os::unix::fs::PermissionsExt;
         let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
-        tmp.persist(&self.path)
-            .map_err(|e| format!("{}: {}", self.path.display(), e.error))?;
-        Ok(cassette.interactions.len())
+        tmp.persist(&self.path).map_err(|e| shown(&e.error))?;
+        Ok(file.written)
     }
 }
 
@@ -277,6 +325,8 @@ pub struct Replay {
     served: Vec<u32>,
     /// When the recorded run began.
     pub recorded_at: SystemTime,
+    /// The cassette file's size: what holding it costs the run, about.
+    pub bytes: u64,
 }
 
 /// The part of a URL a replay matches on: path and query, not the origin.
@@ -303,6 +353,7 @@ impl Replay {
         let recorded_at = chrono::DateTime::parse_from_rfc3339(&cassette.recorded_at)
             .map_err(|e| format!("--replay {shown}: recorded_at: {e}"))?;
         Ok(Self {
+            bytes: text.len() as u64,
             served: vec![0; cassette.interactions.len()],
             interactions: cassette.interactions,
             recorded_at: recorded_at.to_utc().into(),
@@ -444,10 +495,11 @@ mod tests {
     fn a_replay_answers_by_path_and_query_in_order_and_says_what_it_lacks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.json");
-        let recorder = Recorder::new(
+        let recorder = Recorder::create(
             path.clone(),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        );
+        )
+        .unwrap();
         let redactor = Redactor::new(["s3cr3t-token"]);
         let exchange = |status, text: &str| Exchange {
             status,
@@ -467,7 +519,11 @@ mod tests {
 
         let mut replay = Replay::load(&path).unwrap();
         let elsewhere = Url::parse("http://127.0.0.1:9/v2/suppliers?page=1&key=s3cr3t-token").unwrap();
-        assert_eq!(replay.answer("POST", &elsewhere, &redactor).unwrap().status, 201, "by method");
+        assert_eq!(
+            replay.answer("POST", &elsewhere, &redactor).unwrap().status,
+            201,
+            "by method"
+        );
         assert_eq!(replay.answer("GET", &elsewhere, &redactor).unwrap().status, 503);
         assert_eq!(replay.answer("GET", &elsewhere, &redactor).unwrap().status, 200);
         assert_eq!(
@@ -483,5 +539,40 @@ mod tests {
             replay.recorded_at,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
         );
+    }
+
+    #[test]
+    fn a_recording_goes_to_disk_as_it_happens_and_an_empty_one_is_a_cassette() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let recorder = Recorder::create(path.clone(), SystemTime::now()).unwrap();
+        let on_disk = || -> u64 {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum()
+        };
+        let before = on_disk();
+        let big = Exchange {
+            status: 200,
+            headers: vec![],
+            body: vec![b'x'; 4 << 20],
+        };
+        let url = Url::parse("http://127.0.0.1:1/big").unwrap();
+        recorder.record("GET", &url, &big, &Redactor::default());
+        assert!(
+            on_disk() >= before + (4 << 20) - 64 * 1024,
+            "the body is on disk before the run ends"
+        );
+        assert!(!path.exists(), "the cassette appears only when saved");
+        assert_eq!(recorder.save().unwrap(), 1);
+        assert_eq!(Replay::load(&path).unwrap().interactions.len(), 1);
+
+        let empty = dir.path().join("empty.json");
+        Recorder::create(empty.clone(), SystemTime::now())
+            .unwrap()
+            .save()
+            .unwrap();
+        assert_eq!(Replay::load(&empty).unwrap().interactions.len(), 0);
     }
 }
