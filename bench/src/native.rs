@@ -3,7 +3,7 @@
 
 use nuntiq_e2e::dataset::Dataset;
 use nuntiq_host::limits::Stop;
-use nuntiq_host::store::{
+use nuntiq_host::store::{Batch, 
     AddressRecord, Completion, CursorType, LocationRecord, RunOwner, SaveCounts, Store, StreamKey, SupplierRecord,
 };
 use serde::Deserialize;
@@ -127,7 +127,7 @@ pub fn native(api_url: &str, token: &str, since: &str, page_size: u32, db: &Path
                 count += 1;
                 if batch.len() == FLUSH_EVERY {
                     store
-                        .save_suppliers("10000001".into(), std::mem::take(&mut batch), stop.clone())
+                        .save_suppliers("10000001".into(), Batch::unbudgeted(std::mem::take(&mut batch)), stop.clone())
                         .await?;
                 }
             }
@@ -145,7 +145,7 @@ pub fn native(api_url: &str, token: &str, since: &str, page_size: u32, db: &Path
             max_cursor_skew: nuntiq_host::store::cursor::DEFAULT_MAX_CURSOR_SKEW,
         };
         store
-            .complete_run(key(), owner.run_id, completion, batch, before, stop)
+            .complete_run(key(), owner.run_id, completion, Batch::unbudgeted(batch), before, stop)
             .await
             .map_err(|e| e.error)?;
         let _: SaveCounts = store.drain().await?;

@@ -88,11 +88,34 @@ pub struct JobFlags {
     #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub lease: Option<Duration>,
+    /// Host memory the run may hold at once: response bodies, wasi:http
+    /// requests and their tasks, queued suppliers, delta runs; past it the
+    /// run is stopped (kind limit) [default: 128MiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    #[serde(default, deserialize_with = "size")]
+    pub max_host_memory: Option<usize>,
+    /// Connections (sockets) the run holds at once, http and wasi:http
+    /// together; more requests wait for one [default: 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Delta runs one run may begin, whatever streams [default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    pub max_begins: Option<u64>,
+    /// Rows one run may hand to the store (suppliers, rejected rows) [default: 5000000].
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    pub max_stored_rows: Option<u64>,
+    /// Bytes of those rows [default: 4GiB].
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    #[serde(default, deserialize_with = "size")]
+    pub max_stored_bytes: Option<usize>,
 }
 
 impl JobFlags {
     /// The keys a jobs file may use for these flags (each field's name).
-    pub const KEYS: [&'static str; 19] = [
+    pub const KEYS: [&'static str; 24] = [
         "allow_hosts",
         "bearer_hosts",
         "allow_private_networks",
@@ -111,6 +134,11 @@ impl JobFlags {
         "max_streams",
         "max_cursor_skew",
         "lease",
+        "max_host_memory",
+        "max_connections",
+        "max_begins",
+        "max_stored_rows",
+        "max_stored_bytes",
         // Not a field: run-plugin takes it, serve sets it for the whole process.
         "max_stack",
     ];
@@ -140,6 +168,11 @@ impl JobFlags {
         set(&mut options.delta.max_cursor_skew, &self.max_cursor_skew);
         set(&mut options.delta.max_rejected, &self.max_rejected);
         set(&mut options.lease, &self.lease);
+        set(&mut options.budget.max_host_memory, &self.max_host_memory.map(|b| b as u64));
+        set(&mut options.budget.max_connections, &self.max_connections.map(|n| n as usize));
+        set(&mut options.budget.max_begins, &self.max_begins);
+        set(&mut options.budget.max_stored_rows, &self.max_stored_rows);
+        set(&mut options.budget.max_stored_bytes, &self.max_stored_bytes.map(|b| b as u64));
     }
 }
 
@@ -175,9 +208,8 @@ mod tests {
                 "allow_hosts" | "bearer_hosts" => toml::Value::Array(vec!["h".into()]),
                 "allow_private_networks" | "deny_secret_read" => true.into(),
                 "timeout" | "grace" | "max_cursor_skew" | "lease" => "1m".into(),
-                "max_memory" | "max_log_bytes" | "max_response_body" | "max_queued_bytes" | "max_call_bytes" => {
-                    "1MiB".into()
-                }
+                "max_memory" | "max_log_bytes" | "max_response_body" | "max_queued_bytes" | "max_call_bytes"
+                | "max_host_memory" | "max_stored_bytes" => "1MiB".into(),
                 _ => 7.into(),
             };
             table.insert((*key).into(), value);
@@ -203,6 +235,11 @@ mod tests {
             max_streams,
             max_cursor_skew,
             lease,
+            max_host_memory,
+            max_connections,
+            max_begins,
+            max_stored_rows,
+            max_stored_bytes,
         } = flags;
         assert!(!allow_hosts.is_empty() && !bearer_hosts.is_empty() && allow_private_networks && deny_secret_read);
         assert!(timeout.is_some() && grace.is_some() && max_cursor_skew.is_some() && lease.is_some());
@@ -210,5 +247,7 @@ mod tests {
         assert!(max_queued_bytes.is_some() && max_call_bytes.is_some());
         assert!(max_log_lines.is_some() && max_requests.is_some() && max_rejected.is_some());
         assert!(max_queued_suppliers.is_some() && max_streams.is_some());
+        assert!(max_host_memory.is_some() && max_connections.is_some() && max_begins.is_some());
+        assert!(max_stored_rows.is_some() && max_stored_bytes.is_some());
     }
 }

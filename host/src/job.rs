@@ -1,13 +1,14 @@
 //! One `run-plugin` job from start to envelope: validate every input before
 //! anything is written, run the connector, and say how it ended.
 
+use crate::budget::BudgetLimits;
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::caps::delta::{DeltaConfig, RunIdentity};
 use crate::caps::http::HttpConfig;
 use crate::caps::http::Offline;
 use crate::caps::offline::{Fixtures, Recorder, Replay};
 use crate::caps::supplier::SupplierConfig;
-use crate::limits::{Limits, Stop};
+use crate::limits::{Limits, Overloaded, Stop};
 use crate::log::{Level, LogFormat, LogSink, MAX_MESSAGE_BYTES, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
 use crate::runtime::{Job, Outcome, Plugin, PluginError, Runtime, Succeeded};
@@ -33,6 +34,8 @@ pub struct JobOptions {
     pub allow_private_networks: bool,
     pub deny_secret_read: bool,
     pub limits: Limits,
+    /// The run's budget of host resources (memory, connections, begins, stored rows).
+    pub budget: BudgetLimits,
     pub http: HttpConfig,
     pub suppliers: SupplierConfig,
     /// Stream limits; `connector_name` comes from the settings.
@@ -71,6 +74,7 @@ impl JobOptions {
             allow_private_networks: false,
             deny_secret_read: false,
             limits: Limits::default(),
+            budget: BudgetLimits::default(),
             http: HttpConfig::default(),
             suppliers: SupplierConfig::default(),
             delta: DeltaConfig::default(),
@@ -99,6 +103,9 @@ pub enum InputError {
     Arguments(String),
     #[error("{0}")]
     NetworkDenied(String),
+    /// The host could not get what the run needs (exit 1: the input is fine).
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
 }
 
 impl InputError {
@@ -109,6 +116,15 @@ impl InputError {
             InputError::Database(_) => "invalid_database",
             InputError::Arguments(_) => "invalid_arguments",
             InputError::NetworkDenied(_) => "network_denied",
+            InputError::Overloaded(_) => "host_overloaded",
+        }
+    }
+
+    /// 2 for bad input; 1 when the host, not the input, was short of something.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            InputError::Overloaded(_) => 1,
+            _ => 2,
         }
     }
 }
@@ -196,10 +212,13 @@ pub fn run_plugin(options: JobOptions) -> Report {
         Ok(runner) => runner,
         Err(e) => return Report::failure(e.kind(), e.to_string(), 2),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime starts");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let overloaded = Overloaded(format!("the run's async runtime could not start: {e}"));
+            return Report::failure("host_overloaded", overloaded.to_string(), 1);
+        }
+    };
     runtime.block_on(run_job(&runner, &options, stop, LogSink::stderr))
 }
 
@@ -250,7 +269,7 @@ pub async fn run_job(
             let log = make_log(options.log_format, options.log_level, Redactor::default());
             let message = Redactor::default().clean(&e.to_string(), MAX_MESSAGE_BYTES);
             log.error(&format!("Nothing was run: {message}"), Some("start"), None);
-            return Report::failure(e.kind(), message, 2);
+            return Report::failure(e.kind(), message, e.exit_code());
         }
     };
     let Prepared {
@@ -260,13 +279,9 @@ pub async fn run_job(
         store,
         policy,
         bearer_hosts,
-        mut offline,
+        offline,
     } = prepared;
-    let recorder = options
-        .record
-        .clone()
-        .map(|path| Arc::new(Recorder::new(path, std::time::SystemTime::now())));
-    offline.record = recorder.clone();
+    let recorder = offline.record.clone();
     redact_panics(&settings);
     if let Some(limit) = stop.exceeded() {
         let message = format!("{limit} before the connector started; nothing was run");
@@ -313,6 +328,7 @@ pub async fn run_job(
         },
         deny_secret_read: options.deny_secret_read,
         limits: options.limits.clone(),
+        budget: options.budget.clone(),
         identity: RunIdentity {
             updated_by: format!("nuntiq-host:{plugin_name}"),
             plugin_sha256: plugin.sha256.clone(),
@@ -379,15 +395,19 @@ pub async fn run_job(
                 exit_code: 0,
             }
         }
-        Ok(Outcome::Failure { kind, message }) => {
+        Ok(Outcome::Failure { kind, message, limit }) => {
             let message = redact(&message);
             log.error(&format!("Run failed ({kind}): {message}"), Some("done"), None);
-            Report::failure(kind, message, 1)
+            let mut report = Report::failure(kind, message, 1);
+            if let Some(limit) = limit {
+                report.envelope["error"]["limit"] = limit.into();
+            }
+            report
         }
-        Err(e) => {
-            let message = redact(&format!("{e:#}"));
-            log.error(&format!("Run failed (internal): {message}"), Some("done"), None);
-            Report::failure("internal", message, 1)
+        Err(overloaded) => {
+            let message = redact(&overloaded.to_string());
+            log.error(&format!("Run failed (host_overloaded): {message}"), Some("done"), None);
+            Report::failure("host_overloaded", message, 1)
         }
     };
     // What the run used, for billing and throttling: in every envelope.
@@ -443,7 +463,7 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
     let offline = offline_sources(options, &settings)?;
     let (plugin, fresh) = runner.plugin(&options.plugin)?;
     let store = match (&options.db, options.dry_run) {
-        (Db::Sqlite(path), true) => Store::open_sqlite_copy(path)?,
+        (Db::Sqlite(path), true) => Store::open_sqlite_copy(path).map_err(overloaded_or)?,
         (Db::Postgres(_), true) => {
             return Err(InputError::Arguments(format!(
                 "--dry-run works on a SQLite file (it runs against a throw-away copy); for {}, \
@@ -451,7 +471,7 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
                 options.db
             )));
         }
-        (db, false) => Store::open(db)?,
+        (db, false) => Store::open(db).map_err(overloaded_or)?,
     };
     Ok(Prepared {
         settings,
@@ -462,6 +482,16 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         bearer_hosts,
         offline,
     })
+}
+
+/// A database that could not be opened because the host ran out of
+/// descriptors is the host's shortage, not bad input.
+fn overloaded_or(e: OpenError) -> InputError {
+    if crate::limits::descriptors_exhausted() {
+        InputError::Overloaded(Overloaded(format!("{e}")))
+    } else {
+        InputError::Database(e)
+    }
 }
 
 /// The fixtures and the cassette to replay, checked before anything runs.
@@ -492,7 +522,13 @@ fn offline_sources(options: &JobOptions, settings: &Settings) -> Result<Offline,
             .transpose()
             .map_err(InputError::Arguments)?
             .map(|replay| Arc::new(std::sync::Mutex::new(replay))),
-        record: None,
+        record: options
+            .record
+            .clone()
+            .map(|path| Recorder::create(path, std::time::SystemTime::now()))
+            .transpose()
+            .map_err(InputError::Arguments)?
+            .map(Arc::new),
     })
 }
 

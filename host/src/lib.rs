@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod bindings;
+pub mod budget;
 pub mod cache;
 pub mod caps;
 pub mod flags;

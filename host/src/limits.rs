@@ -95,6 +95,9 @@ pub enum LimitExceeded {
          and their bodies); drop each one when done with it"
     )]
     Resources { limit: usize },
+    /// The run's budget ([`crate::budget`]) ran out.
+    #[error(transparent)]
+    Budget(#[from] crate::budget::Exceeded),
 }
 
 impl LimitExceeded {
@@ -107,6 +110,15 @@ impl LimitExceeded {
             | LimitExceeded::Resources { .. } => "memory_limit",
             LimitExceeded::Timeout(_) => "timeout",
             LimitExceeded::Cancelled(_) => "cancelled",
+            LimitExceeded::Budget(_) => "limit",
+        }
+    }
+
+    /// What ran out, when the run's budget did (the envelope's `error.limit`).
+    pub fn budget_resource(&self) -> Option<&'static str> {
+        match self {
+            LimitExceeded::Budget(e) => Some(e.resource.name()),
+            _ => None,
         }
     }
 
@@ -132,16 +144,56 @@ impl LimitExceeded {
     }
 }
 
+/// The host could not get what a run needs (a thread, a descriptor, a
+/// runtime): the host's fault, not the connector's. The run fails as
+/// `host_overloaded`, and its slot and streams are closed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the host is overloaded: {0}; the run was not started or could not go on (try again later, or run fewer at once)")]
+pub struct Overloaded(pub String);
+
+/// Whether an error, or one of its causes, is the process running out of
+/// file descriptors (EMFILE, ENFILE): the host's shortage, not the peer's.
+pub fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Whether the process cannot open a file right now for want of
+/// descriptors: asked of the kernel, for errors that do not carry an errno
+/// (SQLite's "unable to open database file").
+pub fn descriptors_exhausted() -> bool {
+    // SAFETY: plain syscalls on a path literal and the descriptor they return.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd >= 0 {
+        unsafe { libc::close(fd) };
+        return false;
+    }
+    matches!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE)
+    )
+}
+
 /// How wasmtime 48 words a hostcall-fuel trap (its error type is private);
 /// the `alias-bomb` end-to-end test keeps this honest.
 const HOSTCALL_FUEL_EXHAUSTED: &str = "too much data is being copied between the host and the guest";
 
 /// Why a job is being stopped from outside the connector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     Deadline,
     /// SIGTERM or SIGINT, by name.
     Signal(&'static str),
+    /// The run's budget ran out.
+    Limit(LimitExceeded),
 }
 
 /// The job's deadline and cancellation, shared by the runtime (epoch checks,
@@ -150,7 +202,8 @@ pub enum StopReason {
 pub struct Stop {
     deadline: Instant,
     timeout: Duration,
-    signal: OnceLock<&'static str>,
+    /// A signal or a spent budget; the first one wins.
+    cause: OnceLock<StopReason>,
     notify: tokio::sync::Notify,
 }
 
@@ -159,7 +212,7 @@ impl Stop {
         Arc::new(Self {
             deadline: Instant::now() + timeout,
             timeout,
-            signal: OnceLock::new(),
+            cause: OnceLock::new(),
             notify: tokio::sync::Notify::new(),
         })
     }
@@ -173,16 +226,25 @@ impl Stop {
         self.deadline
     }
 
-    /// Records a signal; the first one wins.
+    /// Records a signal; the first stop wins.
     pub fn cancel(&self, signal: &'static str) {
-        if self.signal.set(signal).is_ok() {
+        self.set(StopReason::Signal(signal));
+    }
+
+    /// Stops the run because a limit ran out; the first stop wins.
+    pub fn exceed(&self, limit: LimitExceeded) {
+        self.set(StopReason::Limit(limit));
+    }
+
+    fn set(&self, cause: StopReason) {
+        if self.cause.set(cause).is_ok() {
             self.notify.notify_waiters();
         }
     }
 
     pub fn reason(&self) -> Option<StopReason> {
-        if let Some(signal) = self.signal.get() {
-            return Some(StopReason::Signal(signal));
+        if let Some(cause) = self.cause.get() {
+            return Some(cause.clone());
         }
         (Instant::now() >= self.deadline).then_some(StopReason::Deadline)
     }
@@ -192,6 +254,7 @@ impl Stop {
         self.reason().map(|r| match r {
             StopReason::Deadline => LimitExceeded::Timeout(self.timeout),
             StopReason::Signal(signal) => LimitExceeded::Cancelled(signal),
+            StopReason::Limit(limit) => limit,
         })
     }
 

@@ -340,6 +340,13 @@ impl LogSink {
         b.bytes.fetch_add(written as u64, Ordering::Relaxed);
     }
 
+    /// A host line the connector caused (a refused request, a retry, a
+    /// rejected row): counted against the run's log budget like its own
+    /// lines, so a connector cannot make the host write without end.
+    pub fn caused(&self, level: Level, message: &str, step: Option<&str>, detail: Option<Value>) {
+        self.connector_log(level, message, step, detail);
+    }
+
     pub fn stderr(format: LogFormat, min_level: Level, redactor: Redactor) -> Self {
         Self::new(format, min_level, redactor, Box::new(std::io::stderr()))
     }

@@ -247,14 +247,26 @@ failed, the cursor does not move, exit code 1):
   --max-call-bytes 16MiB      data copied out of one call           memory_limit
   --max-streams 100           streams begun per run                 stream_limit
   --max-rejected 100          rows set aside per run (reject fails) rejected_limit
+  The run's budget: whatever the host holds, opens or writes for the run
+  (going over stops the run; error.limit names what ran out):      limit
+  --max-host-memory 128MiB    host memory held at once: response bodies,
+                              wasi:http requests and their tasks, queued and
+                              unwritten suppliers, delta runs      host_memory
+  --max-begins 1000           delta runs begun per run             begins
+  --max-stored-rows 5000000   rows handed to the store per run     stored_rows
+  --max-stored-bytes 4GiB     bytes of those rows                  stored_bytes
+  --max-connections 16        sockets held at once, http and wasi:http
+                              together; further requests wait for one
   (another connector's stream)                                      stream_denied
   (a bearer secret to another origin)                               secret_denied
   (refused host or address)                                         network_denied
   SIGTERM / SIGINT            stop like the deadline                cancelled
   --grace 10s: after the deadline or a signal, the host settles the store
   and fails open runs within this time, then reports.
-  --max-log-lines 50000, --max-log-bytes 32MiB: later connector log lines are
-  dropped and counted (not a failure); log messages are cut at 16KiB.
+  --max-log-lines 50000, --max-log-bytes 32MiB: later log lines the connector
+  writes or causes (host warnings about its refused requests, retries and
+  rejected rows) are dropped and counted (not a failure); log messages are
+  cut at 16KiB.
 ";
 
 const SERVE_HELP: &str = "\

@@ -20,11 +20,19 @@ pub struct Usage {
     pub store_ms: u64,
     /// The largest linear memory the connector grew to.
     pub peak_memory_bytes: u64,
+    /// The most host memory the run held at once (its budget's count:
+    /// response bodies, requests, queued suppliers, delta runs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub peak_host_memory_bytes: u64,
     pub http_requests: u64,
     pub http_retries: u64,
     pub http_bytes_in: u64,
     /// Suppliers inserted or updated.
     pub records_written: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Milliseconds, rounded up: a run that used any time is billed at least
@@ -118,9 +126,16 @@ pub fn thread_cpu() -> Duration {
 
 impl Default for Meter {
     fn default() -> Self {
+        Self::new(Arc::default())
+    }
+}
+
+impl Meter {
+    /// A meter that starts now, adding the capabilities' `counters` to its breakdown.
+    pub fn new(counters: Arc<Counters>) -> Self {
         let now = Instant::now();
         Self {
-            counters: Arc::default(),
+            counters,
             started: now,
             cpu_started: thread_cpu(),
             wasm_since: now,

@@ -3,12 +3,14 @@
 
 use crate::bindings::{v0_1, v0_2};
 use crate::cache::{CacheOutcome, CompileCache};
+use crate::budget::{BudgetLimits, RunBudget};
+use crate::caps::RunCtx;
 use crate::caps::context::ContextCap;
 use crate::caps::delta::{DeltaCap, DeltaConfig, DeltaView, RunIdentity};
 use crate::caps::http::{HttpCap, HttpConfig};
 use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
-use crate::limits::{GuestLimiter, LimitExceeded, Limits, MAX_RESULT_BYTES, Refusals, Stop};
+use crate::limits::{GuestLimiter, LimitExceeded, Limits, MAX_RESULT_BYTES, Overloaded, Stop};
 use crate::log::LogSink;
 use crate::meter::{Breakdown, Meter, Usage};
 use crate::plugin::{Contract, Shape};
@@ -43,6 +45,8 @@ pub struct JobState {
     /// outgoing request goes (made from `http`, sharing its budget).
     wasi_http: WasiHttpCtx,
     outgoing: OutgoingHooks,
+    /// Host memory the run holds for as long as it runs (a replayed cassette).
+    _held: Vec<crate::budget::Charge>,
 }
 
 impl WasiHttpView for JobState {
@@ -271,6 +275,8 @@ pub struct Job {
     pub delta: DeltaConfig,
     pub deny_secret_read: bool,
     pub limits: Limits,
+    /// The run's budget of host resources.
+    pub budget: BudgetLimits,
     /// Who the job's delta runs are: `updated_by`, plugin hash, lease.
     pub identity: RunIdentity,
     /// The job's deadline and cancellation.
@@ -309,7 +315,19 @@ pub enum Outcome {
     Failure {
         kind: &'static str,
         message: String,
+        /// For kind `limit`: what of the run's budget ran out (`host_memory`, …).
+        limit: Option<&'static str>,
     },
+}
+
+impl Outcome {
+    pub fn failure(kind: &'static str, message: String) -> Self {
+        Outcome::Failure {
+            kind,
+            message,
+            limit: None,
+        }
+    }
 }
 
 /// The envelope's own keys: a connector's result may not set them.
@@ -327,11 +345,49 @@ pub const ENVELOPE_KEYS: [&str; 9] = [
 
 impl Runtime {
     /// Instantiates the connector in a fresh store and calls its `run` export.
-    /// Whatever happens, no delta run is left open: after a stop (deadline or
-    /// signal) the host settles the store and fails what is open within the
-    /// grace period.
-    pub async fn run(&self, pre: &ConnectorPre, job: Job) -> anyhow::Result<Ended> {
-        let client = crate::caps::http::build_client(job.policy.clone())?;
+    /// Whatever happens, no delta run is left open: after a stop (deadline,
+    /// signal or a spent budget) the host settles the store and fails what is
+    /// open within the grace period.
+    pub async fn run(&self, pre: &ConnectorPre, mut job: Job) -> Result<Ended, Overloaded> {
+        let ctx = RunCtx::new(job.log.clone(), job.stop.clone(), RunBudget::new(job.budget.clone(), job.stop.clone()));
+        let (mut store, panic) = self.build(&mut job, &ctx)?;
+        let store_busy_before = job.store.busy();
+        // One stop for the whole run: the epoch callback cuts a connector
+        // spinning in wasm; the select below cuts one waiting in a host call
+        // (retries, slow responses), on a signal or when its budget ran out.
+        let _ticker = match job.limits.epoch_interruption {
+            true => {
+                let stop = ctx.stop.clone();
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| match stop.exceeded() {
+                    Some(limit) => Err(limit.into()),
+                    None => Ok(UpdateDeadline::Continue(1)),
+                });
+                Some(self.ticker.hold()?)
+            }
+            false => None,
+        };
+        let returned = tokio::select! {
+            returned = pre.call_run(&mut store) => returned,
+            limit = ctx.stop.stopped() => Err(limit.into()),
+        };
+        store.data_mut().http.cancel_pending();
+        // A run its budget stopped failed, whatever the connector did next.
+        let returned = match ctx.stop.exceeded() {
+            Some(limit @ LimitExceeded::Budget(_)) => Err(limit.into()),
+            _ => returned,
+        };
+        // After a stop, the clean-up has the grace period and no more.
+        let settle_by = ctx.stop.reason().is_some().then(|| Instant::now() + job.limits.grace);
+        let outcome = classify(returned, &mut store, &job, &ctx, settle_by, &panic).await;
+        Ok(settle(outcome, &store, &job, &ctx, settle_by, store_busy_before).await)
+    }
+
+    /// A fresh store for one run: a state per capability, the resource table,
+    /// an empty WASI context, the run's limits and meter.
+    fn build(&self, job: &mut Job, ctx: &RunCtx) -> Result<(Store<JobState>, PanicMessage), Overloaded> {
+        let client = crate::caps::http::build_client(job.policy.clone())
+            .map_err(|e| Overloaded(format!("the run's HTTP client could not start: {e:#}")))?;
         let customer = job.settings.customer_number.clone();
         let stderr = GuestOutput::stderr(job.log.clone());
         let panic = stderr.panic_message();
@@ -343,26 +399,26 @@ impl Runtime {
             .allow_ip_name_lookup(false)
             // Random bytes are allocated by the host at the size the guest asks for.
             .max_random_size(MAX_RANDOM_BYTES);
-        // A replay's connector lives at the recorded time, so its time-derived queries match.
+        // A replay's connector lives at the recorded time, so its time-derived
+        // queries match; the cassette is host memory the run holds.
+        let mut held = Vec::new();
         if let Some(replay) = &job.offline.replay {
-            let recorded_at = replay.lock().unwrap_or_else(|p| p.into_inner()).recorded_at;
+            let (recorded_at, bytes) = {
+                let replay = replay.lock().unwrap_or_else(|p| p.into_inner());
+                (replay.recorded_at, replay.bytes)
+            };
             wasi.wall_clock(crate::caps::offline::ReplayClock::starting_at(recorded_at));
+            // Over budget, the run is stopped before the connector starts.
+            held.extend(ctx.budget.hold(crate::budget::Resource::HostMemory, bytes, "the replayed cassette").ok());
         }
         let wasi = wasi.build();
-        let refusals = Refusals::default();
-        let stop = job.stop.clone();
-        let meter = Meter::default();
-        let counters = meter.counters.clone();
-        let job_id = job.identity.job_id.clone();
         let http = HttpCap::new(
             client,
             job.policy.clone(),
             job.settings.clone(),
-            job.http,
-            job.log.clone(),
-            refusals.clone(),
-            job.offline,
-            counters.clone(),
+            job.http.clone(),
+            std::mem::take(&mut job.offline),
+            ctx,
         );
         let mut table = ResourceTable::new();
         table.set_max_capacity(wasi_http::MAX_RESOURCES);
@@ -370,30 +426,21 @@ impl Runtime {
             wasi,
             table,
             context: ContextCap::new(job.settings.clone(), job.deny_secret_read),
-            logger: LoggerCap::new(job.log.clone(), counters.clone()),
+            logger: LoggerCap::new(ctx),
             outgoing: http.outgoing(),
             wasi_http: wasi_http::context(),
             http,
             delta: DeltaCap::new(
                 customer.clone(),
-                job.delta,
+                job.delta.clone(),
                 job.store.clone(),
-                job.identity,
-                job.log.clone(),
-                stop.clone(),
-                refusals.clone(),
-                counters.clone(),
+                job.identity.clone(),
+                ctx.clone(),
             ),
-            supplier: SupplierCap::new(
-                customer,
-                job.store.clone(),
-                job.suppliers,
-                stop.clone(),
-                refusals.clone(),
-                counters.clone(),
-            ),
+            supplier: SupplierCap::new(customer, job.store.clone(), job.suppliers.clone(), ctx.clone()),
             limiter: GuestLimiter::new(&job.limits),
-            meter,
+            meter: Meter::new(ctx.counters.clone()),
+            _held: held,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -401,205 +448,212 @@ impl Runtime {
             cx.data_mut().meter.on(hook);
             Ok(())
         });
-        let store_busy_before = job.store.busy();
         // What one call may copy out of the guest, whatever its strings and lists alias.
         store.set_hostcall_fuel(job.limits.max_call_bytes);
+        Ok((store, panic))
+    }
+}
 
-        // One stop for the whole run: the epoch callback cuts a connector
-        // spinning in wasm; the select below cuts one waiting in a host call
-        // (retries, slow responses) or on a signal.
-        let _ticker = job.limits.epoch_interruption.then(|| {
-            let stop = stop.clone();
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| match stop.exceeded() {
-                Some(limit) => Err(limit.into()),
-                None => Ok(UpdateDeadline::Continue(1)),
-            });
-            self.ticker.hold()
-        });
-        let call = pre.call_run(&mut store);
-        let returned = tokio::select! {
-            returned = call => returned,
-            limit = stop.stopped() => Err(limit.into()),
-        };
-        store.data_mut().http.cancel_pending();
-        // After a stop, the clean-up has the grace period and no more.
-        let settle_by = (stop.reason().is_some()).then(|| Instant::now() + job.limits.grace);
+/// The last Rust panic message the connector printed, if any.
+type PanicMessage = Arc<Mutex<Option<String>>>;
 
-        let log = job.log;
-        let max_call_bytes = job.limits.max_call_bytes;
-        let delta = &mut store.data_mut().delta;
-        let outcome = match returned {
-            Ok(Ok(result)) => match parse_result(&result) {
-                Ok(object) => {
-                    let failed = delta
-                        .fail_open_runs("the connector returned without completing its delta run")
-                        .await;
-                    let streams: Vec<String> = failed
-                        .iter()
-                        .map(|(k, _)| k)
-                        .chain(&delta.abandoned)
-                        .map(ToString::to_string)
-                        .collect();
-                    if streams.is_empty() {
-                        Outcome::Success(Succeeded {
-                            result: object,
-                            written: SaveCounts::default(),
-                            rejected: delta.rejected,
-                            committed: std::mem::take(&mut delta.committed),
-                        })
-                    } else {
-                        Outcome::Failure {
-                            kind: "cursor_not_committed",
-                            message: format!(
-                                "the connector returned success without completing its delta run of {}; \
-                                 the run was marked failed and the cursor did not move",
-                                streams.join(", ")
-                            ),
-                        }
-                    }
-                }
-                Err(problem) => {
-                    let message = format!("the connector's result {problem}");
-                    let failed = delta.fail_open_runs(&message).await;
-                    Outcome::Failure {
-                        kind: "invalid_result",
-                        message: with_commits(message, &failed),
-                    }
-                }
-            },
-            Ok(Err(message)) => {
-                // A connector that gave up because a host limit refused its last call: name the limit.
-                let (kind, message) = match refusals.last() {
-                    Some(hit) => (
-                        hit.kind,
-                        format!("{}; the connector then failed: {message}", hit.message),
-                    ),
-                    None => ("connector_error", message),
-                };
-                delta.fail_open_runs(&message).await;
-                Outcome::Failure { kind, message }
-            }
-            Err(trap) => {
-                let (kind, message) = match LimitExceeded::of_trap(&trap, max_call_bytes, wasi_http::MAX_RESOURCES) {
-                    Some(limit) => (limit.kind(), limit.to_string()),
-                    None => ("trap", describe_trap(&trap, panic.lock().unwrap().as_deref())),
-                };
-                if settle_by.is_none() {
-                    let (frames, detail) = wasm_backtrace(&trap);
-                    log.error(
-                        &format!(
-                            "The connector was stopped: {}; wasm backtrace: {frames}",
-                            trap.root_cause()
-                        ),
-                        Some("trap"),
-                        Some(detail),
-                    );
-                }
-                let failed = match settle_by {
-                    // Let what the store was given finish (it commits nothing after the
-                    // stop), then fail the open runs, within the grace period.
-                    Some(by) => match timeout_at(by.into(), async {
-                        let _ = job.store.drain().await;
-                        delta.fail_open_runs(&message).await
+/// How the call ended, for the envelope; no delta run is left open.
+async fn classify(
+    returned: wasmtime::Result<Result<String, String>>,
+    store: &mut Store<JobState>,
+    job: &Job,
+    ctx: &RunCtx,
+    settle_by: Option<Instant>,
+    panic: &PanicMessage,
+) -> Outcome {
+    let log = &ctx.log;
+    let delta = &mut store.data_mut().delta;
+    match returned {
+        Ok(Ok(result)) => match parse_result(&result) {
+            Ok(object) => {
+                let failed = delta
+                    .fail_open_runs("the connector returned without completing its delta run")
+                    .await;
+                let streams: Vec<String> = failed
+                    .iter()
+                    .map(|(k, _)| k)
+                    .chain(&delta.abandoned)
+                    .map(ToString::to_string)
+                    .collect();
+                if streams.is_empty() {
+                    Outcome::Success(Succeeded {
+                        result: object,
+                        written: SaveCounts::default(),
+                        rejected: delta.rejected,
+                        committed: std::mem::take(&mut delta.committed),
                     })
-                    .await
-                    {
-                        Ok(failed) => failed,
-                        Err(_) => {
-                            log.error(
-                                &format!(
-                                    "The store did not settle within the grace period ({}); open runs stay \
-                                     running until their lease expires or a run on this machine finds this \
-                                     process gone",
-                                    humantime::format_duration(job.limits.grace)
-                                ),
-                                Some("done"),
-                                None,
-                            );
-                            Vec::new()
-                        }
-                    },
-                    None => delta.fail_open_runs(&message).await,
-                };
-                Outcome::Failure {
-                    kind,
-                    message: with_commits(message, &failed),
+                } else {
+                    Outcome::failure(
+                        "cursor_not_committed",
+                        format!(
+                            "the connector returned success without completing its delta run of {}; \
+                             the run was marked failed and the cursor did not move",
+                            streams.join(", ")
+                        ),
+                    )
                 }
             }
-        };
-        // Background supplier writes finish before the process reports.
-        let drained = match settle_by {
-            Some(by) => timeout_at(by.into(), job.store.drain())
+            Err(problem) => {
+                let message = format!("the connector's result {problem}");
+                let failed = delta.fail_open_runs(&message).await;
+                Outcome::failure("invalid_result", with_commits(message, &failed))
+            }
+        },
+        Ok(Err(message)) => {
+            // A connector that gave up because a host limit refused its last call: name the limit.
+            let (kind, message) = match ctx.refusals.last() {
+                Some(hit) => (hit.kind, passed_on(&hit.message, &message)),
+                None => ("connector_error", message),
+            };
+            delta.fail_open_runs(&message).await;
+            Outcome::failure(kind, message)
+        }
+        Err(trap) => {
+            let limit = LimitExceeded::of_trap(&trap, job.limits.max_call_bytes, wasi_http::MAX_RESOURCES);
+            let (kind, message) = match &limit {
+                Some(limit) => (limit.kind(), limit.to_string()),
+                None => ("trap", describe_trap(&trap, panic.lock().unwrap_or_else(|p| p.into_inner()).as_deref())),
+            };
+            if settle_by.is_none() {
+                let (frames, detail) = wasm_backtrace(&trap);
+                log.error(
+                    &format!("The connector was stopped: {}; wasm backtrace: {frames}", trap.root_cause()),
+                    Some("trap"),
+                    Some(detail),
+                );
+            }
+            let failed = match settle_by {
+                // Let what the store was given finish (it commits nothing after the
+                // stop), then fail the open runs, within the grace period.
+                Some(by) => match timeout_at(by.into(), async {
+                    let _ = job.store.drain().await;
+                    delta.fail_open_runs(&message).await
+                })
                 .await
-                .unwrap_or(Ok(job.store.written())),
-            None => job.store.drain().await,
-        };
-        let outcome = match (outcome, drained) {
-            (Outcome::Success(..), Err(e)) => Outcome::Failure {
-                kind: "store_error",
-                message: format!("suppliers could not be written: {e}"),
-            },
-            (Outcome::Success(done), Ok(written)) => Outcome::Success(Succeeded { written, ..done }),
-            (outcome, _) => outcome,
-        };
-        let dropped = log.dropped();
-        if dropped > 0 {
-            log.warn(
-                &format!(
-                    "{dropped} connector log lines were dropped: the run's budget is {} lines and {} bytes \
-                     (--max-log-lines, --max-log-bytes)",
-                    job.limits.max_log_lines, job.limits.max_log_bytes
-                ),
-                Some("log"),
-                Some(serde_json::json!({"dropped": dropped})),
-            );
+                {
+                    Ok(failed) => failed,
+                    Err(_) => {
+                        log.error(
+                            &format!(
+                                "The store did not settle within the grace period ({}); open runs stay \
+                                 running until their lease expires or a run on this machine finds this \
+                                 process gone",
+                                humantime::format_duration(job.limits.grace)
+                            ),
+                            Some("done"),
+                            None,
+                        );
+                        Vec::new()
+                    }
+                },
+                None => delta.fail_open_runs(&message).await,
+            };
+            Outcome::Failure {
+                kind,
+                message: with_commits(message, &failed),
+                limit: limit.as_ref().and_then(LimitExceeded::budget_resource),
+            }
         }
-        let data = store.data();
-        let written = job.store.written();
-        let usage = Usage {
-            wall_ms: crate::meter::whole_ms(data.meter.wall()),
-            cpu_ms: crate::meter::whole_ms(data.meter.cpu()),
-            store_ms: crate::meter::whole_ms(job.store.busy().saturating_sub(store_busy_before)),
-            peak_memory_bytes: data.limiter.peak_memory_bytes as u64,
-            http_requests: counters.http_requests.load(Ordering::Relaxed),
-            http_retries: counters.http_retries.load(Ordering::Relaxed),
-            http_bytes_in: counters.http_bytes_in.load(Ordering::Relaxed),
-            records_written: written.inserted + written.updated,
-        };
-        let breakdown = data.meter.breakdown();
-        // Billing and throttling read it from the run history too.
-        if let Err(e) = job.store.record_usage(job_id, usage).await {
-            log.warn(
-                &format!("Could not record the job's usage in the run history: {e}"),
-                Some("usage"),
-                None,
-            );
-        }
-        log.debug(
+    }
+}
+
+/// The connector's own message after the limit that refused its last call,
+/// unless it already says the same (most connectors pass the host's error on).
+fn passed_on(limit: &str, connector: &str) -> String {
+    if connector.contains(limit) {
+        connector.to_owned()
+    } else if limit.contains(connector) {
+        limit.to_owned()
+    } else {
+        format!("{limit}; the connector then failed: {connector}")
+    }
+}
+
+/// Waits for background writes, then reports the outcome with the run's usage.
+async fn settle(
+    outcome: Outcome,
+    store: &Store<JobState>,
+    job: &Job,
+    ctx: &RunCtx,
+    settle_by: Option<Instant>,
+    store_busy_before: Duration,
+) -> Ended {
+    let log = &ctx.log;
+    // Background supplier writes finish before the process reports.
+    let drained = match settle_by {
+        Some(by) => timeout_at(by.into(), job.store.drain())
+            .await
+            .unwrap_or(Ok(job.store.written())),
+        None => job.store.drain().await,
+    };
+    let outcome = match (outcome, drained) {
+        (Outcome::Success(..), Err(e)) => Outcome::failure("store_error", format!("suppliers could not be written: {e}")),
+        (Outcome::Success(done), Ok(written)) => Outcome::Success(Succeeded { written, ..done }),
+        (outcome, _) => outcome,
+    };
+    let dropped = log.dropped();
+    if dropped > 0 {
+        log.warn(
             &format!(
-                "Where the time went: {} ms in all; the connector's own work (parsing, mapping) {:.0} ms; \
-                 HTTP {:.0} ms ({} requests, {} KiB); queueing suppliers {:.0} ms; waiting for the store {:.0} ms; \
-                 logging {:.0} ms; crossing the boundary {:.0} ms; the store thread worked {} ms",
-                usage.wall_ms,
-                breakdown.connector_ms,
-                breakdown.http_ms,
-                usage.http_requests,
-                usage.http_bytes_in / 1024,
-                breakdown.queue_ms,
-                breakdown.store_wait_ms,
-                breakdown.log_ms,
-                breakdown.boundary_ms,
-                usage.store_ms
+                "{dropped} log lines the connector wrote or caused were dropped: the run's budget is {} lines \
+                 and {} bytes (--max-log-lines, --max-log-bytes)",
+                job.limits.max_log_lines, job.limits.max_log_bytes
             ),
-            Some("usage"),
-            Some(serde_json::json!({"usage": usage, "breakdown": breakdown})),
+            Some("log"),
+            Some(serde_json::json!({"dropped": dropped})),
         );
-        Ok(Ended {
-            outcome,
-            usage,
-            breakdown,
-        })
+    }
+    let data = store.data();
+    let written = job.store.written();
+    let counters = &ctx.counters;
+    let usage = Usage {
+        wall_ms: crate::meter::whole_ms(data.meter.wall()),
+        cpu_ms: crate::meter::whole_ms(data.meter.cpu()),
+        store_ms: crate::meter::whole_ms(job.store.busy().saturating_sub(store_busy_before)),
+        peak_memory_bytes: data.limiter.peak_memory_bytes as u64,
+        peak_host_memory_bytes: ctx.budget.peak_host_memory(),
+        http_requests: counters.http_requests.load(Ordering::Relaxed),
+        http_retries: counters.http_retries.load(Ordering::Relaxed),
+        http_bytes_in: counters.http_bytes_in.load(Ordering::Relaxed),
+        records_written: written.inserted + written.updated,
+    };
+    let breakdown = data.meter.breakdown();
+    // Billing and throttling read it from the run history too.
+    if let Err(e) = job.store.record_usage(job.identity.job_id.clone(), usage).await {
+        log.warn(
+            &format!("Could not record the job's usage in the run history: {e}"),
+            Some("usage"),
+            None,
+        );
+    }
+    log.debug(
+        &format!(
+            "Where the time went: {} ms in all; the connector's own work (parsing, mapping) {:.0} ms; \
+             HTTP {:.0} ms ({} requests, {} KiB); queueing suppliers {:.0} ms; waiting for the store {:.0} ms; \
+             logging {:.0} ms; crossing the boundary {:.0} ms; the store thread worked {} ms",
+            usage.wall_ms,
+            breakdown.connector_ms,
+            breakdown.http_ms,
+            usage.http_requests,
+            usage.http_bytes_in / 1024,
+            breakdown.queue_ms,
+            breakdown.store_wait_ms,
+            breakdown.log_ms,
+            breakdown.boundary_ms,
+            usage.store_ms
+        ),
+        Some("usage"),
+        Some(serde_json::json!({"usage": usage, "breakdown": breakdown})),
+    );
+    Ended {
+        outcome,
+        usage,
+        breakdown,
     }
 }
 
@@ -667,11 +721,9 @@ impl EpochTicker {
         }
     }
 
-    fn hold(&self) -> TickerHold {
+    fn hold(&self) -> Result<TickerHold, Overloaded> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0 += 1;
         if !state.1 {
-            state.1 = true;
             let (engine, shared) = (self.engine.clone(), self.state.clone());
             std::thread::Builder::new()
                 .name("nuntiq-epoch".into())
@@ -686,11 +738,13 @@ impl EpochTicker {
                         }
                     }
                 })
-                .expect("the epoch thread starts");
+                .map_err(|e| Overloaded(format!("the epoch thread could not start: {e}")))?;
+            state.1 = true;
         }
-        TickerHold {
+        state.0 += 1;
+        Ok(TickerHold {
             state: self.state.clone(),
-        }
+        })
     }
 }
 
@@ -742,7 +796,7 @@ mod tests {
         config.epoch_interruption(true);
         let ticker = EpochTicker::new(Engine::new(&config).unwrap());
         let running = || ticker.state.lock().unwrap().1;
-        let (a, b) = (ticker.hold(), ticker.hold());
+        let (a, b) = (ticker.hold().unwrap(), ticker.hold().unwrap());
         assert_eq!(*ticker.state.lock().unwrap(), (2, true), "one thread for both");
         drop(a);
         std::thread::sleep(EPOCH_TICK * 3);
@@ -753,7 +807,7 @@ mod tests {
             std::thread::sleep(EPOCH_TICK);
         }
         assert!(!running(), "the thread ends with the last hold");
-        let _c = ticker.hold();
+        let _c = ticker.hold().unwrap();
         assert!(running(), "and starts again with the next");
     }
 }

@@ -2,11 +2,13 @@
 //! with the platform's status and monotonicity rules. The host keeps track of
 //! every run a connector opens so that none is left `running` when the job ends.
 
+use super::RunCtx;
 use super::supplier::SupplierQueue;
 use crate::bindings::delta_state::{self, CursorType as WitCursorType, DeltaError, RunStatus as WitRunStatus};
-use crate::limits::{LimitHit, Refusals, Stop};
+use crate::budget::{Charge, Resource as Spent};
+use crate::limits::{LimitHit, Overloaded};
 use crate::log::LogSink;
-use crate::meter::{Counters, Section};
+use crate::meter::Section;
 use crate::settings::check_name;
 use crate::store::{
     Completion, CursorType, FailOutcome, RunOwner, RunStatus, SaveCounts, Store, StoreError, StreamKey, StreamState,
@@ -66,11 +68,15 @@ pub struct DeltaRun {
     metadata: Option<serde_json::Value>,
     /// What the job's store handle had written when this run began.
     written_at_begin: SaveCounts,
-    /// Rows this run set aside.
-    rejected: u64,
     /// Begun (or being begun) and neither completed nor failed.
     pub open: bool,
+    /// The host memory this run's state takes (its names, cursors and
+    /// metadata), charged to the job's budget while the host keeps it.
+    _held: Charge,
 }
+
+/// Host memory charged for one delta run's state besides its metadata.
+const RUN_STATE_BYTES: u64 = 2048;
 
 /// Who this job's runs are, for leases and run history.
 #[derive(Debug, Clone)]
@@ -89,8 +95,7 @@ pub struct DeltaCap {
     config: DeltaConfig,
     store: Store,
     identity: RunIdentity,
-    log: Arc<LogSink>,
-    stop: Arc<Stop>,
+    ctx: RunCtx,
     runs: BTreeMap<u64, DeltaRun>,
     next_id: u64,
     /// Every stream a run of this job began.
@@ -101,37 +106,23 @@ pub struct DeltaCap {
     pub rejected: u64,
     /// The cursors the job's runs committed.
     pub committed: Vec<(StreamKey, String)>,
-    refusals: Refusals,
-    counters: Arc<Counters>,
     heartbeat: Option<Heartbeat>,
 }
 
 impl DeltaCap {
-    pub fn new(
-        customer_number: String,
-        config: DeltaConfig,
-        store: Store,
-        identity: RunIdentity,
-        log: Arc<LogSink>,
-        stop: Arc<Stop>,
-        refusals: Refusals,
-        counters: Arc<Counters>,
-    ) -> Self {
+    pub fn new(customer_number: String, config: DeltaConfig, store: Store, identity: RunIdentity, ctx: RunCtx) -> Self {
         Self {
             customer_number,
             config,
             store,
             identity,
-            log,
-            stop,
+            ctx,
             runs: BTreeMap::new(),
             next_id: 0,
             streams: HashSet::new(),
             abandoned: Vec::new(),
             rejected: 0,
             committed: Vec::new(),
-            refusals,
-            counters,
             heartbeat: None,
         }
     }
@@ -139,7 +130,7 @@ impl DeltaCap {
     /// A refusal the connector can handle, remembered so a failure right after
     /// it is reported under `kind`.
     fn refuse(&self, kind: &'static str, message: String) -> DeltaError {
-        self.refusals.refused(LimitHit {
+        self.ctx.refusals.refused(LimitHit {
             kind,
             message: message.clone(),
         });
@@ -175,12 +166,12 @@ impl DeltaCap {
     }
 
     /// The open runs the heartbeat renews.
-    fn leased(&mut self) -> Arc<Mutex<Vec<(StreamKey, RunOwner)>>> {
-        let (store, log, lease) = (self.store.clone(), self.log.clone(), self.identity.lease);
-        self.heartbeat
-            .get_or_insert_with(|| Heartbeat::start(store, log, lease))
-            .runs
-            .clone()
+    fn leased(&mut self) -> Result<Arc<Mutex<Vec<(StreamKey, RunOwner)>>>, Overloaded> {
+        if self.heartbeat.is_none() {
+            let (store, log, lease) = (self.store.clone(), self.ctx.log.clone(), self.identity.lease);
+            self.heartbeat = Some(Heartbeat::start(store, log, lease)?);
+        }
+        Ok(self.heartbeat.as_ref().expect("started above").runs.clone())
     }
 
     fn release(&mut self, run_id: &str) {
@@ -223,13 +214,14 @@ impl DeltaCap {
         for (_, run_id) in &runs {
             self.release(run_id);
         }
-        let summary = self.log.redactor().clean(summary, MAX_SUMMARY_BYTES);
+        let summary = self.ctx.log.redactor().clean(summary, MAX_SUMMARY_BYTES);
         let updated_by = self.identity.updated_by.clone();
         match self.store.fail_runs(runs.clone(), summary, updated_by).await {
             Ok(outcomes) => runs.into_iter().map(|(k, _)| k).zip(outcomes).collect(),
             Err(e) => {
                 for (key, _) in &runs {
-                    self.log
+                    self.ctx
+                        .log
                         .warn(&format!("Could not mark stream {key} failed: {e}"), Some("delta"), None);
                 }
                 runs.into_iter().map(|(k, _)| (k, FailOutcome::NotHeld)).collect()
@@ -242,10 +234,11 @@ impl DeltaCap {
         run.open = false;
         let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
         self.release(&run_id);
-        let summary = self.log.redactor().clean(summary, MAX_SUMMARY_BYTES);
+        let summary = self.ctx.log.redactor().clean(summary, MAX_SUMMARY_BYTES);
         let updated_by = self.identity.updated_by.clone();
         if let Err(e) = self.store.fail_run(key.clone(), run_id, summary, updated_by).await {
-            self.log
+            self.ctx
+                .log
                 .warn(&format!("Could not mark stream {key} failed: {e}"), Some("delta"), None);
         }
         Some(key)
@@ -353,6 +346,26 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
             );
             return Ok(Err(self.cap.refuse("stream_limit", message)));
         }
+        let budget = self.cap.ctx.budget.clone();
+        let held = match budget
+            .spend(Spent::Begins, 1, "delta-run.begin")
+            .and_then(|()| budget.hold(Spent::HostMemory, RUN_STATE_BYTES, "delta runs"))
+        {
+            Ok(held) => held,
+            Err(exceeded) => return Ok(Err(self.cap.refuse("limit", exceeded.to_string()))),
+        };
+        // The lease heartbeat first: a run that begins must be renewed.
+        let leased = match self.cap.leased() {
+            Ok(leased) => leased,
+            Err(overloaded) => {
+                let message = overloaded.to_string();
+                self.cap.ctx.refusals.refused(LimitHit {
+                    kind: "host_overloaded",
+                    message: message.clone(),
+                });
+                return Ok(Err(DeltaError::Store(message)));
+            }
+        };
         self.cap.streams.insert(key.clone());
         let cursor_type = CursorType::from(cursor_type);
         let id = &self.cap.identity;
@@ -375,39 +388,42 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 records_processed: None,
                 metadata: None,
                 written_at_begin: SaveCounts::default(),
-                rejected: 0,
                 open: true,
+                _held: held,
             },
         );
         let started = Instant::now();
         let begun = self
             .cap
             .store
-            .begin_run(key.clone(), cursor_type, owner.clone(), self.cap.stop.clone())
+            .begin_run(key.clone(), cursor_type, owner.clone(), self.cap.ctx.stop.clone())
             .await;
-        self.cap.counters.add(Section::StoreWait, started);
+        self.cap.ctx.counters.add(Section::StoreWait, started);
         let (begun, written) = match begun {
             Ok(begun) => begun,
             Err(e) => {
                 self.cap.runs.remove(&run_id);
                 match &e {
-                    StoreError::AlreadyRunning(message) => self.cap.refusals.refused(LimitHit {
+                    StoreError::AlreadyRunning(message) => self.cap.ctx.refusals.refused(LimitHit {
                         kind: "already_running",
                         message: message.clone(),
                     }),
-                    _ => self.cap.refusals.answered(),
+                    _ => self.cap.ctx.refusals.answered(),
                 }
                 return Ok(Err(e.into()));
             }
         };
-        self.cap.refusals.answered();
+        self.cap.ctx.refusals.answered();
         if let Some(note) = &begun.took_over {
-            self.cap.log.warn(&format!("Taking over: {note}"), Some("delta"), None);
+            self.cap
+                .ctx
+                .log
+                .warn(&format!("Taking over: {note}"), Some("delta"), None);
         }
         if let Some(lower) = &begun.lower_bound
             && let Err(problem) = cursor_type.validate(lower, self.cap.config.max_cursor_skew)
         {
-            self.cap.log.warn(
+            self.cap.ctx.log.warn(
                 &format!(
                     "The committed cursor of stream {key} is not usable: {problem}. Runs cannot move it; an \
                      operator can reset it with `nuntiq-host state reset --connector {} --stream {} --cursor … \
@@ -418,8 +434,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 None,
             );
         }
-        self.cap
-            .leased()
+        leased
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((key.clone(), owner));
@@ -469,8 +484,13 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         match serde_json::from_str::<serde_json::Value>(&metadata) {
             Ok(value @ serde_json::Value::Object(_)) => {
                 // Stored and shown to operators: no secret and no control character in it.
-                let value = self.cap.log.redactor().clean_json(value);
-                self.run(&run)?.metadata = Some(value);
+                let value = self.cap.ctx.log.redactor().clean_json(value);
+                let run = self.run(&run)?;
+                run._held.shrink_to(RUN_STATE_BYTES);
+                if let Err(exceeded) = run._held.grow(metadata.len() as u64, "delta run metadata") {
+                    return Ok(Err(self.cap.refuse("limit", exceeded.to_string())));
+                }
+                run.metadata = Some(value);
                 Ok(Ok(()))
             }
             _ => Ok(Err(DeltaError::InvalidArgument(
@@ -507,7 +527,11 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
             max_cursor_skew,
         };
         let pending = self.queue.take();
-        let stop = self.cap.stop.clone();
+        if let Err(exceeded) = super::supplier::spend_stored(&self.cap.ctx.budget, &pending.records) {
+            self.queue.restore(pending);
+            return Ok(Err(self.cap.refuse("limit", exceeded.to_string())));
+        }
+        let stop = self.cap.ctx.stop.clone();
         let started = Instant::now();
         self.cap.ending(&run_id, true);
         let completed = self
@@ -515,7 +539,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
             .store
             .complete_run(key, run_id.clone(), completion, pending, written_at_begin, stop)
             .await;
-        self.cap.counters.add(Section::StoreWait, started);
+        self.cap.ctx.counters.add(Section::StoreWait, started);
         match completed {
             Ok((state, _)) => {
                 let run = self.run(&handle)?;
@@ -526,19 +550,21 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 );
                 self.cap.committed.push(done);
                 self.cap.release(&run_id);
-                self.cap.refusals.answered();
+                self.cap.ctx.refusals.answered();
                 Ok(Ok(state.into()))
             }
             Err(failed) => {
                 // Nothing of the batch is known to be written: it stays queued,
                 // so a later complete writes it before any cursor covers it.
-                self.queue.restore(failed.pending);
+                if let Some(pending) = failed.pending {
+                    self.queue.restore(pending);
+                }
                 match &failed.error {
                     StoreError::LeaseLost(message) => {
                         // Another run owns the stream now: this one ends here, unwritten.
                         self.run(&handle)?.open = false;
                         self.cap.release(&run_id);
-                        self.cap.refusals.refused(LimitHit {
+                        self.cap.ctx.refusals.refused(LimitHit {
                             kind: "lease_lost",
                             message: message.clone(),
                         });
@@ -546,7 +572,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                     _ => {
                         // The run stays open: its lease matters again.
                         self.cap.ending(&run_id, false);
-                        self.cap.refusals.answered();
+                        self.cap.ctx.refusals.answered();
                     }
                 }
                 Ok(Err(failed.error.into()))
@@ -580,6 +606,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         reason: String,
     ) -> wasmtime::Result<Result<(), DeltaError>> {
         let max = self.cap.config.max_rejected;
+        let rejected = self.cap.rejected;
         let run = self.run(&handle)?;
         if !run.open {
             return Ok(Err(DeltaError::NotRunning(format!(
@@ -593,25 +620,35 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 row.len()
             ))));
         }
-        if run.rejected >= max {
+        if rejected >= max {
             let message = format!(
-                "run of stream {} already set aside {max} rows, its limit (--max-rejected); the source needs \
-                 fixing, or the limit raising",
+                "this job already set aside {max} rows, its limit per run however many delta runs it begins \
+                 (--max-rejected); stream {} needs its source fixed, or the limit raising",
                 run.key
             );
             return Ok(Err(self.cap.refuse("rejected_limit", message)));
         }
-        run.rejected += 1;
         let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
+        let budget = &self.cap.ctx.budget;
+        if let Err(exceeded) = budget
+            .spend(Spent::StoredRows, 1, "rejected rows")
+            .and_then(|()| budget.spend(Spent::StoredBytes, (row.len() + reason.len()) as u64, "rejected rows"))
+        {
+            return Ok(Err(self.cap.refuse("limit", exceeded.to_string())));
+        }
         self.cap.rejected += 1;
-        let redactor = self.cap.log.redactor();
-        let (row, reason) = (redactor.redact_raw(&row), redactor.clean(&reason, MAX_REJECT_REASON_BYTES));
-        self.cap.log.warn(
+        let redactor = self.cap.ctx.log.redactor();
+        let (row, reason) = (
+            redactor.redact_raw(&row),
+            redactor.clean(&reason, MAX_REJECT_REASON_BYTES),
+        );
+        self.cap.ctx.log.caused(
+            crate::log::Level::Warn,
             &format!("Rejected a row of stream {key}: {reason}"),
             Some("reject"),
             None,
         );
-        self.cap.refusals.answered();
+        self.cap.ctx.refusals.answered();
         Ok(self
             .cap
             .store
@@ -632,6 +669,8 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
                 self.cap.abandoned.push(key);
             }
         }
+        // Its handle is gone and it has ended: nothing will ask for it again.
+        self.cap.runs.remove(&id);
         Ok(())
     }
 }
@@ -685,7 +724,7 @@ impl Drop for Heartbeat {
 }
 
 impl Heartbeat {
-    fn start(store: Store, log: Arc<LogSink>, lease: Duration) -> Self {
+    fn start(store: Store, log: Arc<LogSink>, lease: Duration) -> Result<Self, Overloaded> {
         let runs: Arc<Mutex<Vec<(StreamKey, RunOwner)>>> = Arc::default();
         let ending: Arc<Mutex<HashSet<String>>> = Arc::default();
         let (stop, stopped) = mpsc::channel::<()>();
@@ -722,13 +761,13 @@ impl Heartbeat {
                     }
                 }
             })
-            .expect("the lease thread starts");
-        Self {
+            .map_err(|e| Overloaded(format!("the thread that renews the run's leases could not start: {e}")))?;
+        Ok(Self {
             runs,
             ending,
             stop: Some(stop),
             thread: Some(thread),
-        }
+        })
     }
 }
 

@@ -4,23 +4,25 @@
 //! retry or give up, and [`RetryPolicy::delay_after`] is the backoff schedule
 //! (tenacity's `wait_exponential`), which a `Retry-After` header can lengthen.
 
+use super::RunCtx;
 use super::offline::{Exchange, Fixtures, Recorder, Replay};
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
+use crate::budget::{Charge, Exceeded, RunBudget};
 use crate::limits::{LimitHit, Refusals, RequestBudget};
-use crate::meter::{Counters, Section};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 use crate::log::LogSink;
+use crate::meter::{Counters, Section};
 use crate::policy::{AllowedHost, Denied, NetworkPolicy, redact_url};
 use crate::settings::Settings;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use std::time::{Duration, SystemTime};
-use wasmtime::component::Resource;
 use url::Url;
+use wasmtime::component::Resource;
 
 /// A retry policy with the host's limits applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +163,8 @@ enum Attempt {
     Limit(&'static str, HttpError),
     /// The bodies the run holds together would pass the body limit.
     HeldTooMuch,
+    /// The run's budget ran out (the run is being stopped).
+    Budget(Exceeded),
 }
 
 fn held_too_much(url: &Url, limit: u64) -> String {
@@ -225,6 +229,9 @@ fn allowed_addresses(policy: &NetworkPolicy, host: &str, resolved: &[SocketAddr]
     Ok(allowed)
 }
 
+/// Idle pooled connections a run keeps per host.
+const MAX_IDLE_CONNECTIONS_PER_HOST: usize = 4;
+
 /// Builds the job's client: no proxies (they would bypass the address checks),
 /// no automatic redirects (each hop is checked here), DNS through the policy.
 pub fn build_client(policy: Arc<NetworkPolicy>) -> anyhow::Result<reqwest::Client> {
@@ -232,6 +239,9 @@ pub fn build_client(policy: Arc<NetworkPolicy>) -> anyhow::Result<reqwest::Clien
         .dns_resolver(Arc::new(PolicyResolver { policy }))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        // Idle sockets are descriptors too: a few per host, beside the
+        // run's --max-connections in use.
+        .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS_PER_HOST)
         .user_agent(concat!("nuntiq-host/", env!("CARGO_PKG_VERSION")))
         .build()?)
 }
@@ -252,7 +262,7 @@ struct Fetcher {
     settings: Arc<Settings>,
     config: HttpConfig,
     log: Arc<LogSink>,
-    budget: Arc<RequestBudget>,
+    requests: Arc<RequestBudget>,
     offline: Offline,
     counters: Arc<Counters>,
     /// Bytes of response bodies the run holds: being read, or read and not
@@ -260,33 +270,40 @@ struct Fetcher {
     /// `--max-response-body` through it, so pending requests cannot make the
     /// host buffer more than one response's worth.
     held: Arc<AtomicU64>,
+    /// The run's budget: every body is host memory of the run, and every
+    /// request takes one of its connections.
+    budget: Arc<RunBudget>,
 }
 
-/// A share of [`Fetcher::held`], given back when dropped.
+/// A share of [`Fetcher::held`] and of the run's host memory, given back when dropped.
 struct Hold {
     held: Arc<AtomicU64>,
     bytes: u64,
+    charge: Charge,
 }
 
 impl Hold {
-    fn new(held: &Arc<AtomicU64>) -> Self {
+    fn new(held: &Arc<AtomicU64>, budget: &Arc<RunBudget>) -> Self {
         Self {
             held: held.clone(),
             bytes: 0,
+            charge: budget.empty(),
         }
     }
 
-    /// Takes `n` more bytes, unless the run would then hold more than `limit`.
-    /// A compare-and-swap, so two requests growing at once are refused only
-    /// when both together would not fit.
-    fn grow(&mut self, n: u64, limit: u64) -> bool {
+    /// Takes `n` more bytes, unless the run would then hold more than `limit`
+    /// (`HeldTooMuch`, the connector's to handle) or its budget ran out (the
+    /// run is stopped). A compare-and-swap, so two requests growing at once
+    /// are refused only when both together would not fit.
+    fn grow(&mut self, n: u64, limit: u64) -> Result<(), Attempt> {
         let taken = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
             held.checked_add(n).filter(|&total| total <= limit)
         });
-        if taken.is_ok() {
-            self.bytes += n;
+        if taken.is_err() {
+            return Err(Attempt::HeldTooMuch);
         }
-        taken.is_ok()
+        self.bytes += n;
+        self.charge.grow(n, "HTTP response bodies").map_err(Attempt::Budget)
     }
 
     /// Keeps at most `n` bytes of this share and gives the rest back.
@@ -294,6 +311,7 @@ impl Hold {
         let back = self.bytes.saturating_sub(n);
         self.held.fetch_sub(back, Ordering::AcqRel);
         self.bytes -= back;
+        self.charge.shrink_to(n);
     }
 }
 
@@ -375,10 +393,8 @@ impl HttpCap {
         policy: Arc<NetworkPolicy>,
         settings: Arc<Settings>,
         config: HttpConfig,
-        log: Arc<LogSink>,
-        refusals: Refusals,
         offline: Offline,
-        counters: Arc<Counters>,
+        ctx: &RunCtx,
     ) -> Self {
         let max_requests = config.max_requests;
         Self {
@@ -387,13 +403,14 @@ impl HttpCap {
                 policy,
                 settings,
                 config,
-                log,
-                budget: Arc::new(RequestBudget::new(max_requests)),
+                log: ctx.log.clone(),
+                requests: Arc::new(RequestBudget::new(max_requests)),
                 offline,
-                counters,
+                counters: ctx.counters.clone(),
                 held: Arc::default(),
+                budget: ctx.budget.clone(),
             }),
-            refusals,
+            refusals: ctx.refusals.clone(),
             pending: HashMap::new(),
             next_pending: 0,
         }
@@ -429,10 +446,18 @@ impl HttpCap {
             self.settle(Some(("network_denied", why.clone())));
             return Err(HttpError::Denied(why));
         }
-        let io = io().map_err(HttpError::Connection)?;
+        let io = match io() {
+            Ok(io) => io,
+            Err(why) => {
+                self.settle(Some(("host_overloaded", why.clone())));
+                return Err(HttpError::Connection(why));
+            }
+        };
         let fetcher = fetcher.clone();
         let timeout_ms = request.timeout_ms;
-        Ok(InFlight(io.spawn(fetcher.send_and_hold(url, headers, policy, timeout_ms))))
+        Ok(InFlight(
+            io.spawn(fetcher.send_and_hold(url, headers, policy, timeout_ms)),
+        ))
     }
 
     /// Waits for a started request; the wait is the connector's HTTP time.
@@ -471,6 +496,7 @@ impl Fetcher {
         super::wasi_http::OutgoingHooks {
             client: self.client.clone(),
             policy: self.policy.clone(),
+            requests: self.requests.clone(),
             budget: self.budget.clone(),
             max_body_bytes: self.config.max_body_bytes,
             timeout: self.config.max_timeout,
@@ -588,7 +614,7 @@ impl Fetcher {
             {
                 return Attempt::Limit("network_denied", HttpError::Denied(why));
             }
-            if let Err(why) = self.budget.take() {
+            if let Err(why) = self.requests.take() {
                 return Attempt::Limit("request_budget", HttpError::Denied(why));
             }
             self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
@@ -655,7 +681,13 @@ impl Fetcher {
     /// Its body is counted in `hold`, the request's share of the run's body
     /// limit; a request holds one body at a time, so an earlier hop's or
     /// attempt's share is given back first.
-    async fn fetch(&self, url: &Url, headers: &HeaderMap, timeout: Duration, hold: &mut Hold) -> Result<Exchange, Attempt> {
+    async fn fetch(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        timeout: Duration,
+        hold: &mut Hold,
+    ) -> Result<Exchange, Attempt> {
         hold.shrink_to(0);
         let limit = self.config.max_body_bytes;
         let too_large = || Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit));
@@ -680,12 +712,19 @@ impl Fetcher {
         if let Some(exchange) = offline {
             return if exchange.body.len() as u64 > limit {
                 Err(too_large())
-            } else if !hold.grow(exchange.body.len() as u64, limit) {
-                Err(Attempt::HeldTooMuch)
             } else {
-                Ok(exchange)
+                hold.grow(exchange.body.len() as u64, limit).map(|()| exchange)
             };
         }
+        // The socket is the run's until the body is read: one of its connections.
+        let Some(_connection) = self.budget.connection(timeout).await else {
+            return Err(Attempt::Timeout(format!(
+                "GET {} waited {} for one of the run's {} connections (--max-connections), held by its other requests",
+                redact_url(url),
+                humantime::format_duration(timeout),
+                self.budget.limits().max_connections
+            )));
+        };
         let sent = self
             .client
             .get(url.clone())
@@ -709,9 +748,7 @@ impl Fetcher {
                     if body.len() as u64 + chunk.len() as u64 > limit {
                         return Err(too_large());
                     }
-                    if !hold.grow(chunk.len() as u64, limit) {
-                        return Err(Attempt::HeldTooMuch);
-                    }
+                    hold.grow(chunk.len() as u64, limit)?;
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
@@ -741,6 +778,16 @@ impl Fetcher {
             source = err.source();
         }
         let cause = error_chain(&e);
+        if crate::limits::out_of_descriptors(&e) {
+            return Attempt::Limit(
+                "host_overloaded",
+                HttpError::Connection(format!(
+                    "GET {} failed: the host has no file descriptor to spare ({cause}); this is the host's \
+                     shortage, not the server's",
+                    redact_url(url)
+                )),
+            );
+        }
         if e.is_timeout() {
             Attempt::Timeout(format!("GET {} timed out: {cause}", redact_url(url)))
         } else {
@@ -847,7 +894,7 @@ impl Fetcher {
     ) -> Finished {
         // The body is counted from its first chunk until the connector takes
         // it (or drops the request), never handed from one share to another.
-        let mut hold = Hold::new(&self.held);
+        let mut hold = Hold::new(&self.held, &self.budget);
         let outcome = self.send_with_retry(url, headers, policy, timeout_ms, &mut hold).await;
         let body = match &outcome {
             Ok(response) | Err(SendError::Other(HttpError::Status(response))) => response.body.len() as u64,
@@ -876,6 +923,14 @@ impl Fetcher {
             let (status, cause, retry_after, last) = match outcome {
                 Attempt::Done(response) => return Ok(response),
                 Attempt::Fatal(error) => return Err(SendError::Other(error)),
+                Attempt::Budget(exceeded) => {
+                    let message = exceeded.to_string();
+                    let hit = LimitHit {
+                        kind: "limit",
+                        message: message.clone(),
+                    };
+                    return Err(SendError::Limit(hit, HttpError::Denied(message)));
+                }
                 Attempt::HeldTooMuch => {
                     let limit = self.config.max_body_bytes;
                     let hit = LimitHit {
@@ -924,7 +979,8 @@ impl Fetcher {
                 Ok(delay) => delay,
                 Err(why) => return exhausted(attempt, format!("{cause}; {why}")),
             };
-            self.log.warn(
+            self.log.caused(
+                crate::log::Level::Warn,
                 &format!(
                     "Transient failure ({cause}); retry {} of {} in {:.1} s",
                     attempt,
@@ -1146,18 +1202,9 @@ mod tests {
             });
             let (log, captured) = sink(LogFormat::Json, &[]);
             let client = build_client(policy.clone()).unwrap();
-            let refusals = Refusals::default();
+            let ctx = RunCtx::new(Arc::new(log), crate::limits::Stop::never(), RunBudget::unlimited());
             (
-                HttpCap::new(
-                    client,
-                    policy,
-                    settings,
-                    config,
-                    Arc::new(log),
-                    refusals,
-                    Offline::default(),
-                    Arc::default(),
-                ),
+                HttpCap::new(client, policy, settings, config, Offline::default(), &ctx),
                 captured,
             )
         }
@@ -1267,8 +1314,14 @@ mod tests {
             on_answer
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the request was not sent while its caller was busy");
-            let response = http::HostPendingResponse::finish(&mut cap, pending).await.unwrap().unwrap();
-            assert_eq!((response.status, response.body.as_slice()), (200, b"{\"page\": 2}".as_slice()));
+            let response = http::HostPendingResponse::finish(&mut cap, pending)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (response.status, response.body.as_slice()),
+                (200, b"{\"page\": 2}".as_slice())
+            );
         }
 
         #[tokio::test]
@@ -1279,13 +1332,19 @@ mod tests {
             for _ in 0..MAX_PENDING {
                 held.push(cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap());
             }
-            let refused = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap_err();
+            let refused = cap
+                .start_get_with_retry(request(&url), None)
+                .await
+                .unwrap()
+                .unwrap_err();
             assert!(
                 matches!(&refused, HttpError::Denied(m) if m.contains("4 requests are pending already")),
                 "{refused:?}"
             );
             assert_eq!(cap.refusals.last().unwrap().kind, "pending_requests");
-            http::HostPendingResponse::drop(&mut cap, held.pop().unwrap()).await.unwrap();
+            http::HostPendingResponse::drop(&mut cap, held.pop().unwrap())
+                .await
+                .unwrap();
             assert_eq!(cap.pending.len(), MAX_PENDING - 1);
             cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
             // A malformed request fails at once and takes no place.
@@ -1293,7 +1352,10 @@ mod tests {
             bad.url = "not a url".into();
             cap.pending.clear();
             let e = cap.start_get_with_retry(bad, None).await.unwrap().unwrap_err();
-            assert!(matches!(&e, HttpError::InvalidRequest(m) if m.contains("not an absolute URL")), "{e:?}");
+            assert!(
+                matches!(&e, HttpError::InvalidRequest(m) if m.contains("not an absolute URL")),
+                "{e:?}"
+            );
             assert!(cap.pending.is_empty());
         }
 
@@ -1322,7 +1384,11 @@ mod tests {
             let first = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
             let second = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
             until_answered(&cap).await;
-            assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 60, "one body waits, the other was refused");
+            assert_eq!(
+                cap.fetcher.held.load(Ordering::SeqCst),
+                60,
+                "one body waits, the other was refused"
+            );
             let mut outcomes = Vec::new();
             for pending in [first, second] {
                 outcomes.push(http::HostPendingResponse::finish(&mut cap, pending).await.unwrap());
@@ -1344,7 +1410,10 @@ mod tests {
             let mut elsewhere = request(&url);
             elsewhere.url = "http://not-allowed.invalid/suppliers".into();
             let e = cap.start_get_with_retry(elsewhere, None).await.unwrap().unwrap_err();
-            assert!(matches!(&e, HttpError::Denied(m) if m.contains("not-allowed.invalid")), "{e:?}");
+            assert!(
+                matches!(&e, HttpError::Denied(m) if m.contains("not-allowed.invalid")),
+                "{e:?}"
+            );
             assert_eq!(cap.refusals.last().unwrap().kind, "network_denied");
             assert!(cap.pending.is_empty());
             assert_eq!(hits.load(Ordering::SeqCst), 0);
@@ -1401,21 +1470,40 @@ mod tests {
             );
             let pending = cap.start_get_with_retry(request(&url), fast(3)).await.unwrap().unwrap();
             until_answered(&cap).await;
-            assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 60, "only the final body is held");
-            let response = http::HostPendingResponse::finish(&mut cap, pending).await.unwrap().unwrap();
-            assert_eq!((response.status, response.attempts, hits.load(Ordering::SeqCst)), (200, 2, 2));
+            assert_eq!(
+                cap.fetcher.held.load(Ordering::SeqCst),
+                60,
+                "only the final body is held"
+            );
+            let response = http::HostPendingResponse::finish(&mut cap, pending)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (response.status, response.attempts, hits.load(Ordering::SeqCst)),
+                (200, 2, 2)
+            );
             assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 0);
         }
 
         #[test]
         fn a_hold_grows_only_within_the_limit_and_gives_back_what_it_sheds() {
             let held = Arc::new(AtomicU64::new(0));
-            let mut a = Hold::new(&held);
-            let mut b = Hold::new(&held);
-            assert!(a.grow(60, 100));
-            assert!(!b.grow(50, 100), "60 + 50 passes 100");
+            let budget = RunBudget::unlimited();
+            let mut a = Hold::new(&held, &budget);
+            let mut b = Hold::new(&held, &budget);
+            assert!(a.grow(60, 100).is_ok());
+            assert!(
+                matches!(b.grow(50, 100), Err(Attempt::HeldTooMuch)),
+                "60 + 50 passes 100"
+            );
             assert_eq!(held.load(Ordering::SeqCst), 60, "a refused grow takes nothing");
-            assert!(b.grow(40, 100));
+            assert!(b.grow(40, 100).is_ok());
+            assert_eq!(
+                budget.used(crate::budget::Resource::HostMemory),
+                100,
+                "the run's budget is charged too"
+            );
             a.shrink_to(10);
             assert_eq!(held.load(Ordering::SeqCst), 50);
             a.shrink_to(20);
@@ -1424,6 +1512,24 @@ mod tests {
             assert_eq!(held.load(Ordering::SeqCst), 10);
             drop(a);
             assert_eq!(held.load(Ordering::SeqCst), 0);
+            assert_eq!(budget.used(crate::budget::Resource::HostMemory), 0);
+        }
+
+        #[test]
+        fn a_body_past_the_runs_host_memory_stops_the_run() {
+            let held = Arc::new(AtomicU64::new(0));
+            let stop = crate::limits::Stop::never();
+            let budget = RunBudget::new(
+                crate::budget::BudgetLimits {
+                    max_host_memory: 100,
+                    ..Default::default()
+                },
+                stop.clone(),
+            );
+            let mut a = Hold::new(&held, &budget);
+            assert!(a.grow(80, 1000).is_ok());
+            assert!(matches!(a.grow(30, 1000), Err(Attempt::Budget(_))));
+            assert_eq!(stop.exceeded().map(|l| l.kind()), Some("limit"));
         }
 
         #[tokio::test]

@@ -6,13 +6,15 @@
 //! call may hand over is already bounded by the store's hostcall fuel, and the
 //! byte budget stops a queue from growing across calls.
 
+use super::RunCtx;
 use crate::bindings::supplier_load::{self, LoadError, Supplier};
-use crate::limits::{LimitHit, Refusals, Stop};
-use crate::meter::{Counters, Section};
-use std::time::Instant;
+use crate::budget::{Charge, Resource, RunBudget};
+use crate::limits::LimitHit;
+use crate::meter::Section;
 use crate::store::records::{self, RecordLimits};
-use crate::store::{AddressRecord, LocationRecord, Store, SupplierRecord};
+use crate::store::{AddressRecord, Batch, LocationRecord, Store, SupplierRecord};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Host limits on what a connector may hand over.
 #[derive(Debug, Clone)]
@@ -34,25 +36,41 @@ impl Default for SupplierConfig {
     }
 }
 
-/// Suppliers queued by the connector and not yet written.
-#[derive(Default)]
+/// Suppliers queued by the connector and not yet written, charged to the
+/// run's host memory until the store has written them.
 pub struct SupplierQueue {
     pending: Vec<SupplierRecord>,
     bytes: usize,
+    charge: Charge,
 }
 
 impl SupplierQueue {
-    pub fn take(&mut self) -> Vec<SupplierRecord> {
+    pub fn new(budget: &Arc<RunBudget>) -> Self {
+        Self {
+            pending: Vec::new(),
+            bytes: 0,
+            charge: budget.empty(),
+        }
+    }
+
+    /// Everything queued, with its charge.
+    pub fn take(&mut self) -> Batch {
         self.bytes = 0;
-        std::mem::take(&mut self.pending)
+        let fresh = self.charge.empty_like();
+        Batch {
+            records: std::mem::take(&mut self.pending),
+            held: std::mem::replace(&mut self.charge, fresh),
+        }
     }
 
     /// Puts back a batch a failed complete did not write, ahead of anything
-    /// queued since.
-    pub fn restore(&mut self, mut batch: Vec<SupplierRecord>) {
-        self.bytes += batch.iter().map(SupplierRecord::host_bytes).sum::<usize>();
-        batch.append(&mut self.pending);
-        self.pending = batch;
+    /// queued since, with its charge.
+    pub fn restore(&mut self, batch: Batch) {
+        let Batch { mut records, held } = batch;
+        self.bytes += records.iter().map(SupplierRecord::host_bytes).sum::<usize>();
+        self.charge.absorb(held);
+        records.append(&mut self.pending);
+        self.pending = records;
     }
 
     pub fn len(&self) -> usize {
@@ -68,34 +86,23 @@ pub struct SupplierCap {
     customer_number: String,
     store: Store,
     config: SupplierConfig,
-    stop: Arc<Stop>,
     pub queue: SupplierQueue,
-    refusals: Refusals,
-    pub(super) counters: Arc<Counters>,
+    pub(super) ctx: RunCtx,
 }
 
 impl SupplierCap {
-    pub fn new(
-        customer_number: String,
-        store: Store,
-        config: SupplierConfig,
-        stop: Arc<Stop>,
-        refusals: Refusals,
-        counters: Arc<Counters>,
-    ) -> Self {
+    pub fn new(customer_number: String, store: Store, config: SupplierConfig, ctx: RunCtx) -> Self {
         Self {
             customer_number,
             store,
             config,
-            stop,
-            queue: SupplierQueue::default(),
-            refusals,
-            counters,
+            queue: SupplierQueue::new(&ctx.budget),
+            ctx,
         }
     }
 
     fn queue_full(&mut self, message: String) -> Result<u32, LoadError> {
-        self.refusals.refused(LimitHit {
+        self.ctx.refusals.refused(LimitHit {
             kind: "batch_too_large",
             message: message.clone(),
         });
@@ -208,11 +215,14 @@ impl SupplierCap {
             );
             return self.queue_full(message);
         }
-        self.refusals.answered();
+        self.ctx.refusals.answered();
         if let Err(problem) = records::validate(&batch, &self.config.records) {
             return Err(LoadError::InvalidRecord(format!(
                 "{problem}; nothing of this batch was queued"
             )));
+        }
+        if let Err(exceeded) = self.queue.charge.grow(bytes as u64, "queued suppliers") {
+            return Err(LoadError::QueueFull(exceeded.to_string()));
         }
         self.queue.pending.extend(batch);
         self.queue.bytes += bytes;
@@ -224,25 +234,39 @@ impl supplier_load::Host for SupplierCap {
     async fn queue(&mut self, suppliers: Vec<Supplier>) -> wasmtime::Result<Result<u32, LoadError>> {
         let started = Instant::now();
         let queued = self.queue_records(suppliers.into_iter().map(Into::into).collect());
-        self.counters.add(Section::Queue, started);
+        self.ctx.counters.add(Section::Queue, started);
         Ok(queued)
     }
 
     async fn save_all(&mut self) -> wasmtime::Result<Result<u32, LoadError>> {
-        self.refusals.answered();
-        let batch = self.queue.take();
-        if batch.is_empty() {
+        self.ctx.refusals.answered();
+        if self.queue.is_empty() {
             return Ok(Ok(0));
+        }
+        let batch = self.queue.take();
+        if let Err(exceeded) = spend_stored(&self.ctx.budget, &batch.records) {
+            return Ok(Err(LoadError::Store(exceeded.to_string())));
         }
         let customer = self.customer_number.clone();
         let started = Instant::now();
-        let saved = self.store.save_suppliers(customer, batch, self.stop.clone()).await;
-        self.counters.add(Section::StoreWait, started);
+        let saved = self.store.save_suppliers(customer, batch, self.ctx.stop.clone()).await;
+        self.ctx.counters.add(Section::StoreWait, started);
         match saved {
             Ok(n) => Ok(Ok(n as u32)),
             Err(e) => Ok(Err(LoadError::Store(format!("failed to save suppliers: {e}")))),
         }
     }
+}
+
+/// Counts a batch handed to the store against the run's stored rows and bytes.
+pub(super) fn spend_stored(budget: &RunBudget, records: &[SupplierRecord]) -> Result<(), crate::budget::Exceeded> {
+    let bytes: usize = records.iter().map(SupplierRecord::host_bytes).sum();
+    budget.spend(
+        Resource::StoredRows,
+        records.len() as u64,
+        "suppliers handed to the store",
+    )?;
+    budget.spend(Resource::StoredBytes, bytes as u64, "suppliers handed to the store")
 }
 
 #[cfg(test)]
@@ -251,14 +275,32 @@ mod tests {
     use crate::store::records::tests::supplier;
 
     #[test]
-    fn a_restored_batch_goes_first_and_keeps_its_bytes() {
-        let mut q = SupplierQueue::default();
+    fn a_restored_batch_goes_first_and_keeps_its_bytes_and_charge() {
+        let budget = RunBudget::unlimited();
+        let mut q = SupplierQueue::new(&budget);
         q.pending.push(supplier("LATER", "Later", None));
-        q.restore(vec![supplier("FIRST", "First", Some("Delft"))]);
+        let first = vec![supplier("FIRST", "First", Some("Delft"))];
+        let bytes = first[0].host_bytes() as u64;
+        let charge = budget.hold(Resource::HostMemory, bytes, "test").unwrap();
+        q.restore(Batch {
+            records: first,
+            held: charge,
+        });
         assert!(q.bytes > 0);
+        assert_eq!(
+            budget.used(Resource::HostMemory),
+            bytes,
+            "the charge came back with the batch"
+        );
         let taken = q.take();
-        let numbers: Vec<&str> = taken.iter().map(|s| s.supplier_number.as_str()).collect();
+        let numbers: Vec<&str> = taken.records.iter().map(|s| s.supplier_number.as_str()).collect();
         assert_eq!(numbers, ["FIRST", "LATER"]);
         assert_eq!(q.bytes, 0);
+        drop(taken);
+        assert_eq!(
+            budget.used(Resource::HostMemory),
+            0,
+            "written or dropped, the batch gives its charge back"
+        );
     }
 }

@@ -265,7 +265,7 @@ impl old::supplier_load::Host for SupplierCap {
     ) -> wasmtime::Result<Result<u32, old::supplier_load::LoadError>> {
         let started = std::time::Instant::now();
         let queued = self.queue_records(suppliers.into_iter().map(Into::into).collect());
-        self.counters.add(crate::meter::Section::Queue, started);
+        self.ctx.counters.add(crate::meter::Section::Queue, started);
         Ok(queued.map_err(Into::into))
     }
 

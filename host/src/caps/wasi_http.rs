@@ -10,6 +10,7 @@
 //! this module owns only [`OutgoingHooks::send_request`], the one way out.
 
 use super::offline::{Exchange, Recorder, Replay};
+use crate::budget::{Charge, RunBudget};
 use crate::limits::{LimitHit, Refusals, RequestBudget};
 use crate::log::LogSink;
 use crate::meter::Counters;
@@ -21,6 +22,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use url::Url;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
@@ -32,6 +34,12 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 1 << 20;
 /// table's cap below, they bound what a connector can park in host memory.
 const OUTGOING_CHUNK_BYTES: usize = 64 << 10;
 const FIELDS_BYTES: usize = 16 << 10;
+
+/// Host memory charged for each request a connector sends, from the moment
+/// its task is spawned until the guest drops its future and the runtime drops
+/// the task: a request the connector drops without yielding still has a task
+/// (and its buffers, about 450 bytes measured) until the run's thread yields.
+const REQUEST_CHARGE_BYTES: u64 = 1024;
 
 /// Resources (streams, pollables, fields, requests…) a connector may hold at
 /// once. An honest connector holds tens; the cap keeps a hostile one from
@@ -49,7 +57,10 @@ pub fn context() -> WasiHttpCtx {
 pub struct OutgoingHooks {
     pub(super) client: reqwest::Client,
     pub(super) policy: Arc<NetworkPolicy>,
-    pub(super) budget: Arc<RequestBudget>,
+    pub(super) requests: Arc<RequestBudget>,
+    /// The run's budget: host memory for each request's task and body, and
+    /// one of the run's connections for each socket.
+    pub(super) budget: Arc<RunBudget>,
     pub(super) max_body_bytes: u64,
     pub(super) timeout: Duration,
     pub(super) refusals: Refusals,
@@ -61,14 +72,21 @@ pub struct OutgoingHooks {
     pub(super) record: Option<Arc<Recorder>>,
 }
 
-type Sent = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>;
+type Sent = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+>;
 
 impl OutgoingHooks {
     /// Checks a request before anything leaves the host: the URL against the
     /// policy, then the budget. `Err` is what the connector sees.
     fn admit(&self, method: &http::Method, url: &str) -> Result<Url, Error> {
         let refuse = |kind: &'static str, error: Error, message: String| {
-            self.log.warn(
+            self.log.caused(
+                crate::log::Level::Warn,
                 &format!("wasi:http {method} refused: {message}"),
                 Some("http"),
                 Some(json!({"kind": kind})),
@@ -80,7 +98,7 @@ impl OutgoingHooks {
         if let Err(Denied(why)) = self.policy.check_url(&url) {
             return Err(refuse("network_denied", Error::HttpRequestDenied, why));
         }
-        if let Err(why) = self.budget.take() {
+        if let Err(why) = self.requests.take() {
             return Err(refuse("request_budget", Error::ConnectionLimitReached, why));
         }
         self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
@@ -89,20 +107,38 @@ impl OutgoingHooks {
 
     /// A replayed run's answer: the cassette's, or a refusal that names what
     /// it lacks (a replay never reaches the network).
-    fn replayed(&self, replay: &Mutex<Replay>, method: &http::Method, url: &Url) -> Sent {
+    fn replayed(&self, replay: &Mutex<Replay>, method: &http::Method, url: &Url, mut charge: Charge) -> Sent {
         let answer = replay
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .answer(method.as_str(), url, self.log.redactor());
         match answer {
             Ok(exchange) => {
-                self.counters
-                    .http_bytes_in
-                    .fetch_add(exchange.body.len() as u64, Ordering::Relaxed);
-                Ok((respond(exchange)?, Box::new(async { Ok(()) })))
+                // A replayed body is held by the host like a live one: the same limit, the same charge.
+                let size = exchange.body.len() as u64;
+                if size > self.max_body_bytes {
+                    self.log.caused(
+                        crate::log::Level::Warn,
+                        &format!(
+                            "wasi:http {method} {}: the recorded response body ({size} bytes) is past the host's \
+                             limit of {} (--max-response-body)",
+                            redact_url(url),
+                            self.max_body_bytes
+                        ),
+                        Some("http"),
+                        None,
+                    );
+                    return Err(Error::HttpResponseBodySize(Some(self.max_body_bytes)));
+                }
+                charge
+                    .grow(size, "replayed wasi:http bodies")
+                    .map_err(|_| Error::InternalError(None))?;
+                self.counters.http_bytes_in.fetch_add(size, Ordering::Relaxed);
+                Ok((charged(respond(exchange)?, charge, None), Box::new(async { Ok(()) })))
             }
             Err(message) => {
-                self.log.warn(
+                self.log.caused(
+                    crate::log::Level::Warn,
                     &format!("wasi:http {method} refused: {message}"),
                     Some("http"),
                     Some(json!({"kind": "replay_miss"})),
@@ -124,7 +160,11 @@ const FRAMING: [&str; 4] = ["content-length", "transfer-encoding", "connection",
 fn respond(exchange: Exchange) -> Result<http::Response<WasiBody>, Error> {
     let mut response = http::Response::builder().status(exchange.status);
     // Framing is the body's own now (a recorded body may have been redacted).
-    for (name, value) in exchange.headers.iter().filter(|(name, _)| !FRAMING.contains(&name.to_ascii_lowercase().as_str())) {
+    for (name, value) in exchange
+        .headers
+        .iter()
+        .filter(|(name, _)| !FRAMING.contains(&name.to_ascii_lowercase().as_str()))
+    {
         response = response.header(name.as_str(), value.as_str());
     }
     let body = Full::new(Bytes::from(exchange.body))
@@ -144,12 +184,37 @@ impl WasiHttpHooks for OutgoingHooks {
         options: Option<RequestOptions>,
         _io: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
+        // Charged before anything else: the task wasmtime spawns for this
+        // request lives until the guest drops it and the runtime gets to it.
+        let charge = match self.budget.hold(
+            crate::budget::Resource::HostMemory,
+            REQUEST_CHARGE_BYTES,
+            "wasi:http requests",
+        ) {
+            Ok(charge) => charge,
+            Err(exceeded) => {
+                self.refusals.refused(LimitHit {
+                    kind: "limit",
+                    message: exceeded.to_string(),
+                });
+                return Box::new(async {
+                    Err(Error::InternalError(Some(
+                        "the run's host memory budget is spent".into(),
+                    )))
+                });
+            }
+        };
         let url = match self.admit(request.method(), &request.uri().to_string()) {
             Ok(url) => url,
-            Err(e) => return Box::new(async move { Err(e) }),
+            Err(e) => {
+                return Box::new(async move {
+                    drop(charge);
+                    Err(e)
+                });
+            }
         };
         if let Some(replay) = &self.replay {
-            let answer = self.replayed(replay, request.method(), &url);
+            let answer = self.replayed(replay, request.method(), &url, charge);
             return Box::new(async move { answer });
         }
         // The connector may ask for shorter waits, never longer ones.
@@ -158,6 +223,9 @@ impl WasiHttpHooks for OutgoingHooks {
             .map_or(self.timeout, |t| t.min(self.timeout));
         let forward = Forward {
             client: self.client.clone(),
+            refusals: self.refusals.clone(),
+            budget: self.budget.clone(),
+            charge,
             max_body_bytes: self.max_body_bytes,
             timeout: self.timeout,
             first_byte,
@@ -173,6 +241,10 @@ impl WasiHttpHooks for OutgoingHooks {
 /// connector polls.
 struct Forward {
     client: reqwest::Client,
+    refusals: Refusals,
+    budget: Arc<RunBudget>,
+    /// This request's share of the run's host memory, handed on to its response body.
+    charge: Charge,
     max_body_bytes: u64,
     timeout: Duration,
     first_byte: Duration,
@@ -182,16 +254,36 @@ struct Forward {
 }
 
 impl Forward {
-    async fn send(self, request: http::Request<WasiBody>, url: Url) -> Sent {
+    async fn send(mut self, request: http::Request<WasiBody>, url: Url) -> Sent {
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, MAX_REQUEST_BODY_BYTES)
             .collect()
             .await
             .map_err(|_| Error::HttpRequestBodySize(Some(MAX_REQUEST_BODY_BYTES as u64)))?
             .to_bytes();
+        self.charge
+            .grow(body.len() as u64, "wasi:http request bodies")
+            .map_err(|_| Error::InternalError(None))?;
         let mut headers = parts.headers;
         // reqwest sets Host from the URL; the connector's copy goes.
         headers.remove(http::header::HOST);
+        // The socket is the run's until the response body ends or is dropped.
+        let Some(connection) = self.budget.connection(self.first_byte).await else {
+            self.log.caused(
+                crate::log::Level::Warn,
+                &format!(
+                    "wasi:http {} {}: waited {} for one of the run's {} connections (--max-connections), \
+                     held by its other requests; drop or finish responses to free them",
+                    parts.method,
+                    redact_url(&url),
+                    humantime::format_duration(self.first_byte),
+                    self.budget.limits().max_connections
+                ),
+                Some("http"),
+                None,
+            );
+            return Err(Error::ConnectionLimitReached);
+        };
         let sent = self
             .client
             .request(parts.method.clone(), url.clone())
@@ -206,7 +298,8 @@ impl Forward {
         };
         let max = self.max_body_bytes;
         if response.content_length().is_some_and(|n| n > max) {
-            self.log.warn(
+            self.log.caused(
+                crate::log::Level::Warn,
                 &format!(
                     "wasi:http {} {}: the response body ({} bytes) is past the host's limit of {max} (--max-response-body)",
                     parts.method,
@@ -218,8 +311,8 @@ impl Forward {
             );
             return Err(Error::HttpResponseBodySize(Some(max)));
         }
-        if let Some(recorder) = &self.record {
-            return self.recorded(recorder, &parts.method, &url, response).await;
+        if let Some(recorder) = self.record.clone() {
+            return self.recorded(&recorder, &parts.method, &url, response).await;
         }
         let counters = self.counters.clone();
         let response: http::Response<reqwest::Body> = response.into();
@@ -242,12 +335,21 @@ impl Forward {
                 })
                 .boxed_unsync()
         });
-        Ok((response, Box::new(async { Ok(()) })))
+        Ok((
+            charged(response, self.charge, Some(connection)),
+            Box::new(async { Ok(()) }),
+        ))
     }
 
     /// Reads the whole body (within the limit), records the exchange and
     /// hands the connector the same bytes.
-    async fn recorded(&self, recorder: &Recorder, method: &http::Method, url: &Url, response: reqwest::Response) -> Sent {
+    async fn recorded(
+        mut self,
+        recorder: &Recorder,
+        method: &http::Method,
+        url: &Url,
+        response: reqwest::Response,
+    ) -> Sent {
         let status = response.status().as_u16();
         let headers = Exchange::header_pairs(response.headers());
         let _reading = recorder.reading.acquire().await.map_err(|_| Error::HttpProtocolError)?;
@@ -263,14 +365,22 @@ impl Forward {
                 }
             })?
             .to_bytes();
-        self.counters.http_bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+        self.counters
+            .http_bytes_in
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        self.charge
+            .grow(body.len() as u64, "recorded wasi:http bodies")
+            .map_err(|_| Error::InternalError(None))?;
         let exchange = Exchange {
             status,
             headers,
             body: body.to_vec(),
         };
         recorder.record(method.as_str(), url, &exchange, self.log.redactor());
-        Ok((respond(exchange)?, Box::new(async { Ok(()) })))
+        Ok((
+            charged(respond(exchange)?, self.charge, None),
+            Box::new(async { Ok(()) }),
+        ))
     }
 
     /// The connector's error code; the log says what happened.
@@ -278,7 +388,8 @@ impl Forward {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = source {
             if let Some(Denied(why)) = err.downcast_ref::<Denied>() {
-                self.log.warn(
+                self.log.caused(
+                    crate::log::Level::Warn,
                     &format!("wasi:http {method} {} refused: {why}", redact_url(url)),
                     Some("http"),
                     Some(json!({"kind": "network_denied"})),
@@ -287,6 +398,19 @@ impl Forward {
             }
             source = err.source();
         }
+        if crate::limits::out_of_descriptors(&e) {
+            let message = format!(
+                "wasi:http {method} {}: the host has no file descriptor to spare; this is the host's shortage, \
+                 not the server's",
+                redact_url(url)
+            );
+            self.log.warn(&message, Some("http"), None);
+            self.refusals.refused(LimitHit {
+                kind: "host_overloaded",
+                message,
+            });
+            return Error::ConnectionRefused;
+        }
         if e.is_timeout() {
             Error::ConnectionTimeout
         } else if e.is_connect() {
@@ -294,5 +418,47 @@ impl Forward {
         } else {
             Error::HttpProtocolError
         }
+    }
+}
+
+/// A response whose body keeps the request's charge (and its connection, if
+/// it has a socket) until the connector has read it to the end or dropped it.
+fn charged(
+    response: http::Response<WasiBody>,
+    charge: Charge,
+    connection: Option<OwnedSemaphorePermit>,
+) -> http::Response<WasiBody> {
+    response.map(|body| {
+        ChargedBody {
+            body,
+            _held: (charge, connection),
+        }
+        .boxed_unsync()
+    })
+}
+
+/// A body holding what the run was charged for it; dropped with it.
+struct ChargedBody {
+    body: WasiBody,
+    _held: (Charge, Option<OwnedSemaphorePermit>),
+}
+
+impl http_body::Body for ChargedBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -762,6 +762,8 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
                     cpu_ms: u(19),
                     store_ms: u(20),
                     peak_memory_bytes: u(21),
+                    // Not kept in the run history (the envelope and metrics have it).
+                    peak_host_memory_bytes: 0,
                     http_requests: u(22),
                     http_retries: u(23),
                     http_bytes_in: u(24),

@@ -166,12 +166,30 @@ pub enum StoreError {
     Stopped(String),
 }
 
+/// Suppliers handed to the store, with the host memory they take charged to
+/// their run until they are written (or given up).
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Vec<SupplierRecord>,
+    pub held: crate::budget::Charge,
+}
+
+impl Batch {
+    /// A batch no run's budget is charged for (a load outside any run).
+    pub fn unbudgeted(records: Vec<SupplierRecord>) -> Self {
+        Self {
+            records,
+            held: crate::budget::RunBudget::unlimited().empty(),
+        }
+    }
+}
+
 /// A failed `complete`: why, and the suppliers it was to write, handed back so
 /// that a retried complete still writes them (a cursor never passes unwritten data).
 #[derive(Debug)]
 pub struct CompleteError {
     pub error: StoreError,
-    pub pending: Vec<SupplierRecord>,
+    pub pending: Option<Batch>,
 }
 
 /// Why a database could not be opened; the CLI exits 2 naming the path.
@@ -227,16 +245,19 @@ pub type JobFuture<'c, R> = std::pin::Pin<Box<dyn std::future::Future<Output = R
 
 /// The runtime PostgreSQL's workers and connections run on: shared by every
 /// handle of the process, beside the connectors' own threads.
-fn store_runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("nuntiq-store")
-            .enable_all()
-            .build()
-            .expect("the store runtime starts")
-    })
+fn store_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("nuntiq-store")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("the store's threads could not start: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// One pool per database URL, shared by the process's runs.
@@ -326,16 +347,18 @@ impl Store {
         match db {
             Db::Sqlite(path) => Self::open_sqlite(path),
             Db::Postgres(url) => {
+                let fail = |reason: String| OpenError {
+                    path: db.shown().into(),
+                    reason,
+                };
+                let runtime = store_runtime().map_err(fail)?;
                 let (tx, rx) = std::sync::mpsc::channel();
                 let url = url.clone();
-                store_runtime().spawn(async move {
+                runtime.spawn(async move {
                     let _ = tx.send(pool_for(&url).await);
                 });
-                let pool = rx.recv().map_err(|_| OpenError {
-                    path: db.shown().into(),
-                    reason: "the store runtime stopped".into(),
-                })??;
-                Ok(Self::start_postgres(pool))
+                let pool = rx.recv().map_err(|_| fail("the store runtime stopped".into()))??;
+                Ok(Self::start_postgres(runtime, pool))
             }
         }
     }
@@ -432,11 +455,11 @@ impl Store {
     }
 
     /// PostgreSQL's worker: a task on the store runtime, a pooled connection per job.
-    fn start_postgres(pool: PgPool) -> Self {
+    fn start_postgres(runtime: &tokio::runtime::Runtime, pool: PgPool) -> Self {
         let (jobs, mut rx) = mpsc::channel::<Job>(64);
         let busy = Arc::new(AtomicU64::new(0));
         let working = busy.clone();
-        store_runtime().spawn(async move {
+        runtime.spawn(async move {
             while let Some(job) = rx.recv().await {
                 let started = std::time::Instant::now();
                 match pool.conn().await {
@@ -509,7 +532,7 @@ impl Store {
         key: StreamKey,
         run_id: String,
         completion: Completion,
-        pending: Vec<SupplierRecord>,
+        pending: Batch,
         written_before: SaveCounts,
         stop: Arc<Stop>,
     ) -> Result<(StreamState, SaveCounts), CompleteError> {
@@ -526,7 +549,8 @@ impl Store {
                         during_run.inserted -= written_before.inserted;
                         during_run.updated -= written_before.updated;
                         during_run.unchanged -= written_before.unchanged;
-                        delta::complete_run(conn, &key, &run_id, &completion, &pending, during_run, &stop).await
+                        delta::complete_run(conn, &key, &run_id, &completion, &pending.records, during_run, &stop)
+                            .await
                     }
                 };
                 let _ = reply.send(match result {
@@ -534,13 +558,16 @@ impl Store {
                         writes.count(counts);
                         Ok((state, counts))
                     }
-                    Err(error) => Err(CompleteError { error, pending }),
+                    Err(error) => Err(CompleteError {
+                        error,
+                        pending: Some(pending),
+                    }),
                 });
             })
         });
         let closed = || CompleteError {
             error: StoreError::Closed,
-            pending: Vec::new(),
+            pending: None,
         };
         self.jobs.send(job).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
@@ -617,12 +644,7 @@ impl Store {
     /// is upserted in order, at most [`suppliers::SUPPLIERS_PER_TRANSACTION`]
     /// per transaction; a failure surfaces at the next save, commit or [`Store::drain`].
     /// A batch that reaches the writer after `stop` is not written.
-    pub async fn save_suppliers(
-        &self,
-        customer_number: String,
-        batch: Vec<SupplierRecord>,
-        stop: Arc<Stop>,
-    ) -> Result<usize, StoreError> {
+    pub async fn save_suppliers(&self, customer_number: String, batch: Batch, stop: Arc<Stop>) -> Result<usize, StoreError> {
         if let Some(e) = self.writes.failure() {
             return Err(StoreError::EarlierWrite(e));
         }
@@ -634,16 +656,17 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         let writes = self.writes.clone();
-        let count = batch.len();
+        let count = batch.records.len();
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
                 let written = match (stop.exceeded(), conn) {
                     (Some(limit), _) => Err(format!("{limit}; the batch was not written")),
                     (None, Err(e)) => Err(e.to_string()),
-                    (None, Ok(conn)) => suppliers::save_suppliers(conn, &customer_number, &batch)
+                    (None, Ok(conn)) => suppliers::save_suppliers(conn, &customer_number, &batch.records)
                         .await
                         .map_err(|e| e.to_string()),
                 };
+                drop(batch);
                 match written {
                     Ok(counts) => writes.count(counts),
                     Err(e) => {
@@ -684,6 +707,10 @@ mod tests {
     use crate::store::records::tests::supplier;
     use std::time::Duration;
 
+    fn batch(records: Vec<SupplierRecord>) -> Batch {
+        Batch::unbudgeted(records)
+    }
+
     #[tokio::test]
     async fn a_failed_background_write_stops_later_writes_and_the_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -702,7 +729,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .save_suppliers("c1".into(), vec![supplier("S1", "One", Some("Delft"))], stop.clone())
+                .save_suppliers("c1".into(), batch(vec![supplier("S1", "One", Some("Delft"))]), stop.clone())
                 .await
                 .unwrap(),
             1
@@ -716,7 +743,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .save_suppliers("c1".into(), vec![supplier("S2", "Two", Some("Gouda"))], stop.clone())
+                .save_suppliers("c1".into(), batch(vec![supplier("S2", "Two", Some("Gouda"))]), stop.clone())
                 .await
                 .unwrap(),
             1
@@ -724,7 +751,7 @@ mod tests {
         let err = store.drain().await.unwrap_err();
         assert!(matches!(err, StoreError::EarlierWrite(_)), "{err}");
         assert!(matches!(
-            store.save_suppliers("c1".into(), vec![], stop.clone()).await,
+            store.save_suppliers("c1".into(), batch(vec![]), stop.clone()).await,
             Err(StoreError::EarlierWrite(_))
         ));
         let completion = Completion {
@@ -740,7 +767,7 @@ mod tests {
                 key.clone(),
                 owner.run_id,
                 completion,
-                vec![supplier("S3", "Three", None)],
+                batch(vec![supplier("S3", "Three", None)]),
                 SaveCounts::default(),
                 stop,
             )
@@ -751,7 +778,7 @@ mod tests {
             "the cursor never covers a lost write: {}",
             err.error
         );
-        assert_eq!(err.pending.len(), 1, "the unwritten batch is handed back");
+        assert_eq!(err.pending.unwrap().records.len(), 1, "the unwritten batch is handed back");
         assert_eq!(store.get_state(key).await.unwrap().committed_cursor_value, None);
     }
 }

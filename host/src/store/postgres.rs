@@ -91,7 +91,7 @@ pub struct PgPool {
 }
 
 /// Connections one process opens at most (runs queue for one beyond that).
-const POOL_SIZE: usize = 16;
+pub const POOL_SIZE: usize = 16;
 
 impl PgPool {
     /// Connects, checks the server answers, and applies pending migrations.
