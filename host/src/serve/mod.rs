@@ -96,8 +96,9 @@ pub fn serve(options: ServeOptions) -> u8 {
     }
 }
 
-fn start(options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Job>), String> {
+fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Job>), String> {
     let specs = jobs::load(&options.jobs_file)?;
+    options.max_concurrent = size_to_descriptors(&options, &specs, log)?;
     let mut limits = Limits::default();
     if let Some(stack) = options.max_stack {
         limits.max_wasm_stack_bytes = stack;
@@ -152,6 +153,80 @@ fn start(options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Job>),
     listen_for_signals(state.clone());
     heartbeat(state.clone());
     Ok((state, jobs))
+}
+
+/// Descriptors the process keeps for itself: stdio, the database pool, the
+/// metrics listener and its clients, the HTTP threads, the signal pipe.
+const RESERVED_DESCRIPTORS: u64 = 64 + crate::store::postgres::POOL_SIZE as u64;
+
+/// Descriptors one run may hold besides its connections: its async
+/// runtime's poller and waker, a SQLite store (database, WAL, shared memory),
+/// idle pooled sockets.
+const DESCRIPTORS_PER_RUN: u64 = 8;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns how many
+/// runs fit in it at once, each with its `--max-connections`: a run that
+/// cannot get a descriptor would fail, so the process takes no more runs at
+/// once than it has descriptors for. Errs when not even one fits.
+fn size_to_descriptors(options: &ServeOptions, specs: &[JobSpec], log: &LogSink) -> Result<usize, String> {
+    let descriptors = raise_open_files_limit();
+    let per_run = DESCRIPTORS_PER_RUN
+        + specs
+            .iter()
+            .map(|spec| {
+                let mut o = JobOptions::new(spec.plugin.clone(), spec.settings.clone(), options.db.clone());
+                spec.flags.apply(&mut o);
+                o.budget.max_connections as u64
+            })
+            .max()
+            .unwrap_or(crate::budget::BudgetLimits::default().max_connections as u64);
+    let fit = descriptors.saturating_sub(RESERVED_DESCRIPTORS) / per_run;
+    if fit == 0 {
+        return Err(format!(
+            "this process may open only {descriptors} files (ulimit -n), too few for one run ({per_run} descriptors \
+             at most, with its connections, beside {RESERVED_DESCRIPTORS} for the process); raise the limit"
+        ));
+    }
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    if fit < options.max_concurrent {
+        log.warn(
+            &format!(
+                "--max-concurrent {} lowered to {fit}: this process may open {descriptors} files (ulimit -n, hard \
+                 limit) and each run may hold up to {per_run} (its --max-connections and its runtime and store); \
+                 raise the hard limit (ulimit -Hn, LimitNOFILE=) to run more at once",
+                options.max_concurrent
+            ),
+            Some("start"),
+            Some(json!({"max_concurrent": fit, "open_files": descriptors, "per_run": per_run})),
+        );
+        return Ok(fit);
+    }
+    Ok(options.max_concurrent)
+}
+
+/// Raises this process's soft limit on open files to its hard limit (what an
+/// unprivileged process may do) and returns the limit it then has.
+fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls writing into and reading from `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur as u64
 }
 
 /// The scheduler: claims due slots and starts their runs until told to stop,
@@ -309,39 +384,49 @@ fn start_run(state: &Arc<State>, job: &Job, slot: String, job_id: String) {
         .spawn({
             let state = state.clone();
             let name = name.clone();
+            let job_id = job_id.clone();
             move || execute(&state, &name, &slot, &job_id, &options, stop)
         });
     if let Err(e) = spawned {
-        state.log.error(&format!("{name}: cannot start its run: {e}"), Some("run"), None);
+        let why = crate::limits::Overloaded(format!("the run's thread could not start: {e}"));
+        state.log.error(&format!("{name}: {why}"), Some("run"), None);
         state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
-        state.metrics.run_finished(&name, "internal", None, 0.0);
+        state.metrics.run_finished(&name, "host_overloaded", None, 0.0);
+        if let Err(e) = finish_slot(&state, &job_id, "failed", Some("host_overloaded".into())) {
+            state.log.error(&format!("{name}: could not record how its slot ended: {e}"), Some("run"), None);
+        }
     }
 }
 
-/// One run, start to slot record; nothing in it can end the process.
+/// One run, start to slot record; nothing in it can end the process, and
+/// its slot is recorded however it ended.
 fn execute(state: &State, name: &str, slot: &str, job_id: &str, options: &JobOptions, stop: Arc<Stop>) {
     let started = Instant::now();
     let label = name.to_owned();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime starts");
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let why = crate::limits::Overloaded(format!("the run's async runtime could not start: {e}"));
+                state.log.error(&format!("{name}: slot {slot}: {why}"), Some("run"), None);
+                return ("failed", Some("host_overloaded".to_owned()), None);
+            }
+        };
         let report = runtime.block_on(run_job(&state.runner, options, stop, |format, level, redactor| {
             LogSink::stderr(format, level, redactor).with_label(label.clone())
         }));
         let kind = report.envelope["error"]["kind"].as_str().map(str::to_owned);
         let usage: Option<Usage> = serde_json::from_value(report.envelope["usage"].clone()).ok();
-        let (status, outcome) = match (report.exit_code, kind) {
-            (0, _) => ("succeeded", None),
-            (_, kind) => ("failed", Some(kind.unwrap_or_else(|| "internal".into()))),
-        };
-        if let Err(e) = runtime.block_on(state.store.finish_slot(job_id.to_owned(), status, outcome.clone())) {
-            state.log.error(&format!("{name}: could not record how slot {slot} ended: {e}"), Some("run"), None);
+        match (report.exit_code, kind) {
+            (0, _) => ("succeeded", None, usage),
+            (_, kind) => ("failed", Some(kind.unwrap_or_else(|| "internal".into())), usage),
         }
-        (status, outcome, usage)
     }));
     let (status, outcome, usage) = outcome.unwrap_or_else(|_| ("failed", Some("internal".into()), None));
+    // On the scheduler's store handle, whatever happened to the run's own.
+    if let Err(e) = finish_slot(state, job_id, status, outcome.clone()) {
+        state.log.error(&format!("{name}: could not record how slot {slot} ended: {e}"), Some("run"), None);
+    }
     let seconds = started.elapsed().as_secs_f64();
     state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     let shown = outcome.clone().unwrap_or_else(|| status.to_owned());
@@ -351,6 +436,18 @@ fn execute(state: &State, name: &str, slot: &str, job_id: &str, options: &JobOpt
         Some("run"),
         Some(json!({"job": name, "slot": slot, "job_id": job_id, "status": shown, "usage": usage})),
     );
+}
+
+/// Records how a slot ended, from a run's thread. Its runtime has no I/O
+/// driver and opens nothing (the store's worker does the work), so it starts
+/// even when the run could not get a descriptor.
+fn finish_slot(state: &State, job_id: &str, status: &'static str, outcome: Option<String>) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| format!("no runtime to record it on: {e}"))?;
+    runtime
+        .block_on(state.store.finish_slot(job_id.to_owned(), status, outcome))
+        .map_err(|e| e.to_string())
 }
 
 /// Renews the claims of running slots every quarter lease; a run whose slot
