@@ -145,11 +145,11 @@ fn log_flood_is_capped_and_counted() {
     assert_eq!(flood_lines, 1000, "exactly the budget was written");
     // 2 000 000 logger lines and 200 000 stdout lines, less the 1000 written.
     assert!(
-        run.stderr.contains("[WARN] 2199000 connector log lines were dropped"),
+        run.stderr.contains("[WARN] 2199000 log lines the connector wrote or caused were dropped"),
         "the drop count is logged once: {}",
         tail(&run.stderr)
     );
-    assert_eq!(run.stderr.matches("log lines were dropped").count(), 1);
+    assert_eq!(run.stderr.matches("were dropped").count(), 1);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod acme;
 mod admin;
 mod authors;
+mod budget;
 mod bad_input;
 mod cache;
 mod containment;

@@ -30,9 +30,17 @@ impl Jobs {
 
     /// Adds job `name` for customer `customer`, with extra TOML keys.
     fn add(&mut self, mock: &Mock, name: &str, guest_name: &str, customer: &str, extra: &str) {
+        self.add_with(mock, name, guest_name, customer, json!({}), extra);
+    }
+
+    /// Adds job `name`, with `config` merged into its settings' config.
+    fn add_with(&mut self, mock: &Mock, name: &str, guest_name: &str, customer: &str, config: serde_json::Value, extra: &str) {
         let mut settings = acme_settings(&mock.api_url(), name);
         settings["customer_number"] = json!(customer);
         settings["config"]["page_size"] = json!(50);
+        for (k, v) in config.as_object().unwrap() {
+            settings["config"][k] = v.clone();
+        }
         let path = self.work.write_settings(&format!("{name}.json"), &settings);
         self.toml.push_str(&format!(
             "[[job]]\nname = \"{name}\"\nplugin = \"{}\"\nsettings = \"{}\"\nallow_hosts = [\"{}\"]\n{extra}\n\n",
@@ -57,7 +65,27 @@ struct Serve {
 
 impl Serve {
     fn start(jobs: &Path, db: &str, extra: &[&str]) -> Self {
-        let mut child = host_command()
+        Self::start_with_open_files(jobs, db, extra, None)
+    }
+
+    /// `serve` under `ulimit -n open_files` (soft and hard), when given.
+    fn start_with_open_files(jobs: &Path, db: &str, extra: &[&str], open_files: Option<u64>) -> Self {
+        let mut command = host_command();
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .args(["serve", jobs.to_str().unwrap(), "--db", db])
             .args(extra)
             .stdout(Stdio::null())
@@ -418,4 +446,103 @@ fn a_customer_never_has_more_runs_at_once_than_its_cap() {
     };
     assert_eq!(most_at_once("C1"), 2, "C1's six runs went two at a time at most, and did go two at a time");
     assert_eq!(most_at_once("C2"), 2);
+}
+
+/// The honest jobs' slot outcomes: (succeeded, anything else, as rows).
+fn honest_outcomes(db: &Db) -> (i64, Vec<Vec<Option<String>>>) {
+    let succeeded = db.scalar::<i64>(
+        "SELECT count(*) FROM schedule_slot WHERE job_name LIKE 'honest%' AND status = 'succeeded'",
+    );
+    let other = db.rows(
+        "SELECT job_name, slot_at, status, outcome FROM schedule_slot \
+         WHERE job_name LIKE 'honest%' AND status NOT IN ('succeeded', 'running')",
+    );
+    (succeeded, other)
+}
+
+#[test]
+fn honest_tenants_keep_succeeding_beside_descriptor_and_memory_hungry_ones() {
+    let mock = Mock::start(MOCK, 40);
+    let schema = PgSchema::new();
+    let mut jobs = Jobs::new();
+    let slow = format!("{}/_mock/blob?bytes=10&delay_ms=3000", mock.url);
+    for i in 0..3 {
+        jobs.add_with(
+            &mock,
+            &format!("hoarder_{i}"),
+            "host-hog",
+            "HOG",
+            json!({"mode": "socket-hoard", "count": "1000", "url": slow}),
+            "every = \"1h\"\ntimeout = \"8s\"",
+        );
+    }
+    for i in 0..2 {
+        jobs.add_with(
+            &mock,
+            &format!("flooder_{i}"),
+            "host-hog",
+            "FLOOD",
+            json!({"mode": "refused-flood", "count": "2000000", "url": "http://169.254.169.254/"}),
+            "every = \"1h\"",
+        );
+    }
+    for i in 0..8 {
+        jobs.add(&mock, &format!("honest_{i}"), "acme", &format!("C{i}"), "every = \"2s\"");
+    }
+    let file = jobs.write();
+    // 512 descriptors: the process sizes its concurrency to them.
+    let serve = Serve::start_with_open_files(&file, &schema.url(), &["--max-concurrent", "1000"], Some(512));
+    serve.wait_for_line("--max-concurrent 1000 lowered to", Duration::from_secs(60));
+    let db = Db::open(Path::new(&schema.url()));
+    wait_until("the hostile runs ended and honest ones ran on", Duration::from_secs(120), || {
+        let hostile_done = db
+            .try_rows("SELECT count(*) FROM schedule_slot WHERE job_name NOT LIKE 'honest%' AND status <> 'running'")
+            .and_then(|r| r[0][0].clone())
+            .is_some_and(|n| n == "5");
+        hostile_done && honest_outcomes(&db).0 >= 24
+    });
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    let (succeeded, other) = honest_outcomes(&db);
+    assert!(succeeded >= 24, "{succeeded} honest slots succeeded");
+    assert!(other.is_empty(), "honest slots that did not succeed: {other:?}\n{log}");
+    let hostile = db.rows("SELECT job_name, status, outcome FROM schedule_slot WHERE job_name NOT LIKE 'honest%' ORDER BY job_name");
+    for row in &hostile {
+        assert_eq!(row[1].as_deref(), Some("failed"), "{hostile:?}");
+        assert_ne!(row[2].as_deref(), Some("internal"), "{hostile:?}");
+    }
+    assert!(
+        hostile.iter().any(|r| r[0].as_deref().unwrap().starts_with("flooder") && r[2].as_deref() == Some("limit")),
+        "{hostile:?}"
+    );
+}
+
+#[test]
+fn a_process_short_of_descriptors_runs_fewer_at_once_and_none_fails_for_it() {
+    let mock = Mock::start(MOCK, 20);
+    let mut jobs = Jobs::new();
+    for i in 0..30 {
+        jobs.add(&mock, &format!("honest_{i:02}"), "acme", &format!("C{i:02}"), "every = \"2s\"");
+    }
+    let file = jobs.write();
+    let db_path = jobs.work.db();
+    let serve = Serve::start_with_open_files(
+        &file,
+        db_path.to_str().unwrap(),
+        &["--max-concurrent", "1000", "--log-level", "warn"],
+        Some(200),
+    );
+    let lowered = serve.wait_for_line("--max-concurrent 1000 lowered to", Duration::from_secs(60));
+    wait_until("the store exists", Duration::from_secs(30), || db_path.exists());
+    let db = Db::open(&db_path);
+    wait_until("sixty slots succeeded", Duration::from_secs(120), || honest_outcomes(&db).0 >= 60);
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    let (_, other) = honest_outcomes(&db);
+    assert!(other.is_empty(), "slots that did not succeed: {other:?}\n{lowered}");
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM schedule_slot WHERE status = 'running'"),
+        0,
+        "nothing is left running after a clean exit"
+    );
 }

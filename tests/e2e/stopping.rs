@@ -73,8 +73,12 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Streams running in `db`; 0 while the starting process has not created its tables yet.
 fn running_rows(db: &Path) -> i64 {
-    Db::open(db).scalar("SELECT count(*) FROM delta_stream_state WHERE status = 'running'")
+    Db::open(db)
+        .try_rows("SELECT count(*) FROM delta_stream_state WHERE status = 'running'")
+        .and_then(|rows| rows[0][0].as_deref().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
 }
 
 fn spawn(arena: &Arena, guest_name: &str, settings: &Value, extra: &[&str]) -> Child {

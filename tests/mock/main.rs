@@ -180,6 +180,12 @@ async fn handle(mock: Shared, req: Request<Incoming>) -> Result<Response<Full<By
         .unwrap_or_default();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/v2/suppliers") => suppliers(mock, &req, query).await,
+        (Method::GET, "/_mock/blob") => {
+            // `bytes` of body after `delay_ms`: a large or a slow answer.
+            let n = |k: &str| query.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(n("delay_ms"))).await;
+            Ok(respond(StatusCode::OK, "x".repeat(n("bytes") as usize)))
+        }
         (Method::GET, "/_mock/requests") => Ok(respond(StatusCode::OK, json_text(&mock.lock().unwrap().requests))),
         (Method::GET, "/_mock/suppliers") => {
             let m = mock.lock().unwrap();
