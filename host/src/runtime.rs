@@ -791,6 +791,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_limit_the_connector_passes_on_is_said_once() {
+        let limit = "the job's budget of 1 HTTP requests is spent (--max-requests)";
+        let passed = format!("fetching page 2 failed: {limit}");
+        assert_eq!(passed_on(limit, &passed), passed);
+        assert_eq!(passed_on(limit, "budget"), limit, "a message the limit already says adds nothing");
+        assert_eq!(
+            passed_on(limit, "gave up"),
+            format!("{limit}; the connector then failed: gave up")
+        );
+    }
+
+    #[test]
     fn runs_share_one_epoch_ticker_that_stops_with_the_last() {
         let mut config = Config::new();
         config.epoch_interruption(true);

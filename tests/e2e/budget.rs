@@ -239,3 +239,14 @@ fn a_replay_through_wasi_http_applies_the_body_limit() {
     );
     assert!(rss < RSS_BOUND, "peak RSS {} MB", rss >> 20);
 }
+
+#[test]
+fn an_error_the_connector_passes_on_is_said_once() {
+    let mock = Mock::start(MOCK, 300);
+    let work = Workdir::new();
+    let settings = work.write_settings("acme.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let run = run_acme(&mock, &settings, &work.db(), &["--max-requests", "1"]);
+    assert_eq!(run.error_kind(), "request_budget", "{}", run.envelope);
+    let message = run.error_message();
+    assert_eq!(message.matches("HTTP requests is spent").count(), 1, "{message}");
+}
