@@ -7,6 +7,7 @@
 //! connection per piece of work — so a slow disk or network never blocks the
 //! connector's thread, and writes keep their order.
 
+pub mod backend;
 pub mod cursor;
 pub mod delta;
 pub mod owner;
@@ -35,6 +36,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 pub use suppliers::SaveCounts;
+use backend::{Backend, BoxFuture};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// A stream's identity: one delta-state row per key.
@@ -233,15 +235,16 @@ impl std::fmt::Display for Db {
 }
 
 /// One piece of the store's work, run by the handle's worker in order; it
-/// gets the connection, or why there is none.
-type Job = Box<dyn for<'c> FnOnce(Result<&'c mut Conn, StoreError>) -> BoxFuture<'c> + Send>;
-type BoxFuture<'c> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'c>>;
+/// gets the backend, or why there is none.
+type Job = Box<dyn for<'c> FnOnce(Result<&'c mut dyn Backend, StoreError>) -> BoxFuture<'c, ()> + Send>;
 
-/// What a job's caller hands over: given the connection, the work as a
+/// What a job's caller hands over: given the backend, the work as a
 /// future that borrows it.
-pub trait JobFn<R>: for<'c> FnOnce(&'c mut Conn) -> JobFuture<'c, R> + Send + 'static {}
-impl<R, F: for<'c> FnOnce(&'c mut Conn) -> JobFuture<'c, R> + Send + 'static> JobFn<R> for F {}
-pub type JobFuture<'c, R> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, StoreError>> + Send + 'c>>;
+trait JobFn<R>: for<'c> FnOnce(&'c mut dyn Backend) -> BoxFuture<'c, Result<R, StoreError>> + Send + 'static {}
+impl<R, F: for<'c> FnOnce(&'c mut dyn Backend) -> BoxFuture<'c, Result<R, StoreError>> + Send + 'static> JobFn<R>
+    for F
+{
+}
 
 /// The runtime PostgreSQL's workers and connections run on: shared by every
 /// handle of the process, beside the connectors' own threads.
@@ -437,7 +440,7 @@ impl Store {
                 let mut conn = Conn::Sqlite(SqliteConn::new(conn));
                 while let Some(job) = rx.blocking_recv() {
                     let started = std::time::Instant::now();
-                    runtime.block_on(job(Ok(&mut conn)));
+                    runtime.block_on(job(Ok(&mut conn as &mut dyn Backend)));
                     working.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
                 // Every handle is gone: close, then say so.
@@ -465,7 +468,7 @@ impl Store {
                 match pool.conn().await {
                     Ok(conn) => {
                         let mut conn = Conn::Postgres(conn);
-                        job(Ok(&mut conn)).await;
+                        job(Ok(&mut conn as &mut dyn Backend)).await;
                     }
                     Err(e) => job(Err(e)).await,
                 }
@@ -516,7 +519,7 @@ impl Store {
         let writes = self.writes.clone();
         self.call(move |c| {
             Box::pin(async move {
-                let begun = delta::begin_run(c, &key, cursor_type, &owner, &stop).await?;
+                let begun = c.begin_run(&key, cursor_type, &owner, &stop).await?;
                 Ok((begun, writes.counts()))
             })
         })
@@ -549,7 +552,7 @@ impl Store {
                         during_run.inserted -= written_before.inserted;
                         during_run.updated -= written_before.updated;
                         during_run.unchanged -= written_before.unchanged;
-                        delta::complete_run(conn, &key, &run_id, &completion, &pending.records, during_run, &stop)
+                        conn.complete_run(&key, &run_id, &completion, &pending.records, during_run, &stop)
                             .await
                     }
                 };
@@ -580,8 +583,14 @@ impl Store {
         error_summary: String,
         updated_by: String,
     ) -> Result<FailOutcome, StoreError> {
-        self.call(move |c| Box::pin(async move { delta::fail_run(c, &key, &run_id, &error_summary, &updated_by).await }))
-            .await
+        let runs = [(key, run_id)];
+        self.call(move |c| {
+            Box::pin(async move {
+                let mut outcomes = c.fail_runs(&runs, &error_summary, &updated_by).await?;
+                outcomes.pop().ok_or_else(|| StoreError::Database("failing a run gave no answer".into()))
+            })
+        })
+        .await
     }
 
     /// Fails many runs in one transaction.
@@ -591,17 +600,17 @@ impl Store {
         error_summary: String,
         updated_by: String,
     ) -> Result<Vec<FailOutcome>, StoreError> {
-        self.call(move |c| Box::pin(async move { delta::fail_runs(c, &runs, &error_summary, &updated_by).await }))
+        self.call(move |c| Box::pin(async move { c.fail_runs(&runs, &error_summary, &updated_by).await }))
             .await
     }
 
     /// Extends the leases of `runs`; returns the run ids that lost theirs.
     pub fn renew_leases_blocking(&self, runs: Vec<(StreamKey, RunOwner)>) -> Result<Vec<String>, StoreError> {
-        self.call_blocking(move |c| Box::pin(async move { delta::renew_leases(c, &runs).await }))
+        self.call_blocking(move |c| Box::pin(async move { c.renew_leases(&runs).await }))
     }
 
     pub async fn get_state(&self, key: StreamKey) -> Result<StreamState, StoreError> {
-        self.call(move |c| Box::pin(async move { delta::get_state(c, &key).await }))
+        self.call(move |c| Box::pin(async move { c.get_state(&key).await }))
             .await
     }
 
@@ -612,30 +621,30 @@ impl Store {
         owner: schedule::SlotOwner,
         limit: usize,
     ) -> Result<Vec<Option<schedule::Claim>>, StoreError> {
-        self.call(move |c| Box::pin(async move { schedule::claim_many(c, &claims, &owner, limit).await }))
+        self.call(move |c| Box::pin(async move { c.claim_slots(&claims, &owner, limit).await }))
             .await
     }
 
     /// Renews running slots' claims; returns the job ids that lost theirs.
     pub fn renew_slots_blocking(&self, job_ids: Vec<String>, lease: std::time::Duration) -> Result<Vec<String>, StoreError> {
-        self.call_blocking(move |c| Box::pin(async move { schedule::renew(c, &job_ids, lease).await }))
+        self.call_blocking(move |c| Box::pin(async move { c.renew_slots(&job_ids, lease).await }))
     }
 
     /// Records how a slot's run ended.
     pub async fn finish_slot(&self, job_id: String, status: &'static str, outcome: Option<String>) -> Result<(), StoreError> {
-        self.call(move |c| Box::pin(async move { schedule::finish(c, &job_id, status, outcome.as_deref()).await }))
+        self.call(move |c| Box::pin(async move { c.finish_slot(&job_id, status, outcome.as_deref()).await }))
             .await
     }
 
     /// Records what job `job_id` used on its runs' history rows.
     pub async fn record_usage(&self, job_id: String, usage: crate::meter::Usage) -> Result<u64, StoreError> {
-        self.call(move |c| Box::pin(async move { delta::record_usage(c, &job_id, &usage).await }))
+        self.call(move |c| Box::pin(async move { c.record_usage(&job_id, &usage).await }))
             .await
     }
 
     /// Sets a source row aside for run `run_id` of stream `key`.
     pub async fn reject(&self, key: StreamKey, run_id: String, row: String, reason: String) -> Result<(), StoreError> {
-        self.call(move |c| Box::pin(async move { rejected::reject(c, &key, &run_id, &row, &reason).await }))
+        self.call(move |c| Box::pin(async move { c.reject(&key, &run_id, &row, &reason).await }))
             .await
     }
 
@@ -662,8 +671,10 @@ impl Store {
                 let written = match (stop.exceeded(), conn) {
                     (Some(limit), _) => Err(format!("{limit}; the batch was not written")),
                     (None, Err(e)) => Err(e.to_string()),
-                    (None, Ok(conn)) => suppliers::save_suppliers(conn, &customer_number, &batch.records)
+                    (None, Ok(conn)) => conn
+                        .save_suppliers(&customer_number, &batch.records, backend::LoadOptions::default())
                         .await
+                        .map(|saved| saved.counts)
                         .map_err(|e| e.to_string()),
                 };
                 drop(batch);
