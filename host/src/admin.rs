@@ -62,6 +62,14 @@ fn with_conn<T>(db: &Db, write: bool, body: impl AsyncFnOnce(&mut Conn) -> Resul
                 let pool = PgPool::open(url).await?;
                 Conn::Postgres(pool.conn().await?)
             }
+            // The API has no list of streams, runs or rejected rows: its ledger does.
+            Db::Nuntiq(_) => {
+                return Err(AdminError::Refused(format!(
+                    "{db} keeps the cursors; run history, rejected rows, the audit and leases are in the \
+                     ledger beside it: pass --db with the ledger's path or URL (run-plugin's --ledger, \
+                     nuntiq.db by default)"
+                )));
+            }
         };
         body(&mut conn).await
     })

@@ -111,11 +111,21 @@ pub struct JobFlags {
     #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
     #[serde(default, deserialize_with = "size")]
     pub max_stored_bytes: Option<usize>,
+    /// With --db nuntiq+…: the environment variable that holds the Customer
+    /// API's token [default: NUNTIQ_API_TOKEN]. The token never comes from
+    /// the command line and never reaches the connector.
+    #[arg(long, value_name = "NAME", conflicts_with = "api_token_file")]
+    #[serde(default)]
+    pub api_token_env: Option<String>,
+    /// With --db nuntiq+…: a file that holds the Customer API's token.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub api_token_file: Option<std::path::PathBuf>,
 }
 
 impl JobFlags {
     /// The keys a jobs file may use for these flags (each field's name).
-    pub const KEYS: [&'static str; 24] = [
+    pub const KEYS: [&'static str; 26] = [
         "allow_hosts",
         "bearer_hosts",
         "allow_private_networks",
@@ -139,6 +149,8 @@ impl JobFlags {
         "max_begins",
         "max_stored_rows",
         "max_stored_bytes",
+        "api_token_env",
+        "api_token_file",
         // Not a field: run-plugin takes it, serve sets it for the whole process.
         "max_stack",
     ];
@@ -173,6 +185,12 @@ impl JobFlags {
         set(&mut options.budget.max_begins, &self.max_begins);
         set(&mut options.budget.max_stored_rows, &self.max_stored_rows);
         set(&mut options.budget.max_stored_bytes, &self.max_stored_bytes.map(|b| b as u64));
+        if let Some(name) = &self.api_token_env {
+            options.api_token = crate::job::ApiTokenSource::Env(name.clone());
+        }
+        if let Some(path) = &self.api_token_file {
+            options.api_token = crate::job::ApiTokenSource::File(path.clone());
+        }
     }
 }
 
@@ -206,6 +224,7 @@ mod tests {
         for key in JobFlags::KEYS.iter().filter(|k| **k != "max_stack") {
             let value: toml::Value = match *key {
                 "allow_hosts" | "bearer_hosts" => toml::Value::Array(vec!["h".into()]),
+                "api_token_env" | "api_token_file" => "X".into(),
                 "allow_private_networks" | "deny_secret_read" => true.into(),
                 "timeout" | "grace" | "max_cursor_skew" | "lease" => "1m".into(),
                 "max_memory" | "max_log_bytes" | "max_response_body" | "max_queued_bytes" | "max_call_bytes"
@@ -240,6 +259,8 @@ mod tests {
             max_begins,
             max_stored_rows,
             max_stored_bytes,
+            api_token_env,
+            api_token_file,
         } = flags;
         assert!(!allow_hosts.is_empty() && !bearer_hosts.is_empty() && allow_private_networks && deny_secret_read);
         assert!(timeout.is_some() && grace.is_some() && max_cursor_skew.is_some() && lease.is_some());
@@ -249,5 +270,6 @@ mod tests {
         assert!(max_queued_suppliers.is_some() && max_streams.is_some());
         assert!(max_host_memory.is_some() && max_connections.is_some() && max_begins.is_some());
         assert!(max_stored_rows.is_some() && max_stored_bytes.is_some());
+        assert!(api_token_env.is_some() && api_token_file.is_some());
     }
 }

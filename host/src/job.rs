@@ -52,6 +52,11 @@ pub struct JobOptions {
     pub replay: Option<PathBuf>,
     /// Run fully against a throw-away copy of the database: nothing is written.
     pub dry_run: bool,
+    /// With `--db nuntiq+…`: where the run history, rejected rows, usage and
+    /// leases go (a SQLite file or PostgreSQL).
+    pub ledger: Db,
+    /// With `--db nuntiq+…`: where the Customer API's token comes from.
+    pub api_token: ApiTokenSource,
     /// The job's id in the run history (a fresh one when `None`).
     pub job_id: Option<String>,
     /// Settings given in place (a `serve` jobs file's `[job.settings]`); then
@@ -84,8 +89,50 @@ impl JobOptions {
             record: None,
             replay: None,
             dry_run: false,
+            ledger: Db::Sqlite(PathBuf::from("nuntiq.db")),
+            api_token: ApiTokenSource::default(),
             job_id: None,
             inline_settings: None,
+        }
+    }
+}
+
+/// Where the Customer API's token comes from: an environment variable or a
+/// file, never the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTokenSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// The variable the token is read from unless another is named.
+pub const DEFAULT_TOKEN_ENV: &str = "NUNTIQ_API_TOKEN";
+
+impl Default for ApiTokenSource {
+    fn default() -> Self {
+        ApiTokenSource::Env(DEFAULT_TOKEN_ENV.into())
+    }
+}
+
+impl ApiTokenSource {
+    /// The token; `Err` names the variable or file and what to do.
+    pub fn read(&self) -> Result<crate::store::nuntiq::client::ApiToken, String> {
+        use crate::store::nuntiq::client::ApiToken;
+        match self {
+            ApiTokenSource::Env(name) => {
+                let value = std::env::var(name).map_err(|_| {
+                    format!(
+                        "the Customer API token: ${name} is not set; export it, name another variable with \
+                         --api-token-env, or a file with --api-token-file"
+                    )
+                })?;
+                ApiToken::new(value).map_err(|e| format!("${name}: {e}"))
+            }
+            ApiTokenSource::File(path) => {
+                let value = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--api-token-file {}: {e}", path.display()))?;
+                ApiToken::new(value).map_err(|e| format!("--api-token-file {}: {e}", path.display()))
+            }
         }
     }
 }
@@ -464,6 +511,17 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
     let (plugin, fresh) = runner.plugin(&options.plugin)?;
     let store = match (&options.db, options.dry_run) {
         (Db::Sqlite(path), true) => Store::open_sqlite_copy(path).map_err(overloaded_or)?,
+        (Db::Nuntiq(_), true) => {
+            return Err(InputError::Arguments(format!(
+                "--dry-run works on a SQLite file (it runs against a throw-away copy); {} is the Customer API, \
+                 which has no copy to run against: run against a SQLite store with --fixtures or --replay instead",
+                options.db
+            )));
+        }
+        (Db::Nuntiq(api), false) => {
+            let token = options.api_token.read().map_err(InputError::Arguments)?;
+            Store::open_api(api, &options.ledger, token).map_err(overloaded_or)?
+        }
         (Db::Postgres(_), true) => {
             return Err(InputError::Arguments(format!(
                 "--dry-run works on a SQLite file (it runs against a throw-away copy); for {}, \

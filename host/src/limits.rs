@@ -98,6 +98,9 @@ pub enum LimitExceeded {
     /// The run's budget ([`crate::budget`]) ran out.
     #[error(transparent)]
     Budget(#[from] crate::budget::Exceeded),
+    /// The store ended the run: it refused the host's credentials, say.
+    #[error("{message}")]
+    Store { kind: &'static str, message: String },
 }
 
 impl LimitExceeded {
@@ -111,6 +114,7 @@ impl LimitExceeded {
             LimitExceeded::Timeout(_) => "timeout",
             LimitExceeded::Cancelled(_) => "cancelled",
             LimitExceeded::Budget(_) => "limit",
+            LimitExceeded::Store { kind, .. } => kind,
         }
     }
 

@@ -212,7 +212,7 @@ struct DbArg {
 }
 
 fn parse_db(db: &str) -> Result<Db, String> {
-    Ok(Db::parse(db))
+    Db::parse(db)
 }
 
 /// `run-plugin --help`: what a connector can and cannot do.
@@ -389,6 +389,10 @@ struct RunPluginArgs {
     /// envelope says what would have been (counts and would_commit).
     #[arg(long)]
     dry_run: bool,
+    /// With --db nuntiq+https://HOST/api: where run history, rejected rows,
+    /// usage and leases are kept (a SQLite file or postgres:// URL).
+    #[arg(long, env = "NUNTIQ_LEDGER", default_value = "nuntiq.db", value_name = "PATH|URL", value_parser = parse_db)]
+    ledger: Db,
 }
 
 impl RunPluginArgs {
@@ -401,6 +405,7 @@ impl RunPluginArgs {
             record: self.record,
             replay: self.replay,
             dry_run: self.dry_run,
+            ledger: self.ledger,
             cache_dir: self.compile_cache.dir(),
             ..JobOptions::new(self.plugin, self.settings, self.db)
         };

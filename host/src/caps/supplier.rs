@@ -151,6 +151,8 @@ macro_rules! records_from_wit {
                     custom_field_4: l.$c4,
                     custom_field_5: l.$c5,
                     addresses: l.addresses.into_iter().map(Into::into).collect(),
+                    // Contracts before 0.3.0 have none.
+                    bank_accounts: Vec::new(),
                 }
             }
         }

@@ -17,6 +17,7 @@ use crate::limits::Stop;
 use crate::meter::Usage;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A backend operation's future, borrowing the backend and its arguments.
@@ -51,7 +52,7 @@ pub trait DeltaBackend: Send {
         key: &'a StreamKey,
         cursor_type: CursorType,
         owner: &'a RunOwner,
-        stop: &'a Stop,
+        stop: &'a Arc<Stop>,
     ) -> BoxFuture<'a, Result<Begun, StoreError>>;
 
     /// Writes the run's final batch and advances the cursor: both durable or
@@ -65,7 +66,7 @@ pub trait DeltaBackend: Send {
         completion: &'a Completion,
         pending: &'a [SupplierRecord],
         during_run: SaveCounts,
-        stop: &'a Stop,
+        stop: &'a Arc<Stop>,
     ) -> BoxFuture<'a, Result<(StreamState, SaveCounts), StoreError>>;
 
     /// Fails runs; each answer says how its run had ended.
@@ -126,6 +127,17 @@ pub trait Ledger: Send {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 
+    /// Records in the run history a completion another backend committed and
+    /// checked (its cursor taken as it is); returns the stream's mirror.
+    fn record_completion<'a>(
+        &'a mut self,
+        key: &'a StreamKey,
+        run_id: &'a str,
+        completion: &'a Completion,
+        written: SaveCounts,
+        stop: &'a Arc<Stop>,
+    ) -> BoxFuture<'a, Result<StreamState, StoreError>>;
+
     /// Records how a slot's run ended.
     fn finish_slot<'a>(
         &'a mut self,
@@ -145,7 +157,7 @@ impl DeltaBackend for Conn {
         key: &'a StreamKey,
         cursor_type: CursorType,
         owner: &'a RunOwner,
-        stop: &'a Stop,
+        stop: &'a Arc<Stop>,
     ) -> BoxFuture<'a, Result<Begun, StoreError>> {
         Box::pin(delta::begin_run(self, key, cursor_type, owner, stop))
     }
@@ -157,7 +169,7 @@ impl DeltaBackend for Conn {
         completion: &'a Completion,
         pending: &'a [SupplierRecord],
         during_run: SaveCounts,
-        stop: &'a Stop,
+        stop: &'a Arc<Stop>,
     ) -> BoxFuture<'a, Result<(StreamState, SaveCounts), StoreError>> {
         Box::pin(delta::complete_run(
             self, key, run_id, completion, pending, during_run, stop,
@@ -224,6 +236,17 @@ impl Ledger for Conn {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<Option<Claim>>, StoreError>> {
         Box::pin(schedule::claim_many(self, claims, owner, limit))
+    }
+
+    fn record_completion<'a>(
+        &'a mut self,
+        key: &'a StreamKey,
+        run_id: &'a str,
+        completion: &'a Completion,
+        written: SaveCounts,
+        stop: &'a Arc<Stop>,
+    ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
+        Box::pin(delta::record_completion(self, key, run_id, completion, written, stop))
     }
 
     fn renew_slots<'a>(

@@ -346,9 +346,58 @@ pub async fn complete_run(
     written: SaveCounts,
     stop: &Stop,
 ) -> Result<(StreamState, SaveCounts), StoreError> {
+    complete(conn, key, run_id, completion, pending, written, stop, Advance::Checked).await
+}
+
+/// Records in a ledger a completion another service (the Customer API)
+/// committed and checked: the run history, the audit and the stream's mirror
+/// take its cursor as it is, even where the mirror disagrees (a reset made on
+/// the platform). The lease is still checked.
+pub async fn record_completion(
+    conn: &mut Conn,
+    key: &StreamKey,
+    run_id: &str,
+    completion: &Completion,
+    written: SaveCounts,
+    stop: &Stop,
+) -> Result<StreamState, StoreError> {
+    Ok(complete(conn, key, run_id, completion, &[], written, stop, Advance::Recorded).await?.0)
+}
+
+/// Whether a completion's cursor is checked here or was checked elsewhere.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Advance {
+    Checked,
+    Recorded,
+}
+
+/// The cursor `completion` replaces: checked to advance, or taken as recorded.
+fn previous_cursor(
+    key: &StreamKey,
+    completion: &Completion,
+    row: Option<&(StreamState, Lease)>,
+    advance: Advance,
+) -> Result<Option<String>, StoreError> {
+    match advance {
+        Advance::Checked => check_advance(key, completion, row),
+        Advance::Recorded => Ok(row.and_then(|(s, _)| s.committed_cursor_value.clone())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    conn: &mut Conn,
+    key: &StreamKey,
+    run_id: &str,
+    completion: &Completion,
+    pending: &[SupplierRecord],
+    written: SaveCounts,
+    stop: &Stop,
+    advance: Advance,
+) -> Result<(StreamState, SaveCounts), StoreError> {
     let row = read_state_unlocked(conn, key).await?;
     check_lease(key, run_id, row.as_ref())?;
-    check_advance(key, completion, row.as_ref())?;
+    previous_cursor(key, completion, row.as_ref(), advance)?;
     let last_chunk_start = pending.len().saturating_sub(1) / SUPPLIERS_PER_TRANSACTION * SUPPLIERS_PER_TRANSACTION;
     let (earlier, last) = pending.split_at(last_chunk_start);
     let earlier_counts = save_suppliers(conn, &key.customer_number, earlier).await?;
@@ -356,7 +405,7 @@ pub async fn complete_run(
     let done = transaction(conn, async |tx: &mut Conn| {
         let row = read_state(tx, key).await?;
         check_lease(key, run_id, row.as_ref())?;
-        let old = check_advance(key, completion, row.as_ref())?;
+        let old = previous_cursor(key, completion, row.as_ref(), advance)?;
         let mut counts = earlier_counts;
         counts.add(upsert_suppliers(tx, &key.customer_number, last).await?);
         let now = now_utc();

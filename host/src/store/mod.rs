@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod cursor;
 pub mod delta;
+pub mod nuntiq;
 pub mod owner;
 pub mod postgres;
 pub mod records;
@@ -26,7 +27,7 @@ use crate::limits::Stop;
 pub use cursor::CursorType;
 pub use delta::{Begun, FailOutcome, Reset, StreamFilter};
 pub use owner::RunOwner;
-pub use records::{AddressRecord, LocationRecord, SupplierRecord};
+pub use records::{AddressRecord, BankAccountRecord, LocationRecord, SupplierRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use postgres::PgPool;
@@ -166,6 +167,12 @@ pub enum StoreError {
     /// The job was stopped (deadline or signal) before this could commit.
     #[error("{0}")]
     Stopped(String),
+    /// The store refused the host's credentials (the Customer API's 401/403).
+    #[error("{0}")]
+    Denied(String),
+    /// The store could not be reached, after retries.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Suppliers handed to the store, with the host memory they take charged to
@@ -202,21 +209,41 @@ pub struct OpenError {
     pub reason: String,
 }
 
-/// Where the store lives: `--db PATH` (SQLite) or `--db postgres://…`.
+/// Where the store lives: `--db PATH` (SQLite), `--db postgres://…`, or
+/// `--db nuntiq+https://HOST/api` (the Customer API, with a SQL ledger).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Db {
     Sqlite(PathBuf),
     Postgres(String),
+    /// The Customer API's base URL (`https://HOST/api`).
+    Nuntiq(url::Url),
 }
 
+/// The scheme prefix that picks the Customer API.
+const NUNTIQ_PREFIX: &str = "nuntiq+";
+
 impl Db {
-    /// `postgres://` and `postgresql://` URLs are PostgreSQL; anything else a SQLite file.
-    pub fn parse(db: &str) -> Self {
+    /// `postgres://` and `postgresql://` URLs are PostgreSQL, `nuntiq+http(s)://`
+    /// the Customer API; anything else a SQLite file.
+    pub fn parse(db: &str) -> Result<Self, String> {
         if postgres::is_url(db) {
-            Db::Postgres(db.to_owned())
-        } else {
-            Db::Sqlite(PathBuf::from(db))
+            return Ok(Db::Postgres(db.to_owned()));
         }
+        let Some(api) = db.strip_prefix(NUNTIQ_PREFIX) else {
+            return Ok(Db::Sqlite(PathBuf::from(db)));
+        };
+        let url = url::Url::parse(api).map_err(|e| format!("{db:?} is not a URL ({e}); write nuntiq+https://HOST/api"))?;
+        if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
+            return Err(format!("{db:?}: the Customer API is nuntiq+https://HOST/api (nuntiq+http:// for a local test)"));
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+            return Err(format!(
+                "{}: the URL carries no credentials or query; the token comes from NUNTIQ_API_TOKEN, \
+                 --api-token-env or --api-token-file, never from the command line",
+                Db::Nuntiq(url).shown()
+            ));
+        }
+        Ok(Db::Nuntiq(url))
     }
 
     /// How messages name it (a URL without its password).
@@ -224,6 +251,13 @@ impl Db {
         match self {
             Db::Sqlite(path) => path.display().to_string(),
             Db::Postgres(url) => postgres::redacted(url),
+            Db::Nuntiq(url) => {
+                let mut shown = url.clone();
+                let _ = shown.set_username("");
+                let _ = shown.set_password(None);
+                shown.set_query(None);
+                format!("{NUNTIQ_PREFIX}{shown}")
+            }
         }
     }
 }
@@ -295,7 +329,8 @@ pub struct Store {
 /// checkpointed as it closes, so its `-wal` and `-shm` go with it (a process
 /// that exited first left them in the temporary directory).
 struct SqliteWriter {
-    thread: std::thread::ThreadId,
+    /// The worker's own thread, when it has one (it cannot wait for itself).
+    thread: Option<std::thread::ThreadId>,
     closed: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
@@ -305,7 +340,7 @@ const WRITER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30
 impl Drop for SqliteWriter {
     fn drop(&mut self) {
         // A handle dropped by the writer itself cannot wait for it.
-        if std::thread::current().id() == self.thread {
+        if Some(std::thread::current().id()) == self.thread {
             return;
         }
         if let Ok(closed) = self.closed.get_mut() {
@@ -349,6 +384,10 @@ impl Store {
     pub fn open(db: &Db) -> Result<Self, OpenError> {
         match db {
             Db::Sqlite(path) => Self::open_sqlite(path),
+            Db::Nuntiq(_) => Err(OpenError {
+                path: db.shown().into(),
+                reason: "the Customer API is opened with its token and ledger (Store::open_api)".into(),
+            }),
             Db::Postgres(url) => {
                 let fail = |reason: String| OpenError {
                     path: db.shown().into(),
@@ -451,10 +490,47 @@ impl Store {
             })
             .map_err(|e| fail(format!("failed to start the store thread: {e}")))?;
         let writer = SqliteWriter {
-            thread: thread.thread().id(),
+            thread: Some(thread.thread().id()),
             closed: std::sync::Mutex::new(closed),
         };
         Ok(Self::new(jobs, busy, Some(Arc::new(writer)), copy))
+    }
+
+    /// The Customer API as the store (see [`nuntiq`]): delta state and
+    /// suppliers go to the API at `api`, with `token`; run history, usage,
+    /// rejected rows, leases and slots to the SQL `ledger` beside it.
+    pub fn open_api(api: &url::Url, ledger: &Db, token: nuntiq::client::ApiToken) -> Result<Self, OpenError> {
+        let fail = |reason: String| OpenError {
+            path: PathBuf::from(api.as_str()),
+            reason,
+        };
+        if let Db::Nuntiq(_) = ledger {
+            return Err(fail("--ledger must be a SQLite file or a postgres:// URL, not the Customer API".into()));
+        }
+        let ledger = Self::open(ledger)?;
+        let client = nuntiq::client::ApiClient::new(api.clone(), token, nuntiq::client::RetryPolicy::default())
+            .map_err(fail)?;
+        let runtime = store_runtime().map_err(fail)?;
+        let (jobs, mut rx) = mpsc::channel::<Job>(64);
+        let busy = Arc::new(AtomicU64::new(0));
+        let working = busy.clone();
+        let (ended, end) = std::sync::mpsc::channel::<()>();
+        let mut backend = nuntiq::NuntiqApi::new(client, ledger);
+        runtime.spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let started = std::time::Instant::now();
+                job(Ok(&mut backend as &mut dyn Backend)).await;
+                working.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            // The ledger's handle goes with the backend, closing it; then say so.
+            drop(backend);
+            let _ = ended.send(());
+        });
+        let worker = SqliteWriter {
+            thread: None,
+            closed: std::sync::Mutex::new(end),
+        };
+        Ok(Self::new(jobs, busy, Some(Arc::new(worker)), None))
     }
 
     /// PostgreSQL's worker: a task on the store runtime, a pooled connection per job.
@@ -552,6 +628,7 @@ impl Store {
                         during_run.inserted -= written_before.inserted;
                         during_run.updated -= written_before.updated;
                         during_run.unchanged -= written_before.unchanged;
+                        during_run.refused -= written_before.refused;
                         conn.complete_run(&key, &run_id, &completion, &pending.records, during_run, &stop)
                             .await
                     }
@@ -574,6 +651,20 @@ impl Store {
         };
         self.jobs.send(job).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
+    }
+
+    /// Records in this (ledger) store a completion another backend committed
+    /// and checked; see [`backend::Ledger::record_completion`].
+    pub async fn record_completion(
+        &self,
+        key: StreamKey,
+        run_id: String,
+        completion: Completion,
+        written: SaveCounts,
+        stop: Arc<Stop>,
+    ) -> Result<StreamState, StoreError> {
+        self.call(move |c| Box::pin(async move { c.record_completion(&key, &run_id, &completion, written, &stop).await }))
+            .await
     }
 
     pub async fn fail_run(
@@ -609,6 +700,12 @@ impl Store {
         self.call_blocking(move |c| Box::pin(async move { c.renew_leases(&runs).await }))
     }
 
+    /// [`Store::renew_leases_blocking`], awaited.
+    pub async fn renew_leases(&self, runs: Vec<(StreamKey, RunOwner)>) -> Result<Vec<String>, StoreError> {
+        self.call(move |c| Box::pin(async move { c.renew_leases(&runs).await }))
+            .await
+    }
+
     pub async fn get_state(&self, key: StreamKey) -> Result<StreamState, StoreError> {
         self.call(move |c| Box::pin(async move { c.get_state(&key).await }))
             .await
@@ -630,9 +727,21 @@ impl Store {
         self.call_blocking(move |c| Box::pin(async move { c.renew_slots(&job_ids, lease).await }))
     }
 
+    /// [`Store::renew_slots_blocking`], awaited.
+    pub async fn renew_slots(&self, job_ids: Vec<String>, lease: std::time::Duration) -> Result<Vec<String>, StoreError> {
+        self.call(move |c| Box::pin(async move { c.renew_slots(&job_ids, lease).await }))
+            .await
+    }
+
     /// Records how a slot's run ended.
-    pub async fn finish_slot(&self, job_id: String, status: &'static str, outcome: Option<String>) -> Result<(), StoreError> {
-        self.call(move |c| Box::pin(async move { c.finish_slot(&job_id, status, outcome.as_deref()).await }))
+    pub async fn finish_slot(
+        &self,
+        job_id: String,
+        status: impl Into<String>,
+        outcome: Option<String>,
+    ) -> Result<(), StoreError> {
+        let status = status.into();
+        self.call(move |c| Box::pin(async move { c.finish_slot(&job_id, &status, outcome.as_deref()).await }))
             .await
     }
 

@@ -47,6 +47,8 @@ pub struct LocationRecord {
     pub custom_field_4: Option<String>,
     pub custom_field_5: Option<String>,
     pub addresses: Vec<AddressRecord>,
+    /// The location's bank accounts (contract 0.3.0); they replace the stored ones.
+    pub bank_accounts: Vec<BankAccountRecord>,
 }
 
 /// A postal address of a location.
@@ -60,6 +62,44 @@ pub struct AddressRecord {
     pub custom_field_1: Option<String>,
     pub custom_field_2: Option<String>,
     pub custom_field_3: Option<String>,
+}
+
+/// A bank account of a location (the platform's `SupplierBankAccount`). Its
+/// account number is never logged: see [`BankAccountRecord::masked`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BankAccountRecord {
+    pub bank_name: Option<String>,
+    pub bank_branch: Option<String>,
+    pub bank_account_number: Option<String>,
+    pub bank_routing_number: Option<String>,
+    pub swift_code: Option<String>,
+    pub account_currency: Option<String>,
+    pub is_primary: Option<bool>,
+    pub custom_field_1: Option<String>,
+    pub custom_field_2: Option<String>,
+    pub custom_field_3: Option<String>,
+}
+
+impl BankAccountRecord {
+    fn text_fields(&self) -> [(&'static str, Option<&String>); 9] {
+        [
+            ("bank_name", self.bank_name.as_ref()),
+            ("bank_branch", self.bank_branch.as_ref()),
+            ("bank_account_number", self.bank_account_number.as_ref()),
+            ("bank_routing_number", self.bank_routing_number.as_ref()),
+            ("swift_code", self.swift_code.as_ref()),
+            ("account_currency", self.account_currency.as_ref()),
+            ("custom_field_1", self.custom_field_1.as_ref()),
+            ("custom_field_2", self.custom_field_2.as_ref()),
+            ("custom_field_3", self.custom_field_3.as_ref()),
+        ]
+    }
+
+    /// The account number as messages may show it: its last four characters.
+    pub fn masked(number: &str) -> String {
+        let tail: String = number.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("…{tail}")
+    }
 }
 
 impl SupplierRecord {
@@ -109,6 +149,9 @@ impl SupplierRecord {
             for a in &l.addresses {
                 bytes += size_of::<AddressRecord>() + text(&a.text_fields());
             }
+            for b in &l.bank_accounts {
+                bytes += size_of::<BankAccountRecord>() + text(&b.text_fields());
+            }
         }
         bytes
     }
@@ -133,6 +176,15 @@ impl SupplierRecord {
                 h.count(l.addresses.len());
                 for a in &l.addresses {
                     h.fields(&a.text_fields());
+                }
+                // Only when there are any: suppliers stored before bank
+                // accounts existed keep their fingerprints.
+                if !l.bank_accounts.is_empty() {
+                    h.count(l.bank_accounts.len());
+                    for b in &l.bank_accounts {
+                        h.fields(&b.text_fields());
+                        h.flag(b.is_primary);
+                    }
                 }
             }
             xxhash_rust::xxh3::xxh3_128(buf).to_le_bytes()
@@ -283,6 +335,21 @@ pub fn validate(batch: &[SupplierRecord], limits: &RecordLimits) -> Result<(), S
             for (k, a) in l.addresses.iter().enumerate() {
                 check_sizes(&a.text_fields(), limits)
                     .or_else(|(f, p)| fail(&format!("locations[{j}].addresses[{k}].{f}"), &p))?;
+            }
+            if l.bank_accounts.len() > limits.max_addresses_per_location {
+                return fail(
+                    &field("bank_accounts"),
+                    &format!(
+                        "has {} entries; at most {} are allowed",
+                        l.bank_accounts.len(),
+                        limits.max_addresses_per_location
+                    ),
+                );
+            }
+            for (k, b) in l.bank_accounts.iter().enumerate() {
+                // A size error must not print the account number: it names the field only.
+                check_sizes(&b.text_fields(), limits)
+                    .or_else(|(f, p)| fail(&format!("locations[{j}].bank_accounts[{k}].{f}"), &p))?;
             }
         }
     }

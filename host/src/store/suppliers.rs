@@ -25,6 +25,14 @@ pub struct SaveCounts {
     pub updated: u64,
     /// Equal to what the store held: nothing was written.
     pub unchanged: u64,
+    /// Refused by the store one by one (the Customer API's validation) and
+    /// set aside as rejected rows; the rest of their batch was written.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SaveCounts {
@@ -32,6 +40,7 @@ impl SaveCounts {
         self.inserted += other.inserted;
         self.updated += other.updated;
         self.unchanged += other.unchanged;
+        self.refused += other.refused;
     }
 
     pub fn total(&self) -> u64 {
