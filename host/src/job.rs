@@ -7,6 +7,7 @@ use crate::caps::http::HttpConfig;
 use crate::caps::http::Offline;
 use crate::caps::offline::{Fixtures, Recorder, Replay};
 use crate::caps::supplier::SupplierConfig;
+use crate::compile::CompileLimits;
 use crate::limits::{Limits, Stop};
 use crate::log::{Level, LogFormat, LogSink, MAX_MESSAGE_BYTES, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
@@ -41,6 +42,8 @@ pub struct JobOptions {
     pub lease: std::time::Duration,
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// What compiling the plugin may cost (`--max-compile-memory`, `--max-compile-time`).
+    pub compile: CompileLimits,
     /// Offline development: where `file://` URLs are answered from.
     pub fixtures: Option<PathBuf>,
     /// Write every HTTP exchange of the run to this cassette.
@@ -76,6 +79,7 @@ impl JobOptions {
             delta: DeltaConfig::default(),
             lease: std::time::Duration::from_secs(300),
             cache_dir: CompileCache::default_dir(),
+            compile: CompileLimits::default(),
             fixtures: None,
             record: None,
             replay: None,
@@ -140,9 +144,9 @@ impl FileStamp {
 }
 
 impl Runner {
-    pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> Result<Self, InputError> {
+    pub fn new(limits: &Limits, cache_dir: Option<PathBuf>, compile: CompileLimits) -> Result<Self, InputError> {
         Ok(Self {
-            runtime: Runtime::new(limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?,
+            runtime: Runtime::new(limits, compile).map_err(|e| InputError::Arguments(format!("{e:#}")))?,
             cache: cache_dir.map(CompileCache::new),
             plugins: Mutex::default(),
         })
@@ -192,7 +196,7 @@ impl Report {
 pub fn run_plugin(options: JobOptions) -> Report {
     let stop = Stop::new(options.limits.timeout);
     listen_for_signals(stop.clone());
-    let runner = match Runner::new(&options.limits, options.cache_dir.clone()) {
+    let runner = match Runner::new(&options.limits, options.cache_dir.clone(), options.compile) {
         Ok(runner) => runner,
         Err(e) => return Report::failure(e.kind(), e.to_string(), 2),
     };
@@ -525,8 +529,8 @@ fn log_compilation(log: &LogSink, name: &str, plugin: &crate::runtime::Plugin, c
 }
 
 /// `nuntiq-host compile`: compiles a plugin into the cache ahead of time.
-pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf) -> Result<String, InputError> {
-    let runtime = Runtime::new(&Limits::default()).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
+pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf, limits: CompileLimits) -> Result<String, InputError> {
+    let runtime = Runtime::new(&Limits::default(), limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
     let cache = CompileCache::new(cache_dir);
     let loaded = runtime.load(plugin, Some(&cache))?;
     let ms = loaded.load_time.as_secs_f64() * 1000.0;

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod bindings;
 pub mod cache;
 pub mod caps;
+pub mod compile;
 pub mod flags;
 pub mod inspect;
 pub mod job;

@@ -12,6 +12,7 @@
 pub mod jobs;
 pub mod metrics;
 
+use crate::compile::CompileLimits;
 use crate::job::{JobOptions, Runner, run_job};
 use crate::limits::{Limits, Stop};
 use crate::log::{Level, LogFormat, LogSink, Redactor};
@@ -46,6 +47,8 @@ pub struct ServeOptions {
     /// another host takes over a slot whose holder stopped renewing it.
     pub lease: Duration,
     pub cache_dir: Option<PathBuf>,
+    /// What compiling a plugin may cost, for the whole process.
+    pub compile: CompileLimits,
     /// The connectors' wasm stack, for the whole process (one engine).
     pub max_stack: Option<usize>,
     pub log_format: LogFormat,
@@ -102,7 +105,7 @@ fn start(options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Job>),
     if let Some(stack) = options.max_stack {
         limits.max_wasm_stack_bytes = stack;
     }
-    let runner = Runner::new(&limits, options.cache_dir.clone()).map_err(|e| e.to_string())?;
+    let runner = Runner::new(&limits, options.cache_dir.clone(), options.compile).map_err(|e| e.to_string())?;
     let mut jobs = Vec::new();
     for spec in specs {
         let fail = |e: String| format!("job {:?}: {e}", spec.name);
@@ -287,6 +290,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: String, job_id: String) {
         log_format: state.options.log_format,
         log_level: state.options.log_level,
         lease: state.options.lease,
+        compile: state.options.compile,
         job_id: Some(job_id.clone()),
         inline_settings: spec.inline_settings.clone(),
         ..JobOptions::new(spec.plugin.clone(), spec.settings.clone(), state.options.db.clone())
