@@ -271,7 +271,8 @@ needs none) under:
   --max-compile-memory 448MiB memory of the compile
   --max-compile-time 2m       its CPU time (twice that on the clock)
 A plugin past any of these is refused naming the limit: exit 2,
-invalid_plugin, nothing compiled or cached.
+invalid_plugin, nothing compiled or cached. Under serve, a changed plugin file
+that is refused leaves its jobs on the plugin they had (one warning per change).
 ";
 
 const SERVE_HELP: &str = "\
@@ -291,6 +292,12 @@ sharing it run each slot once, a slot whose host died is taken over once its
 lease expires, and a slot is not claimed while the job's previous run goes on.
 SIGTERM or SIGINT: no new runs; running ones get --grace, then are stopped
 cleanly (cursors untouched). A second signal exits at once.
+
+A plugin is compiled when a job first needs it and again when its file
+changes, one compile at a time, under --max-compile-memory and
+--max-compile-time (see run-plugin --help). A changed file that is refused
+leaves its jobs on the plugin they had: a warning names the file and the
+limit once, and the runs go on.
 ";
 
 /// Where compiled components are kept, for `run-plugin` and `serve`.

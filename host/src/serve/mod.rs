@@ -6,7 +6,8 @@
 //! thread: a trap, a timeout or a hostile connector ends that run only.
 //!
 //! The process shares one wasm engine and each plugin compiled once (again
-//! when its file changes). A global cap and a per-customer cap bound how many
+//! when its file changes; a changed file that is refused leaves its jobs on
+//! the plugin they had, with one warning). A global cap and a per-customer cap bound how many
 //! runs go at once; a host at its cap leaves due slots for other hosts.
 
 pub mod jobs;
