@@ -6,6 +6,7 @@ mod admin;
 mod authors;
 mod bad_input;
 mod cache;
+mod compile;
 mod containment;
 mod delivery;
 mod hostile;
