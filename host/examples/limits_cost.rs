@@ -13,6 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
+    // A plugin is compiled in a child process of this binary.
+    if let Some(code) = nuntiq_host::compile::run_child_if_asked() {
+        std::process::exit(code.into());
+    }
     let mut args = std::env::args().skip(1);
     let suppliers: usize = args.next().map_or(Ok(20_000), |a| a.parse())?;
     let rounds: usize = args.next().map_or(Ok(7), |a| a.parse())?;

@@ -83,17 +83,22 @@ impl CompileCache {
             .join(format!("{plugin_sha256}-{:016x}.cwasm", engine_hash(engine)))
     }
 
-    /// Loads the compiled component, or compiles and stores it.
-    pub fn load_or_compile(
+    /// Loads the compiled component, or compiles it with `compile` and stores
+    /// it. `compile` returns the engine's precompiled form of the plugin made
+    /// by this binary (in a compile child, or `Engine::precompile_component`):
+    /// it is loaded as such. A hit never calls it; a failed compile stores nothing.
+    pub fn load_or_compile<E: From<wasmtime::Error>>(
         &self,
         engine: &Engine,
-        wasm: &[u8],
         plugin_sha256: &str,
-    ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        compile: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<(Component, CacheOutcome), E> {
         let key = match self.prepare() {
             Ok(key) => key,
             Err(why) => {
-                let component = Component::new(engine, wasm)?;
+                let payload = compile()?;
+                // SAFETY: made by this binary's compiler (see above), not read from the cache.
+                let component = unsafe { Component::deserialize(engine, &payload)? };
                 return Ok((component, CacheOutcome::Refused(why)));
             }
         };
@@ -116,8 +121,8 @@ impl CompileCache {
         if problem.is_some() {
             let _ = std::fs::remove_file(&path);
         }
-        let payload = engine.precompile_component(wasm)?;
-        // SAFETY: just produced by this engine.
+        let payload = compile()?;
+        // SAFETY: just produced by this binary's compiler for this engine.
         let component = unsafe { Component::deserialize(engine, &payload)? };
         let stored = self.store(&path, &key, &binding, &payload).is_ok();
         let outcome = match (problem, stored) {
@@ -305,6 +310,11 @@ mod tests {
     /// The smallest component.
     const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
 
+    /// Compiles the smallest component in this process.
+    fn compile(engine: &Engine) -> impl FnOnce() -> wasmtime::Result<Vec<u8>> + '_ {
+        || engine.precompile_component(EMPTY_COMPONENT)
+    }
+
     fn cache(dir: &Path) -> CompileCache {
         CompileCache::new(dir.join("c")).with_key_file(dir.join("config").join("cache.key"))
     }
@@ -314,9 +324,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path());
         let e = engine();
-        let (_, first) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
+        let (_, first) = cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         assert_eq!(first, CacheOutcome::Compiled { stored: true });
-        let (_, second) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
+        let (_, second) = cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         assert_eq!(second, CacheOutcome::Hit);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(cache.dir()), 0o700);
@@ -328,7 +338,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path());
         let e = engine();
-        cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
+        cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         let path = cache.entry_path(&e, "abc");
         let good = std::fs::read(&path).unwrap();
 
@@ -336,7 +346,7 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
         std::fs::write(&path, &flipped).unwrap();
-        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         assert!(
             matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("MAC does not match")),
             "{outcome:?}"
@@ -344,7 +354,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), good, "rewritten");
 
         std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         assert!(matches!(outcome, CacheOutcome::Replaced(_)));
 
         // Framed like ours, with an unkeyed digest: someone without the key wrote it.
@@ -353,16 +363,16 @@ mod tests {
         forged.extend_from_slice(blake3::hash(garbage).as_bytes());
         forged.extend_from_slice(garbage);
         std::fs::write(&path, &forged).unwrap();
-        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         assert!(
             matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("MAC does not match")),
             "{outcome:?}"
         );
 
         std::fs::write(&path, b"x").unwrap();
-        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         assert!(matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("not a nuntiq-host cache entry")));
-        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "abc").unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         assert_eq!(outcome, CacheOutcome::Hit);
     }
 
@@ -371,9 +381,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path());
         let e = engine();
-        cache.load_or_compile(&e, EMPTY_COMPONENT, "other").unwrap();
+        cache.load_or_compile(&e, "other", compile(&e)).unwrap();
         std::fs::copy(cache.entry_path(&e, "other"), cache.entry_path(&e, "mine")).unwrap();
-        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "mine").unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, "mine", compile(&e)).unwrap();
         assert!(
             matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("written for another plugin")),
             "{outcome:?}"
@@ -385,17 +395,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path());
         let e = engine();
-        cache.load_or_compile(&e, EMPTY_COMPONENT, "other").unwrap();
+        cache.load_or_compile(&e, "other", compile(&e)).unwrap();
         let path = cache.entry_path(&e, "mine");
         std::os::unix::fs::symlink(cache.entry_path(&e, "other"), &path).unwrap();
-        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "mine").unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, "mine", compile(&e)).unwrap();
         assert!(
             matches!(&outcome, CacheOutcome::Replaced(why) if why.contains("symlink")),
             "{outcome:?}"
         );
 
         std::fs::set_permissions(cache.dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let (_, outcome) = cache.load_or_compile(&e, EMPTY_COMPONENT, "mine").unwrap();
+        let (_, outcome) = cache.load_or_compile(&e, "mine", compile(&e)).unwrap();
         assert!(
             matches!(&outcome, CacheOutcome::Refused(why) if why.contains("has mode 777") && why.contains("chmod 755")),
             "{outcome:?}"
@@ -408,7 +418,23 @@ mod tests {
         let blocker = dir.path().join("file");
         std::fs::write(&blocker, b"").unwrap();
         let cache = CompileCache::new(blocker.join("sub")).with_key_file(dir.path().join("k"));
-        let (_, outcome) = cache.load_or_compile(&engine(), EMPTY_COMPONENT, "abc").unwrap();
+        let e = engine();
+        let (_, outcome) = cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
         assert!(matches!(outcome, CacheOutcome::Refused(_)), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_hit_never_compiles_and_a_failed_compile_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let e = engine();
+        let failed = cache.load_or_compile(&e, "abc", || Err(wasmtime::Error::msg("out of memory")));
+        assert!(failed.is_err());
+        assert!(!cache.entry_path(&e, "abc").exists(), "nothing stored");
+        cache.load_or_compile(&e, "abc", compile(&e)).unwrap();
+        let (_, outcome) = cache
+            .load_or_compile(&e, "abc", || -> wasmtime::Result<Vec<u8>> { panic!("a hit compiled") })
+            .unwrap();
+        assert_eq!(outcome, CacheOutcome::Hit);
     }
 }

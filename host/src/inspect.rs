@@ -1,11 +1,13 @@
 //! `nuntiq-host inspect`: what a plugin is and whether this host can run it —
-//! its contract, imports and exports, size and SHA-256, and, when its imports
-//! check out, a full link against its world (compiled through the cache).
+//! its contract, imports and exports, size and SHA-256, and, when its
+//! structure and imports check out, a full link against its world (compiled
+//! through the cache, under the compile limits).
 
 use crate::cache::CompileCache;
+use crate::compile::CompileLimits;
 use crate::limits::Limits;
 use crate::plugin::{Contract, Name};
-use crate::runtime::{PluginError, Runtime, check_shape};
+use crate::runtime::{PluginError, Runtime, check_shape, check_structure, read_plugin};
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -27,13 +29,15 @@ pub struct Inspection {
     pub problems: Vec<String>,
 }
 
-/// Inspects `plugin`; `Err` only when it cannot be read at all.
-pub fn inspect(plugin: &Path, cache: Option<&CompileCache>) -> Result<Inspection, PluginError> {
+/// Inspects `plugin`; `Err` when it cannot be read at all, or when one of
+/// the host's limits refuses it (its structure, or what compiling it took).
+pub fn inspect(plugin: &Path, cache: Option<&CompileCache>, compile: CompileLimits) -> Result<Inspection, PluginError> {
     let shown = plugin.display().to_string();
-    let bytes = std::fs::read(plugin).map_err(|e| PluginError::Unreadable {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
+    let bytes = read_plugin(plugin)?;
+    // Before anything else reads it: a nesting bomb is refused in milliseconds.
+    if let Err(refused @ PluginError::OverLimit { .. }) = check_structure(&shown, &bytes) {
+        return Err(refused);
+    }
     let shape = crate::plugin::scan(&bytes).map_err(|reason| PluginError::Invalid {
         path: shown.clone(),
         reason,
@@ -59,7 +63,7 @@ pub fn inspect(plugin: &Path, cache: Option<&CompileCache>) -> Result<Inspection
     }
     // The same checks as run-plugin, in the same order: the cheap one first.
     let checked = check_shape(&shown, &bytes).and_then(|_| {
-        let runtime = Runtime::new(&Limits::default()).map_err(|e| PluginError::Invalid {
+        let runtime = Runtime::new(&Limits::default(), compile).map_err(|e| PluginError::Invalid {
             path: shown.clone(),
             reason: format!("{e:#}"),
         })?;
@@ -67,6 +71,7 @@ pub fn inspect(plugin: &Path, cache: Option<&CompileCache>) -> Result<Inspection
     });
     match checked {
         Ok(()) => inspection.compatible = true,
+        Err(e) if e.is_limit() => return Err(e),
         Err(e) => inspection.problems.push(e.to_string()),
     }
     Ok(inspection)

@@ -8,6 +8,7 @@ use crate::caps::http::HttpConfig;
 use crate::caps::http::Offline;
 use crate::caps::offline::{Fixtures, Recorder, Replay};
 use crate::caps::supplier::SupplierConfig;
+use crate::compile::CompileLimits;
 use crate::limits::{Limits, Overloaded, Stop};
 use crate::log::{Level, LogFormat, LogSink, MAX_MESSAGE_BYTES, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
@@ -44,6 +45,8 @@ pub struct JobOptions {
     pub lease: std::time::Duration,
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// What compiling the plugin may cost (`--max-compile-memory`, `--max-compile-time`).
+    pub compile: CompileLimits,
     /// Offline development: where `file://` URLs are answered from.
     pub fixtures: Option<PathBuf>,
     /// Write every HTTP exchange of the run to this cassette.
@@ -85,6 +88,7 @@ impl JobOptions {
             delta: DeltaConfig::default(),
             lease: std::time::Duration::from_secs(300),
             cache_dir: CompileCache::default_dir(),
+            compile: CompileLimits::default(),
             fixtures: None,
             record: None,
             replay: None,
@@ -178,11 +182,35 @@ impl InputError {
 
 /// What the jobs of one process share: the wasm engine and linker, and each
 /// plugin compiled once — again when its file changes (runs already going
-/// finish on the one they started with).
+/// finish on the one they started with). A changed file that is refused
+/// leaves its path on the plugin it had.
 pub struct Runner {
     runtime: Runtime,
     cache: Option<CompileCache>,
-    plugins: Mutex<HashMap<PathBuf, (FileStamp, Arc<Plugin>)>>,
+    plugins: Mutex<HashMap<PathBuf, Known>>,
+    /// One load at a time: the runs of a changed plugin compile it once, and
+    /// compiles never add up in memory.
+    loading: Mutex<()>,
+}
+
+/// A plugin path as last looked at.
+struct Known {
+    stamp: Option<FileStamp>,
+    /// The last plugin that loaded from this path.
+    good: Option<Arc<Plugin>>,
+    /// Why the file at `stamp` was refused, when it was (`good` is then the one before).
+    refused: Option<PluginError>,
+}
+
+/// What [`Runner::plugin`] gives a run.
+pub struct Loaded {
+    pub plugin: Arc<Plugin>,
+    /// Whether this call compiled or loaded it (else it was reused).
+    pub fresh: bool,
+    /// The file changed and was refused for this reason; `plugin` is the one
+    /// loaded before. Only the first run to find out is told, so the refusal
+    /// is logged once per change of the file.
+    pub refused: Option<PluginError>,
 }
 
 /// When a plugin file last changed, as far as a reload needs to know.
@@ -203,31 +231,80 @@ impl FileStamp {
 }
 
 impl Runner {
-    pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> Result<Self, InputError> {
+    pub fn new(limits: &Limits, cache_dir: Option<PathBuf>, compile: CompileLimits) -> Result<Self, InputError> {
         Ok(Self {
-            runtime: Runtime::new(limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?,
+            runtime: Runtime::new(limits, compile).map_err(|e| InputError::Arguments(format!("{e:#}")))?,
             cache: cache_dir.map(CompileCache::new),
             plugins: Mutex::default(),
+            loading: Mutex::new(()),
         })
     }
 
-    /// The plugin at `path`, and whether this call compiled or loaded it.
-    pub fn plugin(&self, path: &Path) -> Result<(Arc<Plugin>, bool), PluginError> {
+    /// The plugin at `path`: reused while the file is unchanged, loaded again
+    /// when it changed. A changed file that is refused keeps the plugin that
+    /// loaded before (an error only when there is none).
+    pub fn plugin(&self, path: &Path) -> Result<Loaded, PluginError> {
         let stamp = FileStamp::of(path);
-        let known = self.plugins.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
-        if let (Some((seen, plugin)), Some(stamp)) = (known, stamp)
-            && seen == stamp
-        {
-            return Ok((plugin, false));
+        if let Some(known) = self.known(path, stamp) {
+            return known;
         }
-        let plugin = Arc::new(self.runtime.load(path, self.cache.as_ref())?);
-        if let Some(stamp) = stamp {
-            self.plugins
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(path.to_owned(), (stamp, plugin.clone()));
+        let _one = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        // Another run may have loaded it while this one waited.
+        if let Some(known) = self.known(path, stamp) {
+            return known;
         }
-        Ok((plugin, true))
+        let loaded = self.runtime.load(path, self.cache.as_ref());
+        let mut plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = plugins.get(path).and_then(|k| k.good.clone());
+        match loaded {
+            Ok(plugin) => {
+                let plugin = Arc::new(plugin);
+                let known = Known {
+                    stamp,
+                    good: Some(plugin.clone()),
+                    refused: None,
+                };
+                plugins.insert(path.to_owned(), known);
+                Ok(Loaded {
+                    plugin,
+                    fresh: true,
+                    refused: None,
+                })
+            }
+            Err(refused) => {
+                if !refused.is_transient() {
+                    let known = Known {
+                        stamp,
+                        good: previous.clone(),
+                        refused: Some(refused.clone()),
+                    };
+                    plugins.insert(path.to_owned(), known);
+                }
+                match previous {
+                    Some(plugin) => Ok(Loaded {
+                        plugin,
+                        fresh: false,
+                        refused: Some(refused),
+                    }),
+                    None => Err(refused),
+                }
+            }
+        }
+    }
+
+    /// What is known of the file at `stamp`, if it was looked at already.
+    fn known(&self, path: &Path, stamp: Option<FileStamp>) -> Option<Result<Loaded, PluginError>> {
+        let plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
+        let known = plugins.get(path).filter(|k| k.stamp == stamp)?;
+        match (&known.good, &known.refused) {
+            (Some(plugin), _) => Some(Ok(Loaded {
+                plugin: plugin.clone(),
+                fresh: false,
+                refused: None,
+            })),
+            (None, Some(refused)) => Some(Err(refused.clone())),
+            (None, None) => None,
+        }
     }
 
     pub fn cache_dir(&self) -> Option<&Path> {
@@ -255,7 +332,7 @@ impl Report {
 pub fn run_plugin(options: JobOptions) -> Report {
     let stop = Stop::new(options.limits.timeout);
     listen_for_signals(stop.clone());
-    let runner = match Runner::new(&options.limits, options.cache_dir.clone()) {
+    let runner = match Runner::new(&options.limits, options.cache_dir.clone(), options.compile) {
         Ok(runner) => runner,
         Err(e) => return Report::failure(e.kind(), e.to_string(), 2),
     };
@@ -323,6 +400,7 @@ pub async fn run_job(
         settings,
         plugin,
         fresh,
+        refused,
         store,
         policy,
         bearer_hosts,
@@ -353,6 +431,17 @@ pub async fn run_job(
     );
     if fresh {
         log_compilation(&log, &plugin_name, &plugin, runner.cache_dir());
+    }
+    if let Some(refused) = refused {
+        log.warn(
+            &format!(
+                "The changed plugin file was refused: {refused}. The plugin loaded before it (SHA-256 {}) \
+                 keeps running until the file changes again",
+                plugin.sha256
+            ),
+            Some("compile"),
+            Some(json!({"plugin": options.plugin, "running_sha256": plugin.sha256})),
+        );
     }
     log.info(
         &format!("Running {plugin_name} for customer {}", settings.customer_number),
@@ -472,6 +561,8 @@ struct Prepared {
     plugin: Arc<Plugin>,
     /// Whether the plugin was compiled or loaded for this job (else reused).
     fresh: bool,
+    /// The plugin file changed and was refused for this; `plugin` is the one before.
+    refused: Option<PluginError>,
     store: Store,
     policy: Arc<NetworkPolicy>,
     bearer_hosts: Vec<AllowedHost>,
@@ -508,7 +599,7 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
             .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
     }
     let offline = offline_sources(options, &settings)?;
-    let (plugin, fresh) = runner.plugin(&options.plugin)?;
+    let Loaded { plugin, fresh, refused } = runner.plugin(&options.plugin)?;
     let store = match (&options.db, options.dry_run) {
         (Db::Sqlite(path), true) => Store::open_sqlite_copy(path).map_err(overloaded_or)?,
         (Db::Nuntiq(_), true) => {
@@ -535,6 +626,7 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         settings,
         plugin,
         fresh,
+        refused,
         store,
         policy,
         bearer_hosts,
@@ -619,8 +711,8 @@ fn log_compilation(log: &LogSink, name: &str, plugin: &crate::runtime::Plugin, c
 }
 
 /// `nuntiq-host compile`: compiles a plugin into the cache ahead of time.
-pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf) -> Result<String, InputError> {
-    let runtime = Runtime::new(&Limits::default()).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
+pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf, limits: CompileLimits) -> Result<String, InputError> {
+    let runtime = Runtime::new(&Limits::default(), limits).map_err(|e| InputError::Arguments(format!("{e:#}")))?;
     let cache = CompileCache::new(cache_dir);
     let loaded = runtime.load(plugin, Some(&cache))?;
     let ms = loaded.load_time.as_secs_f64() * 1000.0;

@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod budget;
 pub mod cache;
 pub mod caps;
+pub mod compile;
 pub mod flags;
 pub mod inspect;
 pub mod job;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use nuntiq_host::admin::{self, AdminError, ExportFormat};
 use nuntiq_host::flags::JobFlags;
 use nuntiq_host::cache::CompileCache;
+use nuntiq_host::compile::{CompileLimits, parse_compile_memory};
 use nuntiq_host::job::{JobOptions, envelope_line, run_plugin};
 use nuntiq_host::limits;
 use nuntiq_host::log::{Level, LogFormat};
@@ -52,7 +53,8 @@ enum Command {
     },
     /// What a plugin is and whether this host can run it: world, contract
     /// version, imports and exports, size, SHA-256. Exit 0 when it can run,
-    /// 1 when it cannot (the output says why), 2 when the file cannot be read.
+    /// 1 when it cannot (the output says why), 2 when the file cannot be read
+    /// or a limit refuses it (its structure, or what compiling it takes).
     Inspect {
         plugin: PathBuf,
         /// A JSON object instead of text.
@@ -61,6 +63,8 @@ enum Command {
         /// Where compiled components are cached [default: ~/.cache/nuntiq-host].
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        compile_limits: CompileLimitArgs,
     },
     /// Start a connector: a crate that builds with `cargo build --release` and
     /// `cargo component build --release`, with settings and fixtures to run at once.
@@ -81,12 +85,15 @@ enum Command {
         #[arg(long, value_name = "REV", requires = "sdk_git")]
         sdk_rev: Option<String>,
     },
-    /// Compile a plugin into the compile cache ahead of time.
+    /// Compile a plugin into the compile cache ahead of time (under the
+    /// compile limits; exit 2 when it is refused).
     Compile {
         plugin: PathBuf,
         /// [default: ~/.cache/nuntiq-host]
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        compile_limits: CompileLimitArgs,
     },
     /// Run history: start and end, status, records, cursor before and after,
     /// error summary, plugin file hash; newest first.
@@ -267,6 +274,17 @@ failed, the cursor does not move, exit code 1):
   writes or causes (host warnings about its refused requests, retries and
   rejected rows) are dropped and counted (not a failure); log messages are
   cut at 16KiB.
+
+The plugin file is untrusted too. Before anything is compiled, its structure
+is read: at most 128MiB, components and modules nested at most 32 deep, 1000
+components, 1000 core modules, and 10000 instances once its nested components
+are instantiated. It is then compiled in a process of its own (a cache hit
+needs none) under:
+  --max-compile-memory 448MiB memory of the compile
+  --max-compile-time 2m       its CPU time (twice that on the clock)
+A plugin past any of these is refused naming the limit: exit 2,
+invalid_plugin, nothing compiled or cached. Under serve, a changed plugin file
+that is refused leaves its jobs on the plugin they had (one warning per change).
 ";
 
 const SERVE_HELP: &str = "\
@@ -286,6 +304,12 @@ sharing it run each slot once, a slot whose host died is taken over once its
 lease expires, and a slot is not claimed while the job's previous run goes on.
 SIGTERM or SIGINT: no new runs; running ones get --grace, then are stopped
 cleanly (cursors untouched). A second signal exits at once.
+
+A plugin is compiled when a job first needs it and again when its file
+changes, one compile at a time, under --max-compile-memory and
+--max-compile-time (see run-plugin --help). A changed file that is refused
+leaves its jobs on the plugin they had: a warning names the file and the
+limit once, and the runs go on.
 ";
 
 /// Where compiled components are kept, for `run-plugin` and `serve`.
@@ -297,6 +321,29 @@ struct CompileCacheArgs {
     /// Compile the plugin every time instead of using the cache.
     #[arg(long, conflicts_with = "cache_dir")]
     no_compile_cache: bool,
+}
+
+/// What compiling a plugin may cost: the compile runs in a child process
+/// under these limits.
+#[derive(clap::Args)]
+struct CompileLimitArgs {
+    /// Memory the compile of a plugin may use, in a process of its own [default: 448MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_compile_memory)]
+    max_compile_memory: Option<u64>,
+    /// CPU time the compile of a plugin may use; on the clock it may take
+    /// twice that [default: 2m].
+    #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
+    max_compile_time: Option<Duration>,
+}
+
+impl CompileLimitArgs {
+    fn limits(&self) -> CompileLimits {
+        let default = CompileLimits::default();
+        CompileLimits {
+            max_memory_bytes: self.max_compile_memory.unwrap_or(default.max_memory_bytes),
+            max_time: self.max_compile_time.unwrap_or(default.max_time),
+        }
+    }
 }
 
 impl CompileCacheArgs {
@@ -339,6 +386,8 @@ struct ServeArgs {
     max_stack: Option<usize>,
     #[command(flatten)]
     compile_cache: CompileCacheArgs,
+    #[command(flatten)]
+    compile_limits: CompileLimitArgs,
     /// Log line format on stderr; every line names its job.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -374,6 +423,8 @@ struct RunPluginArgs {
     max_stack: Option<usize>,
     #[command(flatten)]
     compile_cache: CompileCacheArgs,
+    #[command(flatten)]
+    compile_limits: CompileLimitArgs,
     /// Offline: answer file:// URLs (config.api_url may be one) from files in
     /// DIR, confined to it; see the README for how paths and queries map to files.
     #[arg(long, value_name = "DIR")]
@@ -407,6 +458,7 @@ impl RunPluginArgs {
             dry_run: self.dry_run,
             ledger: self.ledger,
             cache_dir: self.compile_cache.dir(),
+            compile: self.compile_limits.limits(),
             ..JobOptions::new(self.plugin, self.settings, self.db)
         };
         self.flags.apply(&mut options);
@@ -418,6 +470,10 @@ impl RunPluginArgs {
 }
 
 fn main() -> ExitCode {
+    // `nuntiq-host __compile`: the hidden subcommand a plugin is compiled in.
+    if let Some(code) = nuntiq_host::compile::run_child_if_asked() {
+        return ExitCode::from(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
@@ -490,9 +546,10 @@ fn main() -> ExitCode {
             plugin,
             json,
             cache_dir,
+            compile_limits,
         } => {
             let cache = cache_dir.or_else(CompileCache::default_dir).map(CompileCache::new);
-            return match nuntiq_host::inspect::inspect(&plugin, cache.as_ref()) {
+            return match nuntiq_host::inspect::inspect(&plugin, cache.as_ref(), compile_limits.limits()) {
                 Ok(found) => {
                     let printed = if json {
                         serde_json::to_writer_pretty(&mut stdout, &found)
@@ -563,17 +620,22 @@ fn main() -> ExitCode {
                 grace: args.grace,
                 lease: args.lease,
                 cache_dir: args.compile_cache.dir(),
+                compile: args.compile_limits.limits(),
                 max_stack: args.max_stack,
                 log_format: args.log_format,
                 log_level: args.log_level,
             }));
         }
-        Command::Compile { plugin, cache_dir } => {
+        Command::Compile {
+            plugin,
+            cache_dir,
+            compile_limits,
+        } => {
             let Some(dir) = cache_dir.or_else(CompileCache::default_dir) else {
                 eprintln!("nuntiq-host: no cache directory is known here; pass --cache-dir");
                 return ExitCode::from(2);
             };
-            return match nuntiq_host::job::compile(&plugin, dir) {
+            return match nuntiq_host::job::compile(&plugin, dir, compile_limits.limits()) {
                 Ok(summary) => {
                     println!("{summary}");
                     ExitCode::SUCCESS

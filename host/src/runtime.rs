@@ -10,6 +10,7 @@ use crate::caps::delta::{DeltaCap, DeltaConfig, DeltaView, RunIdentity};
 use crate::caps::http::{HttpCap, HttpConfig};
 use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
+use crate::compile::{CompileError, CompileLimits, Compiler, MAX_PLUGIN_BYTES, Structure, StructureError};
 use crate::limits::{GuestLimiter, LimitExceeded, Limits, MAX_RESULT_BYTES, Overloaded, Stop};
 use crate::log::LogSink;
 use crate::meter::{Breakdown, Meter, Usage};
@@ -86,7 +87,7 @@ impl HasData for DeltaData {
 }
 
 /// Why a plugin file cannot be run; the CLI exits 2.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PluginError {
     #[error("cannot read {path}: {reason}")]
     Unreadable { path: String, reason: String },
@@ -107,6 +108,38 @@ pub enum PluginError {
         contract: Contract,
         reason: String,
     },
+    /// Past one of the fixed structure limits: refused before compiling.
+    #[error("{path} is refused: {reason}")]
+    OverLimit { path: String, reason: StructureError },
+    /// The compile ran into `--max-compile-memory` or `--max-compile-time`.
+    #[error("{path} could not be compiled: {reason}; nothing was cached")]
+    CompileLimit { path: String, reason: CompileError },
+    /// The compile process failed for a reason of the host's; the next load tries again.
+    #[error("{path} could not be compiled: {reason}")]
+    CompileFailed { path: String, reason: String },
+}
+
+impl PluginError {
+    /// Refused by one of the host's limits (structure or compile): the CLI's
+    /// `inspect` exits 2 for these, as for a file it cannot read.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, PluginError::OverLimit { .. } | PluginError::CompileLimit { .. })
+    }
+
+    /// A failure of the host's rather than the plugin's: not remembered, so the
+    /// next load of the same file tries again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PluginError::CompileFailed { .. })
+    }
+
+    fn of_compile(path: &str, error: CompileError) -> Self {
+        let path = path.to_owned();
+        match error {
+            CompileError::Invalid(reason) => PluginError::Invalid { path, reason },
+            CompileError::Failed(reason) => PluginError::CompileFailed { path, reason },
+            reason => PluginError::CompileLimit { path, reason },
+        }
+    }
 }
 
 /// Per-process set-up: the engine and the linker with every interface.
@@ -116,22 +149,50 @@ pub struct Runtime {
     /// One ticker for every run on this engine: the epoch is the engine's, so
     /// a ticker per run would advance it once per run per tick.
     ticker: Arc<EpochTicker>,
+    /// Compiles plugins in a child process, with this engine's settings.
+    compiler: Compiler,
 }
 
 /// How often the epoch advances; a spinning connector is checked this often.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// What the engine's configuration is made from. The runtime and the compile
+/// child build their engines from the same settings (the child gets them as
+/// JSON), so what the child compiles loads here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub epoch_interruption: bool,
+    pub max_wasm_stack_bytes: usize,
+}
+
+impl EngineSettings {
+    pub fn of(limits: &Limits) -> Self {
+        Self {
+            epoch_interruption: limits.epoch_interruption,
+            max_wasm_stack_bytes: limits.max_wasm_stack_bytes,
+        }
+    }
+}
+
+/// The one engine configuration, for the runtime and the compile child alike.
+pub fn engine_config(settings: &EngineSettings) -> Config {
+    let mut config = Config::new();
+    // Concurrent component-model features are unused and make boundary calls dearer.
+    config.concurrency_support(false);
+    // Epochs stop a connector that spins without calling the host.
+    config.epoch_interruption(settings.epoch_interruption);
+    config.max_wasm_stack(settings.max_wasm_stack_bytes);
+    // Host functions run on the same fiber stack, above the wasm frames.
+    config.async_stack_size(settings.max_wasm_stack_bytes + (1 << 20));
+    config
+}
+
 impl Runtime {
-    pub fn new(limits: &Limits) -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        // Concurrent component-model features are unused and make boundary calls dearer.
-        config.concurrency_support(false);
-        // Epochs stop a connector that spins without calling the host.
-        config.epoch_interruption(limits.epoch_interruption);
-        config.max_wasm_stack(limits.max_wasm_stack_bytes);
-        // Host functions run on the same fiber stack, above the wasm frames.
-        config.async_stack_size(limits.max_wasm_stack_bytes + (1 << 20));
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("failed to create the wasm engine: {e:#}"))?;
+    pub fn new(limits: &Limits, compile: CompileLimits) -> anyhow::Result<Self> {
+        let settings = EngineSettings::of(limits);
+        let engine = Engine::new(&engine_config(&settings))
+            .map_err(|e| anyhow::anyhow!("failed to create the wasm engine: {e:#}"))?;
 
         let mut linker = Linker::<JobState>::new(&engine);
         let mut link = || -> wasmtime::Result<()> {
@@ -156,23 +217,26 @@ impl Runtime {
         };
         link().map_err(|e| anyhow::anyhow!("failed to link the host interfaces: {e:#}"))?;
         let ticker = Arc::new(EpochTicker::new(engine.clone()));
-        Ok(Self { engine, linker, ticker })
+        Ok(Self {
+            engine,
+            linker,
+            ticker,
+            compiler: Compiler::new(settings, compile),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// Reads a plugin and checks what it imports against what this host
-    /// links — before compiling, so a plugin that cannot run costs
-    /// milliseconds and leaves nothing in the cache — then compiles it (or
-    /// loads it from `cache`) and checks it against its contract's world.
+    /// Reads a plugin and checks its structure and what it imports against
+    /// what this host links — before compiling, so a plugin that cannot run
+    /// costs milliseconds and leaves nothing in the cache — then compiles it
+    /// in a child process under the compile limits (or loads it from `cache`)
+    /// and checks it against its contract's world.
     pub fn load(&self, path: &Path, cache: Option<&CompileCache>) -> Result<Plugin, PluginError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Unreadable {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = read_plugin(path)?;
         let shape = check_shape(&shown, &bytes)?;
         let contract = shape.contract().map_err(|m| PluginError::Unlinkable {
             path: shown.clone(),
@@ -180,14 +244,15 @@ impl Runtime {
         })?;
         let sha256 = hex_sha256(&bytes);
         let started = Instant::now();
+        // A cache hit never calls this: only a compile pays for a child process.
+        let compile = move || self.compiler.compile(bytes);
         let (component, cached) = match cache {
-            Some(cache) => cache.load_or_compile(&self.engine, &bytes, &sha256),
-            None => Component::new(&self.engine, &bytes).map(|c| (c, CacheOutcome::Disabled)),
+            Some(cache) => cache.load_or_compile(&self.engine, &sha256, compile),
+            None => compile()
+                .and_then(|artifact| load_compiled(&self.engine, &artifact))
+                .map(|c| (c, CacheOutcome::Disabled)),
         }
-        .map_err(|e| PluginError::Invalid {
-            path: shown.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        .map_err(|e| PluginError::of_compile(&shown, e))?;
         let load_time = started.elapsed();
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
             path: shown.clone(),
@@ -209,14 +274,73 @@ impl Runtime {
     }
 }
 
-/// A component (not a core module, not junk) whose imports this host links.
-pub fn check_shape(shown: &str, bytes: &[u8]) -> Result<Shape, PluginError> {
+/// Loads what this host's compiler wrote (a compile child of this binary)
+/// into the engine.
+pub fn load_compiled(engine: &Engine, artifact: &[u8]) -> Result<Component, CompileError> {
+    // SAFETY: the bytes come straight from the compile child's pipe: this
+    // binary's own `precompile_component`, under the same engine settings,
+    // never from a file; wasmtime checks its version and configuration.
+    Ok(unsafe { Component::deserialize(engine, artifact) }?)
+}
+
+/// A plugin file's bytes, refused unread when it is larger than this host
+/// reads or not a regular file (whose size cannot be known before reading).
+pub fn read_plugin(path: &Path) -> Result<Vec<u8>, PluginError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display().to_string();
+    let unreadable = |reason: String| PluginError::Unreadable {
+        path: shown.clone(),
+        reason,
+    };
+    // Non-blocking, so a FIFO put in a plugin's place cannot hang the open;
+    // reads of a regular file are unaffected.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(unreadable("it is not a regular file".into()));
+    }
+    if meta.len() > MAX_PLUGIN_BYTES {
+        return Err(PluginError::OverLimit {
+            path: shown,
+            reason: StructureError::TooLarge { size: meta.len() },
+        });
+    }
+    // The size just checked, in one read, however the file grows meanwhile.
+    let mut bytes = vec![0; meta.len() as usize];
+    (&file)
+        .read_exact(&mut bytes)
+        .map_err(|e| unreadable(format!("{e} (was it being replaced?)")))?;
+    Ok(bytes)
+}
+
+/// A component (not a core module, not junk) within the structure limits.
+pub fn check_structure(shown: &str, bytes: &[u8]) -> Result<Structure, PluginError> {
     if wasmparser::Parser::is_core_wasm(bytes) {
         return Err(PluginError::CoreModule { path: shown.to_owned() });
     }
     if !wasmparser::Parser::is_component(bytes) {
         return Err(PluginError::NotWasm { path: shown.to_owned() });
     }
+    crate::compile::check_structure(bytes).map_err(|reason| match reason {
+        StructureError::Malformed(reason) => PluginError::Invalid {
+            path: shown.to_owned(),
+            reason,
+        },
+        reason => PluginError::OverLimit {
+            path: shown.to_owned(),
+            reason,
+        },
+    })
+}
+
+/// A component within the structure limits whose imports this host links.
+pub fn check_shape(shown: &str, bytes: &[u8]) -> Result<Shape, PluginError> {
+    check_structure(shown, bytes)?;
     let shape = crate::plugin::scan(bytes).map_err(|reason| PluginError::Invalid {
         path: shown.to_owned(),
         reason,

@@ -7,6 +7,7 @@ mod authors;
 mod budget;
 mod bad_input;
 mod cache;
+mod compile;
 mod containment;
 mod delivery;
 mod hostile;

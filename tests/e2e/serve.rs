@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A jobs file of `n` Acme jobs against `mock`, one customer and connector each.
-struct Jobs {
-    work: Workdir,
-    toml: String,
+pub(crate) struct Jobs {
+    pub(crate) work: Workdir,
+    pub(crate) toml: String,
 }
 
 impl Jobs {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             work: Workdir::new(),
             toml: String::new(),
@@ -29,12 +29,20 @@ impl Jobs {
     }
 
     /// Adds job `name` for customer `customer`, with extra TOML keys.
-    fn add(&mut self, mock: &Mock, name: &str, guest_name: &str, customer: &str, extra: &str) {
+    pub(crate) fn add(&mut self, mock: &Mock, name: &str, guest_name: &str, customer: &str, extra: &str) {
         self.add_with(mock, name, guest_name, customer, json!({}), extra);
     }
 
     /// Adds job `name`, with `config` merged into its settings' config.
-    fn add_with(&mut self, mock: &Mock, name: &str, guest_name: &str, customer: &str, config: serde_json::Value, extra: &str) {
+    pub(crate) fn add_with(
+        &mut self,
+        mock: &Mock,
+        name: &str,
+        guest_name: &str,
+        customer: &str,
+        config: serde_json::Value,
+        extra: &str,
+    ) {
         let mut settings = acme_settings(&mock.api_url(), name);
         settings["customer_number"] = json!(customer);
         settings["config"]["page_size"] = json!(50);
@@ -50,7 +58,7 @@ impl Jobs {
         ));
     }
 
-    fn write(&self) -> PathBuf {
+    pub(crate) fn write(&self) -> PathBuf {
         let path = self.work.path("jobs.toml");
         std::fs::write(&path, &self.toml).unwrap();
         path
@@ -58,13 +66,13 @@ impl Jobs {
 }
 
 /// A `serve` process; its stderr is collected as it comes.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Serve {
-    fn start(jobs: &Path, db: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start(jobs: &Path, db: &str, extra: &[&str]) -> Self {
         Self::start_with_open_files(jobs, db, extra, None)
     }
 
@@ -121,8 +129,19 @@ impl Serve {
         panic!("no line with {text:?} within {within:?}:\n{}", self.log());
     }
 
+    /// The process's peak resident memory so far, in bytes (VmHWM).
+    pub(crate) fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kb << 10
+    }
+
     /// SIGTERM, then the exit code.
-    fn stop(mut self) -> (i32, String) {
+    pub(crate) fn stop(mut self) -> (i32, String) {
         // SAFETY: a plain syscall on our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
@@ -139,7 +158,7 @@ impl Drop for Serve {
     }
 }
 
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if check() {

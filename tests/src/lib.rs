@@ -258,6 +258,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    let (code, stdout, stderr, peak) = host_output_measured(args);
+    let envelope = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let run = Run { code, envelope, stderr };
+    (run, peak)
+}
+
+/// Runs any command of the host binary: exit code, stdout, stderr and peak
+/// resident memory in bytes. `wait4` counts the largest of the process and
+/// the children it waited for (a compile child included).
+pub fn host_output_measured<I, S>(args: I) -> (i32, String, String, u64)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let out = tempfile::NamedTempFile::new().expect("temp file");
     let err = tempfile::NamedTempFile::new().expect("temp file");
     let child = host_command()
@@ -278,13 +292,7 @@ where
     );
     let stdout = std::fs::read_to_string(out.path()).expect("stdout is UTF-8");
     let stderr = String::from_utf8_lossy(&std::fs::read(err.path()).unwrap()).into_owned();
-    let envelope = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
-    let run = Run {
-        code: libc::WEXITSTATUS(status),
-        envelope,
-        stderr,
-    };
-    (run, usage.ru_maxrss as u64 * 1024)
+    (libc::WEXITSTATUS(status), stdout, stderr, usage.ru_maxrss as u64 * 1024)
 }
 
 /// `run-plugin acme.wasm settings --db db --allow-host mock [extra...]`.

@@ -6,12 +6,14 @@
 //! thread: a trap, a timeout or a hostile connector ends that run only.
 //!
 //! The process shares one wasm engine and each plugin compiled once (again
-//! when its file changes). A global cap and a per-customer cap bound how many
+//! when its file changes; a changed file that is refused leaves its jobs on
+//! the plugin they had, with one warning). A global cap and a per-customer cap bound how many
 //! runs go at once; a host at its cap leaves due slots for other hosts.
 
 pub mod jobs;
 pub mod metrics;
 
+use crate::compile::CompileLimits;
 use crate::job::{JobOptions, Runner, run_job};
 use crate::limits::{Limits, Stop};
 use crate::log::{Level, LogFormat, LogSink, Redactor};
@@ -46,6 +48,8 @@ pub struct ServeOptions {
     /// another host takes over a slot whose holder stopped renewing it.
     pub lease: Duration,
     pub cache_dir: Option<PathBuf>,
+    /// What compiling a plugin may cost, for the whole process.
+    pub compile: CompileLimits,
     /// The connectors' wasm stack, for the whole process (one engine).
     pub max_stack: Option<usize>,
     pub log_format: LogFormat,
@@ -103,7 +107,7 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
     if let Some(stack) = options.max_stack {
         limits.max_wasm_stack_bytes = stack;
     }
-    let runner = Runner::new(&limits, options.cache_dir.clone()).map_err(|e| e.to_string())?;
+    let runner = Runner::new(&limits, options.cache_dir.clone(), options.compile).map_err(|e| e.to_string())?;
     let mut jobs = Vec::new();
     for spec in specs {
         let fail = |e: String| format!("job {:?}: {e}", spec.name);
@@ -362,6 +366,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: String, job_id: String) {
         log_format: state.options.log_format,
         log_level: state.options.log_level,
         lease: state.options.lease,
+        compile: state.options.compile,
         job_id: Some(job_id.clone()),
         inline_settings: spec.inline_settings.clone(),
         ..JobOptions::new(spec.plugin.clone(), spec.settings.clone(), state.options.db.clone())
