@@ -9,6 +9,7 @@ mod cache;
 mod containment;
 mod delivery;
 mod hostile;
+mod output;
 mod secrets;
 mod serve;
 mod stopping;
