@@ -2,7 +2,13 @@
 //! dry-run copies, CSV cells a spreadsheet would run, and NUL bytes, the same
 //! on both engines.
 
+use crate::MOCK;
 use nuntiq_e2e::*;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn serve_refuses_a_job_name_that_could_forge_metrics() {
@@ -24,4 +30,101 @@ fn serve_refuses_a_job_name_that_could_forge_metrics() {
         assert_eq!(stderr.lines().count(), 1, "one line, nothing forged: {stderr}");
         assert!(!db.exists(), "nothing was started, not even the store");
     }
+}
+
+/// The dry-run directories in `tmp`.
+fn dry_run_dirs(tmp: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("nuntiq-dry-run-"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A dry run with `TMPDIR=tmp`, as a child process.
+fn spawn_dry_run(mock: &Mock, settings: &Path, db: &Path, tmp: &Path) -> Child {
+    host_command()
+        .env("TMPDIR", tmp)
+        .args(acme_args(mock, settings, db, &["--dry-run"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `tmp` holds a dry run's copy with its WAL, other than those
+/// in `known`, and returns its directory.
+fn copy_in_flight(tmp: &Path, known: &[PathBuf]) -> PathBuf {
+    let started = Instant::now();
+    loop {
+        let dirs = dry_run_dirs(tmp);
+        if let Some(dir) = dirs
+            .iter()
+            .find(|d| !known.contains(d) && d.join("copy.db-wal").exists())
+        {
+            return dir.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no dry-run copy appeared: {dirs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_dry_runs_private_copy_is_removed_by_the_next_dry_run() {
+    let mock = Mock::start(MOCK, 40);
+    // Dry runs held up by an API that answers after 20 s.
+    let slow = Mock::start(MOCK, 40);
+    slow.faults(json!([{"action": "delay", "delay_ms": 20000, "times": 10}]));
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let held_up = work.write_settings("slow.json", &acme_settings(&slow.api_url(), "acme_eu"));
+    let honest = run_acme(&mock, &settings, &work.db(), &[]);
+    assert_eq!(honest.code, 0, "{}", honest.stderr);
+    std::fs::set_permissions(work.db(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tmp = work.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+
+    // While it runs, the copy is private: a 0700 directory, 0600 files.
+    let mut killed = spawn_dry_run(&slow, &held_up, &work.db(), &tmp);
+    let dir = copy_in_flight(&tmp, &[]);
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(files.len() >= 2, "the copy and its WAL: {files:?}");
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    // It holds the real store's data.
+    assert_eq!(
+        Db::open(&dir.join("copy.db")).count("supplier"),
+        Db::open(&work.db()).count("supplier")
+    );
+
+    // SIGKILL: no destructor runs, the copy stays behind.
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(dry_run_dirs(&tmp), [dir.clone()], "a killed dry run leaves its copy");
+
+    // The next dry run removes it, leaves a live dry run's copy alone, and
+    // leaves nothing of its own.
+    let mut live = spawn_dry_run(&slow, &held_up, &work.db(), &tmp);
+    let live_dir = copy_in_flight(&tmp, std::slice::from_ref(&dir));
+    let next = finish(spawn_dry_run(&mock, &settings, &work.db(), &tmp));
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    assert!(!dir.exists(), "the killed dry run's copy is removed");
+    assert_eq!(dry_run_dirs(&tmp), [live_dir.clone()], "the live dry run's copy stays");
+    live.kill().unwrap();
+    live.wait().unwrap();
+    let next = finish(spawn_dry_run(&mock, &settings, &work.db(), &tmp));
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    assert_eq!(dry_run_dirs(&tmp), Vec::<PathBuf>::new());
 }
