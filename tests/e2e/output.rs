@@ -201,3 +201,119 @@ fn csv_export_neutralises_cells_a_spreadsheet_would_run() {
     }
     assert_eq!(quoted, formulas.len() + 2, "{text}");
 }
+
+/// Runs `test` on a SQLite file and on a PostgreSQL schema of its own.
+macro_rules! on_both_engines {
+    ($sqlite:ident, $postgres:ident, $test:ident) => {
+        #[test]
+        fn $sqlite() {
+            let work = Workdir::new();
+            $test(&work.db());
+        }
+
+        #[test]
+        fn $postgres() {
+            let schema = PgSchema::new();
+            $test(Path::new(&schema.url()));
+        }
+    };
+}
+
+/// Makes the store refuse a rejected row that says `store-refuses` (a
+/// trigger of the test's own, as a full disk or a lost connection would).
+fn refuse_marked_rejects(db: &Path) {
+    let db = Db::open_writable(db);
+    match db {
+        Db::Sqlite(_) => {
+            db.execute(
+                "CREATE TRIGGER refuse_marked BEFORE INSERT ON rejected_record WHEN NEW.row LIKE '%store-refuses%'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            );
+        }
+        Db::Postgres(_) => {
+            db.execute(
+                "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.row LIKE '%store-refuses%' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+                 RETURN NEW; END $$",
+            );
+            db.execute(
+                "CREATE TRIGGER refuse_marked BEFORE INSERT ON rejected_record
+                 FOR EACH ROW EXECUTE FUNCTION refuse_marked()",
+            );
+        }
+    }
+}
+
+on_both_engines!(
+    nul_bytes_follow_one_rule_on_sqlite,
+    nul_bytes_follow_one_rule_on_postgres,
+    nul_bytes_follow_one_rule
+);
+
+/// A NUL in a supplier or an opaque cursor is refused, naming the field; a
+/// rejected row keeps it escaped; a reject the store refused is not counted.
+fn nul_bytes_follow_one_rule(db: &Path) {
+    let mock = Mock::start(MOCK, 10);
+    let work = Workdir::new();
+    let settings = work.write_settings("acme.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let honest = run_acme(&mock, &settings, db, &[]);
+    assert_eq!(honest.code, 0, "{}", honest.stderr);
+    refuse_marked_rejects(db);
+
+    let nul = work.write_settings("nul.json", &acme_settings(&mock.api_url(), "nul_eu"));
+    let run = nuntiq_host([
+        "run-plugin",
+        guest("nul-writer").to_str().unwrap(),
+        nul.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--allow-host",
+        &mock.allow_host(),
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.envelope, run.stderr);
+    let answers = &run.envelope["answers"];
+    let answer = |key: &str| answers[key].as_str().unwrap_or_else(|| panic!("{key}: {answers}"));
+    assert_eq!(
+        answer("name"),
+        "supplier #1 (supplier_number \"NUL-1\"): supplier_name holds a NUL byte (U+0000), which the store \
+         does not keep; nothing of this batch was queued"
+    );
+    assert!(
+        answer("city").starts_with(
+            "supplier #1 (supplier_number \"NUL-2\"): locations[0].addresses[0].city holds a NUL byte (U+0000)"
+        ),
+        "{answers}"
+    );
+    assert!(
+        answer("token").contains("must not hold a NUL byte (U+0000)"),
+        "{answers}"
+    );
+    assert_eq!((answer("reject"), answer("kept")), ("ok", "ok"));
+    assert!(answer("refused").contains("refused by the test"), "{answers}");
+
+    // The envelope counts what the store holds.
+    assert_eq!(run.envelope["rejected"], 2, "{}", run.envelope);
+    assert_eq!(run.envelope["inserted"], 1, "{}", run.envelope);
+    let db = Db::open(db);
+    let rejected = db.rows("SELECT row, reason FROM rejected_record WHERE connector_name = 'nul_eu' ORDER BY row");
+    let rejected: Vec<Vec<&str>> = rejected
+        .iter()
+        .map(|r| r.iter().map(|c| c.as_deref().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            vec![r#"{"name": "a\u0000b"}"#, "name holds a NUL"],
+            vec![r#"{"name": "kept"}"#, "an honest reject"],
+        ]
+    );
+    let counted =
+        db.rows("SELECT rejected FROM delta_run WHERE connector_name = 'nul_eu' AND stream_name = 'suppliers'");
+    assert_eq!(counted, [[Some("2".to_owned())]]);
+    let stored = db.rows("SELECT supplier_number FROM supplier WHERE supplier_number LIKE 'NUL-%'");
+    assert_eq!(stored, [[Some("NUL-OK".to_owned())]]);
+    assert_eq!(
+        db.state("nul_eu", "tokens").unwrap()["committed_cursor_value"],
+        "token-1"
+    );
+}

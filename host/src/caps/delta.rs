@@ -601,23 +601,29 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
             );
             return Ok(Err(self.cap.refuse("rejected_limit", message)));
         }
-        run.rejected += 1;
         let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
-        self.cap.rejected += 1;
         let redactor = self.cap.log.redactor();
         let (row, reason) = (redactor.redact_raw(&row), redactor.clean(&reason, MAX_REJECT_REASON_BYTES));
-        self.cap.log.warn(
-            &format!("Rejected a row of stream {key}: {reason}"),
-            Some("reject"),
-            None,
-        );
         self.cap.refusals.answered();
-        Ok(self
-            .cap
-            .store
-            .reject(key, run_id, row, reason)
-            .await
-            .map_err(Into::into))
+        let stored = self.cap.store.reject(key.clone(), run_id, row, reason.clone()).await;
+        // Counted once stored, so the envelope says what the store holds.
+        match &stored {
+            Ok(()) => {
+                self.run(&handle)?.rejected += 1;
+                self.cap.rejected += 1;
+                self.cap.log.warn(
+                    &format!("Rejected a row of stream {key}: {reason}"),
+                    Some("reject"),
+                    None,
+                );
+            }
+            Err(e) => self.cap.log.warn(
+                &format!("A row of stream {key} was not set aside ({reason}): {e}"),
+                Some("reject"),
+                None,
+            ),
+        }
+        Ok(stored.map_err(Into::into))
     }
 
     async fn drop(&mut self, handle: Resource<DeltaRunHandle>) -> wasmtime::Result<()> {
