@@ -55,7 +55,10 @@ fn a_secret_split_by_control_characters_never_prints() {
         assert!(!state.to_string().contains(head), "{state}");
         // Rejected rows are kept as they came, but never with a split token in them.
         let rejected = db.rows("SELECT row, reason, times FROM rejected_record");
-        let times: usize = rejected.iter().map(|r| r[2].as_deref().unwrap().parse::<usize>().unwrap()).sum();
+        let times: usize = rejected
+            .iter()
+            .map(|r| r[2].as_deref().unwrap().parse::<usize>().unwrap())
+            .sum();
         assert_eq!(times, 11 * (round + 1), "every split row was set aside");
         for r in &rejected {
             let (row, reason) = (r[0].as_deref().unwrap(), r[1].as_deref().unwrap());
@@ -86,7 +89,13 @@ fn an_encoded_secret_never_reaches_the_cassette_or_the_log() {
     let as_typed = key.replace(' ', "%20");
     let lower_hex: String = key
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02x}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
         .collect();
     let query = |value: &str| json!([TOKEN.len(), "key=".len() + value.len()]);
     assert_eq!(
@@ -114,26 +123,59 @@ fn an_encoded_secret_never_reaches_the_cassette_or_the_log() {
             String::from_utf8_lossy(&body)
         );
     }
+    // The envelope, and the rows set aside with the URL as their reason.
+    assert!(
+        run.envelope["last_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/_mock/echo?key=[REDACTED]"),
+        "{}",
+        run.envelope
+    );
+    // Redacted, the three bodies are one row, seen three times.
+    let rejected = Db::open(&arena.work.db()).rows("SELECT row, reason, times FROM rejected_record");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0][2].as_deref(), Some("3"));
+    for r in &rejected {
+        let (row, reason) = (r[0].as_deref().unwrap(), r[1].as_deref().unwrap());
+        assert!(
+            row.contains("authorization: Bearer [REDACTED]") && row.contains("query: key=[REDACTED]"),
+            "{row:?}"
+        );
+        assert!(reason.ends_with("/_mock/echo?key=[REDACTED]"), "{reason:?}");
+    }
     let lines: Vec<Value> = run.json_logs().into_iter().filter(|l| l["step"] == "echo").collect();
     assert_eq!(lines.len(), 3, "{}", run.stderr);
     for line in &lines {
-        assert!(line["detail"]["url"].as_str().unwrap().ends_with("key=[REDACTED]"), "{line}");
-        assert!(line["message"].as_str().unwrap().contains("Bearer [REDACTED]"), "{line}");
+        assert!(
+            line["detail"]["url"].as_str().unwrap().ends_with("key=[REDACTED]"),
+            "{line}"
+        );
+        assert!(
+            line["message"].as_str().unwrap().contains("Bearer [REDACTED]"),
+            "{line}"
+        );
     }
 
     // No form of either secret anywhere: as it is, percent- or form-encoded,
     // or base64 at any alignment.
-    let everything = format!("{text}\n{}\n{}", run.stderr, run.envelope);
+    let everything = format!("{text}\n{}\n{}\n{rejected:?}", run.stderr, run.envelope);
     let mut forms = vec![key.to_owned(), TOKEN.to_owned(), form_encoded, as_typed, lower_hex];
     for offset in 0..3 {
         let shifted = [&b"ab"[..offset], TOKEN.as_bytes()].concat();
         let (first, end) = ((8 * offset).div_ceil(6), 8 * shifted.len() / 6);
-        for engine in [base64::engine::general_purpose::STANDARD, base64::engine::general_purpose::URL_SAFE] {
+        for engine in [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE,
+        ] {
             forms.push(engine.encode(&shifted)[first..end].to_owned());
         }
     }
     for form in &forms {
-        assert!(!everything.contains(form.as_str()), "{form:?} is written:\n{everything}");
+        assert!(
+            !everything.contains(form.as_str()),
+            "{form:?} is written:\n{everything}"
+        );
     }
 }
 

@@ -10,7 +10,8 @@
 //! - `encoded`: sends `secrets.query_key` (every sign a query string encodes) to
 //!   `config.echo_url` three ways — form-encoded by the host, as typed, and
 //!   percent-encoded by hand in lowercase — with its bearer token; the API echoes
-//!   both back in a body that is not UTF-8, and the connector logs URL and body.
+//!   both back in a body that is not UTF-8; the connector logs URL and body,
+//!   sets the body aside as a rejected row (the URL its reason) and returns the last URL.
 
 use nuntiq_connector::delta_state::{CursorType, DeltaRun};
 use nuntiq_connector::log::Level;
@@ -109,6 +110,8 @@ impl Guest for SecretSplitter {
                 // How many bytes of token and query came back: proof they did, where
                 // the secrets themselves would be redacted.
                 let mut echoed = Vec::new();
+                let mut last = String::new();
+                let run = DeltaRun::begin(&own, "echo", CursorType::OpaqueToken).map_err(|e| e.message())?;
                 for request in requests {
                     let response = request.bearer_secret("acme_token").send().map_err(|e| e.message())?;
                     let body = String::from_utf8_lossy(&response.body).into_owned();
@@ -123,8 +126,12 @@ impl Guest for SecretSplitter {
                             .map_or(0, |(_, rest)| rest.split('\n').next().unwrap_or("").len())
                     };
                     echoed.push([length_after("authorization: Bearer "), length_after("query: ")]);
+                    // Set aside as a bad row, with the URL as its reason.
+                    run.reject(&body, &response.url).map_err(|e| e.message())?;
+                    last = response.url;
                 }
-                Ok(serde_json::json!({ "echoed": echoed }).to_string())
+                run.fail("echoed").map_err(|e| e.message())?;
+                Ok(serde_json::json!({ "echoed": echoed, "last_url": last }).to_string())
             }
             other => Err(format!("unknown mode {other:?}")),
         }
