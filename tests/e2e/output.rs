@@ -112,7 +112,11 @@ fn a_killed_dry_runs_private_copy_is_removed_by_the_next_dry_run() {
     // SIGKILL: no destructor runs, the copy stays behind.
     killed.kill().unwrap();
     killed.wait().unwrap();
-    assert_eq!(dry_run_dirs(&tmp), [dir.clone()], "a killed dry run leaves its copy");
+    assert_eq!(
+        dry_run_dirs(&tmp),
+        std::slice::from_ref(&dir),
+        "a killed dry run leaves its copy"
+    );
 
     // The next dry run removes it, leaves a live dry run's copy alone, and
     // leaves nothing of its own.
@@ -121,7 +125,11 @@ fn a_killed_dry_runs_private_copy_is_removed_by_the_next_dry_run() {
     let next = finish(spawn_dry_run(&mock, &settings, &work.db(), &tmp));
     assert_eq!(next.code, 0, "{}", next.stderr);
     assert!(!dir.exists(), "the killed dry run's copy is removed");
-    assert_eq!(dry_run_dirs(&tmp), [live_dir.clone()], "the live dry run's copy stays");
+    assert_eq!(
+        dry_run_dirs(&tmp),
+        std::slice::from_ref(&live_dir),
+        "the live dry run's copy stays"
+    );
     live.kill().unwrap();
     live.wait().unwrap();
     let next = finish(spawn_dry_run(&mock, &settings, &work.db(), &tmp));

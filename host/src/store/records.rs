@@ -378,7 +378,7 @@ pub(crate) mod tests {
             e,
             "supplier #1 (supplier_number \"S1\"): supplier_name holds a NUL byte (U+0000), which the store does not keep"
         );
-        let mut s = supplier("S\02", "Two", Some("Delft"));
+        let mut s = supplier("S\u{0}2", "Two", Some("Delft"));
         s.locations[0].addresses[0].city = Some("Del\0ft".into());
         let e = validate(&[supplier("S1", "One", None), s.clone()], &limits).unwrap_err();
         assert!(
