@@ -9,7 +9,7 @@ GUEST_TARGET := wasm32-wasip2
 GUESTS := acme acme-v0_1 contract-v0_2_0 wrong-world unknown-import future-contract async-export \
   spin-loop memory-hog deep-recursion log-flood outside-allowlist loopback-probe \
   sandbox-escape secret-logger panic-mid-run no-commit giant-batch header-smuggler \
-  payload-bomb trespasser secret-splitter wasi-http-client host-hog
+  payload-bomb trespasser secret-splitter nul-writer wasi-http-client host-hog
 
 .PHONY: all build guests host guest-target demo test clean sdk-wit cassette check-authors
 

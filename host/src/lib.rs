@@ -18,6 +18,7 @@ pub mod log;
 pub mod meter;
 pub mod plugin;
 pub mod policy;
+pub mod redact;
 pub mod runtime;
 pub mod scaffold;
 pub mod serve;

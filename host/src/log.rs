@@ -2,14 +2,11 @@
 //! platform's format (`YYYY-MM-DD HH:MM:SS UTC [LEVEL] message`) or as JSON
 //! lines, with every secret value redacted and control characters stripped.
 
-use aho_corasick::AhoCorasick;
+pub use crate::redact::{MIN_SUBSTRING_SECRET, REDACTED, Redactor, is_unprintable, sanitize};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// What replaces a secret value wherever it appears.
-pub const REDACTED: &str = "[REDACTED]";
 
 /// Longest message kept, in bytes; longer ones are cut and marked.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
@@ -54,219 +51,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line: time, level, message, step, detail.
     Json,
-}
-
-/// Secrets shorter than this are redacted only where they stand as a whole
-/// token (not inside a longer run of letters and digits): a one-letter secret
-/// must not turn every `t` of every line into `[REDACTED]`, while `pin=4821`
-/// still loses its PIN. Longer secrets are redacted wherever they appear.
-pub const MIN_SUBSTRING_SECRET: usize = 8;
-
-/// Replaces every secret value in text that has already been sanitised
-/// (see [`Redactor::clean`], which does both in the right order).
-#[derive(Debug, Default)]
-pub struct Redactor {
-    /// Secrets of at least [`MIN_SUBSTRING_SECRET`] bytes, matched as substrings.
-    long: Option<AhoCorasick>,
-    /// Shorter secrets, matched only as whole tokens.
-    short: Option<AhoCorasick>,
-    /// The longest secret, in bytes: how much of a cut message may hold part of one.
-    longest: usize,
-}
-
-impl Redactor {
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
-        // A secret is compared as it prints: control characters never reach a log line.
-        let mut long: Vec<String> = Vec::new();
-        let mut short: Vec<String> = Vec::new();
-        for secret in secrets {
-            let printed = strip_controls(secret);
-            if printed.is_empty() {
-                continue;
-            }
-            if printed.len() >= MIN_SUBSTRING_SECRET {
-                &mut long
-            } else {
-                &mut short
-            }
-            .push(printed);
-        }
-        let longest = long.iter().chain(&short).map(String::len).max().unwrap_or(0);
-        let build = |mut patterns: Vec<String>, kind| {
-            patterns.sort();
-            patterns.dedup();
-            (!patterns.is_empty()).then(|| {
-                AhoCorasick::builder()
-                    .match_kind(kind)
-                    .build(&patterns)
-                    .expect("secret patterns build")
-            })
-        };
-        Self {
-            long: build(long, aho_corasick::MatchKind::LeftmostLongest),
-            short: build(short, aho_corasick::MatchKind::Standard),
-            longest,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.long.is_none() && self.short.is_none()
-    }
-
-    /// Replaces secrets in `text`, which must already be sanitised.
-    pub fn redact(&self, text: &str) -> String {
-        let text = match &self.long {
-            Some(m) => m.replace_all(text, &vec![REDACTED; m.patterns_len()]),
-            None => text.to_owned(),
-        };
-        let Some(short) = &self.short else { return text };
-        // Overlapping matches, so a rejected match cannot hide an accepted one.
-        let mut spans: Vec<(usize, usize)> = short
-            .find_overlapping_iter(&text)
-            .map(|m| (m.start(), m.end()))
-            .filter(|&(start, end)| is_token(&text, start, end))
-            .collect();
-        if spans.is_empty() {
-            return text;
-        }
-        spans.sort_unstable();
-        let mut out = String::with_capacity(text.len());
-        let mut at = 0;
-        for (start, end) in spans {
-            if end <= at {
-                continue;
-            }
-            if start >= at {
-                out.push_str(&text[at..start]);
-                out.push_str(REDACTED);
-            }
-            at = end;
-        }
-        out.push_str(&text[at..]);
-        out
-    }
-
-    /// Redacts text kept as it came (a rejected row): unchanged unless a
-    /// secret shows once controls and invisible characters are stripped, in
-    /// which case the stripped text is kept, redacted — a secret split by
-    /// them must not survive to be printed whole.
-    pub fn redact_raw(&self, text: &str) -> String {
-        if self.is_empty() {
-            return text.to_owned();
-        }
-        let printed = strip_controls(text);
-        let redacted = self.redact(&printed);
-        if redacted != printed { redacted } else { self.redact(text) }
-    }
-
-    /// Text for people: sanitised first (so a secret split by a control
-    /// character is whole again), then redacted, then cut to `max_bytes`. Only
-    /// a bounded prefix of `text` is ever looked at.
-    pub fn clean(&self, text: &str, max_bytes: usize) -> String {
-        // ANSI sequences and controls only shrink text; a window this wide
-        // always holds what survives up to the cut, plus any secret crossing it.
-        let window = max_bytes.saturating_add(self.longest).saturating_add(4096);
-        let cut = text.len() > window;
-        let head = if cut {
-            &text[..text.floor_char_boundary(window)]
-        } else {
-            text
-        };
-        let mut printed = strip_controls(head);
-        if cut {
-            // The window's tail may hold the start of a secret that continues past it.
-            printed.truncate(printed.floor_char_boundary(printed.len().saturating_sub(self.longest)));
-        }
-        let mut out = if self.is_empty() {
-            printed
-        } else {
-            self.redact(&printed)
-        };
-        if cut || out.len() > max_bytes {
-            out.truncate(out.floor_char_boundary(max_bytes));
-            // The cut may have made a short secret a whole token.
-            if self.short.is_some() {
-                out = self.redact(&out);
-            }
-            out.push_str(" …[truncated]");
-        }
-        out
-    }
-
-    /// Cleans every string and key inside a JSON value; a number that spells a
-    /// secret becomes the string `[REDACTED]`.
-    pub fn clean_json(&self, value: Value) -> Value {
-        match value {
-            Value::String(s) => Value::String(self.clean(&s, usize::MAX / 2)),
-            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.clean_json(v)).collect()),
-            Value::Object(map) => Value::Object(
-                map.into_iter()
-                    .map(|(k, v)| (self.clean(&k, usize::MAX / 2), self.clean_json(v)))
-                    .collect::<Map<_, _>>(),
-            ),
-            Value::Number(n) if !self.is_empty() => {
-                let text = n.to_string();
-                if self.redact(&text) == text {
-                    Value::Number(n)
-                } else {
-                    Value::String(REDACTED.into())
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-/// Whether `text[start..end]` stands alone: no letter or digit touches it.
-fn is_token(text: &str, start: usize, end: usize) -> bool {
-    let before = text[..start].chars().next_back();
-    let after = text[end..].chars().next();
-    !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-}
-
-/// Characters that reorder how a line reads (Trojan Source): never printed.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Characters a terminal shows as nothing (Unicode's default-ignorable code
-/// points: zero-width space and joiners, soft hyphen, word joiner, byte-order
-/// mark, variation selectors, tags, fillers): between a secret's halves they
-/// would print it whole to the eye and hide it from redaction.
-fn is_invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
-        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{206F}'
-        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}'
-        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
-}
-
-/// Whether `c` must not reach a log line, a terminal or a name as it is:
-/// a control, bidi or invisible character.
-pub fn is_unprintable(c: char) -> bool {
-    c.is_control() || is_bidi_control(c) || is_invisible(c)
-}
-
-/// Strips ANSI escape sequences, control, bidi and invisible characters; line
-/// breaks and tabs become spaces (a line break would let a connector forge log
-/// lines).
-fn strip_controls(text: &str) -> String {
-    let stripped = strip_ansi_escapes::strip_str(text);
-    let mut out = String::with_capacity(stripped.len());
-    for c in stripped.chars() {
-        match c {
-            '\n' | '\r' | '\t' => out.push(' '),
-            c if is_unprintable(c) => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Strips ANSI escape sequences and control characters and cuts the text to
-/// `max_bytes` (for text that holds no secret, such as a panic location).
-pub fn sanitize(text: &str, max_bytes: usize) -> String {
-    Redactor::default().clean(text, max_bytes)
 }
 
 /// How much a connector may log in one run. Past it, its lines are dropped
@@ -542,55 +326,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn short_secrets_are_redacted_only_as_whole_tokens() {
-        let r = Redactor::new(["t", "ab12"]);
-        assert_eq!(r.redact("the test token is t."), "the test token is [REDACTED].");
-        assert_eq!(r.redact("t"), REDACTED);
-        assert_eq!(r.redact("xab12 ab12x ab12/ab12"), "xab12 ab12x [REDACTED]/[REDACTED]");
-        // Long secrets go wherever they are, even inside words.
-        let r = Redactor::new(["correct-horse"]);
-        assert_eq!(r.redact("xcorrect-horsey"), "x[REDACTED]y");
-    }
-
-    #[test]
-    fn invisible_characters_cannot_split_a_secret() {
-        let r = Redactor::new(["correct-horse"]);
-        for c in ['\u{200b}', '\u{ad}', '\u{2060}', '\u{feff}', '\u{fe0f}', '\u{e0041}', '\u{1d173}'] {
-            let split = format!("token correct{c}-horse here");
-            assert_eq!(r.clean(&split, 1000), "token [REDACTED] here", "U+{:04X}", c as u32);
-            // A rejected row is kept as it came, unless a secret hides in it.
-            assert_eq!(r.redact_raw(&split), "token [REDACTED] here");
-            let honest = format!("{{\"name\": \"Zero{c}Width\"}}");
-            assert_eq!(r.redact_raw(&honest), honest);
-        }
-    }
-
-    #[test]
-    fn a_cut_never_leaves_part_of_a_secret() {
-        let secret = "abcdefghijklmnop";
-        let r = Redactor::new([secret]);
-        for pad in 0..40 {
-            let text = format!(
-                "{}{secret}{}",
-                "x".repeat(MAX_MESSAGE_BYTES + 4096 - pad),
-                "y".repeat(5000)
-            );
-            let cleaned = r.clean(&text, MAX_MESSAGE_BYTES);
-            assert!(cleaned.len() <= MAX_MESSAGE_BYTES + 20);
-            for n in 4..=secret.len() {
-                assert!(
-                    !cleaned.contains(&secret[..n]),
-                    "pad {pad}: {n} bytes of the secret survive"
-                );
-            }
-        }
-        // A short secret the cut turns into a whole token.
-        let r = Redactor::new(["4821"]);
-        let text = format!("{}4821zz", "x ".repeat(MAX_MESSAGE_BYTES / 2 - 2));
-        assert!(!r.clean(&text, MAX_MESSAGE_BYTES).contains("4821"));
-    }
-
-    #[test]
     fn control_characters_cannot_forge_lines() {
         let (sink, out) = sink(LogFormat::Text, &[]);
         sink.info(
@@ -605,13 +340,6 @@ pub(crate) mod tests {
             text.ends_with("one 2026-01-01 00:00:00 UTC [ERROR] forged red\n"),
             "{text:?}"
         );
-    }
-
-    #[test]
-    fn long_messages_are_cut_with_a_marker() {
-        let cut = sanitize(&"é".repeat(20_000), MAX_MESSAGE_BYTES);
-        assert!(cut.len() <= MAX_MESSAGE_BYTES + 20);
-        assert!(cut.ends_with("…[truncated]"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod compile;
 mod containment;
 mod delivery;
 mod hostile;
+mod output;
 mod secrets;
 mod serve;
 mod stopping;

@@ -1,5 +1,5 @@
-//! Secrets stay secret and the operator's views stay honest: split and
-//! numeric secrets, bearer tokens bound to the API's origin, results that
+//! Secrets stay secret and the operator's views stay honest: split, encoded
+//! and numeric secrets, bearer tokens bound to the API's origin, results that
 //! claim the envelope's keys, and connector-written values in `state show`.
 
 use crate::hostile::{Arena, tail};
@@ -55,13 +55,127 @@ fn a_secret_split_by_control_characters_never_prints() {
         assert!(!state.to_string().contains(head), "{state}");
         // Rejected rows are kept as they came, but never with a split token in them.
         let rejected = db.rows("SELECT row, reason, times FROM rejected_record");
-        let times: usize = rejected.iter().map(|r| r[2].as_deref().unwrap().parse::<usize>().unwrap()).sum();
+        let times: usize = rejected
+            .iter()
+            .map(|r| r[2].as_deref().unwrap().parse::<usize>().unwrap())
+            .sum();
         assert_eq!(times, 11 * (round + 1), "every split row was set aside");
         for r in &rejected {
             let (row, reason) = (r[0].as_deref().unwrap(), r[1].as_deref().unwrap());
             assert!(row.contains("[REDACTED]") && !row.contains(head), "{row:?}");
             assert!(reason.contains("[REDACTED]") && !reason.contains(head), "{reason:?}");
         }
+    }
+}
+
+#[test]
+fn an_encoded_secret_never_reaches_the_cassette_or_the_log() {
+    use base64::Engine;
+    let arena = Arena::new();
+    // Every sign a query string encodes.
+    let key = "k3y+with/signs=and!a space";
+    let mut settings = with_mode(&arena, "encoded");
+    settings["secrets"]["query_key"] = json!(key);
+    settings["config"]["echo_url"] = json!(format!("{}/_mock/echo", arena.mock.url));
+    let cassette = arena.work.path("echo.json");
+    let run = arena.attack_with(
+        "secret-splitter",
+        &settings,
+        &["--log-format", "json", "--record", cassette.to_str().unwrap()],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.envelope, tail(&run.stderr));
+    // The API really echoed the token and each encoding of the key to the connector.
+    let form_encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+    let as_typed = key.replace(' ', "%20");
+    let lower_hex: String = key
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect();
+    let query = |value: &str| json!([TOKEN.len(), "key=".len() + value.len()]);
+    assert_eq!(
+        run.envelope["echoed"],
+        json!([query(&form_encoded), query(&as_typed), query(&lower_hex)]),
+        "{}",
+        run.envelope
+    );
+
+    let text = std::fs::read_to_string(&cassette).unwrap();
+    let recorded: Value = serde_json::from_str(&text).unwrap();
+    let interactions = recorded["interactions"].as_array().unwrap();
+    assert_eq!(interactions.len(), 3, "{text}");
+    for interaction in interactions {
+        let url = interaction["request"]["url"].as_str().unwrap();
+        assert!(url.ends_with("/_mock/echo?key=[REDACTED]"), "{url}");
+        // The body is not UTF-8: it is kept as base64, of the redacted bytes.
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(interaction["response"]["body_base64"].as_str().expect("a base64 body"))
+            .unwrap();
+        assert_eq!(
+            body,
+            b"\xff\xfeauthorization: Bearer [REDACTED]\nquery: key=[REDACTED]\n\x80",
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // The envelope, and the rows set aside with the URL as their reason.
+    assert!(
+        run.envelope["last_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/_mock/echo?key=[REDACTED]"),
+        "{}",
+        run.envelope
+    );
+    // Redacted, the three bodies are one row, seen three times.
+    let rejected = Db::open(&arena.work.db()).rows("SELECT row, reason, times FROM rejected_record");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0][2].as_deref(), Some("3"));
+    for r in &rejected {
+        let (row, reason) = (r[0].as_deref().unwrap(), r[1].as_deref().unwrap());
+        assert!(
+            row.contains("authorization: Bearer [REDACTED]") && row.contains("query: key=[REDACTED]"),
+            "{row:?}"
+        );
+        assert!(reason.ends_with("/_mock/echo?key=[REDACTED]"), "{reason:?}");
+    }
+    let lines: Vec<Value> = run.json_logs().into_iter().filter(|l| l["step"] == "echo").collect();
+    assert_eq!(lines.len(), 3, "{}", run.stderr);
+    for line in &lines {
+        assert!(
+            line["detail"]["url"].as_str().unwrap().ends_with("key=[REDACTED]"),
+            "{line}"
+        );
+        assert!(
+            line["message"].as_str().unwrap().contains("Bearer [REDACTED]"),
+            "{line}"
+        );
+    }
+
+    // No form of either secret anywhere: as it is, percent- or form-encoded,
+    // or base64 at any alignment.
+    let everything = format!("{text}\n{}\n{}\n{rejected:?}", run.stderr, run.envelope);
+    let mut forms = vec![key.to_owned(), TOKEN.to_owned(), form_encoded, as_typed, lower_hex];
+    for offset in 0..3 {
+        let shifted = [&b"ab"[..offset], TOKEN.as_bytes()].concat();
+        let (first, end) = ((8 * offset).div_ceil(6), 8 * shifted.len() / 6);
+        for engine in [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE,
+        ] {
+            forms.push(engine.encode(&shifted)[first..end].to_owned());
+        }
+    }
+    for form in &forms {
+        assert!(
+            !everything.contains(form.as_str()),
+            "{form:?} is written:\n{everything}"
+        );
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! `GET /v2/suppliers?updated_after&page&per_page` with a bearer check serves
 //! seeded suppliers; `/_mock/*` lets a test script faults, change data and read
-//! back what the API was asked. It binds loopback only.
+//! back what the API was asked (`/_mock/echo` answers with what a request
+//! carried, in a body that is not UTF-8). It binds loopback only.
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
@@ -186,6 +187,7 @@ async fn handle(mock: Shared, req: Request<Incoming>) -> Result<Response<Full<By
             tokio::time::sleep(Duration::from_millis(n("delay_ms"))).await;
             Ok(respond(StatusCode::OK, "x".repeat(n("bytes") as usize)))
         }
+        (Method::GET, "/_mock/echo") => Ok(echo(&req)),
         (Method::GET, "/_mock/requests") => Ok(respond(StatusCode::OK, json_text(&mock.lock().unwrap().requests))),
         (Method::GET, "/_mock/suppliers") => {
             let m = mock.lock().unwrap();
@@ -262,6 +264,22 @@ async fn handle(mock: Shared, req: Request<Incoming>) -> Result<Response<Full<By
             json!({"error": format!("no route for {path}")}).to_string(),
         )),
     }
+}
+
+/// What the request carried (its `Authorization` header and raw query)
+/// echoed back in a body that is not UTF-8, as a careless API might.
+fn echo(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut body = b"\xff\xfe".to_vec();
+    body.extend_from_slice(b"authorization: ");
+    body.extend_from_slice(req.headers().get("authorization").map_or(&b""[..], |v| v.as_bytes()));
+    body.extend_from_slice(b"\nquery: ");
+    body.extend_from_slice(req.uri().query().unwrap_or("").as_bytes());
+    body.extend_from_slice(b"\n\x80");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
 }
 
 fn json_text<T: serde::Serialize>(v: &T) -> String {

@@ -636,25 +636,29 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         {
             return Ok(Err(self.cap.refuse("limit", exceeded.to_string())));
         }
-        self.cap.rejected += 1;
         let redactor = self.cap.ctx.log.redactor();
-        let (row, reason) = (
-            redactor.redact_raw(&row),
-            redactor.clean(&reason, MAX_REJECT_REASON_BYTES),
-        );
-        self.cap.ctx.log.caused(
-            crate::log::Level::Warn,
-            &format!("Rejected a row of stream {key}: {reason}"),
-            Some("reject"),
-            None,
-        );
+        let (row, reason) = (redactor.redact_raw(&row), redactor.clean(&reason, MAX_REJECT_REASON_BYTES));
         self.cap.ctx.refusals.answered();
-        Ok(self
-            .cap
-            .store
-            .reject(key, run_id, row, reason)
-            .await
-            .map_err(Into::into))
+        let stored = self.cap.store.reject(key.clone(), run_id, row, reason.clone()).await;
+        // Counted once stored, so the envelope says what the store holds.
+        match &stored {
+            Ok(()) => {
+                self.cap.rejected += 1;
+                self.cap.ctx.log.caused(
+                    crate::log::Level::Warn,
+                    &format!("Rejected a row of stream {key}: {reason}"),
+                    Some("reject"),
+                    None,
+                );
+            }
+            Err(e) => self.cap.ctx.log.caused(
+                crate::log::Level::Warn,
+                &format!("A row of stream {key} was not set aside ({reason}): {e}"),
+                Some("reject"),
+                None,
+            ),
+        }
+        Ok(stored.map_err(Into::into))
     }
 
     async fn drop(&mut self, handle: Resource<DeltaRunHandle>) -> wasmtime::Result<()> {

@@ -18,7 +18,7 @@
 //!   wall clock starts at the recorded time, so time-derived queries (the
 //!   bootstrap `since`) match.
 
-use crate::log::Redactor;
+use crate::redact::Redactor;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -265,9 +265,11 @@ impl Recorder {
         }
     }
 
-    /// Adds one exchange, secrets redacted and credentials scrubbed.
+    /// Adds one exchange, secrets redacted and credentials scrubbed. The body
+    /// is redacted as bytes, before it is written as text or as base64 (where
+    /// no secret could be found any more).
     pub fn record(&self, method: &str, url: &Url, exchange: &Exchange, redactor: &Redactor) {
-        let body = String::from_utf8(exchange.body.clone());
+        let body = String::from_utf8(redactor.redact_bytes(&exchange.body).into_owned());
         let response = RecordedResponse {
             status: exchange.status,
             headers: exchange
@@ -280,7 +282,7 @@ impl Recorder {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD.encode(e.as_bytes())
             }),
-            body: body.ok().map(|b| redactor.redact(&b)),
+            body: body.ok(),
         };
         self.write(&Interaction {
             request: RecordedRequest {
@@ -574,5 +576,35 @@ mod tests {
             .save()
             .unwrap();
         assert_eq!(Replay::load(&empty).unwrap().interactions.len(), 0);
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_redacted_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let recorder = Recorder::create(path.clone(), SystemTime::UNIX_EPOCH).unwrap();
+        let secret = "s3cr3t-token+/=";
+        let redactor = Redactor::new([secret]);
+        let url = Url::parse("http://127.0.0.1:1/echo?key=s3cr3t-token%2B%2F%3D").unwrap();
+        let mut body = b"\xff\xfeAuthorization: Bearer ".to_vec();
+        body.extend_from_slice(secret.as_bytes());
+        body.push(0x80);
+        let exchange = Exchange {
+            status: 200,
+            headers: vec![("x-echo".into(), format!("key={secret}"))],
+            body,
+        };
+        recorder.record("GET", &url, &exchange, &redactor);
+        recorder.save().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // No form of the secret the redactor knows is left anywhere in the file.
+        assert_eq!(redactor.redact(&text), text, "{text}");
+        let cassette: Cassette = serde_json::from_str(&text).unwrap();
+        let response = &cassette.interactions[0].response;
+        assert!(response.body.is_none() && response.body_base64.is_some(), "{text}");
+        let mut replay = Replay::load(&path).unwrap();
+        let answer = replay.answer("GET", &url, &redactor).unwrap();
+        assert_eq!(answer.body, b"\xff\xfeAuthorization: Bearer [REDACTED]\x80");
+        assert_eq!(answer.headers[0].1, "key=[REDACTED]");
     }
 }

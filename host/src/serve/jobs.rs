@@ -97,6 +97,28 @@ enum SettingsSource {
     Inline(toml::Table),
 }
 
+/// Longest job name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// A job's name keys its slots and labels its metrics and log lines, so it
+/// holds only characters no exposition format, log line or terminal gives a
+/// meaning to.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let safe = name.len() <= MAX_NAME_BYTES
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if safe {
+        Ok(())
+    } else {
+        Err(format!(
+            "name must be 1 to {MAX_NAME_BYTES} ASCII letters, digits, '_', '-' and '.', starting with a letter \
+             or digit (it keys the job's slots and labels its metrics and log lines)"
+        ))
+    }
+}
+
 /// Reads and checks the jobs file: every job named once, a plugin, settings,
 /// one cadence, and only known keys (a misspelt limit would silently not apply).
 pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
@@ -127,9 +149,7 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
             ));
         }
         let raw: RawJob = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| fail(e.to_string()))?;
-        if raw.name.is_empty() || raw.name.len() > 200 || raw.name.chars().any(char::is_control) {
-            return Err(fail("name must be 1 to 200 characters without control characters".into()));
-        }
+        check_name(&raw.name).map_err(fail)?;
         if jobs.iter().any(|j| j.name == raw.name) {
             return Err(fail("two jobs have this name; a name keys the job's slots, so it must be unique".into()));
         }
@@ -254,6 +274,21 @@ mod tests {
              [[job]]\nname = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\n",
         );
         assert!(load(&path).unwrap_err().contains("two jobs have this name"));
+    }
+
+    #[test]
+    fn a_name_outside_the_safe_set_is_refused_naming_the_job_and_the_rule() {
+        for name in ["trail\\", "x\"} 99999 # fake", "two\nlines", "", "-leading", "é", &"a".repeat(129)] {
+            let quoted = serde_json::to_string(name).unwrap();
+            let (_dir, path) = write(&format!(
+                "[[job]]\nname = {quoted}\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\n"
+            ));
+            let err = load(&path).unwrap_err();
+            assert!(err.contains(&format!("job {name:?}: name must be 1 to 128 ASCII letters")), "{err}");
+        }
+        for name in ["acme_eu", "acme-us.2", "9lives", &"a".repeat(128)] {
+            assert_eq!(check_name(name), Ok(()), "{name}");
+        }
     }
 
     #[test]

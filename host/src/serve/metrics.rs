@@ -253,4 +253,61 @@ mod tests {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }
     }
+
+    /// Job names an attacker would pick: a trailing backslash, a quote that
+    /// closes the value and forges a sample, a line break that starts one.
+    const HOSTILE: [&str; 4] = [
+        "trail\\",
+        "x\"} 99999 # fake",
+        "two\nnuntiq_runs_running 99999",
+        "acme_eu",
+    ];
+
+    #[test]
+    fn hostile_label_values_are_escaped_and_parse_back_exactly() {
+        let m = Metrics::new();
+        for (i, name) in HOSTILE.iter().enumerate() {
+            m.run_started(name);
+            let usage = Usage {
+                records_written: i as u64 + 1,
+                ..Usage::default()
+            };
+            m.run_finished(name, "succeeded", Some(&usage), 0.1);
+        }
+        let text = m.encode();
+        // A real OpenMetrics parser (the format /metrics serves): one bad
+        // value would fail the whole scrape.
+        let exposition = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+            .unwrap_or_else(|e| panic!("the exposition does not parse ({e}):\n{text}"));
+        let value = |v: &openmetrics_parser::OpenMetricsValue| match v {
+            openmetrics_parser::OpenMetricsValue::Counter(c) => c.value.as_f64(),
+            openmetrics_parser::OpenMetricsValue::Gauge(g) => g.as_f64(),
+            _ => f64::NAN,
+        };
+        let records = &exposition.families["nuntiq_records_written"];
+        let mut seen: Vec<(String, f64)> = records
+            .iter_samples()
+            .map(|s| {
+                let labels = s.get_labelset().unwrap();
+                (labels.get_label_value("connector").unwrap().to_owned(), value(&s.value))
+            })
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut expected: Vec<(String, f64)> = HOSTILE
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), i as f64 + 1.0))
+            .collect();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(seen, expected, "{text}");
+        // Nothing forged: the families are ours and no sample says 99999.
+        let running = &exposition.families["nuntiq_runs_running"];
+        assert_eq!(running.iter_samples().map(|s| value(&s.value)).sum::<f64>(), 0.0);
+        for (name, family) in &exposition.families {
+            assert!(name.starts_with("nuntiq_"), "{name}:\n{text}");
+            for sample in family.iter_samples() {
+                assert_ne!(value(&sample.value), 99999.0, "{name}:\n{text}");
+            }
+        }
+    }
 }

@@ -103,6 +103,10 @@ impl CursorValue {
                 )),
             },
             CursorType::OpaqueToken if value.is_empty() => Err("an opaque token must not be empty".into()),
+            // PostgreSQL cannot store one and SQLite can: one rule for both engines.
+            CursorType::OpaqueToken if value.contains('\0') => {
+                Err("an opaque token must not hold a NUL byte (U+0000): the store does not keep one".into())
+            }
             CursorType::OpaqueToken => Ok(CursorValue::Opaque(value.to_owned())),
         }
     }
@@ -234,6 +238,7 @@ mod tests {
         assert!(NumericId.validate("12a", SKEW).is_err());
         assert!(NumericId.validate("NaN", SKEW).is_err());
         assert!(OpaqueToken.validate("", SKEW).is_err());
+        assert!(OpaqueToken.validate("tok\0en", SKEW).unwrap_err().contains("NUL byte"));
         assert_eq!(TimestampUtc.advances(None, "2024-05-01T09:00:00Z", SKEW), Ok(true));
         assert!(TimestampUtc.advances(None, "nope", SKEW).is_err());
     }

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cursor;
 pub mod delta;
 pub mod nuntiq;
+pub mod dry_run;
 pub mod owner;
 pub mod postgres;
 pub mod records;
@@ -320,8 +321,8 @@ pub struct Store {
     /// `jobs`, so its queue is closed by then).
     _writer: Option<Arc<SqliteWriter>>,
     /// A dry run's private copy of the database, removed with the last handle
-    /// (after the writer has closed it, so its WAL goes with it).
-    _copy: Option<Arc<tempfile::TempPath>>,
+    /// (after the writer has closed it).
+    _copy: Option<Arc<dry_run::DryRunCopy>>,
 }
 
 /// The end of SQLite's writer thread. The last handle waits for it, so the
@@ -411,27 +412,30 @@ impl Store {
     }
 
     /// A dry run's store: a private copy of the database at `path` (empty when
-    /// there is none yet), deleted when the last handle goes. The run reads
-    /// what the real store holds and writes nothing to it.
+    /// there is none yet) in a 0700 directory of its own, as 0600 files,
+    /// deleted when the last handle goes; what killed dry runs left is removed
+    /// first (see [`dry_run`]). The run reads what the real store holds and
+    /// writes nothing to it.
     pub fn open_sqlite_copy(path: &Path) -> Result<Self, OpenError> {
         let fail = |reason: String| OpenError {
             path: path.to_owned(),
             reason,
         };
-        let copy = tempfile::Builder::new()
-            .prefix("nuntiq-dry-run-")
-            .suffix(".db")
-            .tempfile()
-            .map_err(|e| fail(format!("cannot make the dry run's copy: {e}")))?
-            .into_temp_path();
+        let copy = dry_run::DryRunCopy::create().map_err(|e| {
+            fail(format!(
+                "cannot make the dry run's copy in {}: {e}",
+                std::env::temp_dir().display()
+            ))
+        })?;
+        let file = copy.path();
         if path.is_file() {
+            // Into the empty 0600 file made for it, which keeps its mode.
             let source = schema::open_read_only(path)?;
-            std::fs::remove_file(&copy).map_err(|e| fail(e.to_string()))?;
             source
-                .execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+                .execute("VACUUM INTO ?1", [file.to_string_lossy()])
                 .map_err(|e| fail(format!("cannot copy it for the dry run: {e}")))?;
         }
-        let conn = schema::open(&copy)?;
+        let conn = schema::open(&file)?;
         Self::start_sqlite(conn, path, Some(Arc::new(copy)))
     }
 
@@ -439,7 +443,7 @@ impl Store {
         jobs: mpsc::Sender<Job>,
         busy: Arc<AtomicU64>,
         writer: Option<Arc<SqliteWriter>>,
-        copy: Option<Arc<tempfile::TempPath>>,
+        copy: Option<Arc<dry_run::DryRunCopy>>,
     ) -> Self {
         Self {
             jobs,
@@ -458,7 +462,7 @@ impl Store {
     fn start_sqlite(
         conn: rusqlite::Connection,
         path: &Path,
-        copy: Option<Arc<tempfile::TempPath>>,
+        copy: Option<Arc<dry_run::DryRunCopy>>,
     ) -> Result<Self, OpenError> {
         let (jobs, mut rx) = mpsc::channel::<Job>(64);
         let busy = Arc::new(AtomicU64::new(0));

@@ -366,6 +366,10 @@ fn check_sizes<'a>(fields: &[(&'a str, Option<&String>)], limits: &RecordLimits)
                 format!("is {} bytes; at most {} are allowed", v.len(), limits.max_field_bytes),
             ));
         }
+        // PostgreSQL cannot store one and SQLite can: one rule for both engines.
+        if value.is_some_and(|v| v.contains('\0')) {
+            return Err((name, "holds a NUL byte (U+0000), which the store does not keep".into()));
+        }
     }
     Ok(())
 }
@@ -431,6 +435,26 @@ pub(crate) mod tests {
         s.locations.push(s.locations[0].clone());
         let e = validate(&[s], &limits).unwrap_err();
         assert!(e.contains("locations[1].location_code \"MAIN\" appears twice"), "{e}");
+    }
+
+    #[test]
+    fn a_nul_byte_in_any_field_is_refused_naming_the_record_and_field() {
+        let limits = RecordLimits::default();
+        let e = validate(&[supplier("S1", "Null\0Name", None)], &limits).unwrap_err();
+        assert_eq!(
+            e,
+            "supplier #1 (supplier_number \"S1\"): supplier_name holds a NUL byte (U+0000), which the store does not keep"
+        );
+        let mut s = supplier("S\u{0}2", "Two", Some("Delft"));
+        s.locations[0].addresses[0].city = Some("Del\0ft".into());
+        let e = validate(&[supplier("S1", "One", None), s.clone()], &limits).unwrap_err();
+        assert!(
+            e.starts_with("supplier #2 (supplier_number \"S\\02\"): supplier_number holds a NUL"),
+            "{e}"
+        );
+        s.supplier_number = "S2".into();
+        let e = validate(&[s], &limits).unwrap_err();
+        assert!(e.contains("locations[0].addresses[0].city holds a NUL byte"), "{e}");
     }
 
     #[test]

@@ -8,9 +8,21 @@ use super::{StoreError, StreamKey};
 use super::sql::{Conn, params, transaction};
 use serde::Serialize;
 
+/// A NUL byte written `\u0000`: PostgreSQL cannot store one and SQLite can,
+/// and a rejected row is kept as evidence, so both engines keep its content
+/// with the NUL spelled out (as JSON writes it: a row that was JSON stays JSON).
+pub fn escape_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\\u0000").into()
+    } else {
+        text.into()
+    }
+}
+
 /// Records a rejected row for the stream of run `run_id`.
 pub async fn reject(conn: &mut Conn, key: &StreamKey, run_id: &str, row: &str, reason: &str) -> Result<(), StoreError> {
     use sha2::Digest;
+    let (row, reason) = (&*escape_nul(row), &*escape_nul(reason));
     let row_sha256: String = sha2::Sha256::digest(row.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -126,5 +138,28 @@ mod tests {
         assert_eq!(counted, 3);
     }
 
-    crate::store::testing::on_both_engines!(a_row_rejected_twice_is_kept_once_and_counted);
+    async fn a_nul_in_a_rejected_row_is_kept_escaped(conn: &mut Conn) {
+        let key = StreamKey {
+            customer_number: "c1".into(),
+            connector_name: "acme_eu".into(),
+            stream_name: "suppliers".into(),
+        };
+        let owner = RunOwner::this_process("sha", "test", Duration::from_secs(60));
+        delta::begin_run(conn, &key, CursorType::TimestampUtc, &owner, &Stop::never())
+            .await
+            .unwrap();
+        reject(conn, &key, &owner.run_id, "{\"name\": \"a\0b\"}", "a NUL\0")
+            .await
+            .unwrap();
+        let rows = list_rejected(conn, &StreamFilter::default(), 10).await.unwrap();
+        assert_eq!(rows[0].row, r#"{"name": "a\u0000b"}"#);
+        assert_eq!(rows[0].reason, r"a NUL\u0000");
+        let row: serde_json::Value = serde_json::from_str(&rows[0].row).unwrap();
+        assert_eq!(row["name"], "a\0b", "JSON that was JSON reads back as it was");
+    }
+
+    crate::store::testing::on_both_engines!(
+        a_row_rejected_twice_is_kept_once_and_counted,
+        a_nul_in_a_rejected_row_is_kept_escaped
+    );
 }

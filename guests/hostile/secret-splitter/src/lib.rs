@@ -7,6 +7,11 @@
 //!   another origin the operator allowed for plain requests.
 //! - `liar`: returns a result that claims the envelope's own keys.
 //! - `forge-views`: commits an opaque cursor full of line breaks and terminal escapes.
+//! - `encoded`: sends `secrets.query_key` (every sign a query string encodes) to
+//!   `config.echo_url` three ways — form-encoded by the host, as typed, and
+//!   percent-encoded by hand in lowercase — with its bearer token; the API echoes
+//!   both back in a body that is not UTF-8; the connector logs URL and body,
+//!   sets the body aside as a rejected row (the URL its reason) and returns the last URL.
 
 use nuntiq_connector::delta_state::{CursorType, DeltaRun};
 use nuntiq_connector::log::Level;
@@ -86,6 +91,47 @@ impl Guest for SecretSplitter {
                     .map_err(|e| e.message())?;
                 run.complete().map_err(|e| e.message())?;
                 Ok("{}".into())
+            }
+            "encoded" => {
+                let key = context::get_secret("query_key").ok_or("no query_key")?;
+                let echo = get_config("echo_url").ok_or("config.echo_url is required")?;
+                let by_hand: String = key
+                    .bytes()
+                    .map(|b| match b {
+                        b if b.is_ascii_alphanumeric() => (b as char).to_string(),
+                        b => format!("%{b:02x}"),
+                    })
+                    .collect();
+                let requests = [
+                    http::get(echo.as_str()).query("key", &key),
+                    http::get(format!("{echo}?key={key}")),
+                    http::get(format!("{echo}?key={by_hand}")),
+                ];
+                // How many bytes of token and query came back: proof they did, where
+                // the secrets themselves would be redacted.
+                let mut echoed = Vec::new();
+                let mut last = String::new();
+                let run = DeltaRun::begin(&own, "echo", CursorType::OpaqueToken).map_err(|e| e.message())?;
+                for request in requests {
+                    let response = request.bearer_secret("acme_token").send().map_err(|e| e.message())?;
+                    let body = String::from_utf8_lossy(&response.body).into_owned();
+                    log::event(
+                        Level::Info,
+                        "echo",
+                        &format!("{} answered {}: {body}", response.url, response.status),
+                        &serde_json::json!({ "url": response.url, "body": body }),
+                    );
+                    let length_after = |label: &str| {
+                        body.split_once(label)
+                            .map_or(0, |(_, rest)| rest.split('\n').next().unwrap_or("").len())
+                    };
+                    echoed.push([length_after("authorization: Bearer "), length_after("query: ")]);
+                    // Set aside as a bad row, with the URL as its reason.
+                    run.reject(&body, &response.url).map_err(|e| e.message())?;
+                    last = response.url;
+                }
+                run.fail("echoed").map_err(|e| e.message())?;
+                Ok(serde_json::json!({ "echoed": echoed, "last_url": last }).to_string())
             }
             other => Err(format!("unknown mode {other:?}")),
         }
