@@ -55,13 +55,23 @@ pub mod bindings {
     });
 }
 
+#[cfg(not(all(feature = "testing", not(target_arch = "wasm32"))))]
+use bindings::nuntiq::connector::logger;
 pub use bindings::nuntiq::connector::types::SettingValue;
+#[cfg(not(all(feature = "testing", not(target_arch = "wasm32"))))]
 pub use bindings::nuntiq::connector::{context, delta_state, http as raw_http, supplier_load};
 pub use bindings::{Guest, export_connector};
+// Under `testing`, natively, the same interfaces answered in-process by a TestHost.
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+use testing::imports::logger;
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+pub use testing::imports::{context, delta_state, raw_http, supplier_load};
 
 pub mod http;
 pub mod log;
 pub mod suppliers;
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+pub mod testing;
 
 pub use suppliers::{Supplier, SupplierAddress, SupplierLoad, SupplierLocation, address, location, supplier};
 
