@@ -151,7 +151,12 @@ impl Runner {
     /// The plugin at `path`, and whether this call compiled or loaded it.
     pub fn plugin(&self, path: &Path) -> Result<(Arc<Plugin>, bool), PluginError> {
         let stamp = FileStamp::of(path);
-        let known = self.plugins.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
+        let known = self
+            .plugins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .cloned();
         if let (Some((seen, plugin)), Some(stamp)) = (known, stamp)
             && seen == stamp
         {
@@ -270,11 +275,7 @@ pub async fn run_job(
     redact_panics(&settings);
     if let Some(limit) = stop.exceeded() {
         let message = format!("{limit} before the connector started; nothing was run");
-        make_log(options.log_format, options.log_level, Redactor::default()).error(
-            &message,
-            Some("start"),
-            None,
-        );
+        make_log(options.log_format, options.log_level, Redactor::default()).error(&message, Some("start"), None);
         return Report::failure(limit.kind(), message, 1);
     }
     let log = Arc::new(
@@ -317,7 +318,10 @@ pub async fn run_job(
             updated_by: format!("nuntiq-host:{plugin_name}"),
             plugin_sha256: plugin.sha256.clone(),
             lease: options.lease,
-            job_id: options.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            job_id: options
+                .job_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         },
         stop: stop.clone(),
         offline,

@@ -156,7 +156,11 @@ impl Redactor {
         }
         let printed = strip_controls(text);
         let redacted = self.redact(&printed);
-        if redacted != printed { redacted } else { self.redact(text) }
+        if redacted != printed {
+            redacted
+        } else {
+            self.redact(text)
+        }
     }
 
     /// Text for people: sanitised first (so a secret split by a control
@@ -548,7 +552,15 @@ pub(crate) mod tests {
     #[test]
     fn invisible_characters_cannot_split_a_secret() {
         let r = Redactor::new(["correct-horse"]);
-        for c in ['\u{200b}', '\u{ad}', '\u{2060}', '\u{feff}', '\u{fe0f}', '\u{e0041}', '\u{1d173}'] {
+        for c in [
+            '\u{200b}',
+            '\u{ad}',
+            '\u{2060}',
+            '\u{feff}',
+            '\u{fe0f}',
+            '\u{e0041}',
+            '\u{1d173}',
+        ] {
             let split = format!("token correct{c}-horse here");
             assert_eq!(r.clean(&split, 1000), "token [REDACTED] here", "U+{:04X}", c as u32);
             // A rejected row is kept as it came, unless a secret hides in it.

@@ -16,11 +16,32 @@ pub enum Contract {
 }
 
 impl Contract {
+    /// Every contract this host links, oldest first: the one list the host's
+    /// imports, `--version` and messages are made from.
+    pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
+
+    /// What `nuntiq-host new` builds against and the SDK carries.
+    pub const CURRENT: Contract = Contract::V0_2;
+
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_1 => "0.1.0",
             Contract::V0_2 => "0.2.1",
         }
+    }
+
+    /// The released versions a connector may have been built against and run
+    /// on this contract's bindings (earlier patch versions link by semver).
+    pub fn runs(self) -> &'static [&'static str] {
+        match self {
+            Contract::V0_1 => &["0.1.0"],
+            Contract::V0_2 => &["0.2.0", "0.2.1"],
+        }
+    }
+
+    /// Every contract version this host runs: `0.1.0, 0.2.0, 0.2.1`.
+    pub fn all_runnable() -> Vec<&'static str> {
+        Self::ALL.iter().flat_map(|c| c.runs().iter().copied()).collect()
     }
 }
 
@@ -74,7 +95,7 @@ const WASI_HTTP_INTERFACES: [&str; 2] = ["wasi:http/types", "wasi:http/outgoing-
 /// Every interface this host links, as `name@version`.
 pub fn offered() -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for contract in [Contract::V0_1, Contract::V0_2] {
+    for contract in Contract::ALL {
         for iface in NUNTIQ_INTERFACES {
             names.push(format!("nuntiq:connector/{iface}@{}", contract.version()));
         }

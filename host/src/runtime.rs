@@ -8,6 +8,7 @@ use crate::caps::delta::{DeltaCap, DeltaConfig, DeltaView, RunIdentity};
 use crate::caps::http::{HttpCap, HttpConfig};
 use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
+use crate::caps::wasi_http::{self, OutgoingHooks};
 use crate::limits::{GuestLimiter, LimitExceeded, Limits, MAX_RESULT_BYTES, Refusals, Stop};
 use crate::log::LogSink;
 use crate::meter::{Breakdown, Meter, Usage};
@@ -17,15 +18,14 @@ use crate::settings::Settings;
 use crate::store::{FailOutcome, SaveCounts, Store as StateStore, StreamKey};
 use serde_json::{Map, Value};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
 use wasmtime::component::{Component, HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-use crate::caps::wasi_http::{self, OutgoingHooks};
 
 /// Everything one job's store holds: a state per capability, the resource
 /// table, and an empty WASI context (no files, no env, no sockets).

@@ -605,7 +605,10 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         let (key, run_id) = (run.key.clone(), run.owner.run_id.clone());
         self.cap.rejected += 1;
         let redactor = self.cap.log.redactor();
-        let (row, reason) = (redactor.redact_raw(&row), redactor.clean(&reason, MAX_REJECT_REASON_BYTES));
+        let (row, reason) = (
+            redactor.redact_raw(&row),
+            redactor.clean(&reason, MAX_REJECT_REASON_BYTES),
+        );
         self.cap.log.warn(
             &format!("Rejected a row of stream {key}: {reason}"),
             Some("reject"),

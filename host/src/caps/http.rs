@@ -7,20 +7,20 @@
 use super::offline::{Exchange, Fixtures, Recorder, Replay};
 use crate::bindings::http::{self, HttpError, Request, Response, RetriesExhausted};
 use crate::limits::{LimitHit, Refusals, RequestBudget};
-use crate::meter::{Counters, Section};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 use crate::log::LogSink;
+use crate::meter::{Counters, Section};
 use crate::policy::{AllowedHost, Denied, NetworkPolicy, redact_url};
 use crate::settings::Settings;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use std::time::{Duration, SystemTime};
-use wasmtime::component::Resource;
 use url::Url;
+use wasmtime::component::Resource;
 
 /// A retry policy with the host's limits applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -432,7 +432,9 @@ impl HttpCap {
         let io = io().map_err(HttpError::Connection)?;
         let fetcher = fetcher.clone();
         let timeout_ms = request.timeout_ms;
-        Ok(InFlight(io.spawn(fetcher.send_and_hold(url, headers, policy, timeout_ms))))
+        Ok(InFlight(
+            io.spawn(fetcher.send_and_hold(url, headers, policy, timeout_ms)),
+        ))
     }
 
     /// Waits for a started request; the wait is the connector's HTTP time.
@@ -655,7 +657,13 @@ impl Fetcher {
     /// Its body is counted in `hold`, the request's share of the run's body
     /// limit; a request holds one body at a time, so an earlier hop's or
     /// attempt's share is given back first.
-    async fn fetch(&self, url: &Url, headers: &HeaderMap, timeout: Duration, hold: &mut Hold) -> Result<Exchange, Attempt> {
+    async fn fetch(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        timeout: Duration,
+        hold: &mut Hold,
+    ) -> Result<Exchange, Attempt> {
         hold.shrink_to(0);
         let limit = self.config.max_body_bytes;
         let too_large = || Attempt::Limit("body_too_large", HttpError::BodyTooLarge(limit));
@@ -1267,8 +1275,14 @@ mod tests {
             on_answer
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the request was not sent while its caller was busy");
-            let response = http::HostPendingResponse::finish(&mut cap, pending).await.unwrap().unwrap();
-            assert_eq!((response.status, response.body.as_slice()), (200, b"{\"page\": 2}".as_slice()));
+            let response = http::HostPendingResponse::finish(&mut cap, pending)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (response.status, response.body.as_slice()),
+                (200, b"{\"page\": 2}".as_slice())
+            );
         }
 
         #[tokio::test]
@@ -1279,13 +1293,19 @@ mod tests {
             for _ in 0..MAX_PENDING {
                 held.push(cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap());
             }
-            let refused = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap_err();
+            let refused = cap
+                .start_get_with_retry(request(&url), None)
+                .await
+                .unwrap()
+                .unwrap_err();
             assert!(
                 matches!(&refused, HttpError::Denied(m) if m.contains("4 requests are pending already")),
                 "{refused:?}"
             );
             assert_eq!(cap.refusals.last().unwrap().kind, "pending_requests");
-            http::HostPendingResponse::drop(&mut cap, held.pop().unwrap()).await.unwrap();
+            http::HostPendingResponse::drop(&mut cap, held.pop().unwrap())
+                .await
+                .unwrap();
             assert_eq!(cap.pending.len(), MAX_PENDING - 1);
             cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
             // A malformed request fails at once and takes no place.
@@ -1293,7 +1313,10 @@ mod tests {
             bad.url = "not a url".into();
             cap.pending.clear();
             let e = cap.start_get_with_retry(bad, None).await.unwrap().unwrap_err();
-            assert!(matches!(&e, HttpError::InvalidRequest(m) if m.contains("not an absolute URL")), "{e:?}");
+            assert!(
+                matches!(&e, HttpError::InvalidRequest(m) if m.contains("not an absolute URL")),
+                "{e:?}"
+            );
             assert!(cap.pending.is_empty());
         }
 
@@ -1322,7 +1345,11 @@ mod tests {
             let first = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
             let second = cap.start_get_with_retry(request(&url), None).await.unwrap().unwrap();
             until_answered(&cap).await;
-            assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 60, "one body waits, the other was refused");
+            assert_eq!(
+                cap.fetcher.held.load(Ordering::SeqCst),
+                60,
+                "one body waits, the other was refused"
+            );
             let mut outcomes = Vec::new();
             for pending in [first, second] {
                 outcomes.push(http::HostPendingResponse::finish(&mut cap, pending).await.unwrap());
@@ -1344,7 +1371,10 @@ mod tests {
             let mut elsewhere = request(&url);
             elsewhere.url = "http://not-allowed.invalid/suppliers".into();
             let e = cap.start_get_with_retry(elsewhere, None).await.unwrap().unwrap_err();
-            assert!(matches!(&e, HttpError::Denied(m) if m.contains("not-allowed.invalid")), "{e:?}");
+            assert!(
+                matches!(&e, HttpError::Denied(m) if m.contains("not-allowed.invalid")),
+                "{e:?}"
+            );
             assert_eq!(cap.refusals.last().unwrap().kind, "network_denied");
             assert!(cap.pending.is_empty());
             assert_eq!(hits.load(Ordering::SeqCst), 0);
@@ -1401,9 +1431,19 @@ mod tests {
             );
             let pending = cap.start_get_with_retry(request(&url), fast(3)).await.unwrap().unwrap();
             until_answered(&cap).await;
-            assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 60, "only the final body is held");
-            let response = http::HostPendingResponse::finish(&mut cap, pending).await.unwrap().unwrap();
-            assert_eq!((response.status, response.attempts, hits.load(Ordering::SeqCst)), (200, 2, 2));
+            assert_eq!(
+                cap.fetcher.held.load(Ordering::SeqCst),
+                60,
+                "only the final body is held"
+            );
+            let response = http::HostPendingResponse::finish(&mut cap, pending)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (response.status, response.attempts, hits.load(Ordering::SeqCst)),
+                (200, 2, 2)
+            );
             assert_eq!(cap.fetcher.held.load(Ordering::SeqCst), 0);
         }
 

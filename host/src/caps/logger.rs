@@ -4,11 +4,11 @@
 use crate::bindings::logger;
 use crate::log::{Level, LogSink, MAX_DETAIL_BYTES, MAX_MESSAGE_BYTES};
 use crate::meter::{Counters, Section};
-use std::time::Instant;
 use serde_json::Value;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 pub struct LoggerCap {
     sink: Arc<LogSink>,

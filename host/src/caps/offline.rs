@@ -39,7 +39,12 @@ impl Exchange {
     pub fn header_pairs(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
         headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect()
     }
 }
@@ -467,7 +472,11 @@ mod tests {
 
         let mut replay = Replay::load(&path).unwrap();
         let elsewhere = Url::parse("http://127.0.0.1:9/v2/suppliers?page=1&key=s3cr3t-token").unwrap();
-        assert_eq!(replay.answer("POST", &elsewhere, &redactor).unwrap().status, 201, "by method");
+        assert_eq!(
+            replay.answer("POST", &elsewhere, &redactor).unwrap().status,
+            201,
+            "by method"
+        );
         assert_eq!(replay.answer("GET", &elsewhere, &redactor).unwrap().status, 503);
         assert_eq!(replay.answer("GET", &elsewhere, &redactor).unwrap().status, 200);
         assert_eq!(

@@ -9,10 +9,10 @@
 use crate::bindings::supplier_load::{self, LoadError, Supplier};
 use crate::limits::{LimitHit, Refusals, Stop};
 use crate::meter::{Counters, Section};
-use std::time::Instant;
 use crate::store::records::{self, RecordLimits};
 use crate::store::{AddressRecord, LocationRecord, Store, SupplierRecord};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Host limits on what a connector may hand over.
 #[derive(Debug, Clone)]

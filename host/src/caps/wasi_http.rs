@@ -61,7 +61,13 @@ pub struct OutgoingHooks {
     pub(super) record: Option<Arc<Recorder>>,
 }
 
-type Sent = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>;
+type Sent = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+>;
 
 impl OutgoingHooks {
     /// Checks a request before anything leaves the host: the URL against the
@@ -124,7 +130,11 @@ const FRAMING: [&str; 4] = ["content-length", "transfer-encoding", "connection",
 fn respond(exchange: Exchange) -> Result<http::Response<WasiBody>, Error> {
     let mut response = http::Response::builder().status(exchange.status);
     // Framing is the body's own now (a recorded body may have been redacted).
-    for (name, value) in exchange.headers.iter().filter(|(name, _)| !FRAMING.contains(&name.to_ascii_lowercase().as_str())) {
+    for (name, value) in exchange
+        .headers
+        .iter()
+        .filter(|(name, _)| !FRAMING.contains(&name.to_ascii_lowercase().as_str()))
+    {
         response = response.header(name.as_str(), value.as_str());
     }
     let body = Full::new(Bytes::from(exchange.body))
@@ -247,7 +257,13 @@ impl Forward {
 
     /// Reads the whole body (within the limit), records the exchange and
     /// hands the connector the same bytes.
-    async fn recorded(&self, recorder: &Recorder, method: &http::Method, url: &Url, response: reqwest::Response) -> Sent {
+    async fn recorded(
+        &self,
+        recorder: &Recorder,
+        method: &http::Method,
+        url: &Url,
+        response: reqwest::Response,
+    ) -> Sent {
         let status = response.status().as_u16();
         let headers = Exchange::header_pairs(response.headers());
         let _reading = recorder.reading.acquire().await.map_err(|_| Error::HttpProtocolError)?;
@@ -263,7 +279,9 @@ impl Forward {
                 }
             })?
             .to_bytes();
-        self.counters.http_bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+        self.counters
+            .http_bytes_in
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         let exchange = Exchange {
             status,
             headers,

@@ -126,12 +126,18 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
                 "max_stack is set for the whole process (serve --max-stack): its jobs share one engine".into(),
             ));
         }
-        let raw: RawJob = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| fail(e.to_string()))?;
+        let raw: RawJob = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| fail(e.to_string()))?;
         if raw.name.is_empty() || raw.name.len() > 200 || raw.name.chars().any(char::is_control) {
-            return Err(fail("name must be 1 to 200 characters without control characters".into()));
+            return Err(fail(
+                "name must be 1 to 200 characters without control characters".into(),
+            ));
         }
         if jobs.iter().any(|j| j.name == raw.name) {
-            return Err(fail("two jobs have this name; a name keys the job's slots, so it must be unique".into()));
+            return Err(fail(
+                "two jobs have this name; a name keys the job's slots, so it must be unique".into(),
+            ));
         }
         let cadence = match (&raw.every, &raw.cron) {
             (Some(every), None) => {
@@ -145,7 +151,11 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
                 cron.parse::<croner::Cron>()
                     .map_err(|e| fail(format!("cron {cron:?}: {e}")))?,
             )),
-            _ => return Err(fail("give exactly one of every = \"15m\" or cron = \"*/15 * * * *\"".into())),
+            _ => {
+                return Err(fail(
+                    "give exactly one of every = \"15m\" or cron = \"*/15 * * * *\"".into(),
+                ));
+            }
         };
         let params = raw
             .params
@@ -174,7 +184,10 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
         });
     }
     if jobs.is_empty() {
-        return Err(format!("{}: no [[job]] tables; see nuntiq-host serve --help", path.display()));
+        return Err(format!(
+            "{}: no [[job]] tables; see nuntiq-host serve --help",
+            path.display()
+        ));
     }
     Ok(jobs)
 }
@@ -231,18 +244,33 @@ mod tests {
         let (_dir, path) = write(text);
         let jobs = load(&path).unwrap();
         assert_eq!(jobs.len(), 2);
-        assert_eq!(jobs[1].inline_settings.as_ref().unwrap()["config"]["connector_name"], "acme_us");
+        assert_eq!(
+            jobs[1].inline_settings.as_ref().unwrap()["config"]["connector_name"],
+            "acme_us"
+        );
         assert_eq!(jobs[1].params, ["lookback_days=3"]);
     }
 
     #[test]
     fn mistakes_are_named() {
         let cases = [
-            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\nmax_memroy = \"1MiB\"", "unknown key \"max_memroy\""),
+            (
+                "name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\nmax_memroy = \"1MiB\"",
+                "unknown key \"max_memroy\"",
+            ),
             ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"", "exactly one of every"),
-            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"soon\"", "every:"),
-            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\ncron = \"nope\"", "cron \"nope\""),
-            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\ntimeout = \"x\"", "job \"a\""),
+            (
+                "name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"soon\"",
+                "every:",
+            ),
+            (
+                "name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\ncron = \"nope\"",
+                "cron \"nope\"",
+            ),
+            (
+                "name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\ntimeout = \"x\"",
+                "job \"a\"",
+            ),
         ];
         for (job, expected) in cases {
             let (_dir, path) = write(&format!("[[job]]\n{job}\n"));

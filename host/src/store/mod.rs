@@ -25,13 +25,13 @@ use crate::limits::Stop;
 pub use cursor::CursorType;
 pub use delta::{Begun, FailOutcome, Reset, StreamFilter};
 pub use owner::RunOwner;
+use postgres::PgPool;
 pub use records::{AddressRecord, LocationRecord, SupplierRecord};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
-use postgres::PgPool;
 use sql::Conn;
 use sqlite::SqliteConn;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 pub use suppliers::SaveCounts;
@@ -553,8 +553,10 @@ impl Store {
         error_summary: String,
         updated_by: String,
     ) -> Result<FailOutcome, StoreError> {
-        self.call(move |c| Box::pin(async move { delta::fail_run(c, &key, &run_id, &error_summary, &updated_by).await }))
-            .await
+        self.call(move |c| {
+            Box::pin(async move { delta::fail_run(c, &key, &run_id, &error_summary, &updated_by).await })
+        })
+        .await
     }
 
     /// Fails many runs in one transaction.
@@ -590,12 +592,21 @@ impl Store {
     }
 
     /// Renews running slots' claims; returns the job ids that lost theirs.
-    pub fn renew_slots_blocking(&self, job_ids: Vec<String>, lease: std::time::Duration) -> Result<Vec<String>, StoreError> {
+    pub fn renew_slots_blocking(
+        &self,
+        job_ids: Vec<String>,
+        lease: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError> {
         self.call_blocking(move |c| Box::pin(async move { schedule::renew(c, &job_ids, lease).await }))
     }
 
     /// Records how a slot's run ended.
-    pub async fn finish_slot(&self, job_id: String, status: &'static str, outcome: Option<String>) -> Result<(), StoreError> {
+    pub async fn finish_slot(
+        &self,
+        job_id: String,
+        status: &'static str,
+        outcome: Option<String>,
+    ) -> Result<(), StoreError> {
         self.call(move |c| Box::pin(async move { schedule::finish(c, &job_id, status, outcome.as_deref()).await }))
             .await
     }
