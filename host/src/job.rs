@@ -47,6 +47,9 @@ pub struct JobOptions {
     pub record: Option<PathBuf>,
     /// Answer every HTTP request from this cassette, without the network.
     pub replay: Option<PathBuf>,
+    /// Under `replay`: sleep the recorded waits between retries instead of
+    /// moving the connector's clock past them.
+    pub replay_real_time: bool,
     /// Run fully against a throw-away copy of the database: nothing is written.
     pub dry_run: bool,
     /// The job's id in the run history (a fresh one when `None`).
@@ -79,6 +82,7 @@ impl JobOptions {
             fixtures: None,
             record: None,
             replay: None,
+            replay_real_time: false,
             dry_run: false,
             job_id: None,
             inline_settings: None,
@@ -434,12 +438,13 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         Some(value) => Settings::parse(&options.settings, value.clone(), &options.params)?,
         None => Settings::load(&options.settings, &options.params)?,
     });
-    let policy = Arc::new(NetworkPolicy::new(
-        &settings.api_url,
-        allowed,
-        options.allow_private_networks,
-    ));
-    if settings.api_url.scheme() != "file" {
+    // A replay never reaches the network, so it needs no network flags.
+    let policy = Arc::new(if options.replay.is_some() {
+        NetworkPolicy::replaying()
+    } else {
+        NetworkPolicy::new(&settings.api_url, allowed, options.allow_private_networks)
+    });
+    if settings.api_url.scheme() != "file" && options.replay.is_none() {
         policy
             .check_url(&settings.api_url)
             .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
@@ -492,7 +497,7 @@ fn offline_sources(options: &JobOptions, settings: &Settings) -> Result<Offline,
         replay: options
             .replay
             .as_deref()
-            .map(Replay::load)
+            .map(|path| Replay::load(path, options.replay_real_time))
             .transpose()
             .map_err(InputError::Arguments)?
             .map(|replay| Arc::new(std::sync::Mutex::new(replay))),

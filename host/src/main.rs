@@ -419,10 +419,14 @@ struct RunPluginArgs {
     /// Write every HTTP exchange of the run to a cassette FILE (secrets redacted).
     #[arg(long, value_name = "FILE", conflicts_with = "replay")]
     record: Option<PathBuf>,
-    /// Answer every HTTP request from a cassette FILE, without the network; the
-    /// connector's clock starts at the recorded time.
+    /// Answer every HTTP request from a cassette FILE, without the network
+    /// (no --allow-host needed); the connector's clock starts at the recorded
+    /// time, and recorded waits between retries move it on instead of being slept.
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
+    /// With --replay: sleep the recorded waits between retries, as the recorded run did.
+    #[arg(long, requires = "replay")]
+    replay_real_time: bool,
     /// Run fully against a throw-away copy of --db: nothing is written; the
     /// envelope says what would have been (counts and would_commit).
     #[arg(long)]
@@ -438,6 +442,7 @@ impl RunPluginArgs {
             fixtures: self.fixtures,
             record: self.record,
             replay: self.replay,
+            replay_real_time: self.replay_real_time,
             dry_run: self.dry_run,
             cache_dir: self.compile_cache.dir(),
             ..JobOptions::new(self.plugin, self.settings, self.db)

@@ -345,8 +345,8 @@ impl Runtime {
             .max_random_size(MAX_RANDOM_BYTES);
         // A replay's connector lives at the recorded time, so its time-derived queries match.
         if let Some(replay) = &job.offline.replay {
-            let recorded_at = replay.lock().unwrap_or_else(|p| p.into_inner()).recorded_at;
-            wasi.wall_clock(crate::caps::offline::ReplayClock::starting_at(recorded_at));
+            let clock = replay.lock().unwrap_or_else(|p| p.into_inner()).clock();
+            wasi.monotonic_clock(clock.monotonic()).wall_clock(clock);
         }
         let wasi = wasi.build();
         let refusals = Refusals::default();

@@ -433,7 +433,7 @@ mod tests {
             std::fs::read_to_string(repo_wit).unwrap()
         );
         assert!(
-            written.iter().any(|p| p.ends_with("deps/http-0.2.12/types.wit")),
+            written.iter().any(|p| p.ends_with("deps/http-0.2.12/http.wit")),
             "{written:?}"
         );
     }

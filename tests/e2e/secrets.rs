@@ -55,7 +55,10 @@ fn a_secret_split_by_control_characters_never_prints() {
         assert!(!state.to_string().contains(head), "{state}");
         // Rejected rows are kept as they came, but never with a split token in them.
         let rejected = db.rows("SELECT row, reason, times FROM rejected_record");
-        let times: usize = rejected.iter().map(|r| r[2].as_deref().unwrap().parse::<usize>().unwrap()).sum();
+        let times: usize = rejected
+            .iter()
+            .map(|r| r[2].as_deref().unwrap().parse::<usize>().unwrap())
+            .sum();
         assert_eq!(times, 11 * (round + 1), "every split row was set aside");
         for r in &rejected {
             let (row, reason) = (r[0].as_deref().unwrap(), r[1].as_deref().unwrap());
