@@ -310,6 +310,18 @@ pub fn runs(
             dash(&r.owner_host),
             dash(&r.plugin_sha256)
         )?;
+        if let Some(m) = &r.plugin {
+            // The plugin's own words: escaped like every connector-written value.
+            let field = |v: &Option<String>| esc(v.as_deref().unwrap_or("-"));
+            writeln!(
+                out,
+                "  plugin {} {} by {}  source {}",
+                field(&m.name),
+                field(&m.version),
+                field(&m.authors),
+                field(&m.source)
+            )?;
+        }
         if let Some(e) = &r.error_summary {
             writeln!(out, "  error: {}", esc(e))?;
         }

@@ -4,7 +4,7 @@
 
 use crate::cache::CompileCache;
 use crate::limits::Limits;
-use crate::plugin::{Contract, Name};
+use crate::plugin::{Contract, Metadata, Name};
 use crate::runtime::{PluginError, Runtime, check_shape};
 use serde::Serialize;
 use std::io::Write;
@@ -22,6 +22,8 @@ pub struct Inspection {
     pub world: Option<String>,
     pub imports: Vec<Name>,
     pub exports: Vec<Name>,
+    /// Name, version, authors and source from its metadata sections.
+    pub metadata: Metadata,
     pub compatible: bool,
     /// Why not, when it is not.
     pub problems: Vec<String>,
@@ -46,12 +48,14 @@ pub fn inspect(plugin: &Path, cache: Option<&CompileCache>) -> Result<Inspection
         world: None,
         imports: Vec::new(),
         exports: Vec::new(),
+        metadata: Metadata::default(),
         compatible: false,
         problems: Vec::new(),
     };
     if let Ok(shape) = &shape {
         inspection.imports = shape.imports.clone();
         inspection.exports = shape.exports.clone();
+        inspection.metadata = shape.metadata.clone();
         if let Some(contract) = shape.declared_contract() {
             inspection.contract = Some(contract);
             inspection.world = Some(format!("nuntiq:connector/connector@{}", contract.version()));
@@ -83,6 +87,24 @@ pub fn print(inspection: &Inspection, out: &mut dyn Write) -> std::io::Result<()
         i.size_bytes
     )?;
     writeln!(out, "sha256      {}", i.sha256)?;
+    let m = &i.metadata;
+    for (label, value) in [
+        ("name", &m.name),
+        ("version", &m.version),
+        ("authors", &m.authors),
+        ("source", &m.source),
+        ("description", &m.description),
+    ] {
+        if let Some(value) = value {
+            writeln!(out, "{label:<12}{}", crate::admin::esc(value))?;
+        }
+    }
+    if m.is_empty() {
+        writeln!(
+            out,
+            "name        (no metadata sections: `wasm-tools metadata add` writes them)"
+        )?;
+    }
     writeln!(
         out,
         "world       {}",

@@ -321,6 +321,8 @@ pub async fn run_job(
         identity: RunIdentity {
             updated_by: format!("nuntiq-host:{plugin_name}"),
             plugin_sha256: plugin.sha256.clone(),
+            plugin_metadata: (!plugin.metadata.is_empty())
+                .then(|| serde_json::to_string(&plugin.metadata).unwrap_or_default()),
             lease: options.lease,
             job_id: options
                 .job_id

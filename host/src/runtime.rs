@@ -199,6 +199,7 @@ impl Runtime {
             pre,
             contract,
             sha256,
+            metadata: shape.metadata,
             cached,
             load_time,
         })
@@ -249,6 +250,8 @@ pub struct Plugin {
     pub contract: Contract,
     /// SHA-256 of the file, recorded in run history.
     pub sha256: String,
+    /// Its name, version, authors and source, recorded in run history.
+    pub metadata: crate::plugin::Metadata,
     /// Whether it came from the compile cache.
     pub cached: CacheOutcome,
     /// Compiling or loading it took this long.

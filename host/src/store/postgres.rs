@@ -247,7 +247,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
@@ -410,6 +410,10 @@ CREATE TABLE schedule_slot (
     takeovers        BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (job_name, slot_at)
 );
+"#,
+    // 3: the plugin's own metadata (name, version, authors, source) on run history.
+    r#"
+ALTER TABLE delta_run ADD COLUMN plugin_metadata TEXT;
 "#,
 ];
 

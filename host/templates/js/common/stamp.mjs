@@ -25,7 +25,8 @@ const wanted = {
 };
 const sections = [wasm];
 for (const [section, payload] of Object.entries(wanted)) {
-  if (!payload.length || present.has(section)) continue;
+  // A toolchain's own component-name section may name only the parts: ours names the component.
+  if (!payload.length || (present.has(section) && section !== 'component-name')) continue;
   const body = Buffer.concat([str(section), payload]);
   sections.push(Buffer.from([0]), leb(body.length), body);
 }

@@ -61,7 +61,9 @@ wanted = {
 wasm = bytearray(out.read_bytes())
 present = custom_sections(wasm)
 for name, payload in wanted.items():
-    if payload and name not in present:
+    # A toolchain's own component-name section may carry no name (only its
+    # subsections for the parts): one naming the component goes after it.
+    if payload and (name not in present or name == "component-name"):
         body = leb(len(name)) + name.encode() + payload
         wasm += b"\x00" + leb(len(body)) + body
 out.write_bytes(wasm)
