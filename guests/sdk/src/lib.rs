@@ -30,7 +30,9 @@
 //! ```
 //!
 //! The crate carries its own copy of the contract (`wit/`), so it builds
-//! wherever it is copied.
+//! wherever it is copied. With feature `testing`, on a native target, every
+//! host interface is answered in-process by a `testing::TestHost`, so
+//! `cargo test` exercises a connector's mapping and its delta runs.
 
 #![deny(missing_docs)]
 
