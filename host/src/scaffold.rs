@@ -400,6 +400,14 @@ mod tests {
         let e = new_connector(&missing).unwrap_err();
         assert!(e.contains("--sdk-path /nonexistent"), "{e}");
         assert!(!dir.path().join("other").exists(), "nothing was written");
+        let elsewhere = NewConnector {
+            sdk: SdkSource::Path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/sdk")),
+            ..new("elsewhere", dir.path(), Lang::Rust, Cursor::Timestamp)
+        };
+        let root = new_connector(&elsewhere).unwrap();
+        let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        assert!(cargo.contains("guests/sdk\", features = [\"testing\"] }"), "{cargo}");
+        assert!(!root.join("sdk").exists(), "the SDK named is used, not a copy");
         let git = NewConnector {
             sdk: SdkSource::Git {
                 url: dir.path().join("no-repo").display().to_string(),
