@@ -104,7 +104,7 @@ impl Answers {
 fn fixture(dir: &Path, url: &Url) -> Answer {
     let segments: Vec<String> = url
         .path_segments()
-        .map(|s| s.filter(|p| !p.is_empty()).map(|p| percent_decode(p)).collect())
+        .map(|s| s.filter(|p| !p.is_empty()).map(percent_decode).collect())
         .unwrap_or_default();
     if segments.is_empty() || segments.iter().any(|s| s == "." || s == ".." || s.contains('/')) {
         return Answer::not_found(format!(
