@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Part of `make check-authors`: builds the Python and JavaScript examples and
-# runs each on the host against the mock API; arguments: HOST URL WORK TOOLS.
+# runs each on the host against the mock API; arguments: HOST URL WORK TOOLS
+# [WIT] (the contract to build against: what `nuntiq-host wit --out` wrote;
+# default the repository's wit/).
 set -euo pipefail
 host=$1 url=$2
 work=$(cd "$3" && pwd) tools=$(mkdir -p "$4" && cd "$4" && pwd)
 here="$(cd "$(dirname "$0")" && pwd)"
+wit=$(cd "${5:-$here/../../wit}" && pwd)
 cat > "$work/example.json" <<JSON
 {"customer_number": "10000001", "secrets": {"acme_token": "test-bearer-token-here"},
  "config": {"connector_name": "acme_eu", "api_url": "$url/v2", "page_size": 50}, "job_params": {"lookback_days": 7}}
@@ -12,9 +15,9 @@ JSON
 for lang in python js; do
   echo "-- $lang"
   out="$tools/$lang-connector.wasm"
-  VENV="$tools/python-venv" OUT="$out" "$here/$lang/build.sh"
+  VENV="$tools/python-venv" OUT="$out" WIT="$wit" "$here/$lang/build.sh"
   "$host" inspect "$out" | grep -E "^(world|compatible)"
-  wasm-tools component targets "$here/../../wit" "$out" --world connector
+  wasm-tools component targets "$wit" "$out" --world connector
   envelope=$("$host" run-plugin "$out" "$work/example.json" --db "$work/$lang.db" --allow-host "$url")
   echo "$envelope"
   echo "$envelope" | grep -q '"success":true'
@@ -44,7 +47,7 @@ echo "0.1.0 connectors: the same store as their 0.2 builds"
 # not match against the world's 0.2.12, so inspect is the check here.
 echo "-- js fetch()"
 out="$tools/js-fetch-connector.wasm"
-OUT="$out" "$here/js/build.sh" fetch
+OUT="$out" WIT="$wit" "$here/js/build.sh" fetch
 "$host" inspect "$out" | grep -E "^(world|compatible)"
 "$host" inspect "$out" | grep -q "^compatible  yes"
 envelope=$("$host" run-plugin "$out" "$work/example.json" --db "$work/js-fetch.db" --allow-host "$url")

@@ -41,7 +41,11 @@ impl From<StoreError> for AdminError {
 
 /// Runs an admin command's reads (or, with `write`, its transaction) on a
 /// connection to `db`: a SQLite file must already exist.
-fn with_conn<T>(db: &Db, write: bool, body: impl AsyncFnOnce(&mut Conn) -> Result<T, AdminError>) -> Result<T, AdminError> {
+fn with_conn<T>(
+    db: &Db,
+    write: bool,
+    body: impl AsyncFnOnce(&mut Conn) -> Result<T, AdminError>,
+) -> Result<T, AdminError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -314,6 +318,18 @@ pub fn runs(
             dash(&r.owner_host),
             dash(&r.plugin_sha256)
         )?;
+        if let Some(m) = &r.plugin {
+            // The plugin's own words: escaped like every connector-written value.
+            let field = |v: &Option<String>| esc(v.as_deref().unwrap_or("-"));
+            writeln!(
+                out,
+                "  plugin {} {} by {}  source {}",
+                field(&m.name),
+                field(&m.version),
+                field(&m.authors),
+                field(&m.source)
+            )?;
+        }
         if let Some(e) = &r.error_summary {
             writeln!(out, "  error: {}", esc(e))?;
         }
@@ -518,7 +534,9 @@ async fn for_each_supplier(
                 let mut location = row_object(row, &LOCATION_FIELDS, 3);
                 let mut addrs = Vec::new();
                 // Addresses of locations the store has no row for are not shown (none exist).
-                while a < addresses.len() && (key(&addresses[a]), addresses[a].text(3)) < (supplier_key.clone(), code.clone()) {
+                while a < addresses.len()
+                    && (key(&addresses[a]), addresses[a].text(3)) < (supplier_key.clone(), code.clone())
+                {
                     a += 1;
                 }
                 while a < addresses.len() && key(&addresses[a]) == supplier_key && addresses[a].text(3) == code {
@@ -566,42 +584,42 @@ pub fn suppliers_export(
                 .collect();
             csv.write_record(&header)?;
             with_conn(db, false, async |conn: &mut Conn| {
-            for_each_supplier(conn, customer, |s| {
-                let cells = |obj: &Value, fields: &[&str]| -> Vec<String> {
-                    fields
-                        .iter()
-                        .map(|f| match &obj[*f] {
-                            Value::Null => String::new(),
-                            Value::String(s) => neutralise_formula(s),
-                            other => other.to_string(),
-                        })
-                        .collect()
-                };
-                let supplier_cells = cells(&s, &SUPPLIER_FIELDS);
-                let no_location = vec![String::new(); LOCATION_FIELDS.len()];
-                let no_address = vec![String::new(); ADDRESS_FIELDS.len()];
-                let locations = s["locations"].as_array().cloned().unwrap_or_default();
-                if locations.is_empty() {
-                    csv.write_record(supplier_cells.iter().chain(&no_location).chain(&no_address))?;
-                }
-                for l in &locations {
-                    let location_cells = cells(l, &LOCATION_FIELDS);
-                    let addresses = l["addresses"].as_array().cloned().unwrap_or_default();
-                    if addresses.is_empty() {
-                        csv.write_record(supplier_cells.iter().chain(&location_cells).chain(&no_address))?;
+                for_each_supplier(conn, customer, |s| {
+                    let cells = |obj: &Value, fields: &[&str]| -> Vec<String> {
+                        fields
+                            .iter()
+                            .map(|f| match &obj[*f] {
+                                Value::Null => String::new(),
+                                Value::String(s) => neutralise_formula(s),
+                                other => other.to_string(),
+                            })
+                            .collect()
+                    };
+                    let supplier_cells = cells(&s, &SUPPLIER_FIELDS);
+                    let no_location = vec![String::new(); LOCATION_FIELDS.len()];
+                    let no_address = vec![String::new(); ADDRESS_FIELDS.len()];
+                    let locations = s["locations"].as_array().cloned().unwrap_or_default();
+                    if locations.is_empty() {
+                        csv.write_record(supplier_cells.iter().chain(&no_location).chain(&no_address))?;
                     }
-                    for a in &addresses {
-                        csv.write_record(
-                            supplier_cells
-                                .iter()
-                                .chain(&location_cells)
-                                .chain(&cells(a, &ADDRESS_FIELDS)),
-                        )?;
+                    for l in &locations {
+                        let location_cells = cells(l, &LOCATION_FIELDS);
+                        let addresses = l["addresses"].as_array().cloned().unwrap_or_default();
+                        if addresses.is_empty() {
+                            csv.write_record(supplier_cells.iter().chain(&location_cells).chain(&no_address))?;
+                        }
+                        for a in &addresses {
+                            csv.write_record(
+                                supplier_cells
+                                    .iter()
+                                    .chain(&location_cells)
+                                    .chain(&cells(a, &ADDRESS_FIELDS)),
+                            )?;
+                        }
                     }
-                }
-                Ok(())
-            })
-            .await
+                    Ok(())
+                })
+                .await
             })?;
             csv.flush()?;
             Ok(())

@@ -438,3 +438,161 @@ mod tests {
         assert_eq!(outcome, CacheOutcome::Hit);
     }
 }
+
+/// One file of the cache directory, as `cache list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedEntry {
+    pub file: PathBuf,
+    /// The plugin's SHA-256, from the entry's name.
+    pub plugin_sha256: String,
+    pub size_bytes: u64,
+    pub written: std::time::SystemTime,
+    /// Written by this build of the host for this engine (others are never loaded).
+    pub current: bool,
+}
+
+/// The entries of `dir` (`<sha256>-<engine>.cwasm`, never following a symlink), oldest first.
+pub fn entries(dir: &Path, engine: &Engine) -> std::io::Result<Vec<ListedEntry>> {
+    let suffix = format!("-{:016x}.cwasm", engine_hash(engine));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".cwasm") else {
+            continue;
+        };
+        let meta = std::fs::symlink_metadata(entry.path())?;
+        if !meta.is_file() {
+            continue;
+        }
+        found.push(ListedEntry {
+            file: entry.path(),
+            plugin_sha256: stem.split('-').next().unwrap_or_default().to_owned(),
+            size_bytes: meta.len(),
+            written: meta.modified()?,
+            current: name.ends_with(&suffix),
+        });
+    }
+    found.sort_by_key(|e| e.written);
+    Ok(found)
+}
+
+/// The engine every run of this build compiles for.
+fn this_engine() -> Result<Engine, String> {
+    let settings = crate::runtime::EngineSettings::of(&crate::limits::Limits::default());
+    Engine::new(&crate::runtime::engine_config(&settings)).map_err(|e| format!("failed to create the wasm engine: {e:#}"))
+}
+
+/// `nuntiq-host cache list`.
+pub fn list(dir: &Path, out: &mut dyn Write) -> Result<(), String> {
+    let found = match entries(dir, &this_engine()?) {
+        Ok(found) => found,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("cannot read the compile cache {} ({e})", dir.display())),
+    };
+    let total: u64 = found.iter().map(|e| e.size_bytes).sum();
+    let print = |out: &mut dyn Write| -> std::io::Result<()> {
+        for e in &found {
+            let written = chrono::DateTime::<chrono::Utc>::from(e.written).format("%Y-%m-%d %H:%M UTC");
+            let whose = if e.current {
+                "this host"
+            } else {
+                "another build (never loaded; prune removes it)"
+            };
+            writeln!(
+                out,
+                "{}  {:>10}  {written}  {whose}",
+                e.plugin_sha256,
+                bytesize::ByteSize(e.size_bytes).to_string()
+            )?;
+        }
+        writeln!(
+            out,
+            "{} entries, {} in {}",
+            found.len(),
+            bytesize::ByteSize(total),
+            dir.display()
+        )
+    };
+    print(out).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(e.to_string())
+        }
+    })
+}
+
+/// `nuntiq-host cache prune [--older-than D]`: removes entries this build
+/// cannot load and those written longer than `older_than` ago (every entry
+/// without it); a run recompiles what it needs.
+pub fn prune(dir: &Path, older_than: Option<std::time::Duration>, out: &mut dyn Write) -> Result<(), String> {
+    let found = match entries(dir, &this_engine()?) {
+        Ok(found) => found,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("cannot read the compile cache {} ({e})", dir.display())),
+    };
+    let now = std::time::SystemTime::now();
+    let (mut removed, mut freed, mut kept) = (0usize, 0u64, 0usize);
+    for e in found {
+        let old = match older_than {
+            None => true,
+            Some(d) => now.duration_since(e.written).is_ok_and(|age| age > d),
+        };
+        if !e.current || old {
+            std::fs::remove_file(&e.file).map_err(|err| format!("cannot remove {} ({err})", e.file.display()))?;
+            removed += 1;
+            freed += e.size_bytes;
+        } else {
+            kept += 1;
+        }
+    }
+    writeln!(
+        out,
+        "removed {removed} entries ({}), kept {kept} in {}",
+        bytesize::ByteSize(freed),
+        dir.display()
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn prune_removes_old_and_foreign_entries_and_keeps_fresh_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = this_engine().unwrap();
+        let cache = CompileCache::new(dir.path().join("c")).with_key_file(dir.path().join("key"));
+        let wasm = wat_component();
+        cache
+            .load_or_compile(&engine, "aa11", || engine.precompile_component(&wasm))
+            .unwrap();
+        let foreign = cache.dir().join("bb22-0000000000000000.cwasm");
+        std::fs::write(&foreign, b"from another build").unwrap();
+        let listed = entries(cache.dir(), &engine).unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed.iter().any(|e| e.plugin_sha256 == "aa11" && e.current));
+        assert!(listed.iter().any(|e| e.plugin_sha256 == "bb22" && !e.current));
+        let mut out = Vec::new();
+        list(cache.dir(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("2 entries"), "{text}");
+
+        let mut out = Vec::new();
+        prune(cache.dir(), Some(std::time::Duration::from_secs(3600)), &mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("removed 1 entries"));
+        assert!(!foreign.exists(), "an entry this build never loads goes");
+        assert_eq!(entries(cache.dir(), &engine).unwrap().len(), 1, "a fresh entry stays");
+        prune(cache.dir(), None, &mut Vec::new()).unwrap();
+        assert!(entries(cache.dir(), &engine).unwrap().is_empty());
+        // A cache that was never made is empty, not an error.
+        prune(&dir.path().join("none"), None, &mut Vec::new()).unwrap();
+    }
+
+    /// The smallest component there is.
+    fn wat_component() -> Vec<u8> {
+        b"\0asm\x0d\0\x01\0".to_vec()
+    }
+}

@@ -172,7 +172,10 @@ impl JobFlags {
         set(&mut options.limits.max_log_lines, &self.max_log_lines);
         set(&mut options.limits.max_log_bytes, &self.max_log_bytes.map(|b| b as u64));
         set(&mut options.limits.max_call_bytes, &self.max_call_bytes);
-        set(&mut options.http.max_body_bytes, &self.max_response_body.map(|b| b as u64));
+        set(
+            &mut options.http.max_body_bytes,
+            &self.max_response_body.map(|b| b as u64),
+        );
         set(&mut options.http.max_requests, &self.max_requests);
         set(&mut options.suppliers.max_queued, &self.max_queued_suppliers);
         set(&mut options.suppliers.max_queued_bytes, &self.max_queued_bytes);
@@ -197,7 +200,9 @@ impl JobFlags {
 /// A duration as the flags write it: `15m`, `90s`.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
-    limits::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+    limits::parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A size as the flags write it (`64MiB`), or a number of bytes.

@@ -6,7 +6,7 @@
 use crate::cache::CompileCache;
 use crate::compile::CompileLimits;
 use crate::limits::Limits;
-use crate::plugin::{Contract, Name};
+use crate::plugin::{Contract, Metadata, Name};
 use crate::runtime::{PluginError, Runtime, check_shape, check_structure, read_plugin};
 use serde::Serialize;
 use std::io::Write;
@@ -24,6 +24,8 @@ pub struct Inspection {
     pub world: Option<String>,
     pub imports: Vec<Name>,
     pub exports: Vec<Name>,
+    /// Name, version, authors and source from its metadata sections.
+    pub metadata: Metadata,
     pub compatible: bool,
     /// Why not, when it is not.
     pub problems: Vec<String>,
@@ -50,12 +52,14 @@ pub fn inspect(plugin: &Path, cache: Option<&CompileCache>, compile: CompileLimi
         world: None,
         imports: Vec::new(),
         exports: Vec::new(),
+        metadata: Metadata::default(),
         compatible: false,
         problems: Vec::new(),
     };
     if let Ok(shape) = &shape {
         inspection.imports = shape.imports.clone();
         inspection.exports = shape.exports.clone();
+        inspection.metadata = shape.metadata.clone();
         if let Some(contract) = shape.declared_contract() {
             inspection.contract = Some(contract);
             inspection.world = Some(format!("nuntiq:connector/connector@{}", contract.version()));
@@ -88,6 +92,24 @@ pub fn print(inspection: &Inspection, out: &mut dyn Write) -> std::io::Result<()
         i.size_bytes
     )?;
     writeln!(out, "sha256      {}", i.sha256)?;
+    let m = &i.metadata;
+    for (label, value) in [
+        ("name", &m.name),
+        ("version", &m.version),
+        ("authors", &m.authors),
+        ("source", &m.source),
+        ("description", &m.description),
+    ] {
+        if let Some(value) = value {
+            writeln!(out, "{label:<12}{}", crate::admin::esc(value))?;
+        }
+    }
+    if m.is_empty() {
+        writeln!(
+            out,
+            "name        (no metadata sections: `wasm-tools metadata add` writes them)"
+        )?;
+    }
     writeln!(
         out,
         "world       {}",

@@ -53,6 +53,9 @@ pub struct JobOptions {
     pub record: Option<PathBuf>,
     /// Answer every HTTP request from this cassette, without the network.
     pub replay: Option<PathBuf>,
+    /// Under `replay`: sleep the recorded waits between retries instead of
+    /// moving the connector's clock past them.
+    pub replay_real_time: bool,
     /// Run fully against a throw-away copy of the database: nothing is written.
     pub dry_run: bool,
     /// With `--db nuntiq+…`: where the run history, rejected rows, usage and
@@ -92,6 +95,7 @@ impl JobOptions {
             fixtures: None,
             record: None,
             replay: None,
+            replay_real_time: false,
             dry_run: false,
             ledger: Db::Sqlite(PathBuf::from("nuntiq.db")),
             api_token: ApiTokenSource::default(),
@@ -410,11 +414,7 @@ pub async fn run_job(
     redact_panics(&settings);
     if let Some(limit) = stop.exceeded() {
         let message = format!("{limit} before the connector started; nothing was run");
-        make_log(options.log_format, options.log_level, Redactor::default()).error(
-            &message,
-            Some("start"),
-            None,
-        );
+        make_log(options.log_format, options.log_level, Redactor::default()).error(&message, Some("start"), None);
         return Report::failure(limit.kind(), message, 1);
     }
     let log = Arc::new(
@@ -468,8 +468,13 @@ pub async fn run_job(
         identity: RunIdentity {
             updated_by: format!("nuntiq-host:{plugin_name}"),
             plugin_sha256: plugin.sha256.clone(),
+            plugin_metadata: (!plugin.metadata.is_empty())
+                .then(|| serde_json::to_string(&plugin.metadata).unwrap_or_default()),
             lease: options.lease,
-            job_id: options.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            job_id: options
+                .job_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         },
         stop: stop.clone(),
         offline,
@@ -588,12 +593,13 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         Some(value) => Settings::parse(&options.settings, value.clone(), &options.params)?,
         None => Settings::load(&options.settings, &options.params)?,
     });
-    let policy = Arc::new(NetworkPolicy::new(
-        &settings.api_url,
-        allowed,
-        options.allow_private_networks,
-    ));
-    if settings.api_url.scheme() != "file" {
+    // A replay never reaches the network, so it needs no network flags.
+    let policy = Arc::new(if options.replay.is_some() {
+        NetworkPolicy::replaying()
+    } else {
+        NetworkPolicy::new(&settings.api_url, allowed, options.allow_private_networks)
+    });
+    if settings.api_url.scheme() != "file" && options.replay.is_none() {
         policy
             .check_url(&settings.api_url)
             .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
@@ -668,7 +674,7 @@ fn offline_sources(options: &JobOptions, settings: &Settings) -> Result<Offline,
         replay: options
             .replay
             .as_deref()
-            .map(Replay::load)
+            .map(|path| Replay::load(path, options.replay_real_time))
             .transpose()
             .map_err(InputError::Arguments)?
             .map(|replay| Arc::new(std::sync::Mutex::new(replay))),

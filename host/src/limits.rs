@@ -387,9 +387,16 @@ impl RequestBudget {
     /// Takes one request, or says why there is none left.
     pub fn take(&self) -> Result<(), String> {
         self.used
-            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |n| (n < self.max).then_some(n + 1))
+            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
             .map(drop)
-            .map_err(|_| format!("the job's budget of {} HTTP requests is spent (--max-requests)", self.max))
+            .map_err(|_| {
+                format!(
+                    "the job's budget of {} HTTP requests is spent (--max-requests)",
+                    self.max
+                )
+            })
     }
 
     pub fn used(&self) -> u64 {

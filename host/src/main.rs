@@ -3,12 +3,13 @@
 
 use clap::{Parser, Subcommand};
 use nuntiq_host::admin::{self, AdminError, ExportFormat};
-use nuntiq_host::flags::JobFlags;
 use nuntiq_host::cache::CompileCache;
 use nuntiq_host::compile::{CompileLimits, parse_compile_memory};
+use nuntiq_host::flags::JobFlags;
 use nuntiq_host::job::{JobOptions, envelope_line, run_plugin};
 use nuntiq_host::limits;
 use nuntiq_host::log::{Level, LogFormat};
+use nuntiq_host::scaffold::{Cursor, Lang};
 use nuntiq_host::store::cursor::DEFAULT_MAX_CURSOR_SKEW;
 use nuntiq_host::store::{CursorType, Db, Reset, StreamFilter};
 use std::io::Write;
@@ -21,8 +22,18 @@ use std::time::Duration;
 /// Exit codes: 0 success; 1 the connector failed (its error, a trap, a retry
 /// budget exhausted, a delta run left open); 2 bad input (settings.json,
 /// plugin file, --db, flags, or a config.api_url the network policy refuses).
+/// `--version`: the host and every contract version it runs.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (runs connectors of nuntiq:connector {}; new ones build against {})",
+        env!("CARGO_PKG_VERSION"),
+        nuntiq_host::plugin::Contract::all_runnable().join(", "),
+        nuntiq_host::plugin::Contract::CURRENT.version()
+    )
+});
+
 #[derive(Parser)]
-#[command(name = "nuntiq-host", version, max_term_width = 100)]
+#[command(name = "nuntiq-host", version = VERSION.as_str(), max_term_width = 100)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,24 +77,42 @@ enum Command {
         #[command(flatten)]
         compile_limits: CompileLimitArgs,
     },
-    /// Start a connector: a crate that builds with `cargo build --release` and
-    /// `cargo component build --release`, with settings and fixtures to run at once.
+    /// Start a connector: a project that builds and tests with only this
+    /// binary and its language's toolchain (the SDK and the contract are
+    /// written into it), with settings and fixtures to run at once.
     New {
-        /// The crate's name (lowercase letters, digits, - and _).
+        /// The project's name (lowercase letters, digits, - and _).
         name: String,
-        /// Where to create it (the crate is DIR/NAME).
+        /// Where to create it (the project is DIR/NAME).
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
-        /// The guest SDK as a path dependency [default: the SDK of the checkout
-        /// this nuntiq-host was built from].
+        /// The connector's language.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// The kind of cursor it keeps: updated-at timestamps, ascending ids, or a change feed's token.
+        #[arg(long, value_enum, default_value_t = Cursor::Timestamp)]
+        cursor: Cursor,
+        /// Rust: the guest SDK from this directory instead of the copy written into the crate.
         #[arg(long, value_name = "PATH", conflicts_with = "sdk_git")]
         sdk_path: Option<PathBuf>,
-        /// The guest SDK as a git dependency: the repository holding guests/sdk.
+        /// Rust: the guest SDK from a git repository holding guests/sdk.
         #[arg(long, value_name = "URL")]
         sdk_git: Option<String>,
         /// With --sdk-git: a tag, branch or commit.
         #[arg(long, value_name = "REV", requires = "sdk_git")]
         sdk_rev: Option<String>,
+    },
+    /// The contract this host runs (WIT): with --out DIR, writes DIR/connector.wit
+    /// and its WASI deps, what componentize-py (-d DIR), jco (--wit DIR) and
+    /// wit-bindgen read; without, prints connector.wit.
+    Wit {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// The compiled-component cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
     /// Compile a plugin into the compile cache ahead of time (under the
     /// compile limits; exit 2 when it is refused).
@@ -195,6 +224,27 @@ enum StateCommand {
         limit: usize,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Each entry: the plugin's SHA-256, its size, when it was written, and
+    /// whether this build of the host can load it.
+    List {
+        /// [default: ~/.cache/nuntiq-host]
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Removes entries this build cannot load and, with --older-than, those
+    /// written longer ago than that (without it: every entry).
+    Prune {
+        /// e.g. 7d, 12h
+        #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
+        older_than: Option<Duration>,
+        /// [default: ~/.cache/nuntiq-host]
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -432,10 +482,14 @@ struct RunPluginArgs {
     /// Write every HTTP exchange of the run to a cassette FILE (secrets redacted).
     #[arg(long, value_name = "FILE", conflicts_with = "replay")]
     record: Option<PathBuf>,
-    /// Answer every HTTP request from a cassette FILE, without the network; the
-    /// connector's clock starts at the recorded time.
+    /// Answer every HTTP request from a cassette FILE, without the network
+    /// (no --allow-host needed); the connector's clock starts at the recorded
+    /// time, and recorded waits between retries move it on instead of being slept.
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
+    /// With --replay: sleep the recorded waits between retries, as the recorded run did.
+    #[arg(long, requires = "replay")]
+    replay_real_time: bool,
     /// Run fully against a throw-away copy of --db: nothing is written; the
     /// envelope says what would have been (counts and would_commit).
     #[arg(long)]
@@ -455,6 +509,7 @@ impl RunPluginArgs {
             fixtures: self.fixtures,
             record: self.record,
             replay: self.replay,
+            replay_real_time: self.replay_real_time,
             dry_run: self.dry_run,
             ledger: self.ledger,
             cache_dir: self.compile_cache.dir(),
@@ -576,34 +631,87 @@ fn main() -> ExitCode {
         Command::New {
             name,
             dir,
+            lang,
+            cursor,
             sdk_path,
             sdk_git,
             sdk_rev,
         } => {
-            use nuntiq_host::scaffold::{SdkSource, new_connector};
+            use nuntiq_host::scaffold::{NewConnector, SdkSource, new_connector};
             let sdk = match (sdk_path, sdk_git) {
-                (Some(path), _) => Some(SdkSource::Path(std::path::absolute(&path).unwrap_or(path))),
-                (None, Some(url)) => Some(SdkSource::Git { url, rev: sdk_rev }),
-                (None, None) => SdkSource::from_build(),
+                (Some(path), _) => SdkSource::Path(std::path::absolute(&path).unwrap_or(path)),
+                (None, Some(url)) => SdkSource::Git { url, rev: sdk_rev },
+                (None, None) => SdkSource::Embedded,
             };
-            let Some(sdk) = sdk else {
-                eprintln!(
-                    "nuntiq-host: this nuntiq-host was not built from a checkout that is still here, so the guest \
-                     SDK's place is unknown; pass --sdk-path DIR (a checkout's guests/sdk) or --sdk-git URL"
-                );
-                return ExitCode::from(2);
-            };
-            return match new_connector(&name, &dir, &sdk) {
+            return match new_connector(&NewConnector {
+                name: name.clone(),
+                dir,
+                lang,
+                cursor,
+                sdk,
+            }) {
                 Ok(root) => {
+                    let shown = root.display();
+                    let steps = match lang {
+                        Lang::Rust => format!(
+                            "cargo test\n  cargo wasm      # = cargo build --release --target wasm32-wasip2\n  \
+                             nuntiq-host run-plugin target/wasm32-wasip2/release/{}.wasm settings.example.json \
+                             --fixtures fixtures --db dev.db",
+                            name.replace('-', "_")
+                        ),
+                        Lang::Python => "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt\n  \
+                             .venv/bin/python -m pytest\n  .venv/bin/python build.py\n  \
+                             nuntiq-host run-plugin connector.wasm settings.example.json --fixtures fixtures --db dev.db"
+                            .to_owned(),
+                        Lang::Js => "npm install\n  npm test\n  npm run build\n  \
+                             nuntiq-host run-plugin connector.wasm settings.example.json --fixtures fixtures --db dev.db"
+                            .to_owned(),
+                    };
+                    println!("Created {shown}. Next:\n  cd {shown}\n  {steps}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("nuntiq-host: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Wit { out: None } => {
+            print!("{}", nuntiq_host::scaffold::connector_wit());
+            return ExitCode::SUCCESS;
+        }
+        Command::Wit { out: Some(out) } => {
+            return match nuntiq_host::scaffold::write_wit(&out) {
+                Ok(files) => {
                     println!(
-                        "Created {}. Next:\n  cd {}\n  cargo build --release\n  cp settings.example.json settings.json\n  \
-                         nuntiq-host run-plugin target/wasm32-wasip2/release/{}.wasm settings.json --fixtures fixtures --db dev.db",
-                        root.display(),
-                        root.display(),
-                        name.replace('-', "_")
+                        "Wrote {} files of nuntiq:connector@{} to {} (connector.wit and deps/)",
+                        files.len(),
+                        nuntiq_host::plugin::Contract::CURRENT.version(),
+                        out.display()
                     );
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("nuntiq-host: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Cache { command } => {
+            let (cache_dir, older_than) = match command {
+                CacheCommand::List { cache_dir } => (cache_dir, None),
+                CacheCommand::Prune { older_than, cache_dir } => (cache_dir, Some(older_than)),
+            };
+            let Some(dir) = cache_dir.or_else(CompileCache::default_dir) else {
+                eprintln!("nuntiq-host: no cache directory is known here; pass --cache-dir");
+                return ExitCode::from(2);
+            };
+            let done = match older_than {
+                None => nuntiq_host::cache::list(&dir, &mut stdout),
+                Some(older_than) => nuntiq_host::cache::prune(&dir, older_than, &mut stdout),
+            };
+            return match done {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("nuntiq-host: {e}");
                     ExitCode::from(2)

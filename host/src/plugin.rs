@@ -16,11 +16,32 @@ pub enum Contract {
 }
 
 impl Contract {
+    /// Every contract this host links, oldest first: the one list the host's
+    /// imports, `--version` and messages are made from.
+    pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
+
+    /// What `nuntiq-host new` builds against and the SDK carries.
+    pub const CURRENT: Contract = Contract::V0_2;
+
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_1 => "0.1.0",
             Contract::V0_2 => "0.2.1",
         }
+    }
+
+    /// The released versions a connector may have been built against and run
+    /// on this contract's bindings (earlier patch versions link by semver).
+    pub fn runs(self) -> &'static [&'static str] {
+        match self {
+            Contract::V0_1 => &["0.1.0"],
+            Contract::V0_2 => &["0.2.0", "0.2.1"],
+        }
+    }
+
+    /// Every contract version this host runs: `0.1.0, 0.2.0, 0.2.1`.
+    pub fn all_runnable() -> Vec<&'static str> {
+        Self::ALL.iter().flat_map(|c| c.runs().iter().copied()).collect()
     }
 }
 
@@ -74,7 +95,7 @@ const WASI_HTTP_INTERFACES: [&str; 2] = ["wasi:http/types", "wasi:http/outgoing-
 /// Every interface this host links, as `name@version`.
 pub fn offered() -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for contract in [Contract::V0_1, Contract::V0_2] {
+    for contract in Contract::ALL {
         for iface in NUNTIQ_INTERFACES {
             names.push(format!("nuntiq:connector/{iface}@{}", contract.version()));
         }
@@ -115,11 +136,82 @@ impl Name {
     }
 }
 
+/// What a component says about itself in its metadata sections (as
+/// `wasm-tools metadata add` writes them: `component-name`, `version`,
+/// `authors`, `source`, `description`). The component's own sections win;
+/// a Rust connector's come from its core module, where the SDK writes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Metadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authors: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Longest metadata value kept, in bytes (it is shown and stored).
+const MAX_METADATA_VALUE: usize = 512;
+
+impl Metadata {
+    pub fn is_empty(&self) -> bool {
+        *self == Metadata::default()
+    }
+
+    /// Takes a metadata section's value, unless one nearer the top was found.
+    fn take(&mut self, section: &str, data: &[u8]) {
+        let slot = match section {
+            "component-name" => &mut self.name,
+            "version" => &mut self.version,
+            "authors" => &mut self.authors,
+            "source" => &mut self.source,
+            "description" => &mut self.description,
+            _ => return,
+        };
+        if slot.is_some() {
+            return;
+        }
+        let text = if section == "component-name" {
+            component_name(data)
+        } else {
+            std::str::from_utf8(data).ok().map(str::to_owned)
+        };
+        // A connector's text is hostile to the views that show it: no control characters, bounded.
+        *slot = text
+            .map(|t| t.chars().filter(|c| !c.is_control()).collect::<String>())
+            .map(|t| t.trim().chars().take(MAX_METADATA_VALUE).collect::<String>())
+            .filter(|t| !t.is_empty());
+    }
+}
+
+/// The name in a `component-name` section: subsection 0 holds it.
+fn component_name(data: &[u8]) -> Option<String> {
+    let mut reader = wasmparser::BinaryReader::new(data, 0);
+    while !reader.eof() {
+        let id = reader.read_u8().ok()?;
+        let size = reader.read_var_u32().ok()? as usize;
+        let body = reader.read_bytes(size).ok()?;
+        if id == 0 {
+            return wasmparser::BinaryReader::new(body, 0)
+                .read_string()
+                .ok()
+                .map(str::to_owned);
+        }
+    }
+    None
+}
+
 /// What [`scan`] found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Shape {
     pub imports: Vec<Name>,
     pub exports: Vec<Name>,
+    /// Name, version, authors, source from its metadata sections.
+    pub metadata: Metadata,
     /// The first component-model async construct found, if any.
     #[serde(skip)]
     pub uses_async: Option<String>,
@@ -178,8 +270,11 @@ pub fn scan(bytes: &[u8]) -> Result<Shape, String> {
     let mut shape = Shape {
         imports: Vec::new(),
         exports: Vec::new(),
+        metadata: Metadata::default(),
         uses_async: None,
     };
+    // Metadata nested in a module counts only where the component has none of its own.
+    let mut nested = Metadata::default();
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| e.to_string())? {
@@ -199,6 +294,8 @@ pub fn scan(bytes: &[u8]) -> Result<Shape, String> {
                         .push(Name::parse(export.map_err(|e| e.to_string())?.name.name));
                 }
             }
+            Payload::CustomSection(section) if depth == 0 => shape.metadata.take(section.name(), section.data()),
+            Payload::CustomSection(section) => nested.take(section.name(), section.data()),
             Payload::ComponentCanonicalSection(section) if shape.uses_async.is_none() => {
                 for function in section {
                     if let Some(what) = async_construct(&function.map_err(|e| e.to_string())?) {
@@ -210,6 +307,12 @@ pub fn scan(bytes: &[u8]) -> Result<Shape, String> {
             _ => {}
         }
     }
+    let own = &mut shape.metadata;
+    own.name = own.name.take().or(nested.name);
+    own.version = own.version.take().or(nested.version);
+    own.authors = own.authors.take().or(nested.authors);
+    own.source = own.source.take().or(nested.source);
+    own.description = own.description.take().or(nested.description);
     Ok(shape)
 }
 
@@ -341,6 +444,7 @@ mod tests {
         Shape {
             imports: imports.iter().map(|n| Name::parse(n)).collect(),
             exports: exports.iter().map(|n| Name::parse(n)).collect(),
+            metadata: Metadata::default(),
             uses_async: None,
         }
     }
@@ -377,6 +481,47 @@ mod tests {
             &["run"],
         );
         assert_eq!(mixed.contract(), Err(Mismatch::MixedContracts));
+    }
+
+    /// A custom section, as wasm-tools and the templates write one.
+    fn custom(name: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = vec![name.len() as u8];
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(payload);
+        let mut out = vec![0, body.len() as u8];
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn metadata_comes_from_the_component_before_its_modules_and_is_cleaned() {
+        // A component holding one core module with its own sections, then the component's.
+        let mut module = b"\0asm\x01\0\0\0".to_vec();
+        module.extend(custom("version", b"0.0.1-module"));
+        module.extend(custom("authors", b"Module Author"));
+        let mut wasm = b"\0asm\x0d\0\x01\0".to_vec();
+        wasm.push(1); // a core module section
+        wasm.push(module.len() as u8);
+        wasm.extend(&module);
+        let mut name = vec![0u8, 6, 5];
+        name.extend_from_slice(b"hello");
+        wasm.extend(custom("component-name", &name));
+        wasm.extend(custom("version", b"1.2.3"));
+        wasm.extend(custom("source", b"https://git.example.com/hello\x1b[31m"));
+        let found = scan(&wasm).unwrap().metadata;
+        assert_eq!(found.name.as_deref(), Some("hello"));
+        assert_eq!(found.version.as_deref(), Some("1.2.3"), "the component's own wins");
+        assert_eq!(
+            found.authors.as_deref(),
+            Some("Module Author"),
+            "a module's fills the gaps"
+        );
+        assert_eq!(
+            found.source.as_deref(),
+            Some("https://git.example.com/hello[31m"),
+            "no control characters"
+        );
+        assert!(scan(b"\0asm\x0d\0\x01\0").unwrap().metadata.is_empty());
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct NetworkPolicy {
     api_origin: Option<(Host<String>, u16)>,
     operator: Vec<AllowedHost>,
     allow_private_networks: bool,
+    /// A replay: every http(s) URL is answered from the cassette, and no
+    /// address is ever connected to.
+    replaying: bool,
 }
 
 /// A refused request: the message names the host and says what would allow it.
@@ -110,6 +113,18 @@ impl NetworkPolicy {
                 .map(|h| (h.to_owned(), api_url.port_or_known_default().unwrap_or(443))),
             operator,
             allow_private_networks,
+            replaying: false,
+        }
+    }
+
+    /// The policy of a `--replay`: nothing leaves the host, so no URL needs
+    /// the operator's flags, and the resolver refuses every address.
+    pub fn replaying() -> Self {
+        Self {
+            api_origin: None,
+            operator: Vec::new(),
+            allow_private_networks: false,
+            replaying: true,
         }
     }
 
@@ -125,6 +140,11 @@ impl NetworkPolicy {
         let Some(host) = url.host().map(|h| h.to_owned()) else {
             return Err(Denied(format!("{}: the URL has no host", redact_url(url))));
         };
+        if self.replaying {
+            return Ok(Allowed {
+                operator_allowed: false,
+            });
+        }
         let port = url.port_or_known_default().unwrap_or(443);
         let shown = display_host(&host, port);
         let operator_allowed = self.operator.iter().any(|a| a.matches(scheme, &host, port));
@@ -161,17 +181,18 @@ impl NetworkPolicy {
     /// Whether a resolved address may be connected to for a host that was not
     /// named by the operator.
     pub fn address_allowed(&self, ip: IpAddr) -> bool {
-        self.allow_private_networks || !ip_is_private(ip)
+        !self.replaying && (self.allow_private_networks || !ip_is_private(ip))
     }
 
     /// Whether `name` was named by the operator (any port), so its resolved
     /// addresses are trusted as they come.
     pub fn name_trusted(&self, name: &str) -> bool {
-        self.allow_private_networks
-            || self
-                .operator
-                .iter()
-                .any(|a| matches!(&a.host, Host::Domain(d) if d.eq_ignore_ascii_case(name)))
+        !self.replaying
+            && (self.allow_private_networks
+                || self
+                    .operator
+                    .iter()
+                    .any(|a| matches!(&a.host, Host::Domain(d) if d.eq_ignore_ascii_case(name))))
     }
 }
 

@@ -12,6 +12,7 @@ use crate::caps::logger::{GuestOutput, LoggerCap};
 use crate::caps::supplier::{SupplierCap, SupplierConfig};
 use crate::compile::{CompileError, CompileLimits, Compiler, MAX_PLUGIN_BYTES, Structure, StructureError};
 use crate::limits::{GuestLimiter, LimitExceeded, Limits, MAX_RESULT_BYTES, Overloaded, Stop};
+use crate::caps::wasi_http::{self, OutgoingHooks};
 use crate::log::LogSink;
 use crate::meter::{Breakdown, Meter, Usage};
 use crate::plugin::{Contract, Shape};
@@ -20,15 +21,14 @@ use crate::settings::Settings;
 use crate::store::{FailOutcome, SaveCounts, Store as StateStore, StreamKey};
 use serde_json::{Map, Value};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
 use wasmtime::component::{Component, HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-use crate::caps::wasi_http::{self, OutgoingHooks};
 
 /// Everything one job's store holds: a state per capability, the resource
 /// table, and an empty WASI context (no files, no env, no sockets).
@@ -268,6 +268,7 @@ impl Runtime {
             pre,
             contract,
             sha256,
+            metadata: shape.metadata,
             cached,
             load_time,
         })
@@ -377,6 +378,8 @@ pub struct Plugin {
     pub contract: Contract,
     /// SHA-256 of the file, recorded in run history.
     pub sha256: String,
+    /// Its name, version, authors and source, recorded in run history.
+    pub metadata: crate::plugin::Metadata,
     /// Whether it came from the compile cache.
     pub cached: CacheOutcome,
     /// Compiling or loading it took this long.
@@ -527,11 +530,11 @@ impl Runtime {
         // queries match; the cassette is host memory the run holds.
         let mut held = Vec::new();
         if let Some(replay) = &job.offline.replay {
-            let (recorded_at, bytes) = {
+            let (clock, bytes) = {
                 let replay = replay.lock().unwrap_or_else(|p| p.into_inner());
-                (replay.recorded_at, replay.bytes)
+                (replay.clock(), replay.bytes)
             };
-            wasi.wall_clock(crate::caps::offline::ReplayClock::starting_at(recorded_at));
+            wasi.monotonic_clock(clock.monotonic()).wall_clock(clock);
             // Over budget, the run is stopped before the connector starts.
             held.extend(ctx.budget.hold(crate::budget::Resource::HostMemory, bytes, "the replayed cassette").ok());
         }

@@ -349,10 +349,18 @@ mod tests {
         let e = parse(v.clone()).unwrap_err().to_string();
         assert!(e.contains("config.connector_name: must be at most 200 bytes"), "{e}");
         // Names that look like another connector's: invisible and bidi characters.
-        for lookalike in ["acme_eu\u{200b}", "acme\u{ad}_eu", "\u{202e}ue_emca", "acme_eu\u{e0041}"] {
+        for lookalike in [
+            "acme_eu\u{200b}",
+            "acme\u{ad}_eu",
+            "\u{202e}ue_emca",
+            "acme_eu\u{e0041}",
+        ] {
             v["config"]["connector_name"] = json!(lookalike);
             let e = parse(v.clone()).unwrap_err().to_string();
-            assert!(e.contains("without control, bidi or invisible characters"), "{lookalike:?}: {e}");
+            assert!(
+                e.contains("without control, bidi or invisible characters"),
+                "{lookalike:?}: {e}"
+            );
         }
         v["config"]["connector_name"] = json!(7);
         let e = parse(v).unwrap_err().to_string();

@@ -59,7 +59,10 @@ fn the_sdk_carries_the_same_contract() {
                 if path.is_dir() {
                     // The frozen versions (v0.1.0/, v0.2.0/) are the host's, not the SDK's.
                     let frozen = path.parent() == Some(dir)
-                        && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("v0."));
+                        && path
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("v0."));
                     if !frozen {
                         stack.push(path);
                     }

@@ -55,13 +55,23 @@ fn first_run_stores_everything_and_second_run_fetches_nothing() {
     );
     // What the run used: counted by the host, whatever the connector says.
     let mut envelope = first.envelope.clone();
-    let usage = envelope.as_object_mut().unwrap().remove("usage").expect("usage in the envelope");
+    let usage = envelope
+        .as_object_mut()
+        .unwrap()
+        .remove("usage")
+        .expect("usage in the envelope");
     assert_eq!(usage["http_requests"], mock.requests().len() as u64, "{usage}");
     assert_eq!(usage["http_retries"], 0, "{usage}");
     assert_eq!(usage["records_written"], expected.len() as u64, "{usage}");
-    assert!(usage["http_bytes_in"].as_u64().unwrap() > 100 * expected.len() as u64, "{usage}");
+    assert!(
+        usage["http_bytes_in"].as_u64().unwrap() > 100 * expected.len() as u64,
+        "{usage}"
+    );
     assert!(usage["peak_memory_bytes"].as_u64().unwrap() >= 64 * 1024, "{usage}");
-    assert!(usage["wall_ms"].as_u64().unwrap() >= usage["cpu_ms"].as_u64().unwrap() / 2, "{usage}");
+    assert!(
+        usage["wall_ms"].as_u64().unwrap() >= usage["cpu_ms"].as_u64().unwrap() / 2,
+        "{usage}"
+    );
     assert_eq!(
         envelope,
         json!({"connector_name": "acme_eu", "fetched": expected.len(), "cursor_committed": cursor,

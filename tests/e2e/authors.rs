@@ -238,7 +238,10 @@ fn a_dry_run_writes_nothing_and_says_what_it_would_have() {
             .unwrap(),
     );
     assert_eq!(dry.code, 0, "{}", dry.stderr);
-    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "the dry run left {left:?} in its temporary directory");
     assert_eq!(
         (&dry.envelope["inserted"], &dry.envelope["updated"]),
@@ -311,15 +314,42 @@ fn a_new_connector_builds_outside_the_repository_and_runs_at_once() {
         "Cargo.toml",
         ".cargo/config.toml",
         "src/lib.rs",
+        "src/tests.rs",
+        "sdk/Cargo.toml",
+        "sdk/wit/connector.wit",
         "settings.example.json",
         "README.md",
     ] {
         assert!(root.join(file).is_file(), "{file}");
     }
-    // A plain `cargo build --release`, as an author would type it, outside the workspace.
+    let cargo = || std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Nothing in the crate names this checkout: it builds from the binary's copy of the SDK.
+    for (path, text) in files_of(&root) {
+        assert!(
+            !text.contains(workspace_root().to_str().unwrap()),
+            "{} names the checkout",
+            path.display()
+        );
+    }
+    // `cargo test`, natively, against the SDK's in-process host: the crate's own tests pass.
     let target = workspace_root().join("target/scaffold");
-    let built = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release"])
+    let tested = cargo()
+        .args(["test"])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    let report = String::from_utf8_lossy(&tested.stdout);
+    assert!(
+        tested.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(report.contains("test result: ok. 3 passed"), "{report}");
+    // `cargo wasm`, the crate's alias for the component build, as an author would type it.
+    let built = cargo()
+        .args(["wasm"])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
@@ -359,12 +389,23 @@ fn a_new_connector_builds_outside_the_repository_and_runs_at_once() {
     copy_dir(&workspace_root().join("guests/sdk"), &repo.join("guests/sdk"));
     let git = |args: &[&str]| {
         let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(&repo)
             .output()
             .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     git(&["init", "-q"]);
@@ -376,9 +417,12 @@ fn a_new_connector_builds_outside_the_repository_and_runs_at_once() {
     let (code, _, err) = host_output(&["new", "hello-git", "--dir", dir, "--sdk-git", &url, "--sdk-rev", &rev]);
     assert_eq!(code, 0, "{err}");
     let manifest = std::fs::read_to_string(work.path("hello-git/Cargo.toml")).unwrap();
-    assert!(manifest.contains(&format!("git = \"{url}\"")) && manifest.contains(&rev), "{manifest}");
-    let built = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release"])
+    assert!(
+        manifest.contains(&format!("git = \"{url}\"")) && manifest.contains(&rev),
+        "{manifest}"
+    );
+    let built = cargo()
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
         .current_dir(work.path("hello-git"))
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
@@ -388,6 +432,79 @@ fn a_new_connector_builds_outside_the_repository_and_runs_at_once() {
     let wasm = target.join("wasm32-wasip2/release/hello_git.wasm");
     let (code, text, _) = host_output(&["inspect", wasm.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
+}
+
+/// Every file under `root` (the SDK's sources included) as text.
+fn files_of(root: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((
+                    path.clone(),
+                    String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_replay_needs_no_network_flags_and_skips_its_recorded_waits() {
+    // The shipped cassette, with three 503s (Retry-After: 20) recorded before the first page.
+    let mut cassette: Value =
+        serde_json::from_slice(&std::fs::read(workspace_root().join("tests/cassettes/acme.json")).unwrap()).unwrap();
+    let interactions = cassette["interactions"].as_array_mut().unwrap();
+    let first = interactions[0].clone();
+    for _ in 0..3 {
+        let mut busy = first.clone();
+        busy["response"] = json!({"status": 503, "headers": [["retry-after", "20"]], "body": "busy"});
+        interactions.insert(0, busy);
+    }
+    let work = Workdir::new();
+    let path = work.path("retried.json");
+    std::fs::write(&path, serde_json::to_vec(&cassette).unwrap()).unwrap();
+    // A loopback api_url, which the policy refuses without --allow-host; nothing listens there either.
+    let mut settings = acme_settings("http://127.0.0.1:9/v2", "acme_eu");
+    settings["config"]["page_size"] = json!(100);
+    let settings = work.write_settings("settings.json", &settings);
+    let replay = run(
+        &guest("acme"),
+        &settings,
+        &work.db(),
+        &["--replay", path.to_str().unwrap()],
+    );
+    assert_eq!(replay.code, 0, "{}\n{}", replay.envelope, replay.stderr);
+    assert_eq!(replay.envelope["usage"]["http_retries"], 3, "{}", replay.envelope);
+    assert!(replay.stderr.contains("retry 3 of 4 in 20.0 s"), "{}", replay.stderr);
+    // Slept, the three recorded waits alone would take 60 s: the run took less than that.
+    let wall_ms = replay.envelope["usage"]["wall_ms"].as_u64().unwrap();
+    assert!(wall_ms < 60_000, "the replay waited: {wall_ms} ms");
+    eprintln!("replay with three recorded retries (60 s of waits): {wall_ms} ms");
+}
+
+#[test]
+fn the_contract_is_written_out_for_other_toolchains() {
+    let work = Workdir::new();
+    let out = work.path("wit");
+    let (code, text, err) = host_output(&["wit", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("nuntiq:connector@0.2.1"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("connector.wit")).unwrap(),
+        std::fs::read_to_string(workspace_root().join("wit/connector.wit")).unwrap()
+    );
+    for dep in ["deps/cli-0.2.9", "deps/http-0.2.12", "deps/io"] {
+        assert!(out.join(dep).is_dir(), "{dep}");
+    }
+    let (code, version, _) = host_output(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(version.contains("0.1.0, 0.2.0, 0.2.1"), "{version}");
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -173,15 +173,13 @@ fn background_requests_are_bounded_per_run_and_freed_when_dropped() {
     );
     assert_eq!(run.code, 1, "{}", run.envelope);
     let message = run.error_message();
-    let mut statuses: Vec<&str> = message
-        .split(['[', ']'])
-        .nth(1)
-        .unwrap_or("")
-        .split(", ")
-        .collect();
+    let mut statuses: Vec<&str> = message.split(['[', ']']).nth(1).unwrap_or("").split(", ").collect();
     statuses.sort();
     assert_eq!(statuses, ["0", "0", "200", "200"], "{message}");
-    assert!(message.contains(&format!("over the host's limit of {limit} bytes")), "{message}");
+    assert!(
+        message.contains(&format!("over the host's limit of {limit} bytes")),
+        "{message}"
+    );
     // When the connector fails right after the refusal, the envelope names it in the host's words.
     if run.error_kind() == "body_too_large" {
         assert!(

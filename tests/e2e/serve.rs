@@ -179,7 +179,13 @@ fn two_hosts_on_one_postgres_run_every_slot_of_twenty_jobs_once() {
     let schema = PgSchema::new();
     let mut jobs = Jobs::new();
     for i in 0..20 {
-        jobs.add(&mock, &format!("acme_{i:02}"), "acme", &format!("C{i:02}"), "every = \"2s\"");
+        jobs.add(
+            &mock,
+            &format!("acme_{i:02}"),
+            "acme",
+            &format!("C{i:02}"),
+            "every = \"2s\"",
+        );
     }
     let file = jobs.write();
     // Ten runs at once each: neither host can take every slot by itself.
@@ -203,7 +209,11 @@ fn two_hosts_on_one_postgres_run_every_slot_of_twenty_jobs_once() {
     for (job, times) in &by_job {
         assert!(times.len() >= 3, "{job} ran {} slots in 9 s", times.len());
         for pair in times.windows(2) {
-            assert_eq!(pair[1] - pair[0], Days::seconds(2), "{job}: no slot skipped or doubled: {times:?}");
+            assert_eq!(
+                pair[1] - pair[0],
+                Days::seconds(2),
+                "{job}: no slot skipped or doubled: {times:?}"
+            );
         }
     }
     // One run per slot, and every run came from a slot.
@@ -220,17 +230,27 @@ fn two_hosts_on_one_postgres_run_every_slot_of_twenty_jobs_once() {
     for row in &slots {
         *by_host.entry(row[4].clone()).or_default() += 1;
     }
-    assert_eq!(by_host.len(), 2, "both hosts ran slots: {by_host:?}\n{log_a}\n--\n{log_b}");
+    assert_eq!(
+        by_host.len(),
+        2,
+        "both hosts ran slots: {by_host:?}\n{log_a}\n--\n{log_b}"
+    );
     assert!(
         by_host.values().all(|&n| n * 4 >= slots.len()),
         "each host ran at least a quarter of the {} slots: {by_host:?}",
         slots.len()
     );
     // No two runs of one stream overlapped.
-    let runs = db.rows("SELECT connector_name, started_at_utc, ended_at_utc FROM delta_run ORDER BY connector_name, started_at_utc");
+    let runs = db.rows(
+        "SELECT connector_name, started_at_utc, ended_at_utc FROM delta_run ORDER BY connector_name, started_at_utc",
+    );
     for pair in runs.windows(2) {
         if pair[0][0] == pair[1][0] {
-            assert!(pair[0][2] <= pair[1][1], "runs of {:?} overlapped: {pair:?}", pair[0][0]);
+            assert!(
+                pair[0][2] <= pair[1][1],
+                "runs of {:?} overlapped: {pair:?}",
+                pair[0][0]
+            );
         }
     }
     // Each customer's store is the source's truth.
@@ -246,9 +266,21 @@ fn two_hundred_runs_at_once_succeed_while_a_hostile_one_fails_alone() {
     let schema = PgSchema::new();
     let mut jobs = Jobs::new();
     for i in 0..200 {
-        jobs.add(&mock, &format!("acme_{i:03}"), "acme", &format!("C{i:03}"), "every = \"1h\"");
+        jobs.add(
+            &mock,
+            &format!("acme_{i:03}"),
+            "acme",
+            &format!("C{i:03}"),
+            "every = \"1h\"",
+        );
     }
-    jobs.add(&mock, "hostile", "memory-hog", "C999", "every = \"1h\"\nmax_memory = \"16MiB\"");
+    jobs.add(
+        &mock,
+        "hostile",
+        "memory-hog",
+        "C999",
+        "every = \"1h\"\nmax_memory = \"16MiB\"",
+    );
     let file = jobs.write();
     let serve = Serve::start(
         &file,
@@ -268,16 +300,30 @@ fn two_hundred_runs_at_once_succeed_while_a_hostile_one_fails_alone() {
             .and_then(|rows| rows[0][0].clone())
             .is_some_and(|n| n == "201")
     });
-    let metrics = ureq::get(&metrics_url).call().unwrap().body_mut().read_to_string().unwrap();
-    let health = ureq::get(metrics_url.replace("/metrics", "/healthz")).call().unwrap().status();
+    let metrics = ureq::get(&metrics_url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let health = ureq::get(metrics_url.replace("/metrics", "/healthz"))
+        .call()
+        .unwrap()
+        .status();
     let (code, log) = serve.stop();
     assert_eq!(code, 0, "{log}");
     assert_eq!(health, 200);
 
     let outcome = |sql: &str| db.scalar::<i64>(sql);
-    assert_eq!(outcome("SELECT count(*) FROM schedule_slot WHERE status = 'succeeded'"), 200, "{log}");
     assert_eq!(
-        outcome("SELECT count(*) FROM schedule_slot WHERE job_name = 'hostile' AND status = 'failed' AND outcome = 'memory_limit'"),
+        outcome("SELECT count(*) FROM schedule_slot WHERE status = 'succeeded'"),
+        200,
+        "{log}"
+    );
+    assert_eq!(
+        outcome(
+            "SELECT count(*) FROM schedule_slot WHERE job_name = 'hostile' AND status = 'failed' AND outcome = 'memory_limit'"
+        ),
         1
     );
     // Every customer got its suppliers; the hostile run wrote none.
@@ -288,7 +334,10 @@ fn two_hundred_runs_at_once_succeed_while_a_hostile_one_fails_alone() {
         )),
         200
     );
-    assert_eq!(outcome("SELECT count(*) FROM supplier WHERE customer_number = 'C999'"), 0);
+    assert_eq!(
+        outcome("SELECT count(*) FROM supplier WHERE customer_number = 'C999'"),
+        0
+    );
     // The metrics saw the same.
     let succeeded = metrics
         .lines()
@@ -296,14 +345,33 @@ fn two_hundred_runs_at_once_succeed_while_a_hostile_one_fails_alone() {
         .count();
     assert_eq!(succeeded, 200, "{metrics}");
     // Per-run accounting: every run, the hostile one too, reported what it used.
-    for family in ["nuntiq_run_peak_memory_bytes_count{", "nuntiq_run_duration_seconds_count{"] {
-        let runs = metrics.lines().filter(|l| l.starts_with(family) && l.ends_with(" 1")).count();
+    for family in [
+        "nuntiq_run_peak_memory_bytes_count{",
+        "nuntiq_run_duration_seconds_count{",
+    ] {
+        let runs = metrics
+            .lines()
+            .filter(|l| l.starts_with(family) && l.ends_with(" 1"))
+            .count();
         assert_eq!(runs, 201, "{family}: {metrics}");
     }
     // CPU is billed in whole milliseconds, rounded up: a run that ran used some.
-    for family in ["nuntiq_http_requests_total{", "nuntiq_records_written_total{", "nuntiq_run_cpu_seconds_total{"] {
-        let used = |l: &&str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0);
-        let acme = metrics.lines().filter(|l| l.starts_with(family) && !l.contains("hostile")).filter(used).count();
+    for family in [
+        "nuntiq_http_requests_total{",
+        "nuntiq_records_written_total{",
+        "nuntiq_run_cpu_seconds_total{",
+    ] {
+        let used = |l: &&str| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+        };
+        let acme = metrics
+            .lines()
+            .filter(|l| l.starts_with(family) && !l.contains("hostile"))
+            .filter(used)
+            .count();
         assert_eq!(acme, 200, "{family}: {metrics}");
     }
     for expected in [
@@ -315,7 +383,9 @@ fn two_hundred_runs_at_once_succeed_while_a_hostile_one_fails_alone() {
     }
     // What each run used is in its run history.
     assert_eq!(
-        outcome("SELECT count(*) FROM delta_run WHERE http_requests >= 1 AND records_written >= 1 AND cpu_ms IS NOT NULL"),
+        outcome(
+            "SELECT count(*) FROM delta_run WHERE http_requests >= 1 AND records_written >= 1 AND cpu_ms IS NOT NULL"
+        ),
         200
     );
 }
@@ -366,7 +436,9 @@ fn a_changed_plugin_is_picked_up_by_the_next_run() {
         "10000001",
         "every = \"2s\"\nparams = { since = \"2020-01-01T00:00:00Z\" }",
     );
-    jobs.toml = jobs.toml.replace(&guest("acme").display().to_string(), &plugin.display().to_string());
+    jobs.toml = jobs
+        .toml
+        .replace(&guest("acme").display().to_string(), &plugin.display().to_string());
     let file = jobs.write();
     let db = work.db();
     let serve = Serve::start(&file, db.to_str().unwrap(), &[]);
@@ -412,7 +484,10 @@ fn sigterm_lets_runs_finish_for_the_grace_period_then_stops_them_cleanly() {
     let started = Instant::now();
     let (code, log) = serve.stop();
     assert_eq!(code, 0, "{log}");
-    assert!(started.elapsed() < Duration::from_secs(15), "stopped within grace and settling");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped within grace and settling"
+    );
     assert!(log.contains("no new runs; running ones get 1s"), "{log}");
     let db = Db::open(&db);
     assert_eq!(
@@ -422,7 +497,11 @@ fn sigterm_lets_runs_finish_for_the_grace_period_then_stops_them_cleanly() {
     );
     let state = db.state("acme_eu", "suppliers").unwrap();
     assert_eq!(state["status"], "failed");
-    assert_eq!(state["committed_cursor_value"], serde_json::Value::Null, "the cursor did not move");
+    assert_eq!(
+        state["committed_cursor_value"],
+        serde_json::Value::Null,
+        "the cursor did not move"
+    );
 }
 
 #[test]
@@ -437,7 +516,11 @@ fn a_customer_never_has_more_runs_at_once_than_its_cap() {
     jobs.add(&mock, "other_1", "acme", "C2", "every = \"1h\"");
     let file = jobs.write();
     let db_path = jobs.work.db();
-    let serve = Serve::start(&file, db_path.to_str().unwrap(), &["--max-per-customer", "2", "--max-concurrent", "10"]);
+    let serve = Serve::start(
+        &file,
+        db_path.to_str().unwrap(),
+        &["--max-per-customer", "2", "--max-concurrent", "10"],
+    );
     wait_until("the store exists", Duration::from_secs(30), || db_path.exists());
     let db = Db::open(&db_path);
     wait_until("every job ran", Duration::from_secs(60), || {
@@ -463,7 +546,11 @@ fn a_customer_never_has_more_runs_at_once_than_its_cap() {
         }
         most
     };
-    assert_eq!(most_at_once("C1"), 2, "C1's six runs went two at a time at most, and did go two at a time");
+    assert_eq!(
+        most_at_once("C1"),
+        2,
+        "C1's six runs went two at a time at most, and did go two at a time"
+    );
     assert_eq!(most_at_once("C2"), 2);
 }
 

@@ -143,18 +143,24 @@ fn wasi_http_bodies_and_waits_are_bounded() {
     );
     let big = &results[0];
     assert!(
-        big["error"].as_str().is_some_and(|e| e.starts_with("HttpResponseBodySize"))
+        big["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("HttpResponseBodySize"))
             || big["body_error"].as_str().is_some_and(|e| e.contains("body size")),
         "{results:?}"
     );
     assert!(big["bytes"].as_u64().unwrap_or(0) <= 4096, "{results:?}");
     assert!(
-        results[1]["error"].as_str().is_some_and(|e| e.starts_with("HttpRequestBodySize")),
+        results[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("HttpRequestBodySize")),
         "a request body past 1 MiB is refused: {results:?}"
     );
 
     // The connector may ask for a shorter wait than the host's.
-    client.mock.faults(json!([{"action": "delay", "delay_ms": 5000, "times": 1}]));
+    client
+        .mock
+        .faults(json!([{"action": "delay", "delay_ms": 5000, "times": 1}]));
     let (_, results) = client.fetch(json!([{"url": client.page(10), "first_byte_timeout_ms": 200}]), &[]);
     assert_eq!(results[0]["error"], "HttpResponseTimeout", "{results:?}");
 }
@@ -185,7 +191,8 @@ fn wasi_http_exchanges_are_recorded_and_replayed_without_the_network() {
     let (run, missed) = client.fetch(json!([{"url": client.page(7)}]), &["--replay", cassette]);
     assert_eq!(missed[0]["error"], "HttpRequestDenied", "{missed:?}");
     assert!(
-        run.stderr.contains("GET /v2/suppliers?page=1&per_page=7 is not in the cassette"),
+        run.stderr
+            .contains("GET /v2/suppliers?page=1&per_page=7 is not in the cassette"),
         "{}",
         tail(&run.stderr)
     );

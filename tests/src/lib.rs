@@ -496,15 +496,24 @@ impl Db {
     pub fn execute(&self, sql: &str) -> u64 {
         match self {
             Db::Sqlite(c) => c.execute(sql, []).unwrap_or_else(|e| panic!("{sql}: {e}")) as u64,
-            Db::Postgres(c) => c.borrow_mut().execute(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Db::Postgres(c) => c
+                .borrow_mut()
+                .execute(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
         }
     }
 
     /// The one value a query returns.
     pub fn scalar<T: Scalar>(&self, sql: &str) -> T {
         match self {
-            Db::Sqlite(c) => c.query_row(sql, [], |r| T::from_sqlite(r)).unwrap_or_else(|e| panic!("{sql}: {e}")),
-            Db::Postgres(c) => T::from_pg(&c.borrow_mut().query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"))),
+            Db::Sqlite(c) => c
+                .query_row(sql, [], |r| T::from_sqlite(r))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Db::Postgres(c) => T::from_pg(
+                &c.borrow_mut()
+                    .query_one(sql, &[])
+                    .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            ),
         }
     }
 

@@ -30,7 +30,9 @@
 //! ```
 //!
 //! The crate carries its own copy of the contract (`wit/`), so it builds
-//! wherever it is copied.
+//! wherever it is copied. With feature `testing`, on a native target, every
+//! host interface is answered in-process by a `testing::TestHost`, so
+//! `cargo test` exercises a connector's mapping and its delta runs.
 
 #![deny(missing_docs)]
 
@@ -49,19 +51,99 @@ pub mod bindings {
         world: "connector-core",
         path: "wit",
         pub_export_macro: true,
-        export_macro_name: "export_connector",
+        export_macro_name: "__export_bindings",
         default_bindings_module: "nuntiq_connector::bindings",
         runtime_path: "nuntiq_connector::__wit_bindgen::rt",
     });
 }
 
+#[doc(hidden)]
+pub use bindings::__export_bindings;
+pub use bindings::Guest;
+#[cfg(not(all(feature = "testing", not(target_arch = "wasm32"))))]
+use bindings::nuntiq::connector::logger;
 pub use bindings::nuntiq::connector::types::SettingValue;
+#[cfg(not(all(feature = "testing", not(target_arch = "wasm32"))))]
 pub use bindings::nuntiq::connector::{context, delta_state, http as raw_http, supplier_load};
-pub use bindings::{Guest, export_connector};
+
+/// Exports `run` from your connector type, and writes your crate's name,
+/// version, authors, repository and description (from Cargo.toml) into the
+/// component's metadata sections, which `nuntiq-host inspect` shows and
+/// every run records.
+///
+/// ```ignore
+/// nuntiq_connector::export_connector!(MyConnector);
+/// ```
+#[macro_export]
+macro_rules! export_connector {
+    ($($connector:tt)*) => {
+        $crate::__export_bindings!($($connector)*);
+        const _: () = {
+            const NAME: &str = env!("CARGO_PKG_NAME");
+            #[cfg(target_arch = "wasm32")]
+            #[unsafe(link_section = "component-name")]
+            #[used]
+            static SECTION: [u8; NAME.len() + 3] = $crate::__component_name::<{ NAME.len() + 3 }>(NAME);
+        };
+        $crate::__metadata_section!("version", env!("CARGO_PKG_VERSION").as_bytes(), env!("CARGO_PKG_VERSION").len());
+        $crate::__metadata_section!("authors", env!("CARGO_PKG_AUTHORS").as_bytes(), env!("CARGO_PKG_AUTHORS").len());
+        $crate::__metadata_section!("source", env!("CARGO_PKG_REPOSITORY").as_bytes(), env!("CARGO_PKG_REPOSITORY").len());
+        $crate::__metadata_section!("description", env!("CARGO_PKG_DESCRIPTION").as_bytes(), env!("CARGO_PKG_DESCRIPTION").len());
+    };
+}
+
+/// One custom section of the wasm module, holding `$len` bytes of `$bytes`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __metadata_section {
+    ($name:literal, $bytes:expr, $len:expr) => {
+        const _: () = {
+            #[cfg(target_arch = "wasm32")]
+            #[unsafe(link_section = $name)]
+            #[used]
+            static SECTION: [u8; $len] = $crate::__bytes::<{ $len }>($bytes);
+        };
+    };
+}
+
+/// A `component-name` section's body naming `name` (subsection 0; crate
+/// names are at most 64 bytes, so each length is one LEB128 byte).
+#[doc(hidden)]
+pub const fn __component_name<const N: usize>(name: &str) -> [u8; N] {
+    let bytes = name.as_bytes();
+    let mut out = [0u8; N];
+    out[1] = (bytes.len() + 1) as u8;
+    out[2] = bytes.len() as u8;
+    let mut i = 0;
+    while i < bytes.len() {
+        out[3 + i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// Copies `bytes` into an array of `N` (padding with zeros), at compile time.
+#[doc(hidden)]
+pub const fn __bytes<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < bytes.len() && i < N {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+// Under `testing`, natively, the same interfaces answered in-process by a TestHost.
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+use testing::imports::logger;
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+pub use testing::imports::{context, delta_state, raw_http, supplier_load};
 
 pub mod http;
 pub mod log;
 pub mod suppliers;
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+pub mod testing;
 
 pub use suppliers::{Supplier, SupplierAddress, SupplierLoad, SupplierLocation, address, location, supplier};
 

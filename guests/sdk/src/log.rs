@@ -1,7 +1,7 @@
 //! The platform logger: `log::info("…")`, or `log::event` with a step and a JSON detail.
 
-use crate::bindings::nuntiq::connector::logger;
 pub use crate::bindings::nuntiq::connector::logger::Level;
+use crate::logger;
 
 /// A `debug` line (hidden unless the host runs with `--log-level debug`).
 pub fn debug(message: &str) {

@@ -1,5 +1,29 @@
 //! `SupplierLoad`: the platform's BaseLoad pattern — queue suppliers, nothing is
 //! written until `save_all` (or until the delta run completes).
+//!
+//! The records' fields, as the store keeps them (every text at most 4 KiB):
+//!
+//! | [`Supplier`] | |
+//! |---|---|
+//! | `supplier_number` | required; the stable external id; with `organization_code` the upsert key |
+//! | `supplier_name` | required |
+//! | `alternative_supplier_name`, `supplier_type` | optional text |
+//! | `organization_code` | optional; part of the key (absent = empty) |
+//! | `is_active` | defaults to true on a new supplier |
+//! | `custom_field1` … `custom_field5` | optional text, the platform's free fields |
+//! | `locations` | at most 1000; upserted by `location_code`, locations not listed are left alone |
+//!
+//! | [`SupplierLocation`] | |
+//! |---|---|
+//! | `location_code` | required; the key inside its supplier |
+//! | `location_name`, `organization_code`, `default_currency_code`, `default_payment_term_code`, `default_payment_method`, `taxpayer_id`, `duns_number` | optional text |
+//! | `is_active` | defaults to true |
+//! | `custom_field1` … `custom_field5` | optional text |
+//! | `addresses` | at most 100; replace the location's stored addresses |
+//!
+//! | [`SupplierAddress`] | |
+//! |---|---|
+//! | `street`, `city`, `state`, `postal_code`, `country_code`, `custom_field1` … `custom_field3` | optional text |
 
 pub use crate::supplier_load::{LoadError, Supplier, SupplierAddress, SupplierLocation};
 

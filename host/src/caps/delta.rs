@@ -84,6 +84,8 @@ pub struct RunIdentity {
     /// Written to the rows' `updated_by`.
     pub updated_by: String,
     pub plugin_sha256: String,
+    /// The plugin's metadata sections (name, version, authors, source) as JSON, if it has any.
+    pub plugin_metadata: Option<String>,
     /// How long a lease lasts without a heartbeat; heartbeats come every quarter of it.
     pub lease: Duration,
     /// This job's id, on every run it begins (see [`RunOwner::job_id`]).
@@ -371,6 +373,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         let id = &self.cap.identity;
         let owner = RunOwner {
             job_id: Some(id.job_id.clone()),
+            plugin_metadata: id.plugin_metadata.clone(),
             ..RunOwner::this_process(&id.plugin_sha256, &id.updated_by, id.lease)
         };
         // Known before the store hears of it: if the job is stopped while the

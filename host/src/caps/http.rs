@@ -648,7 +648,7 @@ impl Fetcher {
                 url = next;
                 continue;
             }
-            let retry_after = header("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let retry_after = header("retry-after").and_then(|v| parse_retry_after(v, self.offline.now()));
             let status = exchange.status;
             let response = Response {
                 status,
@@ -993,7 +993,8 @@ impl Fetcher {
             // A response that will be retried is not kept through the wait.
             drop(last);
             hold.shrink_to(0);
-            tokio::time::sleep(delay).await;
+            // Under --replay the recorded wait moves the connector's clock on instead.
+            self.offline.wait(delay).await;
             attempt += 1;
             self.counters.http_retries.fetch_add(1, Ordering::Relaxed);
         }

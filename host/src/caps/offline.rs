@@ -22,6 +22,7 @@ use crate::redact::Redactor;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 
@@ -329,6 +330,8 @@ pub struct Replay {
     pub recorded_at: SystemTime,
     /// The cassette file's size: what holding it costs the run, about.
     pub bytes: u64,
+    /// The connector's clock during the replay.
+    clock: ReplayClock,
 }
 
 /// The part of a URL a replay matches on: path and query, not the origin.
@@ -341,7 +344,9 @@ fn replay_key(url: &str) -> Option<String> {
 }
 
 impl Replay {
-    pub fn load(path: &Path) -> Result<Self, String> {
+    /// `real_time`: waits between retries are slept (`--replay-real-time`),
+    /// not skipped on the replay's clock.
+    pub fn load(path: &Path, real_time: bool) -> Result<Self, String> {
         let shown = path.display().to_string();
         let text = std::fs::read(path).map_err(|e| format!("--replay {shown}: {e}"))?;
         let cassette: Cassette =
@@ -354,13 +359,20 @@ impl Replay {
         }
         let recorded_at = chrono::DateTime::parse_from_rfc3339(&cassette.recorded_at)
             .map_err(|e| format!("--replay {shown}: recorded_at: {e}"))?;
+        let recorded_at: SystemTime = recorded_at.to_utc().into();
         Ok(Self {
             bytes: text.len() as u64,
             served: vec![0; cassette.interactions.len()],
             interactions: cassette.interactions,
-            recorded_at: recorded_at.to_utc().into(),
+            clock: ReplayClock::starting_at(recorded_at, real_time),
+            recorded_at,
             shown,
         })
+    }
+
+    /// The connector's clock (a handle on the one clock of this replay).
+    pub fn clock(&self) -> ReplayClock {
+        self.clock.clone()
     }
 
     /// The recorded answer to `method url`: identical requests get their
@@ -411,18 +423,50 @@ impl Replay {
     }
 }
 
-/// The connector's wall clock in a replay: the recorded start, then real time.
+/// The connector's clock in a replay: the recorded start, then real time,
+/// plus every wait between retries that was skipped rather than slept.
+#[derive(Clone)]
 pub struct ReplayClock {
     start: Duration,
     started: Instant,
+    /// Nanoseconds of skipped waits, shared by every handle.
+    skipped: std::sync::Arc<AtomicU64>,
+    real_time: bool,
 }
 
 impl ReplayClock {
-    pub fn starting_at(at: SystemTime) -> Self {
+    pub fn starting_at(at: SystemTime, real_time: bool) -> Self {
         Self {
             start: at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
             started: Instant::now(),
+            skipped: Default::default(),
+            real_time,
         }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed() + Duration::from_nanos(self.skipped.load(Ordering::Relaxed))
+    }
+
+    /// The replay's time now, as the connector sees it.
+    pub fn now(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + self.start + self.elapsed()
+    }
+
+    /// A recorded wait (backoff, `Retry-After`): moves the clock on at once,
+    /// or, with `--replay-real-time`, is slept.
+    pub async fn wait(&self, delay: Duration) {
+        if self.real_time {
+            tokio::time::sleep(delay).await;
+        } else {
+            let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+            self.skipped.fetch_add(nanos, Ordering::Relaxed);
+        }
+    }
+
+    /// The same clock as wasi:clocks' monotonic clock.
+    pub fn monotonic(&self) -> ReplayMonotonic {
+        ReplayMonotonic(self.clone())
     }
 }
 
@@ -432,7 +476,42 @@ impl wasmtime_wasi::HostWallClock for ReplayClock {
     }
 
     fn now(&self) -> Duration {
-        self.start + self.started.elapsed()
+        self.start + self.elapsed()
+    }
+}
+
+/// A replay's monotonic clock: real time plus the skipped waits.
+pub struct ReplayMonotonic(ReplayClock);
+
+impl wasmtime_wasi::HostMonotonicClock for ReplayMonotonic {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Where a retry's wait and its `Retry-After` date are measured: the
+/// replay's clock under `--replay`, else the real one.
+impl super::http::Offline {
+    pub fn now(&self) -> SystemTime {
+        match &self.replay {
+            Some(replay) => replay.lock().unwrap_or_else(|p| p.into_inner()).clock.now(),
+            None => SystemTime::now(),
+        }
+    }
+
+    pub async fn wait(&self, delay: Duration) {
+        let clock = self
+            .replay
+            .as_ref()
+            .map(|replay| replay.lock().unwrap_or_else(|p| p.into_inner()).clock());
+        match clock {
+            Some(clock) => clock.wait(delay).await,
+            None => tokio::time::sleep(delay).await,
+        }
     }
 }
 
@@ -519,7 +598,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("s3cr3t-token") && !text.contains("set-cookie"), "{text}");
 
-        let mut replay = Replay::load(&path).unwrap();
+        let mut replay = Replay::load(&path, false).unwrap();
         let elsewhere = Url::parse("http://127.0.0.1:9/v2/suppliers?page=1&key=s3cr3t-token").unwrap();
         assert_eq!(
             replay.answer("POST", &elsewhere, &redactor).unwrap().status,
@@ -568,14 +647,14 @@ mod tests {
         );
         assert!(!path.exists(), "the cassette appears only when saved");
         assert_eq!(recorder.save().unwrap(), 1);
-        assert_eq!(Replay::load(&path).unwrap().interactions.len(), 1);
+        assert_eq!(Replay::load(&path, false).unwrap().interactions.len(), 1);
 
         let empty = dir.path().join("empty.json");
         Recorder::create(empty.clone(), SystemTime::now())
             .unwrap()
             .save()
             .unwrap();
-        assert_eq!(Replay::load(&empty).unwrap().interactions.len(), 0);
+        assert_eq!(Replay::load(&empty, false).unwrap().interactions.len(), 0);
     }
 
     #[test]
@@ -602,9 +681,30 @@ mod tests {
         let cassette: Cassette = serde_json::from_str(&text).unwrap();
         let response = &cassette.interactions[0].response;
         assert!(response.body.is_none() && response.body_base64.is_some(), "{text}");
-        let mut replay = Replay::load(&path).unwrap();
+        let mut replay = Replay::load(&path, false).unwrap();
         let answer = replay.answer("GET", &url, &redactor).unwrap();
         assert_eq!(answer.body, b"\xff\xfeAuthorization: Bearer [REDACTED]\x80");
         assert_eq!(answer.headers[0].1, "key=[REDACTED]");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_wait_moves_the_clock_instead_of_sleeping() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let clock = ReplayClock::starting_at(start, false);
+        let hour = Duration::from_secs(3600);
+        // Slept, an hour would outlast the timeout; skipped, it returns at once.
+        tokio::time::timeout(Duration::from_secs(30), clock.wait(hour))
+            .await
+            .expect("a replayed wait is not slept");
+        assert!(clock.now() >= start + hour, "the connector's clock moved past the wait");
+        let monotonic = wasmtime_wasi::HostMonotonicClock::now(&clock.monotonic());
+        assert!(monotonic >= hour.as_nanos() as u64);
+        let real = ReplayClock::starting_at(start, true);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), real.wait(hour))
+                .await
+                .is_err(),
+            "--replay-real-time sleeps"
+        );
     }
 }

@@ -151,7 +151,9 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
         let raw: RawJob = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| fail(e.to_string()))?;
         check_name(&raw.name).map_err(fail)?;
         if jobs.iter().any(|j| j.name == raw.name) {
-            return Err(fail("two jobs have this name; a name keys the job's slots, so it must be unique".into()));
+            return Err(fail(
+                "two jobs have this name; a name keys the job's slots, so it must be unique".into(),
+            ));
         }
         let cadence = match (&raw.every, &raw.cron) {
             (Some(every), None) => {
@@ -165,7 +167,11 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
                 cron.parse::<croner::Cron>()
                     .map_err(|e| fail(format!("cron {cron:?}: {e}")))?,
             )),
-            _ => return Err(fail("give exactly one of every = \"15m\" or cron = \"*/15 * * * *\"".into())),
+            _ => {
+                return Err(fail(
+                    "give exactly one of every = \"15m\" or cron = \"*/15 * * * *\"".into(),
+                ));
+            }
         };
         let params = raw
             .params
@@ -194,7 +200,10 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
         });
     }
     if jobs.is_empty() {
-        return Err(format!("{}: no [[job]] tables; see nuntiq-host serve --help", path.display()));
+        return Err(format!(
+            "{}: no [[job]] tables; see nuntiq-host serve --help",
+            path.display()
+        ));
     }
     Ok(jobs)
 }
@@ -251,18 +260,33 @@ mod tests {
         let (_dir, path) = write(text);
         let jobs = load(&path).unwrap();
         assert_eq!(jobs.len(), 2);
-        assert_eq!(jobs[1].inline_settings.as_ref().unwrap()["config"]["connector_name"], "acme_us");
+        assert_eq!(
+            jobs[1].inline_settings.as_ref().unwrap()["config"]["connector_name"],
+            "acme_us"
+        );
         assert_eq!(jobs[1].params, ["lookback_days=3"]);
     }
 
     #[test]
     fn mistakes_are_named() {
         let cases = [
-            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\nmax_memroy = \"1MiB\"", "unknown key \"max_memroy\""),
+            (
+                "name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\nmax_memroy = \"1MiB\"",
+                "unknown key \"max_memroy\"",
+            ),
             ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"", "exactly one of every"),
-            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"soon\"", "every:"),
-            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\ncron = \"nope\"", "cron \"nope\""),
-            ("name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\ntimeout = \"x\"", "job \"a\""),
+            (
+                "name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"soon\"",
+                "every:",
+            ),
+            (
+                "name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\ncron = \"nope\"",
+                "cron \"nope\"",
+            ),
+            (
+                "name = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\ntimeout = \"x\"",
+                "job \"a\"",
+            ),
         ];
         for (job, expected) in cases {
             let (_dir, path) = write(&format!("[[job]]\n{job}\n"));

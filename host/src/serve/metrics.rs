@@ -103,10 +103,18 @@ impl Metrics {
         registry.register("http_requests", "HTTP requests connectors sent", http_requests.clone());
         registry.register("http_retries", "HTTP retries the host made", http_retries.clone());
         registry.register("http_bytes_in", "HTTP response bytes read", http_bytes.clone());
-        registry.register("run_cpu_seconds", "CPU time of runs (connector and host calls)", cpu_seconds.clone());
+        registry.register(
+            "run_cpu_seconds",
+            "CPU time of runs (connector and host calls)",
+            cpu_seconds.clone(),
+        );
         registry.register("limit_hits", "Runs ended by a host limit, by kind", limit_hits.clone());
         registry.register("runs_running", "Runs going now", running.clone());
-        registry.register("runs_waiting", "Runs due but waiting for a concurrency slot", waiting.clone());
+        registry.register(
+            "runs_waiting",
+            "Runs due but waiting for a concurrency slot",
+            waiting.clone(),
+        );
         Arc::new(Self {
             registry,
             started,
@@ -150,7 +158,11 @@ impl Metrics {
             self.cpu_seconds.get_or_create(&l).inc_by(u.cpu_ms as f64 / 1000.0);
         }
         if LIMIT_KINDS.contains(&status) {
-            self.limit_hits.get_or_create(&KindLabel { kind: status.to_owned() }).inc();
+            self.limit_hits
+                .get_or_create(&KindLabel {
+                    kind: status.to_owned(),
+                })
+                .inc();
         }
     }
 
@@ -174,26 +186,32 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketA
     let listener = std::net::TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("nuntiq-metrics".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        let Ok(runtime) = runtime else { return };
-        runtime.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let metrics = metrics.clone();
-                        async move { Ok::<_, std::convert::Infallible>(answer(&metrics, request.uri().path())) }
+    std::thread::Builder::new()
+        .name("nuntiq-metrics".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let Ok(runtime) = runtime else { return };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let metrics = metrics.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                            let metrics = metrics.clone();
+                            async move { Ok::<_, std::convert::Infallible>(answer(&metrics, request.uri().path())) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-    })?;
+                }
+            });
+        })?;
     Ok(bound)
 }
 
@@ -205,11 +223,7 @@ fn answer(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
             metrics.encode(),
         ),
         "/healthz" if metrics.healthy.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ok\n".into()),
-        "/healthz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "shutting down\n".into(),
-        ),
+        "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".into()),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

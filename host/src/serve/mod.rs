@@ -239,7 +239,9 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            state.log.error(&format!("cannot start the scheduler: {e}"), Some("start"), None);
+            state
+                .log
+                .error(&format!("cannot start the scheduler: {e}"), Some("start"), None);
             return 1;
         }
     };
@@ -304,7 +306,8 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                 let (job, claim) = &due[next];
                 next += 1;
                 let customer = job.customer.as_str();
-                let taken = of_customer.get(customer).copied().unwrap_or(0) + in_batch.get(customer).copied().unwrap_or(0);
+                let taken =
+                    of_customer.get(customer).copied().unwrap_or(0) + in_batch.get(customer).copied().unwrap_or(0);
                 if taken >= state.options.max_per_customer {
                     waiting += 1;
                     continue;
@@ -437,7 +440,10 @@ fn execute(state: &State, name: &str, slot: &str, job_id: &str, options: &JobOpt
     let shown = outcome.clone().unwrap_or_else(|| status.to_owned());
     state.metrics.run_finished(name, &shown, usage.as_ref(), seconds);
     state.log.info(
-        &format!("{name}: slot {slot} {status}{} in {seconds:.1} s", outcome.map(|k| format!(" ({k})")).unwrap_or_default()),
+        &format!(
+            "{name}: slot {slot} {status}{} in {seconds:.1} s",
+            outcome.map(|k| format!(" ({k})")).unwrap_or_default()
+        ),
         Some("run"),
         Some(json!({"job": name, "slot": slot, "job_id": job_id, "status": shown, "usage": usage})),
     );
@@ -459,35 +465,39 @@ fn finish_slot(state: &State, job_id: &str, status: &'static str, outcome: Optio
 /// another host took over (this one was cut off too long) is stopped.
 fn heartbeat(state: Arc<State>) {
     let every = state.options.lease / 4;
-    let _ = std::thread::Builder::new().name("nuntiq-slot-lease".into()).spawn(move || {
-        loop {
-            std::thread::sleep(every);
-            let ids: Vec<String> = state
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .map(|r| r.job_id.clone())
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            match state.store.renew_slots_blocking(ids, state.options.lease) {
-                Ok(lost) => {
-                    let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
-                    for (name, run) in running.iter().filter(|(_, r)| lost.contains(&r.job_id)) {
-                        state.log.error(
-                            &format!("{name}: another host took over this run's slot; stopping the run"),
-                            Some("lease"),
-                            None,
-                        );
-                        run.stop.cancel("slot takeover");
-                    }
+    let _ = std::thread::Builder::new()
+        .name("nuntiq-slot-lease".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let ids: Vec<String> = state
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .map(|r| r.job_id.clone())
+                    .collect();
+                if ids.is_empty() {
+                    continue;
                 }
-                Err(e) => state.log.warn(&format!("could not renew the slots' leases: {e}"), Some("lease"), None),
+                match state.store.renew_slots_blocking(ids, state.options.lease) {
+                    Ok(lost) => {
+                        let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
+                        for (name, run) in running.iter().filter(|(_, r)| lost.contains(&r.job_id)) {
+                            state.log.error(
+                                &format!("{name}: another host took over this run's slot; stopping the run"),
+                                Some("lease"),
+                                None,
+                            );
+                            run.stop.cancel("slot takeover");
+                        }
+                    }
+                    Err(e) => state
+                        .log
+                        .warn(&format!("could not renew the slots' leases: {e}"), Some("lease"), None),
+                }
             }
-        }
-    });
+        });
 }
 
 /// SIGTERM or SIGINT: stop scheduling, let runs finish; a second one ends the
@@ -497,32 +507,34 @@ fn listen_for_signals(state: Arc<State>) {
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
         return;
     };
-    let _ = std::thread::Builder::new().name("nuntiq-signals".into()).spawn(move || {
-        let mut seen = 0;
-        for signal in signals.forever() {
-            let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
-            seen += 1;
-            if seen == 1 {
-                state.log.info(
-                    &format!(
-                        "{name}: no new runs; running ones get {} to finish",
-                        humantime::format_duration(state.options.grace)
-                    ),
+    let _ = std::thread::Builder::new()
+        .name("nuntiq-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                seen += 1;
+                if seen == 1 {
+                    state.log.info(
+                        &format!(
+                            "{name}: no new runs; running ones get {} to finish",
+                            humantime::format_duration(state.options.grace)
+                        ),
+                        Some("stop"),
+                        None,
+                    );
+                    state.metrics.healthy.store(false, Ordering::Relaxed);
+                    state.stopping.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                state.log.error(
+                    &format!("{name} a second time: exiting now; open runs stay running until their leases expire"),
                     Some("stop"),
                     None,
                 );
-                state.metrics.healthy.store(false, Ordering::Relaxed);
-                state.stopping.store(true, Ordering::Relaxed);
-                continue;
+                std::process::exit(1);
             }
-            state.log.error(
-                &format!("{name} a second time: exiting now; open runs stay running until their leases expire"),
-                Some("stop"),
-                None,
-            );
-            std::process::exit(1);
-        }
-    });
+        });
 }
 
 /// Waits for running jobs up to the grace period, then stops the rest (each

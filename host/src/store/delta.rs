@@ -73,13 +73,20 @@ async fn read_state_unlocked(conn: &mut Conn, key: &StreamKey) -> Result<Option<
     select_state(conn, key, "").await
 }
 
-async fn select_state(conn: &mut Conn, key: &StreamKey, lock: &str) -> Result<Option<(StreamState, Lease)>, StoreError> {
+async fn select_state(
+    conn: &mut Conn,
+    key: &StreamKey,
+    lock: &str,
+) -> Result<Option<(StreamState, Lease)>, StoreError> {
     let sql = format!(
         "SELECT {STATE_COLUMNS} FROM delta_stream_state
          WHERE customer_number = ?1 AND connector_name = ?2 AND stream_name = ?3{lock}"
     );
     Ok(conn
-        .query_opt(&sql, params![&key.customer_number, &key.connector_name, &key.stream_name])
+        .query_opt(
+            &sql,
+            params![&key.customer_number, &key.connector_name, &key.stream_name],
+        )
         .await?
         .map(|r| {
             let (_, state, lease) = state_from_row(&r);
@@ -94,7 +101,8 @@ pub async fn get_state(conn: &mut Conn, key: &StreamKey) -> Result<StreamState, 
 }
 
 /// The WHERE clause of a [`StreamFilter`], bound as ?1, ?2, ?3.
-pub(super) const STREAM_FILTER: &str = "(CAST(?1 AS TEXT) IS NULL OR customer_number = ?1) AND (CAST(?2 AS TEXT) IS NULL OR connector_name = ?2)
+pub(super) const STREAM_FILTER: &str =
+    "(CAST(?1 AS TEXT) IS NULL OR customer_number = ?1) AND (CAST(?2 AS TEXT) IS NULL OR connector_name = ?2)
     AND (CAST(?3 AS TEXT) IS NULL OR stream_name = ?3)";
 
 /// Which streams a listing covers; `None` matches any.
@@ -108,8 +116,18 @@ pub struct StreamFilter {
 impl StreamFilter {
     /// The rows of a listing whose `sql` filters with [`STREAM_FILTER`] and
     /// ends in `LIMIT ?4`.
-    pub(super) async fn list(&self, conn: &mut Conn, sql: &str, limit: usize) -> Result<Vec<super::sql::Row>, StoreError> {
-        let params = params![&self.customer_number, &self.connector_name, &self.stream_name, limit as i64];
+    pub(super) async fn list(
+        &self,
+        conn: &mut Conn,
+        sql: &str,
+        limit: usize,
+    ) -> Result<Vec<super::sql::Row>, StoreError> {
+        let params = params![
+            &self.customer_number,
+            &self.connector_name,
+            &self.stream_name,
+            limit as i64
+        ];
         conn.query(sql, params).await
     }
 }
@@ -132,7 +150,10 @@ pub async fn list_states(conn: &mut Conn, filter: &StreamFilter) -> Result<Vec<S
          ORDER BY customer_number, connector_name, stream_name"
     );
     let rows = conn
-        .query(&sql, params![&filter.customer_number, &filter.connector_name, &filter.stream_name])
+        .query(
+            &sql,
+            params![&filter.customer_number, &filter.connector_name, &filter.stream_name],
+        )
         .await?;
     Ok(rows
         .iter()
@@ -266,8 +287,8 @@ pub async fn begin_run(
         tx.execute(
             "INSERT INTO delta_run
                  (run_id, customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
-                  cursor_before, plugin_sha256, owner_host, owner_pid, job_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?11)",
+                  cursor_before, plugin_sha256, owner_host, owner_pid, job_id, plugin_metadata)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 &owner.run_id,
                 &key.customer_number,
@@ -279,7 +300,8 @@ pub async fn begin_run(
                 &owner.plugin_sha256,
                 &owner.host,
                 owner.pid,
-                &owner.job_id
+                &owner.job_id,
+                &owner.plugin_metadata
             ],
         )
         .await?;
@@ -768,6 +790,8 @@ pub struct RunRecord {
     /// The job this run belonged to, and what that job used (see `meter::Usage`).
     pub job_id: Option<String>,
     pub usage: Option<Usage>,
+    /// The plugin's name, version, authors and source, from its metadata sections.
+    pub plugin: Option<crate::plugin::Metadata>,
 }
 
 /// Run history, newest first.
@@ -776,7 +800,7 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
         "SELECT run_id, customer_number, connector_name, stream_name, status, started_at_utc, ended_at_utc,
                 records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid,
                 suppliers_inserted, suppliers_updated, suppliers_unchanged, job_id, wall_ms, cpu_ms, store_ms,
-                peak_memory_bytes, http_requests, http_retries, http_bytes_in, records_written
+                peak_memory_bytes, http_requests, http_retries, http_bytes_in, records_written, plugin_metadata
          FROM delta_run
          WHERE {STREAM_FILTER}
          ORDER BY started_at_utc DESC, {} DESC LIMIT ?4",
@@ -819,6 +843,7 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
                     records_written: u(25),
                 }
             }),
+            plugin: r.opt_text(26).and_then(|m| serde_json::from_str(&m).ok()),
         })
         .collect())
 }
@@ -866,9 +891,9 @@ pub async fn list_audit(conn: &mut Conn, filter: &StreamFilter, limit: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sql::Conn;
     use crate::store::owner::RunOwner;
     use crate::store::records::tests::supplier;
+    use crate::store::sql::Conn;
     use crate::store::testing::{count, on_both_engines};
     use std::time::Duration;
 
@@ -898,7 +923,9 @@ mod tests {
     /// Begins and completes a run at `cursor`.
     async fn commit(conn: &mut Conn, cursor: &str) {
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never())
+            .await
+            .unwrap();
         complete_run(
             conn,
             &key(),
@@ -907,7 +934,8 @@ mod tests {
             &[],
             SaveCounts::default(),
             &Stop::never(),
-        ).await
+        )
+        .await
         .unwrap();
     }
 
@@ -915,7 +943,9 @@ mod tests {
         let k = key();
         assert_eq!(get_state(conn, &k).await.unwrap().status, RunStatus::Idle);
         let o = owner();
-        let begun = begin_run(conn, &k, CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        let begun = begin_run(conn, &k, CursorType::TimestampUtc, &o, &Stop::never())
+            .await
+            .unwrap();
         assert_eq!(
             begun,
             Begun {
@@ -932,7 +962,8 @@ mod tests {
             &[supplier("S1", "One", None)],
             SaveCounts::default(),
             &Stop::never(),
-        ).await
+        )
+        .await
         .unwrap();
         assert_eq!(state.status, RunStatus::Succeeded);
         assert_eq!(state.committed_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
@@ -944,14 +975,18 @@ mod tests {
         assert_eq!(runs[0].status, "succeeded");
         assert_eq!(runs[0].cursor_after.as_deref(), Some("2024-05-01T09:00:00Z"));
         assert_eq!(runs[0].plugin_sha256.as_deref(), Some("sha"));
-        let next = begin_run(conn, &k, CursorType::TimestampUtc, &owner(), &Stop::never()).await.unwrap();
+        let next = begin_run(conn, &k, CursorType::TimestampUtc, &owner(), &Stop::never())
+            .await
+            .unwrap();
         assert_eq!(next.lower_bound.as_deref(), Some("2024-05-01T09:00:00Z"));
     }
 
     async fn regression_is_refused_and_writes_nothing(conn: &mut Conn) {
         commit(conn, "2024-05-01T09:00:00Z").await;
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never())
+            .await
+            .unwrap();
         let err = complete_run(
             conn,
             &key(),
@@ -960,7 +995,8 @@ mod tests {
             &[supplier("S9", "Nine", None)],
             SaveCounts::default(),
             &Stop::never(),
-        ).await
+        )
+        .await
         .unwrap_err();
         assert!(matches!(err, StoreError::CursorRegression(_)), "{err}");
         assert!(err.to_string().starts_with("CURSOR_REGRESSION"));
@@ -974,7 +1010,9 @@ mod tests {
     async fn nothing_commits_once_the_job_was_stopped(conn: &mut Conn) {
         commit(conn, "2024-05-01T09:00:00Z").await;
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never())
+            .await
+            .unwrap();
         let stopped = Stop::new(Duration::ZERO);
         let err = complete_run(
             conn,
@@ -984,7 +1022,8 @@ mod tests {
             &[supplier("LATE", "Too late", None)],
             SaveCounts::default(),
             &stopped,
-        ).await
+        )
+        .await
         .unwrap_err();
         assert!(matches!(err, StoreError::Stopped(_)), "{err}");
         assert!(err.to_string().contains("the cursor was not committed"), "{err}");
@@ -1006,7 +1045,8 @@ mod tests {
             CursorType::TimestampUtc,
             &owner(),
             &stopped,
-        ).await
+        )
+        .await
         .unwrap_err();
         assert!(matches!(err, StoreError::Stopped(_)), "{err}");
         assert!(
@@ -1016,7 +1056,8 @@ mod tests {
                     stream_name: "other".into(),
                     ..key()
                 }
-            ).await
+            )
+            .await
             .unwrap()
             .is_none()
         );
@@ -1024,7 +1065,9 @@ mod tests {
 
     async fn failing_a_run_that_already_completed_keeps_its_success(conn: &mut Conn) {
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never())
+            .await
+            .unwrap();
         complete_run(
             conn,
             &key(),
@@ -1033,14 +1076,16 @@ mod tests {
             &[],
             SaveCounts::default(),
             &Stop::never(),
-        ).await
+        )
+        .await
         .unwrap();
         let outcomes = fail_runs(
             conn,
             &[(key(), o.run_id.clone()), (key(), "never-begun".into())],
             "timeout",
             "test",
-        ).await
+        )
+        .await
         .unwrap();
         assert_eq!(
             outcomes,
@@ -1056,7 +1101,9 @@ mod tests {
     async fn fail_keeps_the_cursor_and_begin_clears_the_summary(conn: &mut Conn) {
         commit(conn, "2024-05-01T09:00:00Z").await;
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never())
+            .await
+            .unwrap();
         fail_run(conn, &key(), &o.run_id, "page 3: 500", "test").await.unwrap();
         let s = get_state(conn, &key()).await.unwrap();
         assert_eq!(
@@ -1064,19 +1111,25 @@ mod tests {
             (RunStatus::Failed, Some("page 3: 500"))
         );
         assert_eq!(s.committed_cursor_value.as_deref(), Some("2024-05-01T09:00:00Z"));
-        begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never())
+            .await
+            .unwrap();
         assert_eq!(get_state(conn, &key()).await.unwrap().error_summary, None);
     }
 
     async fn cursor_type_cannot_change_silently(conn: &mut Conn) {
         commit(conn, "2024-05-01T09:00:00Z").await;
-        let err = begin_run(conn, &key(), CursorType::NumericId, &owner(), &Stop::never()).await.unwrap_err();
+        let err = begin_run(conn, &key(), CursorType::NumericId, &owner(), &Stop::never())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::CursorTypeMismatch(_)), "{err}");
     }
 
     async fn oversized_final_batch_keeps_the_last_chunk_with_the_cursor(conn: &mut Conn) {
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never())
+            .await
+            .unwrap();
         let many: Vec<_> = (0..2500).map(|i| supplier(&format!("S{i}"), "x", None)).collect();
         complete_run(
             conn,
@@ -1086,18 +1139,23 @@ mod tests {
             &many,
             SaveCounts::default(),
             &Stop::never(),
-        ).await
+        )
+        .await
         .unwrap();
         assert_eq!(count(conn, "supplier").await, 2500);
     }
 
     async fn a_live_run_holds_the_stream(conn: &mut Conn) {
         let first = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &first, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &first, &Stop::never())
+            .await
+            .unwrap();
         // Another process on another host, while the lease is valid: refused.
         let mut other = owner();
         other.host = "elsewhere".into();
-        let err = begin_run(conn, &key(), CursorType::TimestampUtc, &other, &Stop::never()).await.unwrap_err();
+        let err = begin_run(conn, &key(), CursorType::TimestampUtc, &other, &Stop::never())
+            .await
+            .unwrap_err();
         let StoreError::AlreadyRunning(message) = &err else {
             panic!("{err}")
         };
@@ -1107,7 +1165,11 @@ mod tests {
             "{message}"
         );
         // This same live process counts as alive too.
-        assert!(begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).await.is_err());
+        assert!(
+            begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never())
+                .await
+                .is_err()
+        );
         assert_eq!(
             list_runs(conn, &StreamFilter::default(), 10).await.unwrap().len(),
             1,
@@ -1121,9 +1183,13 @@ mod tests {
         dead.pid = child.id();
         dead.process_start = None;
         child.wait().unwrap();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &dead, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &dead, &Stop::never())
+            .await
+            .unwrap();
         let next = owner();
-        let begun = begin_run(conn, &key(), CursorType::TimestampUtc, &next, &Stop::never()).await.unwrap();
+        let begun = begin_run(conn, &key(), CursorType::TimestampUtc, &next, &Stop::never())
+            .await
+            .unwrap();
         let note = begun.took_over.expect("took over");
         assert!(
             note.contains(&format!("its process {} on {} no longer exists", dead.pid, dead.host)),
@@ -1142,7 +1208,8 @@ mod tests {
             &[],
             SaveCounts::default(),
             &Stop::never(),
-        ).await
+        )
+        .await
         .unwrap_err();
         assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
         complete_run(
@@ -1153,7 +1220,8 @@ mod tests {
             &[],
             SaveCounts::default(),
             &Stop::never(),
-        ).await
+        )
+        .await
         .unwrap();
     }
 
@@ -1161,18 +1229,24 @@ mod tests {
         let mut remote = owner();
         remote.host = "elsewhere".into();
         remote.lease = Duration::from_millis(50);
-        begin_run(conn, &key(), CursorType::TimestampUtc, &remote, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &remote, &Stop::never())
+            .await
+            .unwrap();
         // Renewal keeps it alive past its first expiry.
         std::thread::sleep(Duration::from_millis(30));
         assert!(renew_leases(conn, &[(key(), remote.clone())]).await.unwrap().is_empty());
         std::thread::sleep(Duration::from_millis(30));
         assert!(
-            begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never()).await.is_err(),
+            begin_run(conn, &key(), CursorType::TimestampUtc, &owner(), &Stop::never())
+                .await
+                .is_err(),
             "still held"
         );
         std::thread::sleep(Duration::from_millis(60));
         let next = owner();
-        let begun = begin_run(conn, &key(), CursorType::TimestampUtc, &next, &Stop::never()).await.unwrap();
+        let begun = begin_run(conn, &key(), CursorType::TimestampUtc, &next, &Stop::never())
+            .await
+            .unwrap();
         assert!(begun.took_over.unwrap().contains("its lease expired at"));
         // The old owner learns it lost the lease at its next heartbeat, and cannot fail the new run.
         assert_eq!(
@@ -1227,12 +1301,16 @@ mod tests {
         ));
         // A live run holds the stream unless forced.
         let o = owner();
-        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never()).await.unwrap();
+        begin_run(conn, &key(), CursorType::TimestampUtc, &o, &Stop::never())
+            .await
+            .unwrap();
         assert!(matches!(
             reset_cursor(conn, &key(), &reset).await,
             Err(StoreError::AlreadyRunning(_))
         ));
-        reset_cursor(conn, &key(), &Reset { force: true, ..reset }).await.unwrap();
+        reset_cursor(conn, &key(), &Reset { force: true, ..reset })
+            .await
+            .unwrap();
         assert!(matches!(
             complete_run(
                 conn,
@@ -1242,7 +1320,8 @@ mod tests {
                 &[],
                 SaveCounts::default(),
                 &Stop::never()
-            ).await,
+            )
+            .await,
             Err(StoreError::LeaseLost(_))
         ));
     }

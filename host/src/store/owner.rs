@@ -22,6 +22,8 @@ pub struct RunOwner {
     pub instance: Option<String>,
     /// SHA-256 of the plugin file, for run history.
     pub plugin_sha256: String,
+    /// The plugin's name, version, authors and source (JSON), for run history.
+    pub plugin_metadata: Option<String>,
     /// Written to the rows' `updated_by`.
     pub updated_by: String,
     /// How long the lease lasts without a heartbeat.
@@ -42,6 +44,7 @@ impl RunOwner {
             process_start: process_start(pid),
             instance: this_instance(),
             plugin_sha256: plugin_sha256.to_owned(),
+            plugin_metadata: None,
             updated_by: updated_by.to_owned(),
             lease,
             job_id: None,

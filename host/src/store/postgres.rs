@@ -101,9 +101,11 @@ impl PgPool {
             path: shown.clone().into(),
             reason,
         };
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| fail(format!("not a PostgreSQL URL ({e}); the form is postgres://USER@HOST:PORT/DATABASE")))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            fail(format!(
+                "not a PostgreSQL URL ({e}); the form is postgres://USER@HOST:PORT/DATABASE"
+            ))
+        })?;
         // Plan each statement for its own values: a generic plan made while a
         // table was empty would scan it whole for ever after.
         let options = match config.get_options() {
@@ -125,21 +127,23 @@ impl PgPool {
             .wait_timeout(Some(Duration::from_secs(120)))
             .build()
             .map_err(|e| fail(format!("cannot make a connection pool: {e}")))?;
-        let pool = Self { pool, shown: shown.clone() };
-        let mut conn = pool
-            .conn()
-            .await
-            .map_err(|e| {
-                let e = e.to_string();
-                let next = if e.contains("TLS") {
-                    "this host connects to PostgreSQL without TLS: use sslmode=disable (or none) on a trusted \
+        let pool = Self {
+            pool,
+            shown: shown.clone(),
+        };
+        let mut conn = pool.conn().await.map_err(|e| {
+            let e = e.to_string();
+            let next = if e.contains("TLS") {
+                "this host connects to PostgreSQL without TLS: use sslmode=disable (or none) on a trusted \
                      network, or a local TLS proxy such as pgbouncer or stunnel"
-                } else {
-                    "is the server running and the database created?"
-                };
-                fail(format!("cannot connect: {e}; {next}"))
-            })?;
-        migrate(&mut conn).await.map_err(|e| fail(format!("cannot migrate the schema: {e}")))?;
+            } else {
+                "is the server running and the database created?"
+            };
+            fail(format!("cannot connect: {e}; {next}"))
+        })?;
+        migrate(&mut conn)
+            .await
+            .map_err(|e| fail(format!("cannot migrate the schema: {e}")))?;
         Ok(pool)
     }
 
@@ -243,7 +247,8 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 2] = [r#"
+const MIGRATIONS: [&str; 3] = [
+    r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
     connector_name         TEXT NOT NULL,
@@ -406,6 +411,10 @@ CREATE TABLE schedule_slot (
     PRIMARY KEY (job_name, slot_at)
 );
 "#,
+    // 3: the plugin's own metadata (name, version, authors, source) on run history.
+    r#"
+ALTER TABLE delta_run ADD COLUMN plugin_metadata TEXT;
+"#,
 ];
 
 /// Applies pending migrations in one transaction, under an advisory lock
@@ -416,7 +425,10 @@ async fn migrate(conn: &mut PgConn) -> Result<(), StoreError> {
     client.batch_execute("BEGIN").await?;
     let result = async {
         client
-            .execute("SELECT pg_advisory_xact_lock(hashtext('nuntiq-migrate:' || current_schema()))", &[])
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtext('nuntiq-migrate:' || current_schema()))",
+                &[],
+            )
             .await?;
         client
             .batch_execute("CREATE TABLE IF NOT EXISTS nuntiq_schema (version BIGINT NOT NULL)")
@@ -437,7 +449,10 @@ async fn migrate(conn: &mut PgConn) -> Result<(), StoreError> {
         }
         if version.is_none() {
             client
-                .execute("INSERT INTO nuntiq_schema (version) VALUES ($1)", &[&(MIGRATIONS.len() as i64)])
+                .execute(
+                    "INSERT INTO nuntiq_schema (version) VALUES ($1)",
+                    &[&(MIGRATIONS.len() as i64)],
+                )
                 .await?;
         } else if applied < MIGRATIONS.len() {
             client
@@ -474,13 +489,19 @@ mod tests {
             redacted("postgres://app:s3cret@db.internal:5432/nuntiq"),
             "postgres://app:***@db.internal:5432/nuntiq"
         );
-        assert_eq!(redacted("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+        assert_eq!(
+            redacted("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
     }
 
     #[tokio::test]
     async fn asking_for_tls_says_what_to_do_instead() {
         let url = format!("{}?sslmode=require", crate::store::testing::server_url());
         let message = PgPool::open(&url).await.err().expect("TLS is refused").to_string();
-        assert!(message.contains("sslmode=require") && message.contains("without TLS"), "{message}");
+        assert!(
+            message.contains("sslmode=require") && message.contains("without TLS"),
+            "{message}"
+        );
     }
 }

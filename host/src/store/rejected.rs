@@ -4,8 +4,8 @@
 
 use super::delta::StreamFilter;
 use super::schema::now_utc;
-use super::{StoreError, StreamKey};
 use super::sql::{Conn, params, transaction};
+use super::{StoreError, StreamKey};
 use serde::Serialize;
 
 /// A NUL byte written `\u0000`: PostgreSQL cannot store one and SQLite can,
@@ -122,15 +122,24 @@ mod tests {
             .await
             .unwrap();
         let a1 = r#"{"number":"A1","active":"yes"}"#;
-        reject(conn, &key, &owner.run_id, a1, "active is not a boolean").await.unwrap();
-        reject(conn, &key, &owner.run_id, a1, "active is \"yes\"").await.unwrap();
-        reject(conn, &key, &owner.run_id, r#"{"number":"A2"}"#, "name is missing").await.unwrap();
+        reject(conn, &key, &owner.run_id, a1, "active is not a boolean")
+            .await
+            .unwrap();
+        reject(conn, &key, &owner.run_id, a1, "active is \"yes\"")
+            .await
+            .unwrap();
+        reject(conn, &key, &owner.run_id, r#"{"number":"A2"}"#, "name is missing")
+            .await
+            .unwrap();
         let rows = list_rejected(conn, &StreamFilter::default(), 10).await.unwrap();
         assert_eq!(rows.len(), 2);
         let a1 = rows.iter().find(|r| r.row.contains("A1")).unwrap();
         assert_eq!((a1.times, a1.reason.as_str()), (2, "active is \"yes\""));
         let counted = conn
-            .query_opt("SELECT rejected FROM delta_run WHERE run_id = ?1", params![&owner.run_id])
+            .query_opt(
+                "SELECT rejected FROM delta_run WHERE run_id = ?1",
+                params![&owner.run_id],
+            )
             .await
             .unwrap()
             .unwrap()

@@ -4,9 +4,9 @@
 //! while the run lives, lets another host take over the slot of a host that
 //! died mid-run.
 
+use super::StoreError;
 use super::schema::now_utc;
 use super::sql::{Conn, params, transaction};
-use super::StoreError;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -54,7 +54,10 @@ pub async fn claim(
     job_id: &str,
     owner: &SlotOwner,
 ) -> Result<Claim, StoreError> {
-    transaction(conn, async |tx: &mut Conn| claim_in(tx, job_name, slot_at, job_id, owner).await).await
+    transaction(conn, async |tx: &mut Conn| {
+        claim_in(tx, job_name, slot_at, job_id, owner).await
+    })
+    .await
 }
 
 /// Claims many slots in one transaction (one commit, not one per slot: a
@@ -266,7 +269,11 @@ mod tests {
         let slots = list(conn, Some("acme"), 10).await.unwrap();
         assert_eq!(slots.len(), 1);
         assert_eq!((slots[0].status.as_str(), slots[0].takeovers), ("succeeded", 1));
-        assert_eq!(claim(conn, "acme", slot, "run-c", &b).await.unwrap(), Claim::Done, "done is done");
+        assert_eq!(
+            claim(conn, "acme", slot, "run-c", &b).await.unwrap(),
+            Claim::Done,
+            "done is done"
+        );
     }
 
     async fn many_slots_are_claimed_in_one_commit_answered_in_order(conn: &mut Conn) {
@@ -282,12 +289,17 @@ mod tests {
         };
         let answers = claim_many(
             conn,
-            &[ask("zeta", slot), ask("held", slot), ask("alpha", slot), ask("done", slot)],
+            &[
+                ask("zeta", slot),
+                ask("held", slot),
+                ask("alpha", slot),
+                ask("done", slot),
+            ],
             &b,
             10,
         )
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(
             answers,
             [
@@ -313,12 +325,17 @@ mod tests {
         claim(conn, "beta", next, "run-beta", &a).await.unwrap();
         let answers = claim_many(
             conn,
-            &[ask("delta", next), ask("beta", next), ask("gamma", next), ask("epsilon", next)],
+            &[
+                ask("delta", next),
+                ask("beta", next),
+                ask("gamma", next),
+                ask("epsilon", next),
+            ],
             &b,
             1,
         )
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(
             answers,
             [Some(Claim::Claimed { took_over: None }), Some(Claim::Held), None, None],

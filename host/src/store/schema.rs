@@ -261,6 +261,10 @@ CREATE TABLE schedule_slot (
     PRIMARY KEY (job_name, slot_at)
 ) WITHOUT ROWID;
 "#,
+    // 6: the plugin's own metadata (name, version, authors, source) on run history.
+    r#"
+ALTER TABLE delta_run ADD COLUMN plugin_metadata TEXT;
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.

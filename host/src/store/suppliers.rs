@@ -56,7 +56,8 @@ pub const ANALYZE_AFTER_WRITES: u64 = 5_000;
 /// Refreshes the supplier tables' statistics (PostgreSQL; SQLite plans by its indexes).
 pub async fn refresh_statistics(conn: &mut Conn) -> Result<(), StoreError> {
     if let Conn::Postgres(_) = conn {
-        conn.execute("ANALYZE supplier, supplier_location, supplier_address", &[]).await?;
+        conn.execute("ANALYZE supplier, supplier_location, supplier_address", &[])
+            .await?;
     }
     Ok(())
 }
@@ -69,7 +70,12 @@ pub async fn save_suppliers(
 ) -> Result<SaveCounts, StoreError> {
     let mut counts = SaveCounts::default();
     for chunk in suppliers.chunks(SUPPLIERS_PER_TRANSACTION) {
-        counts.add(transaction(conn, async |tx: &mut Conn| upsert_suppliers(tx, customer_number, chunk).await).await?);
+        counts.add(
+            transaction(conn, async |tx: &mut Conn| {
+                upsert_suppliers(tx, customer_number, chunk).await
+            })
+            .await?,
+        );
     }
     Ok(counts)
 }
@@ -196,7 +202,9 @@ fn upsert_sqlite(
         ];
         let stored = |statement: &mut rusqlite::CachedStatement<'_>| {
             statement
-                .query_row(params![customer_number, s.supplier_number, org], |r| r.get::<_, Vec<u8>>(0))
+                .query_row(params![customer_number, s.supplier_number, org], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
                 .optional()
         };
         let held = if inserting {
@@ -230,46 +238,55 @@ fn upsert_sqlite(
             }
         };
         for l in &s.locations {
-            execute_sparse(&mut upsert_location, params![
-                customer_number,
-                s.supplier_number,
-                org,
-                l.location_code,
-                l.location_name,
-                l.organization_code,
-                l.default_currency_code,
-                l.default_payment_term_code,
-                l.default_payment_method,
-                l.taxpayer_id,
-                l.duns_number,
-                l.is_active,
-                l.custom_field_1,
-                l.custom_field_2,
-                l.custom_field_3,
-                l.custom_field_4,
-                l.custom_field_5,
-                now
-            ])?;
-            // A new supplier has no addresses to replace.
-            if !is_new {
-                execute_sparse(&mut delete_addresses, params![customer_number, s.supplier_number, org, l.location_code])?;
-            }
-            for (position, a) in l.addresses.iter().enumerate() {
-                execute_sparse(&mut insert_address, params![
+            execute_sparse(
+                &mut upsert_location,
+                params![
                     customer_number,
                     s.supplier_number,
                     org,
                     l.location_code,
-                    position as i64,
-                    a.street,
-                    a.city,
-                    a.state,
-                    a.postal_code,
-                    a.country_code,
-                    a.custom_field_1,
-                    a.custom_field_2,
-                    a.custom_field_3
-                ])?;
+                    l.location_name,
+                    l.organization_code,
+                    l.default_currency_code,
+                    l.default_payment_term_code,
+                    l.default_payment_method,
+                    l.taxpayer_id,
+                    l.duns_number,
+                    l.is_active,
+                    l.custom_field_1,
+                    l.custom_field_2,
+                    l.custom_field_3,
+                    l.custom_field_4,
+                    l.custom_field_5,
+                    now
+                ],
+            )?;
+            // A new supplier has no addresses to replace.
+            if !is_new {
+                execute_sparse(
+                    &mut delete_addresses,
+                    params![customer_number, s.supplier_number, org, l.location_code],
+                )?;
+            }
+            for (position, a) in l.addresses.iter().enumerate() {
+                execute_sparse(
+                    &mut insert_address,
+                    params![
+                        customer_number,
+                        s.supplier_number,
+                        org,
+                        l.location_code,
+                        position as i64,
+                        a.street,
+                        a.city,
+                        a.state,
+                        a.postal_code,
+                        a.country_code,
+                        a.custom_field_1,
+                        a.custom_field_2,
+                        a.custom_field_3
+                    ],
+                )?;
             }
         }
     }
@@ -324,7 +341,11 @@ async fn upsert_postgres(
         .await?;
     let now = now_utc();
     let (mut new, mut changed) = (Vec::new(), Vec::new());
-    for row in conn.client().query(&differing, &[&customer, &numbers, &orgs, &prints]).await? {
+    for row in conn
+        .client()
+        .query(&differing, &[&customer, &numbers, &orgs, &prints])
+        .await?
+    {
         let i = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
         let (Some(s), Some(fingerprint)) = (suppliers.get(i), fingerprints.get(i)) else {
             continue;
@@ -403,7 +424,9 @@ async fn upsert_postgres(
                        AND l.supplier_organization_code = t.org AND l.location_code = t.code",
                 )
                 .await?;
-            conn.client().execute(&update, &locations.params(&customer, &now)).await?;
+            conn.client()
+                .execute(&update, &locations.params(&customer, &now))
+                .await?;
         }
         let insert = conn
             .prepared(
@@ -422,7 +445,9 @@ async fn upsert_postgres(
                  ON CONFLICT (customer_number, supplier_number, supplier_organization_code, location_code) DO NOTHING",
             )
             .await?;
-        conn.client().execute(&insert, &locations.params(&customer, &now)).await?;
+        conn.client()
+            .execute(&insert, &locations.params(&customer, &now))
+            .await?;
     }
     if !changed.is_empty() {
         let changed_locations: Vec<&SupplierRecord> = changed.iter().map(|(s, _)| *s).collect();
@@ -681,7 +706,9 @@ pub(crate) mod tests {
         assert_eq!(count(conn, "supplier_address").await, 1);
         assert_eq!(name_and_city(conn, "S1").await, ("One renamed".into(), "Delft".into()));
         // Another tenant's S1 is another row.
-        save_suppliers(conn, "c2", &[supplier("S1", "Theirs", None)]).await.unwrap();
+        save_suppliers(conn, "c2", &[supplier("S1", "Theirs", None)])
+            .await
+            .unwrap();
         assert_eq!(count(conn, "supplier").await, 3);
     }
 
@@ -717,7 +744,9 @@ pub(crate) mod tests {
         branch.location_code = "BRANCH".into();
         two.locations.push(branch);
         save_suppliers(conn, "c1", &[two]).await.unwrap();
-        save_suppliers(conn, "c1", &[supplier("S1", "One", Some("Delft"))]).await.unwrap();
+        save_suppliers(conn, "c1", &[supplier("S1", "One", Some("Delft"))])
+            .await
+            .unwrap();
         assert_eq!(count(conn, "supplier_location").await, 2);
         let cities: Vec<String> = conn
             .query("SELECT city FROM supplier_address ORDER BY location_code", params![])

@@ -41,9 +41,14 @@ impl Drop for TestDb {
             let schema = schema.clone();
             // Off the test's runtime: a fresh one, for one statement.
             let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 runtime.block_on(async {
-                    let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await.ok()?;
+                    let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
                     tokio::spawn(connection);
                     client
                         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))

@@ -3,7 +3,8 @@
 //! (`{"data": [{"id", "name", "active", "updated_at"}], "next_page": N | null}`),
 //! upserts them, and commits the newest `updated_at` as the stream's cursor.
 //!
-//! Start here: change `fetch_page`, `Row` and `map` to your API.
+//! Start here: change `fetch_page`, `Row` and `map` to your API; `cargo test`
+//! runs `src/tests.rs` against the fixtures, `cargo wasm` builds the component.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use nuntiq_connector::delta_state::{CursorType, DeltaRun};
@@ -18,7 +19,7 @@ const TOKEN: &str = "api_token";
 /// Suppliers handed to the store at a time.
 const FLUSH_EVERY: usize = 500;
 
-struct Connector;
+pub struct Connector;
 
 impl Guest for Connector {
     fn run() -> Result<String, String> {
@@ -114,9 +115,10 @@ fn fetch_page(api_url: &str, since: &str, page: u64, page_size: i64) -> Result<P
 }
 
 /// A row's `updated_at` (as an RFC 3339 UTC timestamp) and its supplier.
-fn read(raw: &Value) -> Result<(String, Supplier), String> {
+pub fn read(raw: &Value) -> Result<(String, Supplier), String> {
     let row: Row = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
-    let updated_at = normalize(&row.updated_at).ok_or_else(|| format!("updated_at {:?} is not a timestamp", row.updated_at))?;
+    let updated_at =
+        normalize(&row.updated_at).ok_or_else(|| format!("updated_at {:?} is not a timestamp", row.updated_at))?;
     Ok((updated_at, map(row)))
 }
 
@@ -149,3 +151,6 @@ fn format(t: DateTime<Utc>) -> String {
 }
 
 nuntiq_connector::export_connector!(Connector);
+
+#[cfg(test)]
+mod tests;
