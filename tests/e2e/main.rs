@@ -3,6 +3,7 @@
 
 mod acme;
 mod admin;
+mod api_mock;
 mod authors;
 mod budget;
 mod bad_input;
@@ -19,3 +20,6 @@ mod wasi_http;
 
 /// The mock API binary of this package.
 pub const MOCK: &str = env!("CARGO_BIN_EXE_acme-mock");
+
+/// The Customer API mock binary of this package.
+pub const API_MOCK: &str = env!("CARGO_BIN_EXE_nuntiq-api-mock");

@@ -2,7 +2,10 @@
 //! the real SQLite file back, and compute what the store should hold from the
 //! mock's own truth (an oracle written apart from the connector's mapping).
 
+pub mod api_mock;
 pub mod dataset;
+
+pub use api_mock::{ApiMock, MockRequest};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
