@@ -6,7 +6,7 @@
 CARGO ?= cargo
 GUEST_TARGET := wasm32-wasip2
 # Guest components copied to dist/ (crate names; dist/ uses these names).
-GUESTS := acme acme-v0_1 contract-v0_2_0 wrong-world unknown-import future-contract async-export \
+GUESTS := acme acme-v0_1 contract-v0_2_0 contract-v0_2_1 bank-loader wrong-world unknown-import future-contract async-export \
   spin-loop memory-hog deep-recursion log-flood outside-allowlist loopback-probe \
   sandbox-escape secret-logger panic-mid-run no-commit giant-batch header-smuggler \
   payload-bomb trespasser secret-splitter nul-writer wasi-http-client host-hog

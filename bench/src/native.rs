@@ -77,7 +77,7 @@ pub fn store_only(suppliers: usize, db: &Path) -> anyhow::Result<(usize, f64)> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let started = std::time::Instant::now();
     let saved =
-        runtime.block_on(nuntiq_host::store::suppliers::save_suppliers(&mut conn, "10000001", &rows))?;
+        runtime.block_on(nuntiq_host::store::suppliers::save_suppliers(&mut conn, "10000001", &rows, Default::default()))?;
     Ok((saved.total() as usize, started.elapsed().as_secs_f64()))
 }
 

@@ -13,20 +13,23 @@ pub enum Contract {
     V0_1,
     #[serde(rename = "nuntiq:connector@0.2.1")]
     V0_2,
+    #[serde(rename = "nuntiq:connector@0.3.0")]
+    V0_3,
 }
 
 impl Contract {
     /// Every contract this host links, oldest first: the one list the host's
     /// imports, `--version` and messages are made from.
-    pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
+    pub const ALL: [Contract; 3] = [Contract::V0_1, Contract::V0_2, Contract::V0_3];
 
     /// What `nuntiq-host new` builds against and the SDK carries.
-    pub const CURRENT: Contract = Contract::V0_2;
+    pub const CURRENT: Contract = Contract::V0_3;
 
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_1 => "0.1.0",
             Contract::V0_2 => "0.2.1",
+            Contract::V0_3 => "0.3.0",
         }
     }
 
@@ -36,10 +39,11 @@ impl Contract {
         match self {
             Contract::V0_1 => &["0.1.0"],
             Contract::V0_2 => &["0.2.0", "0.2.1"],
+            Contract::V0_3 => &["0.3.0"],
         }
     }
 
-    /// Every contract version this host runs: `0.1.0, 0.2.0, 0.2.1`.
+    /// Every contract version this host runs: `0.1.0, 0.2.0, 0.2.1, 0.3.0`.
     pub fn all_runnable() -> Vec<&'static str> {
         Self::ALL.iter().flat_map(|c| c.runs().iter().copied()).collect()
     }
@@ -226,7 +230,7 @@ pub enum Mismatch {
         /// The versions of the same interface the host has, if any.
         offered: Vec<String>,
     },
-    /// The plugin imports both contract versions.
+    /// The plugin imports more than one contract version.
     MixedContracts,
     /// No `run` export.
     NoRun,
@@ -239,8 +243,8 @@ impl fmt::Display for Mismatch {
         match self {
             Mismatch::MissingImport { import, offered } if offered.is_empty() => write!(
                 f,
-                "it imports {import}, which this host does not provide (it offers nuntiq:connector@0.1.0 and \
-                 @0.2.1, and WASI {WASI_VERSION}: wasi:cli/imports and wasi:http/outgoing-handler); see `nuntiq-host inspect`"
+                "it imports {import}, which this host does not provide (it offers nuntiq:connector@0.1.0, \
+                 @0.2.1 and @0.3.0, and WASI {WASI_VERSION}: wasi:cli/imports and wasi:http/outgoing-handler); see `nuntiq-host inspect`"
             ),
             Mismatch::MissingImport { import, offered } => write!(
                 f,
@@ -248,7 +252,7 @@ impl fmt::Display for Mismatch {
                 offered.join(" and ")
             ),
             Mismatch::MixedContracts => {
-                f.write_str("it imports both nuntiq:connector@0.1.0 and @0.2.x; build it against one contract version")
+                f.write_str("it imports more than one nuntiq:connector version (of 0.1.0, 0.2.x, 0.3.x); build it against one contract version")
             }
             Mismatch::ComponentModelAsync(what) => write!(
                 f,
@@ -257,7 +261,7 @@ impl fmt::Display for Mismatch {
             ),
             Mismatch::NoRun => f.write_str(
                 "it does not export `run: func() -> result<string, string>`, so it is not a connector \
-                 (world nuntiq:connector/connector@0.2.1, or @0.1.0)",
+                 (world nuntiq:connector/connector@0.3.0, or @0.2.1, @0.1.0)",
             ),
         }
     }
@@ -372,6 +376,7 @@ impl Shape {
             let contract = match import.version.as_deref() {
                 Some(v) if compatible(v, "0.1.0") => Contract::V0_1,
                 Some(v) if compatible(v, "0.2.0") => Contract::V0_2,
+                Some(v) if compatible(v, "0.3.0") => Contract::V0_3,
                 _ => continue,
             };
             match found {
@@ -379,7 +384,7 @@ impl Shape {
                 _ => found = Some(contract),
             }
         }
-        Ok(found.unwrap_or(Contract::V0_2))
+        Ok(found.unwrap_or(Contract::CURRENT))
     }
 
     /// The contract its Nuntiq imports name, only when they all name one this
@@ -393,7 +398,7 @@ impl Shape {
         let known = |i: &&Name| {
             i.version
                 .as_deref()
-                .is_some_and(|v| compatible(v, "0.1.0") || compatible(v, "0.2.0"))
+                .is_some_and(|v| Contract::ALL.iter().any(|c| compatible(v, c.version())))
         };
         if nuntiq.is_empty() || !nuntiq.iter().all(known) {
             return None;
@@ -540,7 +545,7 @@ mod tests {
     fn mismatches_name_the_import_and_what_the_host_offers() {
         let s = shape(
             &[
-                "nuntiq:connector/context@0.3.0",
+                "nuntiq:connector/context@0.4.0",
                 "wasi:keyvalue/store@0.2.0",
                 "acme:x/y",
             ],
@@ -550,8 +555,9 @@ mod tests {
         assert_eq!(found.len(), 4, "{found:#?}");
         assert!(
             found[0].starts_with(
-                "it imports nuntiq:connector/context@0.3.0, but this host provides \
-                 nuntiq:connector/context@0.1.0 and nuntiq:connector/context@0.2.1"
+                "it imports nuntiq:connector/context@0.4.0, but this host provides \
+                 nuntiq:connector/context@0.1.0 and nuntiq:connector/context@0.2.1 and \
+                 nuntiq:connector/context@0.3.0"
             ),
             "{}",
             found[0]

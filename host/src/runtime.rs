@@ -1,7 +1,7 @@
 //! The wasmtime side: engine and linker set-up, loading and checking a
 //! connector component, and running one job in its own store.
 
-use crate::bindings::{v0_1, v0_2};
+use crate::bindings::{v0_1, v0_2, v0_3};
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::budget::{BudgetLimits, RunBudget};
 use crate::caps::RunCtx;
@@ -200,13 +200,19 @@ impl Runtime {
             // wasi:http types and outgoing-handler only (no incoming side).
             wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
             // The current contract, implemented by the capabilities.
+            v0_3::types::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
+            v0_3::context::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
+            v0_3::logger::add_to_linker::<_, HasSelf<LoggerCap>>(&mut linker, |s| &mut s.logger)?;
+            v0_3::http::add_to_linker::<_, HasSelf<HttpCap>>(&mut linker, |s| &mut s.http)?;
+            v0_3::delta_state::add_to_linker::<_, DeltaData>(&mut linker, JobState::delta_view)?;
+            v0_3::supplier_load::add_to_linker::<_, HasSelf<SupplierCap>>(&mut linker, |s| &mut s.supplier)?;
+            // The frozen 0.2.x and 0.1.0 contracts, forwarded to the same capabilities.
             v0_2::types::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
             v0_2::context::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
             v0_2::logger::add_to_linker::<_, HasSelf<LoggerCap>>(&mut linker, |s| &mut s.logger)?;
             v0_2::http::add_to_linker::<_, HasSelf<HttpCap>>(&mut linker, |s| &mut s.http)?;
             v0_2::delta_state::add_to_linker::<_, DeltaData>(&mut linker, JobState::delta_view)?;
             v0_2::supplier_load::add_to_linker::<_, HasSelf<SupplierCap>>(&mut linker, |s| &mut s.supplier)?;
-            // The frozen 0.1.0 contract, forwarded to the same capabilities.
             v0_1::types::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
             v0_1::context::add_to_linker::<_, HasSelf<ContextCap>>(&mut linker, |s| &mut s.context)?;
             v0_1::logger::add_to_linker::<_, HasSelf<LoggerCap>>(&mut linker, |s| &mut s.logger)?;
@@ -263,6 +269,7 @@ impl Runtime {
         let pre = match contract {
             Contract::V0_1 => ConnectorPre::V0_1(v0_1::ConnectorPre::new(pre).map_err(wrong_world)?),
             Contract::V0_2 => ConnectorPre::V0_2(v0_2::ConnectorCorePre::new(pre).map_err(wrong_world)?),
+            Contract::V0_3 => ConnectorPre::V0_3(v0_3::ConnectorCorePre::new(pre).map_err(wrong_world)?),
         };
         Ok(Plugin {
             pre,
@@ -359,6 +366,7 @@ pub fn check_shape(shown: &str, bytes: &[u8]) -> Result<Shape, PluginError> {
 pub enum ConnectorPre {
     V0_1(v0_1::ConnectorPre<JobState>),
     V0_2(v0_2::ConnectorCorePre<JobState>),
+    V0_3(v0_3::ConnectorCorePre<JobState>),
 }
 
 impl ConnectorPre {
@@ -367,6 +375,7 @@ impl ConnectorPre {
         match self {
             ConnectorPre::V0_1(pre) => pre.instantiate_async(&mut *store).await?.call_run(store).await,
             ConnectorPre::V0_2(pre) => pre.instantiate_async(&mut *store).await?.call_run(store).await,
+            ConnectorPre::V0_3(pre) => pre.instantiate_async(&mut *store).await?.call_run(store).await,
         }
     }
 }

@@ -17,7 +17,7 @@ fn parse(dir: &Path) -> anyhow::Result<(wit_parser::Resolve, wit_parser::Package
 fn the_current_contract_parses_with_cargo_components_wit_parser() {
     let (resolve, package) = parse(&root().join("wit")).unwrap_or_else(|e| panic!("{e:#}"));
     let name = &resolve.packages[package].name;
-    assert_eq!(name.to_string(), "nuntiq:connector@0.2.1");
+    assert_eq!(name.to_string(), "nuntiq:connector@0.3.0");
     for world in ["connector", "connector-core"] {
         resolve
             .select_world(package, Some(world))
@@ -57,7 +57,7 @@ fn the_sdk_carries_the_same_contract() {
             for entry in std::fs::read_dir(&d).unwrap() {
                 let path = entry.unwrap().path();
                 if path.is_dir() {
-                    // The frozen versions (v0.1.0/, v0.2.0/) are the host's, not the SDK's.
+                    // The frozen versions (v0.1.0/, v0.2.0/, v0.2.1/) are the host's, not the SDK's.
                     let frozen = path.parent() == Some(dir)
                         && path
                             .file_name()
@@ -81,4 +81,14 @@ fn the_sdk_carries_the_same_contract() {
         files(&root().join("wit")) == files(&root().join("guests/sdk/wit")),
         "guests/sdk/wit differs from wit/: copy it with `make sdk-wit`"
     );
+}
+
+#[test]
+fn the_frozen_0_2_1_contract_parses_and_lacks_what_0_3_0_added() {
+    let (resolve, id) = parse(&root().join("wit/v0.2.1")).unwrap();
+    assert_eq!(resolve.packages[id].name.to_string(), "nuntiq:connector@0.2.1");
+    let text = std::fs::read_to_string(root().join("wit/v0.2.1/connector.wit")).unwrap();
+    assert!(!text.contains("bank-account") && !text.contains("set-options"));
+    let current = std::fs::read_to_string(root().join("wit/connector.wit")).unwrap();
+    assert!(current.contains("bank-accounts: list<supplier-bank-account>") && current.contains("set-options:"));
 }

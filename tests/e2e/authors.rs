@@ -263,7 +263,7 @@ fn a_dry_run_writes_nothing_and_says_what_it_would_have() {
 fn inspect_says_what_a_plugin_is_and_whether_it_runs_here() {
     let (code, text, _) = host_output(&["inspect", guest("acme").to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("world       nuntiq:connector/connector@0.2.1"), "{text}");
+    assert!(text.contains("world       nuntiq:connector/connector@0.3.0"), "{text}");
     assert!(text.contains("compatible  yes"), "{text}");
     let (code, out, _) = host_output(&["inspect", guest("acme-v0_1").to_str().unwrap(), "--json"]);
     assert_eq!(code, 0);
@@ -295,7 +295,7 @@ fn inspect_says_what_a_plugin_is_and_whether_it_runs_here() {
         found["problems"][0]
             .as_str()
             .unwrap()
-            .contains("nuntiq:connector/context@0.3.0"),
+            .contains("nuntiq:connector/context@0.4.0"),
         "{found}"
     );
     let (code, _, err) = host_output(&["inspect", "/no/such/plugin.wasm"]);
@@ -359,7 +359,7 @@ fn a_new_connector_builds_outside_the_repository_and_runs_at_once() {
     let wasm = target.join("wasm32-wasip2/release/hello_erp.wasm");
     let (code, text, _) = host_output(&["inspect", wasm.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("nuntiq:connector/connector@0.2.1"), "{text}");
+    assert!(text.contains("nuntiq:connector/connector@0.3.0"), "{text}");
 
     let run = nuntiq_host([
         "run-plugin",
@@ -494,7 +494,7 @@ fn the_contract_is_written_out_for_other_toolchains() {
     let out = work.path("wit");
     let (code, text, err) = host_output(&["wit", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(text.contains("nuntiq:connector@0.2.1"), "{text}");
+    assert!(text.contains("nuntiq:connector@0.3.0"), "{text}");
     assert_eq!(
         std::fs::read_to_string(out.join("connector.wit")).unwrap(),
         std::fs::read_to_string(workspace_root().join("wit/connector.wit")).unwrap()
@@ -504,7 +504,7 @@ fn the_contract_is_written_out_for_other_toolchains() {
     }
     let (code, version, _) = host_output(&["--version"]);
     assert_eq!(code, 0);
-    assert!(version.contains("0.1.0, 0.2.0, 0.2.1"), "{version}");
+    assert!(version.contains("0.1.0, 0.2.0, 0.2.1, 0.3.0"), "{version}");
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

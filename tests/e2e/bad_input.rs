@@ -143,7 +143,7 @@ fn component_of_another_world_names_the_missing_export() {
         m.contains("it does not export `run: func() -> result<string, string>`, so it is not a connector"),
         "names the export: {m}"
     );
-    assert!(m.contains("world nuntiq:connector/connector@0.2.1"), "{m}");
+    assert!(m.contains("world nuntiq:connector/connector@0.3.0"), "{m}");
 }
 
 #[test]
@@ -175,8 +175,9 @@ fn a_contract_version_the_host_lacks_is_refused_before_compiling() {
     assert_eq!(run.error_kind(), "invalid_plugin");
     assert!(
         run.error_message().contains(
-            "it imports nuntiq:connector/context@0.3.0, but this host provides \
-             nuntiq:connector/context@0.1.0 and nuntiq:connector/context@0.2.1"
+            "it imports nuntiq:connector/context@0.4.0, but this host provides \
+             nuntiq:connector/context@0.1.0 and nuntiq:connector/context@0.2.1 and \
+             nuntiq:connector/context@0.3.0"
         ),
         "{}",
         run.envelope

@@ -1,4 +1,4 @@
-//! The guest SDK for Nuntiq connectors: the `nuntiq:connector@0.2.1` bindings
+//! The guest SDK for Nuntiq connectors: the `nuntiq:connector@0.3.0` bindings
 //! plus helpers in the platform's words ([`get_config`], [`delta_run`],
 //! [`SupplierLoad`], `save_all`).
 //!
@@ -42,7 +42,7 @@ extern crate self as nuntiq_connector;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-/// The raw bindings generated from `wit/connector.wit` (`nuntiq:connector@0.2.1`,
+/// The raw bindings generated from `wit/connector.wit` (`nuntiq:connector@0.3.0`,
 /// world `connector-core`; a Rust guest's std imports the WASI it needs). Their
 /// documentation is the contract's own.
 #[allow(missing_docs)]
@@ -145,7 +145,10 @@ pub mod suppliers;
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
 pub mod testing;
 
-pub use suppliers::{Supplier, SupplierAddress, SupplierLoad, SupplierLocation, address, location, supplier};
+pub use suppliers::{
+    LoadOptions, Supplier, SupplierAddress, SupplierBankAccount, SupplierLoad, SupplierLocation, address, bank_account,
+    location, set_options, supplier,
+};
 
 use delta_state::{CursorType, DeltaError, DeltaRun};
 

@@ -19,13 +19,28 @@
 //! | `location_name`, `organization_code`, `default_currency_code`, `default_payment_term_code`, `default_payment_method`, `taxpayer_id`, `duns_number` | optional text |
 //! | `is_active` | defaults to true |
 //! | `custom_field1` … `custom_field5` | optional text |
-//! | `addresses` | at most 100; replace the location's stored addresses |
+//! | `addresses` | at most 100; replace the location's stored addresses (see [`LoadOptions`]) |
+//! | `bank_accounts` | at most 100; replace the location's stored bank accounts (see [`LoadOptions`]) |
 //!
 //! | [`SupplierAddress`] | |
 //! |---|---|
 //! | `street`, `city`, `state`, `postal_code`, `country_code`, `custom_field1` … `custom_field3` | optional text |
+//!
+//! | [`SupplierBankAccount`] | |
+//! |---|---|
+//! | `bank_name`, `bank_branch`, `bank_account_number`, `bank_routing_number`, `swift_code`, `account_currency`, `custom_field1` … `custom_field3` | optional text; the host never logs `bank_account_number` |
+//! | `is_primary` | optional |
+//!
+//! [`LoadOptions`] (set once, before the first `queue`, with [`set_options`]):
+//! `full_load` replaces all of the customer's suppliers with the run's (the
+//! run's first write deletes the rest; a run that fails after it leaves only
+//! what it wrote, until the next full run); `address_insert_only` and
+//! `bank_insert_only` add new addresses or bank accounts and never change the
+//! stored ones.
 
-pub use crate::supplier_load::{LoadError, Supplier, SupplierAddress, SupplierLocation};
+pub use crate::supplier_load::{
+    LoadError, LoadOptions, Supplier, SupplierAddress, SupplierBankAccount, SupplierLocation, set_options,
+};
 
 /// A supplier with only its required fields set.
 pub fn supplier(supplier_number: impl Into<String>, supplier_name: impl Into<String>) -> Supplier {
@@ -63,6 +78,23 @@ pub fn location(location_code: impl Into<String>) -> SupplierLocation {
         custom_field4: None,
         custom_field5: None,
         addresses: Vec::new(),
+        bank_accounts: Vec::new(),
+    }
+}
+
+/// A bank account with nothing set.
+pub fn bank_account() -> SupplierBankAccount {
+    SupplierBankAccount {
+        bank_name: None,
+        bank_branch: None,
+        bank_account_number: None,
+        bank_routing_number: None,
+        swift_code: None,
+        account_currency: None,
+        is_primary: None,
+        custom_field1: None,
+        custom_field2: None,
+        custom_field3: None,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod logger;
 pub mod offline;
 pub mod supplier;
 pub mod v0_1;
+pub mod v0_2;
 pub mod wasi_http;
 
 use crate::budget::RunBudget;

@@ -12,7 +12,8 @@ use crate::budget::{Charge, Resource, RunBudget};
 use crate::limits::LimitHit;
 use crate::meter::Section;
 use crate::store::records::{self, RecordLimits};
-use crate::store::{AddressRecord, Batch, LocationRecord, Store, SupplierRecord};
+use crate::store::backend::LoadOptions;
+use crate::store::{AddressRecord, BankAccountRecord, Batch, LocationRecord, Store, SupplierRecord};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +43,11 @@ pub struct SupplierQueue {
     pending: Vec<SupplierRecord>,
     bytes: usize,
     charge: Charge,
+    /// The run's load options (`set-options`).
+    options: LoadOptions,
+    /// Whether a batch of this run went to the store: only the first carries
+    /// `full-load`, or each batch would delete the one before.
+    handed_over: bool,
 }
 
 impl SupplierQueue {
@@ -50,6 +56,8 @@ impl SupplierQueue {
             pending: Vec::new(),
             bytes: 0,
             charge: budget.empty(),
+            options: LoadOptions::default(),
+            handed_over: false,
         }
     }
 
@@ -57,16 +65,30 @@ impl SupplierQueue {
     pub fn take(&mut self) -> Batch {
         self.bytes = 0;
         let fresh = self.charge.empty_like();
+        let options = LoadOptions {
+            full_load: self.options.full_load && !self.handed_over,
+            ..self.options
+        };
+        self.handed_over |= !self.pending.is_empty();
         Batch {
             records: std::mem::take(&mut self.pending),
             held: std::mem::replace(&mut self.charge, fresh),
+            options,
         }
     }
 
     /// Puts back a batch a failed complete did not write, ahead of anything
     /// queued since, with its charge.
     pub fn restore(&mut self, batch: Batch) {
-        let Batch { mut records, held } = batch;
+        let Batch {
+            mut records,
+            held,
+            options,
+        } = batch;
+        // Not written, so the full load still has to start.
+        if options.full_load {
+            self.handed_over = false;
+        }
         self.bytes += records.iter().map(SupplierRecord::host_bytes).sum::<usize>();
         self.charge.absorb(held);
         records.append(&mut self.pending);
@@ -113,7 +135,14 @@ impl SupplierCap {
 /// `From` impls for one contract version's supplier records (their custom
 /// fields are spelled differently per version).
 macro_rules! records_from_wit {
-    ($wit:ident, $c1:ident, $c2:ident, $c3:ident, $c4:ident, $c5:ident) => {
+    (@banks none, $l:ident) => {
+        // Contracts before 0.3.0 have none.
+        Vec::new()
+    };
+    (@banks listed, $l:ident) => {
+        $l.bank_accounts.into_iter().map(Into::into).collect()
+    };
+    ($wit:ident, $banks:ident, $c1:ident, $c2:ident, $c3:ident, $c4:ident, $c5:ident) => {
         impl From<$wit::Supplier> for SupplierRecord {
             fn from(s: $wit::Supplier) -> Self {
                 Self {
@@ -151,8 +180,7 @@ macro_rules! records_from_wit {
                     custom_field_4: l.$c4,
                     custom_field_5: l.$c5,
                     addresses: l.addresses.into_iter().map(Into::into).collect(),
-                    // Contracts before 0.3.0 have none.
-                    bank_accounts: Vec::new(),
+                    bank_accounts: records_from_wit!(@banks $banks, l),
                 }
             }
         }
@@ -176,9 +204,20 @@ macro_rules! records_from_wit {
 
 use crate::bindings::v0_1::supplier_load as wit_v0_1;
 use crate::bindings::v0_2::supplier_load as wit_v0_2;
+use crate::bindings::v0_3::supplier_load as wit_v0_3;
 
 records_from_wit!(
+    wit_v0_3,
+    listed,
+    custom_field1,
+    custom_field2,
+    custom_field3,
+    custom_field4,
+    custom_field5
+);
+records_from_wit!(
     wit_v0_2,
+    none,
     custom_field1,
     custom_field2,
     custom_field3,
@@ -187,12 +226,30 @@ records_from_wit!(
 );
 records_from_wit!(
     wit_v0_1,
+    none,
     custom_field_1,
     custom_field_2,
     custom_field_3,
     custom_field_4,
     custom_field_5
 );
+
+impl From<wit_v0_3::SupplierBankAccount> for BankAccountRecord {
+    fn from(b: wit_v0_3::SupplierBankAccount) -> Self {
+        Self {
+            bank_name: b.bank_name,
+            bank_branch: b.bank_branch,
+            bank_account_number: b.bank_account_number,
+            bank_routing_number: b.bank_routing_number,
+            swift_code: b.swift_code,
+            account_currency: b.account_currency,
+            is_primary: b.is_primary,
+            custom_field_1: b.custom_field1,
+            custom_field_2: b.custom_field2,
+            custom_field_3: b.custom_field3,
+        }
+    }
+}
 
 impl SupplierCap {
     /// Queues a batch already converted to records (every contract version's
@@ -232,7 +289,32 @@ impl SupplierCap {
     }
 }
 
+impl SupplierCap {
+    /// `set-options`: the run's load options, for every later write.
+    pub fn set_options(&mut self, options: LoadOptions) -> Result<(), LoadError> {
+        self.ctx.refusals.answered();
+        let started = self.queue.handed_over || !self.queue.is_empty();
+        if started && options.full_load != self.queue.options.full_load {
+            return Err(LoadError::InvalidRecord(
+                "set-options: full-load can only be chosen before the run's first queue call; call \
+                 set-options first"
+                    .into(),
+            ));
+        }
+        self.queue.options = options;
+        Ok(())
+    }
+}
+
 impl supplier_load::Host for SupplierCap {
+    async fn set_options(&mut self, options: supplier_load::LoadOptions) -> wasmtime::Result<Result<(), LoadError>> {
+        Ok(self.set_options(LoadOptions {
+            full_load: options.full_load,
+            address_insert_only: options.address_insert_only,
+            bank_insert_only: options.bank_insert_only,
+        }))
+    }
+
     async fn queue(&mut self, suppliers: Vec<Supplier>) -> wasmtime::Result<Result<u32, LoadError>> {
         let started = Instant::now();
         let queued = self.queue_records(suppliers.into_iter().map(Into::into).collect());
@@ -287,6 +369,7 @@ mod tests {
         q.restore(Batch {
             records: first,
             held: charge,
+            options: LoadOptions::default(),
         });
         assert!(q.bytes > 0);
         assert_eq!(
@@ -304,5 +387,26 @@ mod tests {
             0,
             "written or dropped, the batch gives its charge back"
         );
+    }
+
+    #[test]
+    fn only_the_first_batch_of_a_full_load_carries_it_until_it_is_written() {
+        let budget = RunBudget::unlimited();
+        let mut q = SupplierQueue::new(&budget);
+        q.options = LoadOptions {
+            full_load: true,
+            bank_insert_only: true,
+            ..LoadOptions::default()
+        };
+        assert!(q.take().options.full_load, "an empty take does not start the load");
+        q.pending.push(supplier("A", "A", None));
+        let first = q.take();
+        assert!(first.options.full_load && first.options.bank_insert_only);
+        q.pending.push(supplier("B", "B", None));
+        let second = q.take();
+        assert!(!second.options.full_load && second.options.bank_insert_only);
+        // The first batch came back unwritten: the next one starts the load.
+        q.restore(first);
+        assert!(q.take().options.full_load);
     }
 }

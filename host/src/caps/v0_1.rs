@@ -1,5 +1,5 @@
 //! The frozen contract `nuntiq:connector@0.1.0`, forwarded to the current
-//! capabilities (0.2.0) through type conversions: connectors built against
+//! capabilities (0.3.0) through type conversions: connectors built against
 //! 0.1.0 keep running unchanged, with every limit and check of the current host.
 //!
 //! 0.2.0 differs only in names (`custom-field1` for `custom-field-1`), in
@@ -11,7 +11,7 @@ use super::delta::{DeltaRunHandle, DeltaView};
 use super::http::HttpCap;
 use super::logger::LoggerCap;
 use super::supplier::SupplierCap;
-use crate::bindings::{v0_1 as old, v0_2 as new};
+use crate::bindings::{v0_1 as old, v0_3 as new};
 use wasmtime::component::Resource;
 
 impl From<new::types::SettingValue> for old::types::SettingValue {

@@ -65,6 +65,7 @@ pub trait DeltaBackend: Send {
         run_id: &'a str,
         completion: &'a Completion,
         pending: &'a [SupplierRecord],
+        options: LoadOptions,
         during_run: SaveCounts,
         stop: &'a Arc<Stop>,
     ) -> BoxFuture<'a, Result<(StreamState, SaveCounts), StoreError>>;
@@ -168,11 +169,12 @@ impl DeltaBackend for Conn {
         run_id: &'a str,
         completion: &'a Completion,
         pending: &'a [SupplierRecord],
+        options: LoadOptions,
         during_run: SaveCounts,
         stop: &'a Arc<Stop>,
     ) -> BoxFuture<'a, Result<(StreamState, SaveCounts), StoreError>> {
         Box::pin(delta::complete_run(
-            self, key, run_id, completion, pending, during_run, stop,
+            self, key, run_id, completion, pending, options, during_run, stop,
         ))
     }
 
@@ -195,10 +197,10 @@ impl SupplierSink for Conn {
         &'a mut self,
         customer_number: &'a str,
         batch: &'a [SupplierRecord],
-        _options: LoadOptions,
+        options: LoadOptions,
     ) -> BoxFuture<'a, Result<Saved, StoreError>> {
         Box::pin(async move {
-            let counts = super::suppliers::save_suppliers(self, customer_number, batch).await?;
+            let counts = super::suppliers::save_suppliers(self, customer_number, batch, options).await?;
             Ok(Saved {
                 counts,
                 refused: Vec::new(),

@@ -3,6 +3,7 @@
 //! once for both engines (see `sql.rs`). Every read that decides a write
 //! happens inside the write's transaction, with the stream's row locked.
 
+use super::backend::LoadOptions;
 use super::owner::{RunOwner, process_alive, same_machine};
 use super::records::SupplierRecord;
 use super::schema::now_utc;
@@ -365,10 +366,11 @@ pub async fn complete_run(
     run_id: &str,
     completion: &Completion,
     pending: &[SupplierRecord],
+    options: LoadOptions,
     written: SaveCounts,
     stop: &Stop,
 ) -> Result<(StreamState, SaveCounts), StoreError> {
-    complete(conn, key, run_id, completion, pending, written, stop, Advance::Checked).await
+    complete(conn, key, run_id, completion, pending, options, written, stop, Advance::Checked).await
 }
 
 /// Records in a ledger a completion another service (the Customer API)
@@ -383,7 +385,7 @@ pub async fn record_completion(
     written: SaveCounts,
     stop: &Stop,
 ) -> Result<StreamState, StoreError> {
-    Ok(complete(conn, key, run_id, completion, &[], written, stop, Advance::Recorded).await?.0)
+    Ok(complete(conn, key, run_id, completion, &[], LoadOptions::default(), written, stop, Advance::Recorded).await?.0)
 }
 
 /// Whether a completion's cursor is checked here or was checked elsewhere.
@@ -413,6 +415,7 @@ async fn complete(
     run_id: &str,
     completion: &Completion,
     pending: &[SupplierRecord],
+    options: LoadOptions,
     written: SaveCounts,
     stop: &Stop,
     advance: Advance,
@@ -422,14 +425,19 @@ async fn complete(
     previous_cursor(key, completion, row.as_ref(), advance)?;
     let last_chunk_start = pending.len().saturating_sub(1) / SUPPLIERS_PER_TRANSACTION * SUPPLIERS_PER_TRANSACTION;
     let (earlier, last) = pending.split_at(last_chunk_start);
-    let earlier_counts = save_suppliers(conn, &key.customer_number, earlier).await?;
+    let earlier_counts = save_suppliers(conn, &key.customer_number, earlier, options).await?;
+    // Only the first write of a full load deletes.
+    let last_options = LoadOptions {
+        full_load: options.full_load && earlier.is_empty(),
+        ..options
+    };
 
     let done = transaction(conn, async |tx: &mut Conn| {
         let row = read_state(tx, key).await?;
         check_lease(key, run_id, row.as_ref())?;
         let old = previous_cursor(key, completion, row.as_ref(), advance)?;
         let mut counts = earlier_counts;
-        counts.add(upsert_suppliers(tx, &key.customer_number, last).await?);
+        counts.add(upsert_suppliers(tx, &key.customer_number, last, last_options).await?);
         let now = now_utc();
         let metadata = completion.metadata.as_ref().map(|m| m.to_string());
         let records = completion
@@ -932,6 +940,7 @@ mod tests {
             &o.run_id,
             &completion(cursor),
             &[],
+            LoadOptions::default(),
             SaveCounts::default(),
             &Stop::never(),
         )
@@ -960,6 +969,7 @@ mod tests {
             &o.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[supplier("S1", "One", None)],
+            LoadOptions::default(),
             SaveCounts::default(),
             &Stop::never(),
         )
@@ -993,6 +1003,7 @@ mod tests {
             &o.run_id,
             &completion("2024-05-01T10:00:00+02:00"),
             &[supplier("S9", "Nine", None)],
+            LoadOptions::default(),
             SaveCounts::default(),
             &Stop::never(),
         )
@@ -1020,6 +1031,7 @@ mod tests {
             &o.run_id,
             &completion("2024-06-01T00:00:00Z"),
             &[supplier("LATE", "Too late", None)],
+            LoadOptions::default(),
             SaveCounts::default(),
             &stopped,
         )
@@ -1074,6 +1086,7 @@ mod tests {
             &o.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[],
+            LoadOptions::default(),
             SaveCounts::default(),
             &Stop::never(),
         )
@@ -1137,6 +1150,7 @@ mod tests {
             &o.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &many,
+            LoadOptions::default(),
             SaveCounts::default(),
             &Stop::never(),
         )
@@ -1206,6 +1220,7 @@ mod tests {
             &dead.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[],
+            LoadOptions::default(),
             SaveCounts::default(),
             &Stop::never(),
         )
@@ -1218,6 +1233,7 @@ mod tests {
             &next.run_id,
             &completion("2024-05-01T09:00:00Z"),
             &[],
+            LoadOptions::default(),
             SaveCounts::default(),
             &Stop::never(),
         )
@@ -1318,6 +1334,7 @@ mod tests {
                 &o.run_id,
                 &completion("2024-06-01T00:00:00Z"),
                 &[],
+                LoadOptions::default(),
                 SaveCounts::default(),
                 &Stop::never()
             )

@@ -8,6 +8,7 @@
 //! connector's thread, and writes keep their order.
 
 pub mod backend;
+mod children;
 pub mod cursor;
 pub mod delta;
 pub mod nuntiq;
@@ -182,6 +183,8 @@ pub enum StoreError {
 pub struct Batch {
     pub records: Vec<SupplierRecord>,
     pub held: crate::budget::Charge,
+    /// How they are written (`supplier-load.set-options`).
+    pub options: backend::LoadOptions,
 }
 
 impl Batch {
@@ -190,6 +193,7 @@ impl Batch {
         Self {
             records,
             held: crate::budget::RunBudget::unlimited().empty(),
+            options: backend::LoadOptions::default(),
         }
     }
 }
@@ -633,7 +637,15 @@ impl Store {
                         during_run.updated -= written_before.updated;
                         during_run.unchanged -= written_before.unchanged;
                         during_run.refused -= written_before.refused;
-                        conn.complete_run(&key, &run_id, &completion, &pending.records, during_run, &stop)
+                        conn.complete_run(
+                            &key,
+                            &run_id,
+                            &completion,
+                            &pending.records,
+                            pending.options,
+                            during_run,
+                            &stop,
+                        )
                             .await
                     }
                 };
@@ -785,7 +797,7 @@ impl Store {
                     (Some(limit), _) => Err(format!("{limit}; the batch was not written")),
                     (None, Err(e)) => Err(e.to_string()),
                     (None, Ok(conn)) => conn
-                        .save_suppliers(&customer_number, &batch.records, backend::LoadOptions::default())
+                        .save_suppliers(&customer_number, &batch.records, batch.options)
                         .await
                         .map(|saved| saved.counts)
                         .map_err(|e| e.to_string()),

@@ -247,7 +247,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
@@ -414,6 +414,27 @@ CREATE TABLE schedule_slot (
     // 3: the plugin's own metadata (name, version, authors, source) on run history.
     r#"
 ALTER TABLE delta_run ADD COLUMN plugin_metadata TEXT;
+"#,
+    // 4: bank accounts per location (contract 0.3.0).
+    r#"
+CREATE TABLE supplier_bank_account (
+    customer_number            TEXT NOT NULL,
+    supplier_number            TEXT NOT NULL,
+    supplier_organization_code TEXT NOT NULL,
+    location_code              TEXT NOT NULL,
+    position                   BIGINT NOT NULL,
+    bank_name                  TEXT,
+    bank_branch                TEXT,
+    bank_account_number        TEXT,
+    bank_routing_number        TEXT,
+    swift_code                 TEXT,
+    account_currency           TEXT,
+    is_primary                 BIGINT,
+    custom_field_1             TEXT,
+    custom_field_2             TEXT,
+    custom_field_3             TEXT,
+    PRIMARY KEY (customer_number, supplier_number, supplier_organization_code, location_code, position)
+);
 "#,
 ];
 

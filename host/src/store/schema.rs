@@ -265,6 +265,27 @@ CREATE TABLE schedule_slot (
     r#"
 ALTER TABLE delta_run ADD COLUMN plugin_metadata TEXT;
 "#,
+    // 7: bank accounts per location (contract 0.3.0).
+    r#"
+CREATE TABLE supplier_bank_account (
+    customer_number            TEXT NOT NULL,
+    supplier_number            TEXT NOT NULL,
+    supplier_organization_code TEXT NOT NULL,
+    location_code              TEXT NOT NULL,
+    position                   INTEGER NOT NULL,
+    bank_name                  TEXT,
+    bank_branch                TEXT,
+    bank_account_number        TEXT,
+    bank_routing_number        TEXT,
+    swift_code                 TEXT,
+    account_currency           TEXT,
+    is_primary                 INTEGER,
+    custom_field_1             TEXT,
+    custom_field_2             TEXT,
+    custom_field_3             TEXT,
+    PRIMARY KEY (customer_number, supplier_number, supplier_organization_code, location_code, position)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.

@@ -6,6 +6,8 @@
 //! (`unnest`), so a batch of 1000 costs a handful of round trips.
 
 use super::StoreError;
+use super::backend::LoadOptions;
+use super::children;
 use super::postgres::PgConn;
 use super::records::SupplierRecord;
 use super::schema::now_utc;
@@ -63,19 +65,24 @@ pub async fn refresh_statistics(conn: &mut Conn) -> Result<(), StoreError> {
 }
 
 /// Upserts `suppliers` in transactions of [`SUPPLIERS_PER_TRANSACTION`].
+/// With `full_load`, the first transaction deletes the customer's other
+/// suppliers first.
 pub async fn save_suppliers(
     conn: &mut Conn,
     customer_number: &str,
     suppliers: &[SupplierRecord],
+    options: LoadOptions,
 ) -> Result<SaveCounts, StoreError> {
     let mut counts = SaveCounts::default();
+    let mut options = options;
     for chunk in suppliers.chunks(SUPPLIERS_PER_TRANSACTION) {
         counts.add(
             transaction(conn, async |tx: &mut Conn| {
-                upsert_suppliers(tx, customer_number, chunk).await
+                upsert_suppliers(tx, customer_number, chunk, options).await
             })
             .await?,
         );
+        options.full_load = false;
     }
     Ok(counts)
 }
@@ -84,18 +91,39 @@ pub async fn save_suppliers(
 /// the caller's transaction: a new supplier is inserted with its locations
 /// and addresses; a changed one is updated, each listed location upserted on
 /// its code and its addresses replaced; an unchanged one (same fingerprint)
-/// is left as it is. Of one supplier listed twice, the last wins.
+/// is left as it is. Of one supplier listed twice, the last wins. The load
+/// options: `full_load` deletes the customer's suppliers first; insert-only
+/// addresses and bank accounts are written by [`children`].
 pub(super) async fn upsert_suppliers(
     conn: &mut Conn,
     customer_number: &str,
     suppliers: &[SupplierRecord],
+    options: LoadOptions,
 ) -> Result<SaveCounts, StoreError> {
     if suppliers.is_empty() {
         return Ok(SaveCounts::default());
     }
+    if options.full_load {
+        children::delete_all(conn, customer_number).await?;
+    }
+    let plan = children::plan(conn, customer_number, suppliers, options).await?;
+    let counts = upsert_in_bulk(conn, customer_number, suppliers, !options.address_insert_only).await?;
+    if let Some(plan) = plan {
+        plan.apply(conn, customer_number, suppliers).await?;
+    }
+    Ok(counts)
+}
+
+/// Suppliers, their locations and (with `replace_addresses`) their addresses.
+async fn upsert_in_bulk(
+    conn: &mut Conn,
+    customer_number: &str,
+    suppliers: &[SupplierRecord],
+    replace_addresses: bool,
+) -> Result<SaveCounts, StoreError> {
     match conn {
         Conn::Sqlite(c) => {
-            let counts = upsert_sqlite(&c.conn, customer_number, suppliers, c.inserting)?;
+            let counts = upsert_sqlite(&c.conn, customer_number, suppliers, c.inserting, replace_addresses)?;
             // The next batch guesses from this one: a first load inserts, a re-read finds.
             c.inserting = counts.inserted * 2 > counts.total();
             Ok(counts)
@@ -108,13 +136,13 @@ pub(super) async fn upsert_suppliers(
             let mut seen = HashSet::new();
             for (i, s) in suppliers.iter().enumerate() {
                 if !seen.insert((s.supplier_number.as_str(), s.organization_key())) {
-                    counts.add(upsert_postgres(c, customer_number, &suppliers[start..i]).await?);
+                    counts.add(upsert_postgres(c, customer_number, &suppliers[start..i], replace_addresses).await?);
                     start = i;
                     seen.clear();
                     seen.insert((s.supplier_number.as_str(), s.organization_key()));
                 }
             }
-            counts.add(upsert_postgres(c, customer_number, &suppliers[start..]).await?);
+            counts.add(upsert_postgres(c, customer_number, &suppliers[start..], replace_addresses).await?);
             Ok(counts)
         }
     }
@@ -130,6 +158,7 @@ fn upsert_sqlite(
     customer_number: &str,
     suppliers: &[SupplierRecord],
     inserting: bool,
+    replace_addresses: bool,
 ) -> rusqlite::Result<SaveCounts> {
     let mut counts = SaveCounts::default();
     let now = now_utc();
@@ -261,6 +290,9 @@ fn upsert_sqlite(
                     now
                 ],
             )?;
+            if !replace_addresses {
+                continue;
+            }
             // A new supplier has no addresses to replace.
             if !is_new {
                 execute_sparse(
@@ -314,6 +346,7 @@ async fn upsert_postgres(
     conn: &mut PgConn,
     customer: &str,
     suppliers: &[SupplierRecord],
+    replace_addresses: bool,
 ) -> Result<SaveCounts, StoreError> {
     let mut counts = SaveCounts::default();
     if suppliers.is_empty() {
@@ -448,6 +481,9 @@ async fn upsert_postgres(
         conn.client()
             .execute(&insert, &locations.params(&customer, &now))
             .await?;
+    }
+    if !replace_addresses {
+        return Ok(counts);
     }
     if !changed.is_empty() {
         let changed_locations: Vec<&SupplierRecord> = changed.iter().map(|(s, _)| *s).collect();
@@ -693,11 +729,11 @@ pub(crate) mod tests {
             conn,
             "c1",
             &[supplier("S1", "One", Some("Utrecht")), supplier("S2", "Two", None)],
-        )
+        Default::default())
         .await
         .unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (2, 0, 0));
-        let counts = save_suppliers(conn, "c1", &[supplier("S1", "One renamed", Some("Delft"))])
+        let counts = save_suppliers(conn, "c1", &[supplier("S1", "One renamed", Some("Delft"))], Default::default())
             .await
             .unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (0, 1, 0));
@@ -706,7 +742,7 @@ pub(crate) mod tests {
         assert_eq!(count(conn, "supplier_address").await, 1);
         assert_eq!(name_and_city(conn, "S1").await, ("One renamed".into(), "Delft".into()));
         // Another tenant's S1 is another row.
-        save_suppliers(conn, "c2", &[supplier("S1", "Theirs", None)])
+        save_suppliers(conn, "c2", &[supplier("S1", "Theirs", None)], Default::default())
             .await
             .unwrap();
         assert_eq!(count(conn, "supplier").await, 3);
@@ -714,15 +750,15 @@ pub(crate) mod tests {
 
     async fn unchanged_suppliers_are_not_rewritten(conn: &mut Conn) {
         let batch = [supplier("S1", "One", Some("Utrecht")), supplier("S2", "Two", None)];
-        save_suppliers(conn, "c1", &batch).await.unwrap();
+        save_suppliers(conn, "c1", &batch, Default::default()).await.unwrap();
         let before = writes(conn).await;
-        let counts = save_suppliers(conn, "c1", &batch).await.unwrap();
+        let counts = save_suppliers(conn, "c1", &batch, Default::default()).await.unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (0, 0, 2));
         assert_eq!(writes(conn).await, before, "not one row was written");
         let mut renamed = batch.to_vec();
         renamed[1].supplier_name = "Two renamed".into();
         renamed.push(supplier("S3", "Three", None));
-        let counts = save_suppliers(conn, "c1", &renamed).await.unwrap();
+        let counts = save_suppliers(conn, "c1", &renamed, Default::default()).await.unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (1, 1, 1));
         assert_ne!(writes(conn).await, before, "the check sees a write");
         // SQLite looks suppliers up first after a batch of mostly known ones
@@ -730,11 +766,11 @@ pub(crate) mod tests {
         let mut mixed = renamed.clone();
         mixed[0].supplier_name = "One renamed".into();
         mixed.extend((4..8).map(|n| supplier(&format!("S{n}"), "New", None)));
-        let counts = save_suppliers(conn, "c1", &mixed).await.unwrap();
+        let counts = save_suppliers(conn, "c1", &mixed, Default::default()).await.unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (4, 1, 2));
         mixed[1].supplier_name = "Two again".into();
         mixed.push(supplier("S8", "Eight", None));
-        let counts = save_suppliers(conn, "c1", &mixed).await.unwrap();
+        let counts = save_suppliers(conn, "c1", &mixed, Default::default()).await.unwrap();
         assert_eq!((counts.inserted, counts.updated, counts.unchanged), (1, 1, 6));
     }
 
@@ -743,8 +779,8 @@ pub(crate) mod tests {
         let mut branch = two.locations[0].clone();
         branch.location_code = "BRANCH".into();
         two.locations.push(branch);
-        save_suppliers(conn, "c1", &[two]).await.unwrap();
-        save_suppliers(conn, "c1", &[supplier("S1", "One", Some("Delft"))])
+        save_suppliers(conn, "c1", &[two], Default::default()).await.unwrap();
+        save_suppliers(conn, "c1", &[supplier("S1", "One", Some("Delft"))], Default::default())
             .await
             .unwrap();
         assert_eq!(count(conn, "supplier_location").await, 2);
@@ -765,7 +801,7 @@ pub(crate) mod tests {
         full.locations[0].taxpayer_id = Some("NL123".into());
         full.locations[0].addresses[0].postal_code = Some("3511".into());
         let bare = supplier("S2", "Two", Some("Delft"));
-        save_suppliers(conn, "c1", &[full, bare]).await.unwrap();
+        save_suppliers(conn, "c1", &[full, bare], Default::default()).await.unwrap();
         let absent = conn
             .query(
                 "SELECT s.custom_field_1, s.alternative_supplier_name, l.taxpayer_id, a.postal_code
@@ -787,12 +823,12 @@ pub(crate) mod tests {
         let mut off = supplier("S1", "One", Some("Utrecht"));
         off.is_active = Some(false);
         off.locations[0].is_active = Some(false);
-        save_suppliers(conn, "c1", &[off.clone()]).await.unwrap();
+        save_suppliers(conn, "c1", &[off.clone()], Default::default()).await.unwrap();
         let mut silent = off.clone();
         silent.supplier_name = "One renamed".into();
         silent.is_active = None;
         silent.locations[0].is_active = None;
-        save_suppliers(conn, "c1", &[silent]).await.unwrap();
+        save_suppliers(conn, "c1", &[silent], Default::default()).await.unwrap();
         let row = conn
             .query_opt(
                 "SELECT s.is_active, l.is_active FROM supplier s JOIN supplier_location l
@@ -806,7 +842,7 @@ pub(crate) mod tests {
         let mut fresh = supplier("S2", "Two", Some("Gouda"));
         fresh.is_active = None;
         fresh.locations[0].is_active = None;
-        save_suppliers(conn, "c1", &[fresh]).await.unwrap();
+        save_suppliers(conn, "c1", &[fresh], Default::default()).await.unwrap();
         let row = conn
             .query_opt("SELECT is_active FROM supplier WHERE supplier_number = 'S2'", params![])
             .await
@@ -818,7 +854,7 @@ pub(crate) mod tests {
     async fn organization_code_is_part_of_the_key(conn: &mut Conn) {
         let mut other_org = supplier("S1", "One in org B", None);
         other_org.organization_code = Some("B".into());
-        save_suppliers(conn, "c1", &[supplier("S1", "One", None), other_org])
+        save_suppliers(conn, "c1", &[supplier("S1", "One", None), other_org], Default::default())
             .await
             .unwrap();
         assert_eq!(count(conn, "supplier").await, 2);
@@ -829,7 +865,7 @@ pub(crate) mod tests {
             supplier("S1", "First version", Some("Delft")),
             supplier("S1", "Last version", Some("Gouda")),
         ];
-        save_suppliers(conn, "c1", &batch).await.unwrap();
+        save_suppliers(conn, "c1", &batch, Default::default()).await.unwrap();
         assert_eq!(count(conn, "supplier").await, 1);
         assert_eq!(count(conn, "supplier_address").await, 1);
         assert_eq!(name_and_city(conn, "S1").await, ("Last version".into(), "Gouda".into()));

@@ -187,7 +187,7 @@ fn aliased_query(pairs: usize) -> raw_http::Response {
     }
 }
 
-#[link(wasm_import_module = "nuntiq:connector/supplier-load@0.2.1")]
+#[link(wasm_import_module = "nuntiq:connector/supplier-load@0.3.0")]
 unsafe extern "C" {
     /// `queue: func(suppliers: list<supplier>) -> result<u32, load-error>`,
     /// lowered by hand: (list pointer, list length, return area).
@@ -197,7 +197,8 @@ unsafe extern "C" {
 
 /// Canonical-ABI sizes of the records (all aligned to 4).
 const ADDRESS_SIZE: usize = 96; // 8 × option<string> (12 bytes each)
-const LOCATION_SIZE: usize = 164;
+// 164 bytes of 0.2 fields, then `bank-accounts: list<…>` (left empty: pointer 0, length 0).
+const LOCATION_SIZE: usize = 172;
 const SUPPLIER_SIZE: usize = 124;
 
 /// Suppliers laid out in memory by hand, sharing their arrays and strings.

@@ -211,7 +211,7 @@ pub mod raw_http {
 pub mod supplier_load {
     use super::{State, with};
     pub use crate::bindings::nuntiq::connector::supplier_load::{
-        LoadError, Supplier, SupplierAddress, SupplierLocation,
+        LoadError, LoadOptions, Supplier, SupplierAddress, SupplierBankAccount, SupplierLocation,
     };
 
     /// Unsaved suppliers the host takes (`--max-queued-suppliers`).
@@ -254,8 +254,32 @@ pub mod supplier_load {
                     l.addresses.len()
                 ));
             }
+            if l.bank_accounts.len() > MAX_ADDRESSES {
+                return Err(format!(
+                    "{name}: location {:?} has {} bank accounts, at most {MAX_ADDRESSES}",
+                    l.location_code,
+                    l.bank_accounts.len()
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The run's load options, as the host takes them: `full_load` only
+    /// before the first supplier is queued.
+    pub fn set_options(options: LoadOptions) -> Result<(), LoadError> {
+        with(|s| {
+            let started = s.load_started || !s.queue.is_empty();
+            if started && options.full_load != s.load_options.0 {
+                return Err(LoadError::InvalidRecord(
+                    "set-options: full-load can only be chosen before the run's first queue call; call \
+                     set-options first"
+                        .into(),
+                ));
+            }
+            s.load_options = (options.full_load, options.address_insert_only, options.bank_insert_only);
+            Ok(())
+        })
     }
 
     pub fn queue(suppliers: &[Supplier]) -> Result<u32, LoadError> {
@@ -276,10 +300,17 @@ pub mod supplier_load {
     }
 
     /// Writes what is queued: upserted on (supplier_number, organization_code),
-    /// locations upserted by location_code, addresses replaced.
+    /// locations upserted by location_code, addresses and bank accounts
+    /// replaced (or, insert-only, the new ones added); a full load's first
+    /// write empties the store first.
     pub(crate) fn flush(s: &mut State) -> u32 {
         let queued = std::mem::take(&mut s.queue);
         let n = queued.len() as u32;
+        if n > 0 && s.load_options.0 && !s.load_started {
+            s.store.clear();
+        }
+        s.load_started |= n > 0;
+        let (_, address_insert_only, bank_insert_only) = s.load_options;
         for supplier in queued {
             let key = (
                 supplier.supplier_number.clone(),
@@ -288,9 +319,29 @@ pub mod supplier_load {
             let mut merged = supplier.clone();
             if let Some(old) = s.store.get(&key) {
                 let mut locations = old.locations.clone();
-                for l in supplier.locations {
+                for mut l in supplier.locations {
                     match locations.iter_mut().find(|o| o.location_code == l.location_code) {
-                        Some(o) => *o = l,
+                        Some(o) => {
+                            if address_insert_only {
+                                let mut kept = std::mem::take(&mut o.addresses);
+                                for a in l.addresses.drain(..) {
+                                    if !kept.contains(&a) {
+                                        kept.push(a);
+                                    }
+                                }
+                                l.addresses = kept;
+                            }
+                            if bank_insert_only {
+                                let mut kept = std::mem::take(&mut o.bank_accounts);
+                                for b in l.bank_accounts.drain(..) {
+                                    if !kept.iter().any(|k| k.bank_account_number == b.bank_account_number) {
+                                        kept.push(b);
+                                    }
+                                }
+                                l.bank_accounts = kept;
+                            }
+                            *o = l;
+                        }
                         None => locations.push(l),
                     }
                 }

@@ -132,6 +132,10 @@ pub(crate) struct State {
     /// Streams begun in the current job (the host allows 100).
     begun: BTreeSet<String>,
     queue: Vec<Supplier>,
+    /// The run's `set-options`: full load, address- and bank-insert-only.
+    load_options: (bool, bool, bool),
+    /// Whether the run wrote suppliers yet (a full load deletes only before).
+    load_started: bool,
     /// Every supplier handed to `queue`, in order.
     queued: Vec<Supplier>,
     store: BTreeMap<(String, String), Supplier>,
@@ -275,6 +279,8 @@ impl TestHost {
         let left_open = imports::delta_state::fail_open_runs(&mut s);
         s.begun.clear();
         s.queue.clear();
+        s.load_options = (false, false, false);
+        s.load_started = false;
         s.pending.clear();
         let text = match outcome {
             Err(message) => return Err(format!("connector_error: {message}")),

@@ -283,13 +283,14 @@ impl DeltaBackend for NuntiqApi {
         run_id: &'a str,
         completion: &'a Completion,
         pending: &'a [SupplierRecord],
+        options: LoadOptions,
         during_run: SaveCounts,
         stop: &'a Arc<Stop>,
     ) -> BoxFuture<'a, Result<(StreamState, SaveCounts), StoreError>> {
         Box::pin(async move {
             // Every earlier batch was acknowledged (the worker is ordered); the final one, then the cursor.
             let counts = self
-                .post_suppliers(&key.customer_number, pending, LoadOptions::default(), stop)
+                .post_suppliers(&key.customer_number, pending, options, stop)
                 .await?;
             if let Some(limit) = stop.exceeded() {
                 return Err(StoreError::Stopped(format!("{limit}; the cursor was not committed")));
