@@ -34,7 +34,7 @@ demo: build
 
 test: build
 	$(CARGO) test --release --locked -p nuntiq-host -p nuntiq-e2e
-	$(CARGO) test --locked --doc -p nuntiq-connector
+	$(CARGO) test --locked -p nuntiq-connector --features testing
 	$(CARGO) test --locked --lib -p acme
 
 # Slow (installs cargo-component, wasm-tools, componentize-py and jco the first

@@ -409,9 +409,12 @@ pub async fn run_job(
         policy,
         bearer_hosts,
         offline,
+        api_token,
     } = prepared;
     let recorder = offline.record.clone();
-    redact_panics(&settings);
+    // The Customer API's token is redacted like a secret, though the connector never sees it.
+    let secrets: Vec<&str> = settings.secret_values().chain(api_token.as_deref()).collect();
+    redact_panics(&secrets);
     if let Some(limit) = stop.exceeded() {
         let message = format!("{limit} before the connector started; nothing was run");
         make_log(options.log_format, options.log_level, Redactor::default()).error(&message, Some("start"), None);
@@ -421,7 +424,7 @@ pub async fn run_job(
         make_log(
             options.log_format,
             options.log_level,
-            Redactor::new(settings.secret_values()),
+            Redactor::new(secrets.iter().copied()),
         )
         .with_connector_budget(options.limits.max_log_lines, options.limits.max_log_bytes),
     );
@@ -572,6 +575,8 @@ struct Prepared {
     policy: Arc<NetworkPolicy>,
     bearer_hosts: Vec<AllowedHost>,
     offline: Offline,
+    /// The Customer API's token, when that is the store: for the redactor.
+    api_token: Option<String>,
 }
 
 /// Checks every input; the database is opened (and created) last, so bad
@@ -606,6 +611,7 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
     }
     let offline = offline_sources(options, &settings)?;
     let Loaded { plugin, fresh, refused } = runner.plugin(&options.plugin)?;
+    let mut api_token = None;
     let store = match (&options.db, options.dry_run) {
         (Db::Sqlite(path), true) => Store::open_sqlite_copy(path).map_err(overloaded_or)?,
         (Db::Nuntiq(_), true) => {
@@ -617,6 +623,7 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         }
         (Db::Nuntiq(api), false) => {
             let token = options.api_token.read().map_err(InputError::Arguments)?;
+            api_token = Some(token.expose().to_owned());
             Store::open_api(api, &options.ledger, token).map_err(overloaded_or)?
         }
         (Db::Postgres(_), true) => {
@@ -637,6 +644,7 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         policy,
         bearer_hosts,
         offline,
+        api_token,
     })
 }
 
@@ -744,12 +752,12 @@ pub fn compile(plugin: &std::path::Path, cache_dir: PathBuf, limits: CompileLimi
 
 /// A host panic must not print a secret either: the hook redacts its message
 /// with the secrets of every job this process has run.
-fn redact_panics(settings: &Settings) {
+fn redact_panics(values: &[&str]) {
     static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
     static HOOK: std::sync::Once = std::sync::Once::new();
     {
         let mut secrets = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
-        for value in settings.secret_values() {
+        for &value in values {
             if !secrets.iter().any(|s| s == value) {
                 secrets.push(value.to_owned());
             }

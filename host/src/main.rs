@@ -411,10 +411,16 @@ impl CompileCacheArgs {
 struct ServeArgs {
     /// The jobs file (TOML): one [[job]] table per connector instance.
     jobs: PathBuf,
-    /// The store: a SQLite file (one host), or postgres://USER@HOST:PORT/DATABASE
-    /// (one host or many).
+    /// The store: a SQLite file (one host), postgres://USER@HOST:PORT/DATABASE
+    /// (one host or many), or the Customer API, nuntiq+https://HOST/api (with --ledger).
     #[arg(long, env = "NUNTIQ_DB", default_value = "nuntiq.db", value_name = "PATH|URL", value_parser = parse_db)]
     db: Db,
+    /// With --db nuntiq+https://HOST/api: where slots, leases, run history,
+    /// rejected rows and usage are kept (a SQLite file or postgres:// URL;
+    /// share one PostgreSQL between hosts). Each job's token: its
+    /// api_token_env or api_token_file, else NUNTIQ_API_TOKEN.
+    #[arg(long, env = "NUNTIQ_LEDGER", default_value = "nuntiq.db", value_name = "PATH|URL", value_parser = parse_db)]
+    ledger: Db,
     /// Serve GET /metrics (Prometheus) and GET /healthz here, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -722,6 +728,7 @@ fn main() -> ExitCode {
             return ExitCode::from(nuntiq_host::serve::serve(nuntiq_host::serve::ServeOptions {
                 jobs_file: args.jobs,
                 db: args.db,
+                ledger: args.ledger,
                 metrics_addr: args.metrics_addr,
                 max_concurrent: args.max_concurrent as usize,
                 max_per_customer: args.max_per_customer as usize,

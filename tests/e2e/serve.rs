@@ -639,7 +639,10 @@ fn a_process_short_of_descriptors_runs_fewer_at_once_and_none_fails_for_it() {
         Some(200),
     );
     let lowered = serve.wait_for_line("--max-concurrent 1000 lowered to", Duration::from_secs(60));
-    wait_until("the store exists", Duration::from_secs(30), || db_path.exists());
+    // Migrated, not only created: a store opened between the two has no tables yet.
+    wait_until("the store is migrated", Duration::from_secs(30), || {
+        db_path.exists() && Db::open(&db_path).try_rows("SELECT 1 FROM schedule_slot LIMIT 1").is_some()
+    });
     let db = Db::open(&db_path);
     wait_until("sixty slots succeeded", Duration::from_secs(120), || honest_outcomes(&db).0 >= 60);
     let (code, log) = serve.stop();

@@ -65,6 +65,10 @@ pub struct JobSpec {
     pub params: Vec<String>,
     pub cadence: Cadence,
     pub flags: JobFlags,
+    /// With `serve --db nuntiq+https://…`: where this job's Customer API token
+    /// comes from (`api_token_env`, or `api_token_file` relative to the jobs
+    /// file; `NUNTIQ_API_TOKEN` when neither is given).
+    pub api_token: crate::job::ApiTokenSource,
 }
 
 #[derive(Deserialize)]
@@ -75,7 +79,16 @@ struct File {
 }
 
 /// A job's own keys, besides [`JobFlags::KEYS`].
-const JOB_KEYS: [&str; 6] = ["name", "plugin", "settings", "every", "cron", "params"];
+const JOB_KEYS: [&str; 8] = [
+    "name",
+    "plugin",
+    "settings",
+    "every",
+    "cron",
+    "params",
+    "api_token_env",
+    "api_token_file",
+];
 
 #[derive(Deserialize)]
 struct RawJob {
@@ -86,6 +99,8 @@ struct RawJob {
     cron: Option<String>,
     #[serde(default)]
     params: toml::Table,
+    api_token_env: Option<String>,
+    api_token_file: Option<PathBuf>,
     #[serde(flatten)]
     flags: JobFlags,
 }
@@ -189,7 +204,16 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
                 Some(serde_json::to_value(table).map_err(|e| fail(format!("settings: {e}")))?),
             ),
         };
+        let api_token = match (raw.api_token_env, raw.api_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(fail("give at most one of api_token_env and api_token_file".into()));
+            }
+            (Some(name), None) => crate::job::ApiTokenSource::Env(name),
+            (None, Some(file)) => crate::job::ApiTokenSource::File(base.join(file)),
+            (None, None) => crate::job::ApiTokenSource::default(),
+        };
         jobs.push(JobSpec {
+            api_token,
             name: raw.name,
             plugin: base.join(raw.plugin),
             settings,

@@ -36,6 +36,9 @@ use std::time::{Duration, Instant};
 pub struct ServeOptions {
     pub jobs_file: PathBuf,
     pub db: Db,
+    /// With `db` the Customer API: where slots, leases, run history and
+    /// rejected rows are kept (the scheduler's store).
+    pub ledger: Db,
     pub metrics_addr: Option<SocketAddr>,
     /// Runs at once in this process.
     pub max_concurrent: usize,
@@ -118,12 +121,25 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
         .map_err(|e| fail(e.to_string()))?;
         // Compiled now, so a plugin that cannot run is found before any slot is claimed.
         runner.plugin(&spec.plugin).map_err(|e| fail(e.to_string()))?;
+        if matches!(options.db, Db::Nuntiq(_)) {
+            // Read now, so a missing token stops the start, not every slot.
+            spec.api_token.read().map_err(|e| {
+                fail(format!(
+                    "{e} (in the jobs file: api_token_env = \"VAR\" or api_token_file = \"PATH\")"
+                ))
+            })?;
+        }
         jobs.push(Job {
             customer: settings.customer_number.clone(),
             spec,
         });
     }
-    let store = Store::open(&options.db).map_err(|e| e.to_string())?;
+    // On the Customer API, the scheduler's slots and leases live in the ledger.
+    let scheduler_db = match &options.db {
+        Db::Nuntiq(_) => &options.ledger,
+        db => db,
+    };
+    let store = Store::open(scheduler_db).map_err(|e| e.to_string())?;
     let metrics = Metrics::new();
     if let Some(addr) = options.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone()).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
@@ -372,6 +388,8 @@ fn start_run(state: &Arc<State>, job: &Job, slot: String, job_id: String) {
         compile: state.options.compile,
         job_id: Some(job_id.clone()),
         inline_settings: spec.inline_settings.clone(),
+        ledger: state.options.ledger.clone(),
+        api_token: spec.api_token.clone(),
         ..JobOptions::new(spec.plugin.clone(), spec.settings.clone(), state.options.db.clone())
     };
     spec.flags.apply(&mut options);

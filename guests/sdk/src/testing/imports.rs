@@ -325,7 +325,7 @@ pub mod supplier_load {
                             if address_insert_only {
                                 let mut kept = std::mem::take(&mut o.addresses);
                                 for a in l.addresses.drain(..) {
-                                    if !kept.contains(&a) {
+                                    if !kept.iter().any(|k| same_address(k, &a)) {
                                         kept.push(a);
                                     }
                                 }
@@ -351,6 +351,14 @@ pub mod supplier_load {
             s.store.insert(key, merged);
         }
         n
+    }
+
+    /// Addresses are equal field by field (the bindings do not derive `PartialEq`).
+    fn same_address(a: &SupplierAddress, b: &SupplierAddress) -> bool {
+        (&a.street, &a.city, &a.state, &a.postal_code, &a.country_code)
+            == (&b.street, &b.city, &b.state, &b.postal_code, &b.country_code)
+            && (&a.custom_field1, &a.custom_field2, &a.custom_field3)
+                == (&b.custom_field1, &b.custom_field2, &b.custom_field3)
     }
 
     pub fn save_all() -> Result<u32, LoadError> {

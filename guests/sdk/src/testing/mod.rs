@@ -360,3 +360,69 @@ fn set_or_remove(map: &mut Map<String, Value>, key: &str, value: Value) {
         map.insert(key.to_owned(), value);
     }
 }
+
+#[cfg(test)]
+mod load_option_tests {
+    use super::TestHost;
+    use crate::suppliers::{LoadOptions, SupplierLoad, address, bank_account, location, set_options, supplier};
+
+    fn one(number: &str, tag: &str) -> crate::Supplier {
+        let mut account = bank_account();
+        account.bank_account_number = Some(format!("ACCT-{tag}"));
+        let mut place = address();
+        place.city = Some(format!("City {tag}"));
+        let mut hq = location("HQ");
+        hq.addresses = vec![place];
+        hq.bank_accounts = vec![account];
+        let mut s = supplier(number, "A supplier");
+        s.locations = vec![hq];
+        s
+    }
+
+    fn load(options: LoadOptions, suppliers: &[(&str, &str)]) -> Result<String, String> {
+        set_options(options).map_err(|e| e.message())?;
+        let mut batch = SupplierLoad::new();
+        for (number, tag) in suppliers {
+            batch.add(one(number, tag));
+        }
+        batch.save_all().map_err(|e| e.message())?;
+        Ok("{}".into())
+    }
+
+    const PLAIN: LoadOptions = LoadOptions {
+        full_load: false,
+        address_insert_only: false,
+        bank_insert_only: false,
+    };
+
+    #[test]
+    fn insert_only_adds_and_a_full_load_replaces_as_the_host_does() {
+        let host = TestHost::new();
+        host.run(|| load(PLAIN, &[("S1", "1"), ("S2", "1")])).unwrap();
+        let insert_only = LoadOptions {
+            address_insert_only: true,
+            bank_insert_only: true,
+            ..PLAIN
+        };
+        host.run(|| load(insert_only, &[("S1", "2")])).unwrap();
+        let hq = &host.supplier("S1").unwrap().locations[0];
+        assert_eq!(hq.addresses.len(), 2);
+        assert_eq!(hq.bank_accounts.len(), 2);
+        host.run(|| load(PLAIN, &[("S1", "3")])).unwrap();
+        assert_eq!(host.supplier("S1").unwrap().locations[0].bank_accounts.len(), 1);
+
+        let full = LoadOptions { full_load: true, ..PLAIN };
+        host.run(|| load(full, &[("S3", "1")])).unwrap();
+        let numbers: Vec<String> = host.suppliers().into_iter().map(|s| s.supplier_number).collect();
+        assert_eq!(numbers, ["S3"]);
+
+        let late = host.run(|| {
+            let mut batch = SupplierLoad::new();
+            batch.add(one("S4", "1"));
+            batch.queue().map_err(|e| e.message())?;
+            set_options(full).map_err(|e| e.message())?;
+            Ok("{}".into())
+        });
+        assert!(late.unwrap_err().contains("full-load can only be chosen before"));
+    }
+}
