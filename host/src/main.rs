@@ -530,6 +530,29 @@ impl RunPluginArgs {
     }
 }
 
+/// `text` with the user-info of every URL in it (`scheme://user:password@`)
+/// replaced by `***`.
+fn hide_url_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c == '\'' || c == '"' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(user_end) => {
+                out.push_str("***");
+                rest = &tail[user_end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn main() -> ExitCode {
     // `nuntiq-host __compile`: the hidden subcommand a plugin is compiled in.
     if let Some(code) = nuntiq_host::compile::run_child_if_asked() {
@@ -539,10 +562,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
-            let _ = e.print();
+            // Clap quotes a refused value: a URL's password must not reach the terminal.
+            let rendered = hide_url_credentials(&e.render().to_string());
+            eprint!("{rendered}");
             // run-plugin keeps its promise of one envelope on stdout, even for bad flags.
             if std::env::args().nth(1).as_deref() == Some("run-plugin") {
-                let rendered = e.render().to_string();
                 let message = rendered
                     .lines()
                     .next()
@@ -810,5 +834,23 @@ fn admin_exit(result: Result<(), AdminError>) -> ExitCode {
                 1
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hide_url_credentials;
+
+    #[test]
+    fn credentials_in_urls_are_hidden() {
+        assert_eq!(
+            hide_url_credentials("invalid value 'postgres://me:pw@db:5432/x' for '--db'"),
+            "invalid value 'postgres://***@db:5432/x' for '--db'"
+        );
+        assert_eq!(
+            hide_url_credentials("nuntiq+http://u:s@127.0.0.1:9/api and https://plain.example/x"),
+            "nuntiq+http://***@127.0.0.1:9/api and https://plain.example/x"
+        );
+        assert_eq!(hide_url_credentials("no url here"), "no url here");
     }
 }

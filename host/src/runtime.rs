@@ -729,7 +729,12 @@ async fn settle(
     };
     let outcome = match (outcome, drained) {
         (Outcome::Success(..), Err(e)) => Outcome::failure("store_error", format!("suppliers could not be written: {e}")),
-        (Outcome::Success(done), Ok(written)) => Outcome::Success(Succeeded { written, ..done }),
+        // Rows the store refused one by one (the Customer API's 400) were set aside too.
+        (Outcome::Success(done), Ok(written)) => Outcome::Success(Succeeded {
+            rejected: done.rejected + written.refused,
+            written,
+            ..done
+        }),
         (outcome, _) => outcome,
     };
     let dropped = log.dropped();

@@ -10,6 +10,7 @@ mod bad_input;
 mod cache;
 mod compile;
 mod containment;
+mod customer_api;
 mod delivery;
 mod hostile;
 mod load_options;

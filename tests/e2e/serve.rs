@@ -76,9 +76,19 @@ impl Serve {
         Self::start_with_open_files(jobs, db, extra, None)
     }
 
+    /// `serve` with these environment variables set.
+    pub(crate) fn start_env(jobs: &Path, db: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(jobs, db, extra, None, env)
+    }
+
     /// `serve` under `ulimit -n open_files` (soft and hard), when given.
     fn start_with_open_files(jobs: &Path, db: &str, extra: &[&str], open_files: Option<u64>) -> Self {
+        Self::spawn(jobs, db, extra, open_files, &[])
+    }
+
+    fn spawn(jobs: &Path, db: &str, extra: &[&str], open_files: Option<u64>, env: &[(&str, &str)]) -> Self {
         let mut command = host_command();
+        command.envs(env.iter().copied());
         if let Some(n) = open_files {
             use std::os::unix::process::CommandExt;
             // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
