@@ -2,6 +2,7 @@
 //! and peak RSS are measured the same way for all), and the harness that runs
 //! every contender on the same data and prints the table.
 
+mod api;
 mod harness;
 mod native;
 mod plain;
@@ -76,6 +77,20 @@ enum Command {
         #[arg(long, default_value_t = scale::default_pg())]
         pg: String,
         /// Set the pg_load key in this JSON file (e.g. bench/results.json), keeping its other keys.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Delivery to the Customer API: the host against the seed's Python pattern
+    /// (1000 per request), into the same Customer API mock.
+    ApiDelivery {
+        #[arg(long, default_value_t = 100_000)]
+        suppliers: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The venv's python with requests and tenacity; without it only the host runs.
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Set the api_delivery key in this JSON file (e.g. bench/results.json), keeping its other keys.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -188,6 +203,19 @@ fn main() -> anyhow::Result<()> {
             scale::print_pg_load(&rows);
             if let Some(out) = out {
                 scale::write_key(&out, "pg_load", value)?;
+            }
+            return Ok(());
+        }
+        Command::ApiDelivery {
+            suppliers,
+            runs,
+            python,
+            out,
+        } => {
+            let value = api::api_delivery(suppliers, runs, python.as_deref())?;
+            api::print_api_delivery(&value);
+            if let Some(out) = out {
+                scale::write_key(&out, "api_delivery", value)?;
             }
             return Ok(());
         }
