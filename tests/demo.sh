@@ -49,4 +49,21 @@ SUPPLIERS=$("$HOST" suppliers export --db "$DEMO/nuntiq.db" | wc -l)
 echo "suppliers stored: $SUPPLIERS; the last few changed:"
 "$HOST" suppliers export --db "$DEMO/nuntiq.db" --format csv | grep -E 'renamed|^customer_number' | cut -d, -f2,4,7,27-31 | column -s, -t 2>/dev/null || true
 echo
+echo "== The same job delivering to Nuntiq: the Customer API (a local mock) as the store"
+API_MOCK=target/release/nuntiq-api-mock
+export NUNTIQ_API_TOKEN="demo-api-key-5d1c"   # the token never goes on the command line
+"$API_MOCK" serve --token "$NUNTIQ_API_TOKEN:10000001" --url-file "$DEMO/api-url" > "$DEMO/api.log" 2>&1 &
+API_PID=$!
+trap 'kill $MOCK_PID $API_PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -s "$DEMO/api-url" ] && break; sleep 0.05; done
+API="nuntiq+$(cat "$DEMO/api-url")/api"
+echo "\$ NUNTIQ_API_TOKEN=… nuntiq-host run-plugin dist/acme.wasm $DEMO/settings.json --db $API --ledger $DEMO/ledger.db --allow-host $URL"
+"$HOST" run-plugin dist/acme.wasm "$DEMO/settings.json" --db "$API" --ledger "$DEMO/ledger.db" --allow-host "$URL"
+API_URL=$(cat "$DEMO/api-url")
+DELIVERED=$(curl -fsS "$API_URL/_mock/suppliers?customer=10000001" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+echo "suppliers in Nuntiq (the mock): $DELIVERED; the cursor the API committed:"
+curl -fsS "$API_URL/_mock/streams" | python3 -c 'import json,sys; [print(" ", s["connector_name"], s["stream_name"], s["status"], s["committed_cursor_value"]) for s in json.load(sys.stdin)]'
+echo "run history (from the ledger):"
+"$HOST" runs --db "$DEMO/ledger.db" --limit 1
+echo
 echo "Done. Inspect more with: $HOST state show --db $DEMO/nuntiq.db --json"
