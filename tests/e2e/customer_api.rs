@@ -37,6 +37,28 @@ fn acme_to_api(mock: &Mock, api: &ApiMock, settings: &Path, work: &Workdir, toke
     command
 }
 
+/// `run-plugin bank-loader.wasm` delivering to `api`, with `params` as `--param`s.
+fn banks_to_api(api: &ApiMock, settings: &Path, work: &Workdir, params: &[&str]) -> Command {
+    let mut command = host_command();
+    command
+        .args([
+            "run-plugin",
+            guest("bank-loader").to_str().unwrap(),
+            settings.to_str().unwrap(),
+            "--db",
+            &api.store_url(),
+            "--ledger",
+            work.path("ledger.db").to_str().unwrap(),
+        ])
+        .env("NUNTIQ_API_TOKEN", API_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for p in params {
+        command.args(["--param", p]);
+    }
+    command
+}
+
 fn run(mut command: Command) -> Run {
     finish(command.spawn().expect("nuntiq-host starts"))
 }
@@ -328,24 +350,7 @@ fn bank_accounts_and_the_load_options_reach_the_api_and_only_the_first_request_c
     let work = Workdir::new();
     let settings = work.write_settings("settings.json", &bank_settings());
     let load = |params: &[&str]| {
-        let mut command = host_command();
-        command
-            .args([
-                "run-plugin",
-                guest("bank-loader").to_str().unwrap(),
-                settings.to_str().unwrap(),
-                "--db",
-                &api.store_url(),
-                "--ledger",
-                work.path("ledger.db").to_str().unwrap(),
-            ])
-            .env("NUNTIQ_API_TOKEN", API_TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for p in params {
-            command.args(["--param", p]);
-        }
-        let done = run(command);
+        let done = run(banks_to_api(&api, &settings, &work, params));
         assert_eq!(done.code, 0, "{}\n{}", done.envelope, done.stderr);
         assert!(!done.stderr.contains("ACCT"), "no bank account number is logged");
         done
@@ -404,23 +409,7 @@ fn a_run_the_api_shows_going_for_less_than_an_hour_is_left_alone() {
             "started_at_utc": (Utc::now() - Days::minutes(minutes)).to_rfc3339(),
         }))
     };
-    let load = || {
-        let mut command = host_command();
-        command
-            .args([
-                "run-plugin",
-                guest("bank-loader").to_str().unwrap(),
-                settings.to_str().unwrap(),
-                "--db",
-                &api.store_url(),
-                "--ledger",
-                work.path("ledger.db").to_str().unwrap(),
-            ])
-            .env("NUNTIQ_API_TOKEN", API_TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        run(command)
-    };
+    let load = || run(banks_to_api(&api, &settings, &work, &[]));
     going(5);
     let left = load();
     assert_eq!(left.code, 1, "{}", left.envelope);

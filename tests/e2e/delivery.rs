@@ -55,23 +55,6 @@ fn assert_converged(db: &Path, mock: &Mock) {
     assert_eq!(Some(cursor), newest_after(&truth, window));
 }
 
-/// Runs `test` on a SQLite file and on a PostgreSQL schema of its own.
-macro_rules! on_both_engines {
-    ($sqlite:ident, $postgres:ident, $test:ident) => {
-        #[test]
-        fn $sqlite() {
-            let work = Workdir::new();
-            $test(&work.db());
-        }
-
-        #[test]
-        fn $postgres() {
-            let schema = PgSchema::new();
-            $test(Path::new(&schema.url()));
-        }
-    };
-}
-
 on_both_engines!(
     sigkill_at_many_points_then_rerun_converges_on_sqlite,
     sigkill_at_many_points_then_rerun_converges_on_postgres,

@@ -7,22 +7,6 @@ use nuntiq_e2e::*;
 use serde_json::{Value, json};
 use std::path::Path;
 
-macro_rules! on_both_engines {
-    ($sqlite:ident, $postgres:ident, $test:ident) => {
-        #[test]
-        fn $sqlite() {
-            let work = Workdir::new();
-            $test(&work.db());
-        }
-
-        #[test]
-        fn $postgres() {
-            let schema = PgSchema::new();
-            $test(Path::new(&schema.url()));
-        }
-    };
-}
-
 pub fn bank_settings() -> Value {
     json!({
         "customer_number": "10000001",

@@ -1,6 +1,23 @@
 //! End-to-end tests: the real `nuntiq-host` binary, the real mock API on
 //! 127.0.0.1, and a real SQLite file per test. `make build` first.
 
+/// Runs `test` on a SQLite file and on a PostgreSQL schema of its own.
+macro_rules! on_both_engines {
+    ($sqlite:ident, $postgres:ident, $test:ident) => {
+        #[test]
+        fn $sqlite() {
+            let work = nuntiq_e2e::Workdir::new();
+            $test(&work.db());
+        }
+
+        #[test]
+        fn $postgres() {
+            let schema = nuntiq_e2e::PgSchema::new();
+            $test(std::path::Path::new(&schema.url()));
+        }
+    };
+}
+
 mod acme;
 mod admin;
 mod api_mock;

@@ -210,23 +210,6 @@ fn csv_export_neutralises_cells_a_spreadsheet_would_run() {
     assert_eq!(quoted, formulas.len() + 2, "{text}");
 }
 
-/// Runs `test` on a SQLite file and on a PostgreSQL schema of its own.
-macro_rules! on_both_engines {
-    ($sqlite:ident, $postgres:ident, $test:ident) => {
-        #[test]
-        fn $sqlite() {
-            let work = Workdir::new();
-            $test(&work.db());
-        }
-
-        #[test]
-        fn $postgres() {
-            let schema = PgSchema::new();
-            $test(Path::new(&schema.url()));
-        }
-    };
-}
-
 /// Makes the store refuse a rejected row that says `store-refuses` (a
 /// trigger of the test's own, as a full disk or a lost connection would).
 fn refuse_marked_rejects(db: &Path) {
