@@ -463,3 +463,36 @@ fn serve_delivers_each_customer_with_its_own_token() {
     }
     assert!(api.requests().iter().all(|r| r.authorized), "each customer's token was its own");
 }
+
+#[test]
+fn the_apis_cursor_regression_and_not_found_reach_the_connector_as_the_contract_names_them() {
+    let api = ApiMock::start(API_MOCK);
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &bank_settings());
+    let first = run(banks_to_api(&api, &settings, &work, &[]));
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let cursor = || api.stream(CUSTOMER, "banks", "banks").unwrap()["committed_cursor_value"].clone();
+    assert_eq!(cursor(), "1");
+
+    api.faults(json!([{"op": "complete", "action": "status", "status": 422,
+        "body": "{\"code\": \"CURSOR_REGRESSION\", \"message\": \"new_cursor_value 2 is behind 40\"}"}]));
+    let regressed = run(banks_to_api(&api, &settings, &work, &[]));
+    assert_eq!(regressed.code, 1, "{}", regressed.envelope);
+    assert!(
+        regressed.error_message().contains("new_cursor_value 2 is behind 40"),
+        "the connector saw cursor-regression with the API's message: {}",
+        regressed.envelope
+    );
+    assert_eq!(cursor(), "1", "the cursor stays");
+
+    api.faults(json!([{"op": "complete", "action": "status", "status": 404,
+        "body": "{\"message\": \"stream not found: call /begin first\"}"}]));
+    let missing = run(banks_to_api(&api, &settings, &work, &[]));
+    assert_eq!(missing.code, 1, "{}", missing.envelope);
+    assert!(
+        missing.error_message().contains("404 stream not found: call /begin first"),
+        "a store error that names it: {}",
+        missing.envelope
+    );
+    assert_eq!(cursor(), "1");
+}
