@@ -13,6 +13,7 @@ mod containment;
 mod delivery;
 mod hostile;
 mod output;
+mod pg_tls;
 mod secrets;
 mod serve;
 mod stopping;
