@@ -17,6 +17,7 @@ mod pg_tls;
 mod secrets;
 mod serve;
 mod stopping;
+mod store_copy;
 mod wasi_http;
 
 /// The mock API binary of this package.
