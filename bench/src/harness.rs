@@ -268,6 +268,15 @@ fn plain_command(mock: &MockServer, db: &Path) -> Command {
     c
 }
 
+/// The plain loader writing PostgreSQL (contender G2) into the schema `url` names.
+pub(crate) fn plain_pg_command(mock: &MockServer, url: &str) -> Command {
+    let mut c = Command::new(bin("nuntiq-bench"));
+    c.arg("plain-pg")
+        .args(source_args(mock))
+        .args(["--since", SINCE, "--db", url]);
+    c
+}
+
 /// The plain loader's fetch thread alone: the floor of a re-read.
 fn plain_read_command(mock: &MockServer) -> Command {
     let mut c = Command::new(bin("nuntiq-bench"));

@@ -116,6 +116,16 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
     },
+    /// Contender G2: the plain Rust loader's rows into PostgreSQL (tokio-postgres, unnest upserts, pipelined).
+    PlainPg {
+        #[command(flatten)]
+        source: Source,
+        #[arg(long)]
+        since: Option<String>,
+        /// postgres://… (a schema of its own via options=-c search_path=…).
+        #[arg(long)]
+        db: String,
+    },
     /// Contender R (a floor): the plain loader's fetching and parsing alone, nothing
     /// written: what any re-read of the window costs before it touches a store.
     PlainRead {
@@ -233,6 +243,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Plain { source, since, db } => {
             plain::plain(&source.api_url, &source.token, since.as_deref(), source.page_size, &db)?
+        }
+        Command::PlainPg { source, since, db } => {
+            plain::plain_pg(&source.api_url, &source.token, since.as_deref(), source.page_size, &db)?
         }
         Command::PlainRead { source, since } => {
             plain::read_only(&source.api_url, &source.token, &since, source.page_size)?

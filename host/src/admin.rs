@@ -658,3 +658,53 @@ mod tests {
         assert_eq!(esc("Malmö 🙂"), "Malmö 🙂", "printable text stays");
     }
 }
+
+/// `store copy`: everything `from` holds into `to`, verified before it commits.
+pub fn copy_store(
+    from: &Db,
+    to: &Db,
+    force: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), crate::store::copy::CopyError> {
+    use crate::store::copy::{self, CopyError};
+    if from == to
+        || matches!((from, to), (Db::Sqlite(a), Db::Sqlite(b))
+            if a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a)))
+    {
+        return Err(CopyError::Refused(format!(
+            "--from and --to are the same store ({from})"
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CopyError::Failed(e.to_string()))?;
+    let copied = runtime.block_on(async {
+        let mut source = copy::open("--from", from, true).await?;
+        let mut target = copy::open("--to", to, false).await?;
+        copy::copy(&mut source, &mut target, force).await
+    })?;
+    let total: u64 = copied.tables.iter().map(|(_, n)| n).sum();
+    let written = if json {
+        let tables: serde_json::Map<String, Value> = copied.tables.iter().map(|(t, n)| (t.clone(), json!(n))).collect();
+        writeln!(
+            out,
+            "{}",
+            json!({"from": from.shown(), "to": to.shown(), "rows": total, "tables": tables, "digest": copied.digest})
+        )
+    } else {
+        let tables: Vec<String> = copied.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        writeln!(
+            out,
+            "copied {total} rows from {from} to {to}: {}; both stores' content digest is {}",
+            tables.join(", "),
+            copied.digest
+        )
+    };
+    written.map_err(|e| {
+        CopyError::Failed(format!(
+            "the copy is committed, but its summary could not be written: {e}"
+        ))
+    })
+}

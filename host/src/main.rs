@@ -62,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: SuppliersCommand,
     },
+    /// Whole stores: copy one into another (SQLite and PostgreSQL, either way).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// What a plugin is and whether this host can run it: world, contract
     /// version, imports and exports, size, SHA-256. Exit 0 when it can run,
     /// 1 when it cannot (the output says why), 2 when the file cannot be read
@@ -258,6 +263,30 @@ enum SuppliersCommand {
         customer: Option<String>,
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy everything a store holds (delta state, audit log, run history, rejected rows, suppliers with
+    /// their locations and addresses, schedule slots) into another store, in one transaction that commits
+    /// only when the target's row counts and content digest equal the source's. Stop the jobs that write
+    /// the source first; runs that go on beside the copy are not in it. Exit 0 copied, 1 the copy failed
+    /// (the target is unchanged), 2 bad input (a store that cannot be opened, a non-empty target).
+    Copy {
+        /// The store to read: a SQLite file, or postgres://USER@HOST:PORT/DATABASE (libpq's PG* variables and
+        /// ~/.pgpass apply).
+        #[arg(long, value_name = "PATH|URL", value_parser = parse_db)]
+        from: Db,
+        /// The store to write: created if a SQLite file does not exist; it must hold nothing unless --force.
+        #[arg(long, value_name = "PATH|URL", value_parser = parse_db)]
+        to: Db,
+        /// Replace whatever the target holds.
+        #[arg(long)]
+        force: bool,
+        /// The summary as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -782,6 +811,20 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("nuntiq-host: {e}");
                     ExitCode::from(2)
+                }
+            };
+        }
+        Command::Store {
+            command: StoreCommand::Copy { from, to, force, json },
+        } => {
+            return match admin::copy_store(&from, &to, force, json, &mut stdout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nuntiq-host: {e}");
+                    ExitCode::from(match e {
+                        nuntiq_host::store::copy::CopyError::Refused(_) => 2,
+                        nuntiq_host::store::copy::CopyError::Failed(_) => 1,
+                    })
                 }
             };
         }

@@ -32,9 +32,11 @@ mod delivery;
 mod hostile;
 mod load_options;
 mod output;
+mod pg_tls;
 mod secrets;
 mod serve;
 mod stopping;
+mod store_copy;
 mod wasi_http;
 
 /// The mock API binary of this package.

@@ -15,6 +15,8 @@ pub mod nuntiq;
 pub mod dry_run;
 pub mod owner;
 pub mod postgres;
+pub mod copy;
+pub mod pg_connect;
 pub mod records;
 pub mod rejected;
 pub mod schedule;

@@ -4,6 +4,7 @@
 //! versioned and run under a transaction-scoped advisory lock, so hosts that
 //! start together apply each one once.
 
+use super::pg_connect;
 use super::sql::{Param, Row, Value};
 use super::{OpenError, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -11,7 +12,6 @@ use futures_util::TryStreamExt;
 use std::collections::HashMap;
 use std::error::Error;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 /// Whether `--db` names a PostgreSQL database rather than a SQLite file.
@@ -19,11 +19,28 @@ pub fn is_url(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
-/// The URL as it may be shown: without its password.
+/// The URL as it may be shown: without its password (in the user part or a
+/// `password=` setting).
 pub fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query_pairs().any(|(k, _)| k == "password") {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
         _ => url.to_owned(),
@@ -101,11 +118,9 @@ impl PgPool {
             path: shown.clone().into(),
             reason,
         };
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            fail(format!(
-                "not a PostgreSQL URL ({e}); the form is postgres://USER@HOST:PORT/DATABASE"
-            ))
-        })?;
+        let settings = pg_connect::settings(url, &|var| std::env::var(var).ok()).map_err(fail)?;
+        let notes = settings.notes;
+        let mut config = settings.config;
         // Plan each statement for its own values: a generic plan made while a
         // table was empty would scan it whole for ever after.
         let options = match config.get_options() {
@@ -115,7 +130,7 @@ impl PgPool {
         config.options(options);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            settings.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -132,14 +147,14 @@ impl PgPool {
             shown: shown.clone(),
         };
         let mut conn = pool.conn().await.map_err(|e| {
-            let e = e.to_string();
-            let next = if e.contains("TLS") {
-                "this host connects to PostgreSQL without TLS: use sslmode=disable (or none) on a trusted \
-                     network, or a local TLS proxy such as pgbouncer or stunnel"
-            } else {
-                "is the server running and the database created?"
-            };
-            fail(format!("cannot connect: {e}; {next}"))
+            let mut reason = format!("cannot connect: {e}");
+            for note in &notes {
+                reason.push_str(&format!("; {note}"));
+            }
+            if !e.to_string().contains("certificate") {
+                reason.push_str("; is the server running, the database created and the password right?");
+            }
+            fail(reason)
         })?;
         migrate(&mut conn)
             .await
@@ -516,13 +531,32 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn asking_for_tls_says_what_to_do_instead() {
-        let url = format!("{}?sslmode=require", crate::store::testing::server_url());
-        let message = PgPool::open(&url).await.err().expect("TLS is refused").to_string();
-        assert!(
-            message.contains("sslmode=require") && message.contains("without TLS"),
-            "{message}"
+    #[test]
+    fn passwords_in_the_query_are_not_shown() {
+        assert_eq!(
+            redacted("postgres://app@db.internal/nuntiq?sslmode=verify-full&password=s3cret"),
+            "postgres://app@db.internal/nuntiq?sslmode=verify-full&password=***"
         );
+    }
+
+    /// The test server has TLS on (as Debian sets it up, with its own
+    /// certificate): `require` encrypts without checking it, `verify-ca`
+    /// without a root certificate is refused before connecting.
+    #[tokio::test]
+    async fn require_encrypts_and_verify_needs_a_root_certificate() {
+        let url = format!("{}?sslmode=require", crate::store::testing::server_url());
+        let pool = PgPool::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
+        let conn = pool.conn().await.unwrap();
+        let ssl: bool = conn
+            .client()
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ssl, "sslmode=require must encrypt");
+
+        let url = format!("{}?sslmode=verify-ca", crate::store::testing::server_url());
+        let message = PgPool::open(&url).await.err().expect("no root certificate").to_string();
+        assert!(message.contains("sslrootcert"), "{message}");
     }
 }

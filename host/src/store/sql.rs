@@ -221,6 +221,14 @@ impl Conn {
         Ok(self.query(sql, params).await?.into_iter().next())
     }
 
+    /// Runs statements that take no parameters and return nothing (`BEGIN …`).
+    pub async fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            Conn::Sqlite(c) => Ok(c.conn.execute_batch(sql)?),
+            Conn::Postgres(c) => Ok(c.client().batch_execute(sql).await?),
+        }
+    }
+
     /// Hands each row to `visit` as it is read (a listing of any size streams).
     pub async fn query_each(
         &mut self,
