@@ -347,7 +347,13 @@ pub fn run_plugin(options: JobOptions) -> Report {
             return Report::failure("host_overloaded", overloaded.to_string(), 1);
         }
     };
-    runtime.block_on(run_job(&runner, &options, stop, LogSink::stderr))
+    runtime.block_on(run_job(&runner, &options, stop, |format, level, redactor| {
+        let log = LogSink::stderr(format, level, redactor);
+        // One run in this process: what libraries report on other threads (the
+        // store's, DNS lookups) goes to its log too, redacted with its secrets.
+        let _ = tracing::dispatcher::set_global_default(log.dispatch().clone());
+        log
+    }))
 }
 
 /// Watches for SIGTERM and SIGINT on a thread of its own (a connector spinning
@@ -425,6 +431,10 @@ pub async fn run_job(
         )
         .with_connector_budget(options.limits.max_log_lines, options.limits.max_log_bytes),
     );
+    log.set_customer(&settings.customer_number);
+    // What wasmtime, reqwest and hyper report on the run's thread goes to its
+    // log (the runtime is the thread's own: its tasks are polled here).
+    let _log_default = tracing::dispatcher::set_default(log.dispatch());
     let plugin_name = options.plugin.file_name().map_or_else(
         || options.plugin.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

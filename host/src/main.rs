@@ -719,6 +719,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Serve(args) => {
+            nuntiq_host::log::init_process(args.log_level);
             return ExitCode::from(nuntiq_host::serve::serve(nuntiq_host::serve::ServeOptions {
                 jobs_file: args.jobs,
                 db: args.db,
@@ -777,6 +778,7 @@ fn main() -> ExitCode {
             ));
         }
     };
+    nuntiq_host::log::init_process(args.log_level);
     let report = run_plugin(args.into_options());
     let _ = stdout.write_all(envelope_line(&report.envelope).as_bytes());
     let _ = stdout.flush();
