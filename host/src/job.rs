@@ -439,6 +439,8 @@ pub async fn run_job(
         || options.plugin.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
+    let job_id = options.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let (run_span, trace_id) = log.run_span(&plugin_name, &job_id);
     if fresh {
         log_compilation(&log, &plugin_name, &plugin, runner.cache_dir());
     }
@@ -481,16 +483,14 @@ pub async fn run_job(
             plugin_metadata: (!plugin.metadata.is_empty())
                 .then(|| serde_json::to_string(&plugin.metadata).unwrap_or_default()),
             lease: options.lease,
-            job_id: options
-                .job_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            job_id,
+            trace_id: Some(trace_id.clone()),
         },
         stop: stop.clone(),
         offline,
     };
     let redact = |text: &str| log.redactor().clean(text, MAX_ENVELOPE_MESSAGE_BYTES);
-    let outcome = runner.runtime.run(&plugin.pre, job).await;
+    let outcome = tracing::Instrument::instrument(runner.runtime.run(&plugin.pre, job), run_span.clone()).await;
     if let Some(recorder) = &recorder {
         match recorder.save() {
             Ok(n) => log.info(
@@ -565,6 +565,11 @@ pub async fn run_job(
     if let (Some(usage), Some(envelope)) = (usage, report.envelope.as_object_mut()) {
         envelope.insert("usage".into(), json!(usage));
     }
+    // Where to find the run's spans, and its `runs` rows' `trace_id`.
+    if let Some(envelope) = report.envelope.as_object_mut() {
+        envelope.insert("trace_id".into(), trace_id.into());
+    }
+    drop(run_span);
     report
 }
 

@@ -247,7 +247,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
@@ -414,6 +414,10 @@ CREATE TABLE schedule_slot (
     // 3: the plugin's own metadata (name, version, authors, source) on run history.
     r#"
 ALTER TABLE delta_run ADD COLUMN plugin_metadata TEXT;
+"#,
+    // 4: the trace id of the run that began the stream's run (its spans, its envelope).
+    r#"
+ALTER TABLE delta_run ADD COLUMN trace_id TEXT;
 "#,
 ];
 

@@ -265,6 +265,10 @@ CREATE TABLE schedule_slot (
     r#"
 ALTER TABLE delta_run ADD COLUMN plugin_metadata TEXT;
 "#,
+    // 7: the trace id of the run that began the stream's run (its spans, its envelope).
+    r#"
+ALTER TABLE delta_run ADD COLUMN trace_id TEXT;
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.
