@@ -164,7 +164,7 @@ impl LogSink {
             },
             library_lines: AtomicU64::new(0),
         });
-        let registry = tracing_subscriber::registry();
+        let registry = tracing_subscriber::registry().with(crate::trace::exporting_layer());
         let dispatch = match format {
             LogFormat::Text => Dispatch::new(registry.with(FormatLayer::<TextLine>::new(shared.clone()))),
             LogFormat::Json => Dispatch::new(registry.with(FormatLayer::<JsonLine>::new(shared.clone()))),

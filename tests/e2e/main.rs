@@ -12,6 +12,7 @@ mod compile;
 mod containment;
 mod delivery;
 mod hostile;
+mod otlp;
 mod output;
 mod secrets;
 mod serve;

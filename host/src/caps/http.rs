@@ -456,7 +456,12 @@ impl HttpCap {
         let fetcher = fetcher.clone();
         let timeout_ms = request.timeout_ms;
         Ok(InFlight(
-            io.spawn(fetcher.send_and_hold(url, headers, policy, timeout_ms)),
+            // On the shared HTTP threads, still the run's: in its span, its
+            // registry the default (its spans and library events go to its log).
+            io.spawn(tracing::instrument::WithSubscriber::with_current_subscriber(crate::log::in_span(
+                tracing::Span::current(),
+                fetcher.send_and_hold(url, headers, policy, timeout_ms),
+            ))),
         ))
     }
 
