@@ -318,6 +318,9 @@ pub fn runs(
             dash(&r.owner_host),
             dash(&r.plugin_sha256)
         )?;
+        if let Some(trace_id) = &r.trace_id {
+            writeln!(out, "  trace {}", esc(trace_id))?;
+        }
         if let Some(m) = &r.plugin {
             // The plugin's own words: escaped like every connector-written value.
             let field = |v: &Option<String>| esc(v.as_deref().unwrap_or("-"));

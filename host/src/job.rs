@@ -347,7 +347,13 @@ pub fn run_plugin(options: JobOptions) -> Report {
             return Report::failure("host_overloaded", overloaded.to_string(), 1);
         }
     };
-    runtime.block_on(run_job(&runner, &options, stop, LogSink::stderr))
+    runtime.block_on(run_job(&runner, &options, stop, |format, level, redactor| {
+        let log = LogSink::stderr(format, level, redactor);
+        // One run in this process: what libraries report on other threads (the
+        // store's, DNS lookups) goes to its log too, redacted with its secrets.
+        let _ = tracing::dispatcher::set_global_default(log.dispatch().clone());
+        log
+    }))
 }
 
 /// Watches for SIGTERM and SIGINT on a thread of its own (a connector spinning
@@ -428,10 +434,16 @@ pub async fn run_job(
         )
         .with_connector_budget(options.limits.max_log_lines, options.limits.max_log_bytes),
     );
+    log.set_customer(&settings.customer_number);
+    // What wasmtime, reqwest and hyper report on the run's thread goes to its
+    // log (the runtime is the thread's own: its tasks are polled here).
+    let _log_default = tracing::dispatcher::set_default(log.dispatch());
     let plugin_name = options.plugin.file_name().map_or_else(
         || options.plugin.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
+    let job_id = options.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let (run_span, trace_id) = log.run_span(&plugin_name, &job_id);
     if fresh {
         log_compilation(&log, &plugin_name, &plugin, runner.cache_dir());
     }
@@ -474,16 +486,14 @@ pub async fn run_job(
             plugin_metadata: (!plugin.metadata.is_empty())
                 .then(|| serde_json::to_string(&plugin.metadata).unwrap_or_default()),
             lease: options.lease,
-            job_id: options
-                .job_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            job_id,
+            trace_id: Some(trace_id.clone()),
         },
         stop: stop.clone(),
         offline,
     };
     let redact = |text: &str| log.redactor().clean(text, MAX_ENVELOPE_MESSAGE_BYTES);
-    let outcome = runner.runtime.run(&plugin.pre, job).await;
+    let outcome = tracing::Instrument::instrument(runner.runtime.run(&plugin.pre, job), run_span.clone()).await;
     if let Some(recorder) = &recorder {
         match recorder.save() {
             Ok(n) => log.info(
@@ -558,6 +568,11 @@ pub async fn run_job(
     if let (Some(usage), Some(envelope)) = (usage, report.envelope.as_object_mut()) {
         envelope.insert("usage".into(), json!(usage));
     }
+    // Where to find the run's spans, and its `runs` rows' `trace_id`.
+    if let Some(envelope) = report.envelope.as_object_mut() {
+        envelope.insert("trace_id".into(), trace_id.into());
+    }
+    drop(run_span);
     report
 }
 

@@ -24,3 +24,4 @@ pub mod scaffold;
 pub mod serve;
 pub mod settings;
 pub mod store;
+pub mod trace;

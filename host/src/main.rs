@@ -479,6 +479,11 @@ struct ServeArgs {
     /// Lowest level logged.
     #[arg(long, value_enum, default_value_t = Level::Info)]
     log_level: Level,
+    /// Send the run's spans over OTLP/HTTP (protobuf) to URL, e.g.
+    /// http://127.0.0.1:4318 (/v1/traces is added to a bare origin). A
+    /// collector that is down never fails or slows a run.
+    #[arg(long, value_name = "URL", value_parser = nuntiq_host::trace::parse_endpoint)]
+    otlp_endpoint: Option<url::Url>,
 }
 
 #[derive(clap::Args)]
@@ -501,6 +506,11 @@ struct RunPluginArgs {
     /// Lowest level logged.
     #[arg(long, value_enum, default_value_t = Level::Info)]
     log_level: Level,
+    /// Send the run's spans over OTLP/HTTP (protobuf) to URL, e.g.
+    /// http://127.0.0.1:4318 (/v1/traces is added to a bare origin). A
+    /// collector that is down never fails or slows a run.
+    #[arg(long, value_name = "URL", value_parser = nuntiq_host::trace::parse_endpoint)]
+    otlp_endpoint: Option<url::Url>,
     #[command(flatten)]
     flags: JobFlags,
     /// Connector wasm stack; deeper recursion traps [default: 512KiB].
@@ -778,7 +788,12 @@ fn main() -> ExitCode {
             };
         }
         Command::Serve(args) => {
-            return ExitCode::from(nuntiq_host::serve::serve(nuntiq_host::serve::ServeOptions {
+            nuntiq_host::log::init_process(args.log_level);
+            if let Err(e) = args.otlp_endpoint.as_ref().map_or(Ok(()), nuntiq_host::trace::export_to) {
+                eprintln!("nuntiq-host: {e}");
+                return ExitCode::from(2);
+            }
+            let code = nuntiq_host::serve::serve(nuntiq_host::serve::ServeOptions {
                 jobs_file: args.jobs,
                 db: args.db,
                 ledger: args.ledger,
@@ -792,7 +807,9 @@ fn main() -> ExitCode {
                 max_stack: args.max_stack,
                 log_format: args.log_format,
                 log_level: args.log_level,
-            }));
+            });
+            nuntiq_host::trace::flush();
+            return ExitCode::from(code);
         }
         Command::Compile {
             plugin,
@@ -851,9 +868,19 @@ fn main() -> ExitCode {
             ));
         }
     };
+    nuntiq_host::log::init_process(args.log_level);
+    if let Some(endpoint) = &args.otlp_endpoint
+        && let Err(e) = nuntiq_host::trace::export_to(endpoint)
+    {
+        let envelope = serde_json::json!({"success": false, "error": {"kind": "invalid_arguments", "message": e}});
+        let _ = stdout.write_all(envelope_line(&envelope).as_bytes());
+        return ExitCode::from(2);
+    }
     let report = run_plugin(args.into_options());
     let _ = stdout.write_all(envelope_line(&report.envelope).as_bytes());
     let _ = stdout.flush();
+    // The spans still queued go out before the process ends (bounded wait).
+    nuntiq_host::trace::flush();
     ExitCode::from(report.exit_code)
 }
 

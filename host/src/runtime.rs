@@ -467,8 +467,9 @@ impl Outcome {
 }
 
 /// The envelope's own keys: a connector's result may not set them.
-pub const ENVELOPE_KEYS: [&str; 9] = [
+pub const ENVELOPE_KEYS: [&str; 10] = [
     "success",
+    "trace_id",
     "error",
     "usage",
     "inserted",

@@ -60,6 +60,12 @@ fn first_run_stores_everything_and_second_run_fetches_nothing() {
         .unwrap()
         .remove("usage")
         .expect("usage in the envelope");
+    // The run's trace, also on its history row.
+    let trace_id = envelope.as_object_mut().unwrap().remove("trace_id").expect("trace_id in the envelope");
+    assert!(
+        trace_id.as_str().is_some_and(|t| t.len() == 32 && t.chars().all(|c| c.is_ascii_hexdigit())),
+        "{trace_id}"
+    );
     assert_eq!(usage["http_requests"], mock.requests().len() as u64, "{usage}");
     assert_eq!(usage["http_retries"], 0, "{usage}");
     assert_eq!(usage["records_written"], expected.len() as u64, "{usage}");

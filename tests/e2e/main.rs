@@ -31,6 +31,7 @@ mod customer_api;
 mod delivery;
 mod hostile;
 mod load_options;
+mod otlp;
 mod output;
 mod pg_tls;
 mod secrets;

@@ -90,6 +90,8 @@ pub struct RunIdentity {
     pub lease: Duration,
     /// This job's id, on every run it begins (see [`RunOwner::job_id`]).
     pub job_id: String,
+    /// The run's trace id (W3C), on every run it begins.
+    pub trace_id: Option<String>,
 }
 
 pub struct DeltaCap {
@@ -131,6 +133,17 @@ impl DeltaCap {
 
     /// A refusal the connector can handle, remembered so a failure right after
     /// it is reported under `kind`.
+    /// The span of one delta call, naming its stream (redacted: the connector chose the name).
+    fn stream_span(&self, call: &'static str, key: &StreamKey) -> tracing::Span {
+        let stream = format!("{}/{}", key.connector_name, key.stream_name);
+        let stream = self.ctx.log.redactor().clean(&stream, 512);
+        if call == "delta_begin" {
+            tracing::info_span!("delta_begin", stream)
+        } else {
+            tracing::info_span!("delta_complete", stream)
+        }
+    }
+
     fn refuse(&self, kind: &'static str, message: String) -> DeltaError {
         self.ctx.refusals.refused(LimitHit {
             kind,
@@ -373,6 +386,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         let id = &self.cap.identity;
         let owner = RunOwner {
             job_id: Some(id.job_id.clone()),
+            trace_id: id.trace_id.clone(),
             plugin_metadata: id.plugin_metadata.clone(),
             ..RunOwner::this_process(&id.plugin_sha256, &id.updated_by, id.lease)
         };
@@ -396,11 +410,13 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
             },
         );
         let started = Instant::now();
-        let begun = self
-            .cap
-            .store
-            .begin_run(key.clone(), cursor_type, owner.clone(), self.cap.ctx.stop.clone())
-            .await;
+        let begun = crate::log::in_span(
+            self.cap.stream_span("delta_begin", &key),
+            self.cap
+                .store
+                .begin_run(key.clone(), cursor_type, owner.clone(), self.cap.ctx.stop.clone()),
+        )
+        .await;
         self.cap.ctx.counters.add(Section::StoreWait, started);
         let (begun, written) = match begun {
             Ok(begun) => begun,
@@ -537,11 +553,13 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         let stop = self.cap.ctx.stop.clone();
         let started = Instant::now();
         self.cap.ending(&run_id, true);
-        let completed = self
-            .cap
-            .store
-            .complete_run(key, run_id.clone(), completion, pending, written_at_begin, stop)
-            .await;
+        let completed = crate::log::in_span(
+            self.cap.stream_span("delta_complete", &key),
+            self.cap
+                .store
+                .complete_run(key.clone(), run_id.clone(), completion, pending, written_at_begin, stop),
+        )
+        .await;
         self.cap.ctx.counters.add(Section::StoreWait, started);
         match completed {
             Ok((state, _)) => {

@@ -456,7 +456,12 @@ impl HttpCap {
         let fetcher = fetcher.clone();
         let timeout_ms = request.timeout_ms;
         Ok(InFlight(
-            io.spawn(fetcher.send_and_hold(url, headers, policy, timeout_ms)),
+            // On the shared HTTP threads, still the run's: in its span, its
+            // registry the default (its spans and library events go to its log).
+            io.spawn(tracing::instrument::WithSubscriber::with_current_subscriber(crate::log::in_span(
+                tracing::Span::current(),
+                fetcher.send_and_hold(url, headers, policy, timeout_ms),
+            ))),
         ))
     }
 
@@ -618,10 +623,20 @@ impl Fetcher {
                 return Attempt::Limit("request_budget", HttpError::Denied(why));
             }
             self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
-            let exchange = match self.fetch(&url, &headers, policy.timeout, hold).await {
+            // The host only, never the path, query or headers: a secret may ride in those.
+            let span = crate::log::OwnedSpan::new(tracing::info_span!(
+                "http",
+                method = "GET",
+                host = self.log.redactor().clean(url.host_str().unwrap_or("-"), 256),
+                attempt,
+                status = tracing::field::Empty
+            ));
+            let fetched = crate::log::in_span((*span).clone(), self.fetch(&url, &headers, policy.timeout, hold));
+            let exchange = match fetched.await {
                 Ok(exchange) => exchange,
                 Err(a) => return a,
             };
+            span.record("status", exchange.status);
             let header = |name: &str| {
                 exchange
                     .headers

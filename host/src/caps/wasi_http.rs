@@ -233,7 +233,14 @@ impl WasiHttpHooks for OutgoingHooks {
             log: self.log.clone(),
             record: self.record.clone(),
         };
-        Box::new(forward.send(request, url))
+        // The host only, never the path, query or headers: a secret may ride in those.
+        let span = tracing::info_span!(
+            "http",
+            method = request.method().as_str(),
+            host = self.log.redactor().clean(url.host_str().unwrap_or("-"), 256),
+            status = tracing::field::Empty
+        );
+        Box::new(crate::log::in_span(span, forward.send(request, url)))
     }
 }
 
@@ -296,6 +303,7 @@ impl Forward {
             Ok(Err(e)) => return Err(self.send_error(&parts.method, &url, e)),
             Ok(Ok(r)) => r,
         };
+        tracing::Span::current().record("status", response.status().as_u16());
         let max = self.max_body_bytes;
         if response.content_length().is_some_and(|n| n > max) {
             self.log.caused(

@@ -94,6 +94,8 @@ struct State {
 /// (2 when the jobs file, a job's settings or plugin, or the database is unusable).
 pub fn serve(options: ServeOptions) -> u8 {
     let log = LogSink::stderr(options.log_format, options.log_level, Redactor::default()).with_label("serve");
+    // What libraries report outside any run's thread; each run's own go to its log.
+    let _ = tracing::dispatcher::set_global_default(log.dispatch().clone());
     match start(options, &log) {
         Ok((state, jobs)) => run(state, jobs),
         Err(message) => {

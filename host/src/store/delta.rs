@@ -288,8 +288,8 @@ pub async fn begin_run(
         tx.execute(
             "INSERT INTO delta_run
                  (run_id, customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
-                  cursor_before, plugin_sha256, owner_host, owner_pid, job_id, plugin_metadata)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                  cursor_before, plugin_sha256, owner_host, owner_pid, job_id, plugin_metadata, trace_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 &owner.run_id,
                 &key.customer_number,
@@ -302,7 +302,8 @@ pub async fn begin_run(
                 &owner.host,
                 owner.pid,
                 &owner.job_id,
-                &owner.plugin_metadata
+                &owner.plugin_metadata,
+                &owner.trace_id
             ],
         )
         .await?;
@@ -800,6 +801,8 @@ pub struct RunRecord {
     pub usage: Option<Usage>,
     /// The plugin's name, version, authors and source, from its metadata sections.
     pub plugin: Option<crate::plugin::Metadata>,
+    /// The trace id of the job's run (its envelope's `trace_id`, its spans').
+    pub trace_id: Option<String>,
 }
 
 /// Run history, newest first.
@@ -808,7 +811,8 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
         "SELECT run_id, customer_number, connector_name, stream_name, status, started_at_utc, ended_at_utc,
                 records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid,
                 suppliers_inserted, suppliers_updated, suppliers_unchanged, job_id, wall_ms, cpu_ms, store_ms,
-                peak_memory_bytes, http_requests, http_retries, http_bytes_in, records_written, plugin_metadata
+                peak_memory_bytes, http_requests, http_retries, http_bytes_in, records_written, plugin_metadata,
+                trace_id
          FROM delta_run
          WHERE {STREAM_FILTER}
          ORDER BY started_at_utc DESC, {} DESC LIMIT ?4",
@@ -852,6 +856,7 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
                 }
             }),
             plugin: r.opt_text(26).and_then(|m| serde_json::from_str(&m).ok()),
+            trace_id: r.opt_text(27),
         })
         .collect())
 }

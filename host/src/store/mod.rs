@@ -627,8 +627,10 @@ impl Store {
     ) -> Result<(StreamState, SaveCounts), CompleteError> {
         let writes = self.writes.clone();
         let (reply, answer) = oneshot::channel();
+        // Ends when the writer is done with it, on its own thread.
+        let span = tracing::info_span!("store_batch", rows = pending.records.len());
         let job: Job = Box::new(move |conn| {
-            Box::pin(async move {
+            Box::pin(crate::log::in_span(span, async move {
                 // The data this cursor covers must all be durable: refuse after a failed write.
                 let result = match (writes.failure(), conn) {
                     (Some(e), _) => Err(StoreError::EarlierWrite(e)),
@@ -661,7 +663,7 @@ impl Store {
                         pending: Some(pending),
                     }),
                 });
-            })
+            }))
         });
         let closed = || CompleteError {
             error: StoreError::Closed,
@@ -793,8 +795,10 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         let writes = self.writes.clone();
         let count = batch.records.len();
+        // Ends when the writer is done with it, on its own thread.
+        let span = tracing::info_span!("store_batch", rows = count);
         let job: Job = Box::new(move |conn| {
-            Box::pin(async move {
+            Box::pin(crate::log::in_span(span, async move {
                 let written = match (stop.exceeded(), conn) {
                     (Some(limit), _) => Err(format!("{limit}; the batch was not written")),
                     (None, Err(e)) => Err(e.to_string()),
@@ -812,7 +816,7 @@ impl Store {
                     }
                 }
                 drop(permit);
-            })
+            }))
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         Ok(count)

@@ -31,6 +31,8 @@ pub struct RunOwner {
     /// The job (one `run-plugin`, one scheduled run) the stream's run belongs
     /// to: its usage is recorded on its runs' history rows.
     pub job_id: Option<String>,
+    /// The trace id of the job's run (W3C, 32 hex digits), on its runs' history rows.
+    pub trace_id: Option<String>,
 }
 
 impl RunOwner {
@@ -48,6 +50,7 @@ impl RunOwner {
             updated_by: updated_by.to_owned(),
             lease,
             job_id: None,
+            trace_id: None,
         }
     }
 }

@@ -262,7 +262,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
@@ -450,6 +450,10 @@ CREATE TABLE supplier_bank_account (
     custom_field_3             TEXT,
     PRIMARY KEY (customer_number, supplier_number, supplier_organization_code, location_code, position)
 );
+"#,
+    // 5: the trace id of the run that began the stream's run (its spans, its envelope).
+    r#"
+ALTER TABLE delta_run ADD COLUMN trace_id TEXT;
 "#,
 ];
 

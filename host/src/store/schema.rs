@@ -286,6 +286,10 @@ CREATE TABLE supplier_bank_account (
     PRIMARY KEY (customer_number, supplier_number, supplier_organization_code, location_code, position)
 ) WITHOUT ROWID;
 "#,
+    // 8: the trace id of the run that began the stream's run (its spans, its envelope).
+    r#"
+ALTER TABLE delta_run ADD COLUMN trace_id TEXT;
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.
