@@ -325,7 +325,7 @@ pub mod supplier_load {
                             if address_insert_only {
                                 let mut kept = std::mem::take(&mut o.addresses);
                                 for a in l.addresses.drain(..) {
-                                    if !kept.contains(&a) {
+                                    if !kept.iter().any(|k| same_address(k, &a)) {
                                         kept.push(a);
                                     }
                                 }
@@ -351,6 +351,23 @@ pub mod supplier_load {
             s.store.insert(key, merged);
         }
         n
+    }
+
+    /// Every field equal (the generated records do not derive `PartialEq`).
+    fn same_address(a: &SupplierAddress, b: &SupplierAddress) -> bool {
+        let fields = |x: &SupplierAddress| {
+            [
+                x.street.clone(),
+                x.city.clone(),
+                x.state.clone(),
+                x.postal_code.clone(),
+                x.country_code.clone(),
+                x.custom_field1.clone(),
+                x.custom_field2.clone(),
+                x.custom_field3.clone(),
+            ]
+        };
+        fields(a) == fields(b)
     }
 
     pub fn save_all() -> Result<u32, LoadError> {
