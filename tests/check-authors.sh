@@ -9,7 +9,8 @@
 #   1. `nuntiq-host new x --lang L --cursor C` for every language and cursor:
 #      its own tests pass (cargo test / pytest / npm test), it builds (cargo
 #      wasm / build.py / npm run build), `inspect` shows its metadata, and it
-#      runs against its fixtures; the Rust ones pass `wasm-tools component
+#      runs against its fixtures; it names contract wit/connector.wit's version
+#      and no other (its files and its component's imports); the Rust ones pass `wasm-tools component
 #      targets`, and one also builds with `cargo component build`;
 #   2. `nuntiq-host wit --out wit` feeds componentize-py and jco: the Python
 #      and JavaScript examples build against it and run against the mock API
@@ -23,6 +24,9 @@ root=$(pwd)
 tools="$root/target/author-tools"
 mkdir -p "$tools"
 step() { printf '\n== %s\n' "$*"; }
+# The contract this checkout defines: every new connector and example names it and no other.
+contract=$(sed -n 's/^package nuntiq:connector@\(.*\);$/\1/p' wit/connector.wit)
+[ -n "$contract" ] || { echo "FAILED: wit/connector.wit names no package nuntiq:connector@VERSION" >&2; exit 1; }
 
 step "toolchains"
 command -v cargo-component > /dev/null || cargo install --locked cargo-component --version 0.21.1
@@ -86,6 +90,10 @@ for lang in rust python js; do
     nuntiq-host inspect "$wasm" | grep -E "^(name|version|world|compatible)"
     nuntiq-host inspect "$wasm" | grep -q "^name        $name"
     nuntiq-host inspect "$wasm" | grep -q "^compatible  yes"
+    "$root/guests/examples/one-contract.sh" nuntiq-host "$wasm" "$contract"
+    other=$(grep -rIhoE "nuntiq:connector(/[a-z-]+)?@[0-9]+\.[0-9]+\.[0-9]+" "$name" --exclude-dir=node_modules \
+      | grep -v "@$contract\$" || true)
+    [ -z "$other" ] || { echo "FAILED: $name names a contract other than $contract: $other" >&2; exit 1; }
     out=$(run_ok "$wasm" "$name/settings.example.json" --fixtures "$name/fixtures" --db "$tmp/$name.db" \
       --param since_override=2024-01-01T00:00:00Z)
     echo "$out" | grep -q '"inserted":3' && echo "$out" | grep -q '"rejected":1' \

@@ -378,12 +378,43 @@ mod tests {
                     readme.contains(contract),
                     "{name}: the README names contract {contract}"
                 );
-                assert!(
-                    !readme.contains("0.2.0") || contract == "0.2.0",
-                    "{name}: one contract version"
-                );
+                for old in ["0.1.0", "0.2.0", "0.2.1"] {
+                    assert!(
+                        !readme.contains(old),
+                        "{name}: the README names contract {old}, not only {contract}"
+                    );
+                }
+                for (path, text) in texts(&root) {
+                    for version in contract_versions(&text) {
+                        assert_eq!(version, contract, "{}: one contract version", path.display());
+                    }
+                }
             }
         }
+    }
+
+    /// Every version a text names the contract at: `nuntiq:connector@V` and `nuntiq:connector/iface@V`.
+    fn contract_versions(text: &str) -> Vec<&str> {
+        text.match_indices("nuntiq:connector")
+            .filter_map(|(at, found)| {
+                let rest = &text[at + found.len()..];
+                let rest = rest.strip_prefix('/').map_or(rest, |r| {
+                    r.trim_start_matches(|c: char| c.is_ascii_lowercase() || c == '-')
+                });
+                let version = rest.strip_prefix('@')?;
+                let end = version
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .unwrap_or(version.len());
+                Some(version[..end].trim_end_matches('.'))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn contract_versions_are_found_in_imports_and_package_names() {
+        let text = "import { queue } from 'nuntiq:connector/supplier-load@0.3.0';\npackage nuntiq:connector@0.2.1;";
+        assert_eq!(contract_versions(text), ["0.3.0", "0.2.1"]);
+        assert!(contract_versions("nuntiq:connector/logger (no version)").is_empty());
     }
 
     #[test]

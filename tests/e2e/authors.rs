@@ -521,7 +521,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 #[test]
-fn a_connector_built_against_contract_0_2_0_runs_on_this_0_2_1_host() {
+fn a_connector_built_against_contract_0_2_0_runs_on_this_0_3_0_host() {
     let plugin = guest("contract-v0_2_0");
     let (code, out, _) = host_output(&["inspect", plugin.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{out}");

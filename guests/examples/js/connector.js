@@ -1,10 +1,10 @@
 // Minimal Nuntiq connector in JavaScript (jco componentize / componentize-js, StarlingMonkey).
 // WIT interfaces are ES-module imports named "<package>/<interface>@<version>"; functions are camelCase.
-import { getConfig, getParam, hasSecret } from 'nuntiq:connector/context@0.2.1';
-import { log } from 'nuntiq:connector/logger@0.2.1';
-import { getWithRetry } from 'nuntiq:connector/http@0.2.1';
-import { DeltaRun } from 'nuntiq:connector/delta-state@0.2.1';
-import { queue } from 'nuntiq:connector/supplier-load@0.2.1';
+import { getConfig, getParam, hasSecret } from 'nuntiq:connector/context@0.3.0';
+import { log } from 'nuntiq:connector/logger@0.3.0';
+import { getWithRetry } from 'nuntiq:connector/http@0.3.0';
+import { DeltaRun } from 'nuntiq:connector/delta-state@0.3.0';
+import { queue } from 'nuntiq:connector/supplier-load@0.3.0';
 
 const STREAM = 'suppliers';
 
@@ -31,6 +31,19 @@ function utf8(bytes) {
   let s = '';
   for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, Array.from(bytes.slice(i, i + 0x8000)));
   return decodeURIComponent(escape(s)); // Latin-1 -> UTF-8 decode (Annex B escape, present in QuickJS)
+}
+
+// Acme's address -> one MAIN location with it (none without one). Acme sends no
+// bank accounts: bankAccounts is [] (a list is required, undefined is not one).
+function locations(row) {
+  const a = row.address;
+  const text = (k) => (a && typeof a[k] === 'string' ? a[k] : undefined);
+  if (!a || typeof a !== 'object' || !['street', 'city', 'country'].some((k) => text(k) !== undefined)) return [];
+  return [{
+    locationCode: 'MAIN', locationName: 'Headquarters', isActive: true,
+    addresses: [{ street: text('street') ?? '', city: text('city') ?? '', countryCode: text('country') ?? 'XX' }],
+    bankAccounts: [],
+  }];
 }
 
 const info = (message, step, detail) => log('info', message, step, detail === undefined ? undefined : JSON.stringify(detail));
@@ -74,7 +87,7 @@ export function run() {
         // Updated_at carries offsets (+02:00): compare as instants; never past the run's start.
         watermark = Math.max(watermark, Math.min(Date.parse(row.updated_at), now));
         // Records are camelCase objects; absent option fields may be left out (undefined = none).
-        return { supplierNumber: String(row.number), supplierName: row.name, isActive: row.active ?? true, locations: [] };
+        return { supplierNumber: String(row.number), supplierName: row.name, isActive: row.active ?? true, locations: locations(row) };
       });
       if (suppliers.length) queue(suppliers);
       fetched += rows.length;

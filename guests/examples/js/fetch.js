@@ -3,14 +3,27 @@
 // through wasi:http, which the host holds to the same network policy, request
 // budget and limits. No retries (use `http` for those), and the token is read
 // from the secrets and set by the connector itself.
-import { getConfig, getParam, getSecret } from 'nuntiq:connector/context@0.2.1';
-import { log } from 'nuntiq:connector/logger@0.2.1';
-import { DeltaRun } from 'nuntiq:connector/delta-state@0.2.1';
-import { queue } from 'nuntiq:connector/supplier-load@0.2.1';
+import { getConfig, getParam, getSecret } from 'nuntiq:connector/context@0.3.0';
+import { log } from 'nuntiq:connector/logger@0.3.0';
+import { DeltaRun } from 'nuntiq:connector/delta-state@0.3.0';
+import { queue } from 'nuntiq:connector/supplier-load@0.3.0';
 
 const setting = (v) => (v == null ? undefined : v.tag === 'json' ? JSON.parse(v.val) : v.tag === 'integer' ? Number(v.val) : v.val);
 const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 const errText = (e) => (e && e.payload && e.payload.tag ? `${e.payload.tag}: ${JSON.stringify(e.payload.val)}` : String(e && e.message ? e.message : e));
+
+// Acme's address -> one MAIN location with it (none without one). Acme sends no
+// bank accounts: bankAccounts is [] (a list is required, undefined is not one).
+function locations(row) {
+  const a = row.address;
+  const text = (k) => (a && typeof a[k] === 'string' ? a[k] : undefined);
+  if (!a || typeof a !== 'object' || !['street', 'city', 'country'].some((k) => text(k) !== undefined)) return [];
+  return [{
+    locationCode: 'MAIN', locationName: 'Headquarters', isActive: true,
+    addresses: [{ street: text('street') ?? '', city: text('city') ?? '', countryCode: text('country') ?? 'XX' }],
+    bankAccounts: [],
+  }];
+}
 
 // StarlingMonkey settles the promise before returning to the host.
 export async function run() {
@@ -37,7 +50,7 @@ export async function run() {
       log('info', `Fetched page ${page} (${rows.length} rows) with fetch()`, 'fetch', undefined);
       const suppliers = rows.map((row) => {
         watermark = Math.max(watermark, Math.min(Date.parse(row.updated_at), now));
-        return { supplierNumber: String(row.number), supplierName: row.name, isActive: row.active ?? true, locations: [] };
+        return { supplierNumber: String(row.number), supplierName: row.name, isActive: row.active ?? true, locations: locations(row) };
       });
       if (suppliers.length) queue(suppliers);
       fetched += rows.length;

@@ -23,11 +23,32 @@ def _setting(value):
     return value.value  # Text / Integer / Float / Boolean all carry `.value`
 
 
+# Fields contract 0.3.0 added: left out when app.py is built against an older contract (make
+# check-authors builds it against 0.1.0 too, as connectors written before 0.2.0 were).
+_SINCE_0_3 = {"bank_accounts"}
+
+
 def _record(cls, **given):
     """A WIT record is a dataclass whose fields are all required (no defaults): set the rest to None.
 
     Also keeps the code independent of 0.1.0's `custom_field_1` vs 0.2.0's `custom_field1`."""
-    return cls(**{f.name: None for f in dataclasses.fields(cls)} | given)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in given.items() if k in fields or k not in _SINCE_0_3}
+    return cls(**{f: None for f in fields} | given)
+
+
+def _locations(row):
+    """Acme's address -> one MAIN location with it (none without one). Acme sends no bank accounts:
+    `bank_accounts=[]` (a list is required; None is not an empty list)."""
+    address = row.get("address")
+    if not isinstance(address, dict) or not any(isinstance(address.get(k), str) for k in ("street", "city", "country")):
+        return []
+    text = lambda key: address.get(key) if isinstance(address.get(key), str) else None  # noqa: E731
+    return [_record(
+        supplier_load.SupplierLocation, location_code="MAIN", location_name="Headquarters", is_active=True,
+        addresses=[_record(supplier_load.SupplierAddress, street=text("street") or "", city=text("city") or "",
+                           country_code=text("country") or "XX")],
+        bank_accounts=[])]
 
 
 def _log(level, message, step=None, detail=None):
@@ -97,7 +118,7 @@ class WitWorld(wit_world.WitWorld):
                     for row in rows:
                         suppliers.append(_record(
                             supplier_load.Supplier, supplier_number=str(row["number"]),
-                            supplier_name=row["name"], is_active=row.get("active", True), locations=[]))
+                            supplier_name=row["name"], is_active=row.get("active", True), locations=_locations(row)))
                         watermark = max(watermark, min(_ts(row["updated_at"]), now))
                     if suppliers:
                         supplier_load.queue(suppliers)

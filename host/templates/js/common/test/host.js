@@ -5,7 +5,11 @@
 // keeps suppliers, rejected rows and cursors across runs, and refuses what the
 // host refuses: a cursor that does not parse or moves back (timestamps and
 // numeric ids >=, opaque tokens !=), complete before setNewCursor, another
-// connector's stream, a run left open. Retries are counted, not waited for.
+// connector's stream, a run left open, setOptions changing fullLoad after the
+// run's first queue. Suppliers are written as the host writes them: upserted
+// on (supplierNumber, organizationCode), locations by locationCode, addresses
+// and bank accounts replaced (insert-only: the new ones added); a full load's
+// first write empties the store first. Retries are counted, not waited for.
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -56,20 +60,63 @@ export function getWithRetry(request, policy) {
 }
 
 // --- supplier-load --------------------------------------------------------------------------------
+const MAX_LOCATIONS = 1000;
+const MAX_ADDRESSES = 100;
 export function queue(suppliers) {
   const h = host();
   for (const s of suppliers) {
     if (!s.supplierNumber?.trim()) throw fail('invalid-record', 'a supplier has no supplierNumber');
-    if (!s.supplierName?.trim()) throw fail('invalid-record', `supplier ${s.supplierNumber}: supplierName is required`);
+    const name = `supplier ${JSON.stringify(s.supplierNumber)}`;
+    if (!s.supplierName?.trim()) throw fail('invalid-record', `${name}: supplierName is required`);
+    // jco refuses a missing list field: say so here rather than in the built component.
+    if (!Array.isArray(s.locations)) throw fail('invalid-record', `${name}: locations must be an array (use [] for none)`);
+    if (s.locations.length > MAX_LOCATIONS) throw fail('invalid-record', `${name}: ${s.locations.length} locations, at most ${MAX_LOCATIONS}`);
+    for (const l of s.locations) {
+      if (!l.locationCode?.trim()) throw fail('invalid-record', `${name}: a location has no locationCode`);
+      for (const [field, label] of [['addresses', 'addresses'], ['bankAccounts', 'bank accounts']]) {
+        const items = l[field];
+        if (!Array.isArray(items)) throw fail('invalid-record', `${name}: location ${JSON.stringify(l.locationCode)}: ${field} must be an array (use [] for none)`);
+        if (items.length > MAX_ADDRESSES) throw fail('invalid-record', `${name}: location ${JSON.stringify(l.locationCode)} has ${items.length} ${label}, at most ${MAX_ADDRESSES}`);
+      }
+    }
   }
   if (h.queue.length + suppliers.length > 10000) throw fail('queue-full', "more than the host's 10000 unsaved suppliers");
   h.queue.push(...suppliers);
   h.queued.push(...suppliers);
   return h.queue.length;
 }
+// The host's rule: fullLoad is chosen before the run's first queue call, and not changed after it.
+export function setOptions(options) {
+  const h = host();
+  const started = h.loadStarted || h.queue.length > 0;
+  if (started && Boolean(options.fullLoad) !== h.loadOptions.fullLoad) {
+    throw fail('invalid-record', "set-options: full-load can only be chosen before the run's first queue call; call set-options first");
+  }
+  h.loadOptions = { fullLoad: Boolean(options.fullLoad), addressInsertOnly: Boolean(options.addressInsertOnly), bankInsertOnly: Boolean(options.bankInsertOnly) };
+}
+// Insert-only: the stored items, then the new ones none of them is the same as.
+const merge = (kept, added, same) => [...kept, ...added.filter((n) => !kept.some((k) => same(k, n)))];
+const sameAddress = (a, b) => JSON.stringify(a, Object.keys(a).sort()) === JSON.stringify(b, Object.keys(b).sort());
 const flush = (h) => {
-  for (const s of h.queue) h.suppliers.set(`${s.supplierNumber}\u0000${s.organizationCode ?? ''}`, s);
   const n = h.queue.length;
+  const { fullLoad, addressInsertOnly, bankInsertOnly } = h.loadOptions;
+  if (n && fullLoad && !h.loadStarted) h.suppliers.clear(); // a full load's first write deletes every stored supplier
+  h.loadStarted ||= n > 0;
+  for (const s of h.queue) {
+    const key = `${s.supplierNumber}\u0000${s.organizationCode ?? ''}`;
+    const locations = [...(h.suppliers.get(key)?.locations ?? [])];
+    for (const l of s.locations) {
+      const i = locations.findIndex((o) => o.locationCode === l.locationCode);
+      if (i < 0) { locations.push(l); continue; }
+      const o = locations[i];
+      locations[i] = {
+        ...l,
+        addresses: addressInsertOnly ? merge(o.addresses, l.addresses, sameAddress) : l.addresses,
+        bankAccounts: bankInsertOnly ? merge(o.bankAccounts, l.bankAccounts, (a, b) => a.bankAccountNumber === b.bankAccountNumber) : l.bankAccounts,
+      };
+    }
+    h.suppliers.set(key, { ...s, isActive: s.isActive ?? true, locations });
+  }
   h.queue = [];
   return n;
 };
@@ -166,6 +213,12 @@ export class TestHost {
       fixtures, responses: [], requests: [], logs: [], calls: [], rejected: [], queued: [],
       streams: new Map(), suppliers: new Map(), queue: [], runs: [],
     });
+    this.resetLoad();
+  }
+  // Every run starts with the options off (the host's default).
+  resetLoad() {
+    this.loadOptions = { fullLoad: false, addressInsertOnly: false, bankInsertOnly: false };
+    this.loadStarted = false;
   }
   // Answers GET url (its query params required, others allowed); several: in order, then the last again.
   respond(url, status, body) {
@@ -177,6 +230,7 @@ export class TestHost {
   run(run) {
     current = this;
     this.runs = [];
+    this.resetLoad();
     let result;
     try {
       result = run();

@@ -8,7 +8,11 @@ URL from `respond`), keeps suppliers, rejected rows and cursors in memory
 across runs, and refuses what the host refuses: a cursor that does not parse
 or moves back (timestamps and numeric ids `>=`, opaque tokens `!=`),
 `complete` before `set_new_cursor`, another connector's stream, a run left
-open. Retries are counted, not waited for; the network is never used.
+open, `set_options(full_load=...)` changed after the run's first `queue`.
+Suppliers are written as the host writes them: upserted on (supplier_number,
+organization_code), locations by location_code, addresses and bank accounts
+replaced (insert-only: the new ones added); a full load's first write empties
+the store first. Retries are counted, not waited for; the network is never used.
 """
 import dataclasses
 import enum
@@ -167,27 +171,50 @@ def _record(name, fields):
 
 _custom = "custom_field1 custom_field2 custom_field3"
 SupplierAddress = _record("SupplierAddress", f"street city state postal_code country_code {_custom}")
+SupplierBankAccount = _record(
+    "SupplierBankAccount",
+    f"bank_name bank_branch bank_account_number bank_routing_number swift_code account_currency is_primary {_custom}")
 SupplierLocation = _record(
     "SupplierLocation",
     "location_code location_name organization_code default_currency_code default_payment_term_code "
-    f"default_payment_method taxpayer_id duns_number is_active {_custom} custom_field4 custom_field5 addresses")
+    f"default_payment_method taxpayer_id duns_number is_active {_custom} custom_field4 custom_field5 addresses "
+    "bank_accounts")
 Supplier = _record(
     "Supplier",
     "supplier_number supplier_name alternative_supplier_name supplier_type organization_code is_active "
     f"{_custom} custom_field4 custom_field5 locations")
+LoadOptions = _record("LoadOptions", "full_load address_insert_only bank_insert_only")
 _load_errors = _variant("LoadError", ["InvalidRecord", "QueueFull", "Store"])
+_MAX_LOCATIONS, _MAX_ADDRESSES = 1000, 100
+
+
+def _invalid(message):
+    return Err(_load_errors["LoadError_InvalidRecord"](message))
 
 
 def _queue(suppliers):
     host = _host()
     for s in suppliers:
         if not (s.supplier_number or "").strip():
-            raise Err(_load_errors["LoadError_InvalidRecord"]("a supplier has no supplier_number"))
+            raise _invalid("a supplier has no supplier_number")
+        name = f"supplier {s.supplier_number!r}"
         if not (s.supplier_name or "").strip():
-            raise Err(_load_errors["LoadError_InvalidRecord"](f"supplier {s.supplier_number!r}: supplier_name is required"))
-        for location in s.locations or []:
+            raise _invalid(f"{name}: supplier_name is required")
+        if not isinstance(s.locations, list):
+            raise _invalid(f"{name}: locations must be a list (use [] for none)")
+        if len(s.locations) > _MAX_LOCATIONS:
+            raise _invalid(f"{name}: {len(s.locations)} locations, at most {_MAX_LOCATIONS}")
+        for location in s.locations:
             if not (location.location_code or "").strip():
-                raise Err(_load_errors["LoadError_InvalidRecord"](f"supplier {s.supplier_number!r}: a location has no location_code"))
+                raise _invalid(f"{name}: a location has no location_code")
+            # componentize-py refuses None for a WIT list: say so here rather than in the built component.
+            for field, label in (("addresses", "addresses"), ("bank_accounts", "bank accounts")):
+                items = getattr(location, field)
+                if not isinstance(items, list):
+                    raise _invalid(f"{name}: location {location.location_code!r}: {field} must be a list (use [] for none)")
+                if len(items) > _MAX_ADDRESSES:
+                    raise _invalid(f"{name}: location {location.location_code!r} has {len(items)} {label}, "
+                                   f"at most {_MAX_ADDRESSES}")
     if len(host.queue) + len(suppliers) > 10_000:
         raise Err(_load_errors["LoadError_QueueFull"]("more than the host's 10000 unsaved suppliers; call save_all more often"))
     host.queue.extend(suppliers)
@@ -195,16 +222,53 @@ def _queue(suppliers):
     return len(host.queue)
 
 
+def _set_options(options):
+    """The host's rule: full_load is chosen before the run's first queue call, and not changed after it."""
+    host = _host()
+    started = host.load_started or bool(host.queue)
+    if started and bool(options.full_load) != host.load_options.full_load:
+        raise _invalid("set-options: full-load can only be chosen before the run's first queue call; "
+                       "call set-options first")
+    host.load_options = LoadOptions(bool(options.full_load), bool(options.address_insert_only),
+                                    bool(options.bank_insert_only))
+
+
+def _merge(kept, new, same):
+    """Insert-only: the stored items, then the new ones none of them is the same as."""
+    return list(kept) + [n for n in new if not any(same(k, n) for k in kept)]
+
+
 def _flush(host):
-    written = len(host.queue)
+    written, options = len(host.queue), host.load_options
+    if written and options.full_load and not host.load_started:
+        host.suppliers.clear()  # a full load's first write deletes every stored supplier
+    host.load_started |= written > 0
     for s in host.queue:
-        host.suppliers[(s.supplier_number, s.organization_code or "")] = s
+        key = (s.supplier_number, s.organization_code or "")
+        old = host.suppliers.get(key)
+        locations = [dataclasses.replace(l) for l in old.locations] if old else []
+        for location in s.locations:
+            stored = next((i for i, o in enumerate(locations) if o.location_code == location.location_code), None)
+            if stored is None:
+                locations.append(location)
+                continue
+            o, location = locations[stored], dataclasses.replace(location)
+            if options.address_insert_only:
+                location.addresses = _merge(o.addresses, location.addresses, lambda a, b: a == b)
+            if options.bank_insert_only:
+                location.bank_accounts = _merge(o.bank_accounts, location.bank_accounts,
+                                                lambda a, b: a.bank_account_number == b.bank_account_number)
+            locations[stored] = location
+        host.suppliers[key] = dataclasses.replace(s, locations=locations,
+                                                  is_active=True if s.is_active is None else s.is_active)
     host.queue = []
     return written
 
 
 supplier_load = _module("wit_world.imports.supplier_load", Supplier=Supplier, SupplierLocation=SupplierLocation,
-                        SupplierAddress=SupplierAddress, queue=_queue, save_all=lambda: _flush(_host()), **_load_errors)
+                        SupplierAddress=SupplierAddress, SupplierBankAccount=SupplierBankAccount,
+                        LoadOptions=LoadOptions, set_options=_set_options, queue=_queue,
+                        save_all=lambda: _flush(_host()), **_load_errors)
 
 
 # --- delta-state ---------------------------------------------------------------------------------
@@ -375,6 +439,11 @@ class TestHost:
         self.responses = {}
         self.requests, self.logs, self.calls, self.rejected, self.queued = [], [], [], [], []
         self.streams, self.suppliers, self.queue, self.runs = {}, {}, [], []
+        self._reset_load()
+
+    def _reset_load(self):
+        """Every run starts with the options off (the host's default)."""
+        self.load_options, self.load_started = LoadOptions(False, False, False), False
 
     def respond(self, url, status, body):
         """Answers GET `url` (its query params required, others allowed); several: in order, then the last again."""
@@ -389,6 +458,7 @@ class TestHost:
         the envelope's error kind (`connector_error`, `cursor_not_committed`, `invalid_result`)."""
         global _current
         _current, self.runs = self, []
+        self._reset_load()
         try:
             result = run()
         except Err as e:
