@@ -14,6 +14,7 @@ mod delivery;
 mod hostile;
 mod output;
 mod secrets;
+mod scheduler;
 mod serve;
 mod stopping;
 mod wasi_http;
