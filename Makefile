@@ -66,3 +66,4 @@ $(BENCH_PY): bench/requirements.txt
 .PHONY: bench
 bench: build $(BENCH_PY)
 	target/release/nuntiq-bench run --python $(BENCH_PY) --out bench/results.json
+	target/release/nuntiq-bench soak --jobs 1000 --every-s 5 --duration-s 60 --out bench/results.json
