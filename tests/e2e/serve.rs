@@ -540,7 +540,10 @@ fn a_customer_never_has_more_runs_at_once_than_its_cap() {
         db_path.to_str().unwrap(),
         &["--max-per-customer", "2", "--max-concurrent", "10"],
     );
-    wait_until("the store exists", Duration::from_secs(30), || db_path.exists());
+    // Migrated, not only created.
+    wait_until("the store exists", Duration::from_secs(30), || {
+        db_path.exists() && Db::open(&db_path).try_rows("SELECT 1 FROM schedule_slot").is_some()
+    });
     let db = Db::open(&db_path);
     wait_until("every job ran", Duration::from_secs(60), || {
         db.scalar::<i64>("SELECT count(*) FROM schedule_slot WHERE status = 'succeeded'") == 8
@@ -580,7 +583,7 @@ fn honest_outcomes(db: &Db) -> (i64, Vec<Vec<Option<String>>>) {
     );
     let other = db.rows(
         "SELECT job_name, slot_at, status, outcome FROM schedule_slot \
-         WHERE job_name LIKE 'honest%' AND status NOT IN ('succeeded', 'running')",
+         WHERE job_name LIKE 'honest%' AND status NOT IN ('succeeded', 'running', 'missed', 'skipped')",
     );
     (succeeded, other)
 }

@@ -92,9 +92,9 @@ pub async fn heartbeat(conn: &mut Conn, me: &HostBeat) -> Result<usize, StoreErr
     Ok(usize::try_from(live).unwrap_or(1).max(1))
 }
 
-/// The heartbeat a dead process on this machine is given, so its slots are
-/// taken over at once.
-const DEAD: &str = "1970-01-01T00:00:00.000Z";
+/// How old the heartbeat a dead process on this machine is given is, so its
+/// slots are taken over at once (stale at once, forgotten like any other).
+const DEAD_SINCE: Duration = Duration::from_secs(3600);
 
 /// Marks dead the `serve` processes of this machine (same boot and pid
 /// namespace) whose pid no longer runs: a process restarted after a crash
@@ -107,8 +107,8 @@ pub async fn free_dead_here(conn: &mut Conn, me: &HostBeat) -> Result<Vec<i64>, 
     let rows = conn
         .query(
             "SELECT id, pid, process_start FROM hosts
-             WHERE hostname = ?1 AND instance = ?2 AND id <> ?3 AND last_heartbeat > ?4",
-            params![&me.hostname, instance, &me.id, DEAD],
+             WHERE hostname = ?1 AND instance = ?2 AND id <> ?3 AND last_heartbeat >= ?4",
+            params![&me.hostname, instance, &me.id, &ago(STALE_AFTER)],
         )
         .await?;
     let mut freed = Vec::new();
@@ -116,8 +116,11 @@ pub async fn free_dead_here(conn: &mut Conn, me: &HostBeat) -> Result<Vec<i64>, 
         let (id, pid, start) = (row.text(0), row.int(1), row.opt_text(2));
         let alive = u32::try_from(pid).is_ok_and(|p| super::owner::process_alive(p, start.as_deref()));
         if !alive {
-            conn.execute("UPDATE hosts SET last_heartbeat = ?2 WHERE id = ?1", params![&id, DEAD])
-                .await?;
+            conn.execute(
+                "UPDATE hosts SET last_heartbeat = ?2 WHERE id = ?1",
+                params![&id, &ago(DEAD_SINCE)],
+            )
+            .await?;
             freed.push(pid);
         }
     }
