@@ -67,3 +67,4 @@ $(BENCH_PY): bench/requirements.txt
 bench: build $(BENCH_PY)
 	target/release/nuntiq-bench run --python $(BENCH_PY) --out bench/results.json
 	target/release/nuntiq-bench api-delivery --python $(BENCH_PY) --out bench/results.json
+	target/release/nuntiq-bench soak --jobs 1000 --every-s 5 --duration-s 60 --out bench/results.json

@@ -68,6 +68,26 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The soak: N Acme jobs every few seconds in one `serve` on PostgreSQL for a while;
+    /// claimed, missed and skipped slots and the lag percentiles.
+    Soak {
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 5)]
+        every_s: u64,
+        #[arg(long, default_value_t = 60)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 64)]
+        max_concurrent: usize,
+        /// Suppliers every run fetches (the mock's whole data set).
+        #[arg(long, default_value_t = 50)]
+        suppliers_per_job: usize,
+        #[arg(long, default_value_t = scale::default_pg())]
+        pg: String,
+        /// Set the soak key in this JSON file (e.g. bench/results.json), keeping its other keys.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Only the SQLite-vs-PostgreSQL figures: the host's first load and unchanged re-read into each.
     PgLoad {
         #[arg(long, default_value_t = 100_000)]
@@ -200,6 +220,29 @@ fn main() -> anyhow::Result<()> {
             scale::print_serve_scale(&levels, &value);
             if let Some(out) = out {
                 scale::write_key(&out, "serve_scale", value)?;
+            }
+            return Ok(());
+        }
+        Command::Soak {
+            jobs,
+            every_s,
+            duration_s,
+            max_concurrent,
+            suppliers_per_job,
+            pg,
+            out,
+        } => {
+            let value = scale::soak(&scale::SoakOptions {
+                jobs,
+                every_s: every_s.max(1),
+                duration: std::time::Duration::from_secs(duration_s),
+                max_concurrent,
+                suppliers_per_job,
+                pg,
+            })?;
+            scale::print_soak(&value);
+            if let Some(out) = out {
+                scale::write_key(&out, "soak", value)?;
             }
             return Ok(());
         }

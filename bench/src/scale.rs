@@ -210,12 +210,17 @@ fn open_fds(pid: u32) -> Option<u64> {
 /// now (a yearly cron: the slot is this year's, the next one far away), each
 /// fetching the mock's whole data set.
 fn jobs_file(dir: &Path, mock: &MockServer, n: usize, page_size: u32) -> anyhow::Result<PathBuf> {
+    jobs_file_with(dir, mock, n, page_size, "cron = \"0 0 1 1 *\"")
+}
+
+/// [`jobs_file`] with another cadence (`every = "5s"`).
+fn jobs_file_with(dir: &Path, mock: &MockServer, n: usize, page_size: u32, cadence: &str) -> anyhow::Result<PathBuf> {
     let q = |s: &str| serde_json::to_string(s).expect("a string");
     let mut toml = String::new();
     for i in 0..n {
         let name = format!("acme_{i:04}");
         toml.push_str(&format!(
-            "[[job]]\nname = {}\nplugin = {}\ncron = \"0 0 1 1 *\"\nallow_hosts = [{}]\n\
+            "[[job]]\nname = {}\nplugin = {}\n{cadence}\nallow_hosts = [{}]\n\
              params = {{ since_override = {} }}\n\
              [job.settings]\ncustomer_number = {}\nsecrets = {{ acme_token = {} }}\n\
              config = {{ connector_name = {}, api_url = {}, page_size = {page_size} }}\njob_params = {{}}\n\n",
@@ -607,6 +612,153 @@ pub fn print_serve_scale(levels: &[Level], value: &Value) {
         "wall: serve spawned → every slot ended; active: first run start → last run end; latency: a run's \
          started → ended in delta_run; slot: claimed → ended; claims over: first → last slot claimed; RSS/instance = (peak at N − peak at 1) / N"
     );
+}
+
+// ---------------------------------------------------------------- soak
+
+pub struct SoakOptions {
+    pub jobs: usize,
+    pub every_s: u64,
+    pub duration: Duration,
+    pub max_concurrent: usize,
+    pub suppliers_per_job: usize,
+    pub pg: String,
+}
+
+/// The soak: `jobs` Acme jobs every `every_s` seconds in one `serve` on
+/// PostgreSQL for `duration`. Over the whole rounds inside it: the due slots
+/// (from the cadence), how many were claimed (ran), missed, skipped or left
+/// without a row, and the lag (slot time → claim) percentiles of those that ran.
+pub fn soak(o: &SoakOptions) -> anyhow::Result<Value> {
+    pg_reachable(&o.pg)?;
+    let cache = tempfile::tempdir()?;
+    warm_cache(cache.path())?;
+    eprintln!("soak: mock with {} suppliers…", o.suppliers_per_job);
+    let mock = MockServer::start(o.suppliers_per_job)?;
+    mock.warm_and_measure(0)?;
+    let schema = Schema::new(&o.pg)?;
+    let work = tempfile::tempdir()?;
+    let jobs = jobs_file_with(work.path(), &mock, o.jobs, 50, &format!("every = \"{}s\"", o.every_s))?;
+    let log_path = work.path().join("serve.log");
+    let mut command = Command::new(bin("nuntiq-host"));
+    command
+        .arg("serve")
+        .arg(&jobs)
+        .args(["--db", &schema.url(), "--max-concurrent", &o.max_concurrent.to_string()])
+        .args(["--log-level", "warn", "--grace", "60s", "--cache-dir"])
+        .arg(cache.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?);
+    raise_nofile(&mut command);
+    eprintln!(
+        "soak: {} jobs every {} s for {} s in one serve (--max-concurrent {})…",
+        o.jobs,
+        o.every_s,
+        o.duration.as_secs(),
+        o.max_concurrent
+    );
+    let spawned = Utc::now();
+    let child = command.spawn()?;
+    let pid = child.id();
+    let started = Instant::now();
+    let (mut peak_fds, mut peak_threads) = (0, 0);
+    while started.elapsed() < o.duration {
+        peak_fds = peak_fds.max(open_fds(pid).unwrap_or(0));
+        peak_threads = peak_threads.max(proc_status(pid, "Threads:").unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ended = Utc::now();
+    let hwm_kb = proc_status(pid, "VmHWM:");
+    // SAFETY: a plain syscall on our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let code = wait_rusage(pid as libc::pid_t, true).map_or(-1, |(code, _)| code);
+    // Whole rounds: from the first slot 5 s after the spawn (the start) to
+    // the last one whose next slot came before the end (so it was settled).
+    let every = chrono::Duration::seconds(o.every_s as i64);
+    let step = o.every_s as i64;
+    let first = (spawned.timestamp() / step + 1) * step + step;
+    let last = ended.timestamp() / step * step - step;
+    let rounds = ((last - first) / step + 1).max(0) as usize;
+    let window = |t: i64| DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let (from, to) = (window(first).unwrap_or_default(), window(last).unwrap_or_default());
+    let db = schema.db();
+    let by_status = db.rows(&format!(
+        "SELECT status, count(*) FROM schedule_slot WHERE slot_at >= '{from}' AND slot_at <= '{to}' GROUP BY status"
+    ));
+    let count = |s: &str| -> usize {
+        by_status
+            .iter()
+            .filter(|r| r[0].as_deref() == Some(s))
+            .filter_map(|r| r[1].as_deref()?.parse::<usize>().ok())
+            .sum()
+    };
+    let recorded: usize = by_status.iter().filter_map(|r| r[1].as_deref()?.parse::<usize>().ok()).sum();
+    let ran = count("succeeded") + count("failed") + count("running") + count("abandoned");
+    let mut lags: Vec<f64> = db
+        .rows(&format!(
+            "SELECT slot_at, claimed_at FROM schedule_slot WHERE slot_at >= '{from}' AND slot_at <= '{to}'
+               AND status IN ('succeeded', 'failed', 'running', 'abandoned')"
+        ))
+        .iter()
+        .filter_map(|r| Some((at(r[1].as_deref()?)? - at(r[0].as_deref()?)?).as_seconds_f64()))
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    let due = o.jobs * rounds;
+    let _ = every;
+    let value = json!({
+        "jobs": o.jobs,
+        "every_s": o.every_s,
+        "duration_s": o.duration.as_secs(),
+        "max_concurrent": o.max_concurrent,
+        "window": [from, to],
+        "rounds": rounds,
+        "due": due,
+        "claimed": ran,
+        "succeeded": count("succeeded"),
+        "failed": count("failed"),
+        "missed": count("missed"),
+        "skipped": count("skipped"),
+        "unrecorded": due.saturating_sub(recorded),
+        "lag_s": {
+            "p50": nearest_rank(&lags, 0.50),
+            "p95": nearest_rank(&lags, 0.95),
+            "p99": nearest_rank(&lags, 0.99),
+            "max": lags.last(),
+        },
+        "peak_rss_mb": hwm_kb.map(|kb| kb as f64 / 1024.0),
+        "peak_fds": peak_fds,
+        "peak_threads": peak_threads,
+        "serve_exit": code,
+    });
+    if code != 0 {
+        eprintln!("soak: serve exited {code}: {}", tail(&log_path, 5));
+    }
+    Ok(value)
+}
+
+pub fn print_soak(v: &Value) {
+    println!(
+        "\nsoak: {} jobs every {} s for {} s in one serve (--max-concurrent {}), {} whole rounds {} .. {}",
+        v["jobs"], v["every_s"], v["duration_s"], v["max_concurrent"], v["rounds"], v["window"][0], v["window"][1]
+    );
+    println!(
+        "due {}  claimed {} (succeeded {}, failed {})  missed {}  skipped {}  without a row {}",
+        v["due"], v["claimed"], v["succeeded"], v["failed"], v["missed"], v["skipped"], v["unrecorded"]
+    );
+    let lag = |k: &str| v["lag_s"][k].as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+    println!(
+        "lag (slot time → claim, s): p50 {}  p95 {}  p99 {}  max {};  peak RSS {} MB, {} fds, {} threads; exit {}",
+        lag("p50"),
+        lag("p95"),
+        lag("p99"),
+        lag("max"),
+        v["peak_rss_mb"].as_f64().map_or("-".into(), |x| format!("{x:.0}")),
+        v["peak_fds"],
+        v["peak_threads"],
+        v["serve_exit"]
+    );
+    let _ = std::io::stdout().flush();
 }
 
 // ---------------------------------------------------------------- pg-load

@@ -274,6 +274,9 @@ pub fn runs(
             esc(&r.customer_number),
             esc(&r.status)
         )?;
+        if let Some(job) = &r.job_name {
+            writeln!(out, "  job {}  slot {}", esc(job), dash(&r.slot_at))?;
+        }
         writeln!(
             out,
             "  started {}  ended {}",
@@ -333,9 +336,57 @@ pub fn runs(
                 field(&m.source)
             )?;
         }
-        if let Some(e) = &r.error_summary {
-            writeln!(out, "  error: {}", esc(e))?;
+        match (&r.error_kind, &r.error_summary) {
+            (Some(kind), e) => writeln!(out, "  error ({}): {}", esc(kind), dash(e))?,
+            (None, Some(e)) => writeln!(out, "  error: {}", esc(e))?,
+            (None, None) => {}
         }
+    }
+    Ok(())
+}
+
+/// `slots`: the slots `serve` ran or recorded, newest first: how each ended
+/// (`succeeded`, a failure kind, `missed`, `skipped`, `lease_expired`), or
+/// `running`.
+pub fn slots(
+    db: &Db,
+    job: Option<&str>,
+    outcome: Option<&str>,
+    limit: usize,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let slots = with_conn(db, false, async |c: &mut Conn| {
+        Ok(crate::store::schedule::list(c, job, outcome, limit).await?)
+    })?;
+    if as_json {
+        let rows: Vec<Value> = slots
+            .iter()
+            .map(|s| {
+                let mut row = serde_json::to_value(s).unwrap_or_default();
+                row["result"] = s.result().into();
+                row
+            })
+            .collect();
+        return write_json(out, &rows);
+    }
+    for s in &slots {
+        writeln!(
+            out,
+            "{} {}  {}  process {} on {}  claimed {}  ended {}{}",
+            esc(&s.slot_at),
+            esc(&s.job_name),
+            esc(s.result()),
+            s.pid,
+            esc(&s.host),
+            esc(&s.claimed_at),
+            dash(&s.ended_at),
+            if s.takeovers > 0 {
+                format!("  taken over {} times", s.takeovers)
+            } else {
+                String::new()
+            }
+        )?;
     }
     Ok(())
 }

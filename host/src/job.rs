@@ -463,6 +463,7 @@ pub async fn run_job(
         Some("start"),
         Some(json!({"plugin": options.plugin, "db": options.db.shown()})),
     );
+    let store_seen = store.clone();
     let job = Job {
         settings: settings.clone(),
         store,
@@ -564,6 +565,20 @@ pub async fn run_job(
             Report::failure("host_overloaded", message, 1)
         }
     };
+    // A run that failed after its database became unreachable failed for the
+    // store's sake, whatever the connector made of the errors it was given.
+    if report.exit_code != 0 && store_seen.saw_unavailable() {
+        let before = report.envelope["error"]["kind"].as_str().unwrap_or("internal").to_owned();
+        let message = report.envelope["error"]["message"].as_str().unwrap_or_default().to_owned();
+        log.error(
+            &format!("Run failed (store_unavailable): the database became unreachable during the run ({before}: {message})"),
+            Some("done"),
+            None,
+        );
+        report.envelope["error"]["kind"] = "store_unavailable".into();
+        report.envelope["error"]["message"] =
+            format!("the database became unreachable during the run; {before}: {message}").into();
+    }
     // What the run used, for billing and throttling: in every envelope.
     if let (Some(usage), Some(envelope)) = (usage, report.envelope.as_object_mut()) {
         envelope.insert("usage".into(), json!(usage));
@@ -613,17 +628,7 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         Some(value) => Settings::parse(&options.settings, value.clone(), &options.params)?,
         None => Settings::load(&options.settings, &options.params)?,
     });
-    // A replay never reaches the network, so it needs no network flags.
-    let policy = Arc::new(if options.replay.is_some() {
-        NetworkPolicy::replaying()
-    } else {
-        NetworkPolicy::new(&settings.api_url, allowed, options.allow_private_networks)
-    });
-    if settings.api_url.scheme() != "file" && options.replay.is_none() {
-        policy
-            .check_url(&settings.api_url)
-            .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
-    }
+    let policy = Arc::new(network_policy(options, &settings, allowed)?);
     let offline = offline_sources(options, &settings)?;
     let Loaded { plugin, fresh, refused } = runner.plugin(&options.plugin)?;
     let mut api_token = None;
@@ -661,6 +666,40 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         offline,
         api_token,
     })
+}
+
+/// The run's network policy, once `config.api_url` is checked against it: a
+/// URL the policy refuses would fail every run, so it is bad input (`serve`
+/// checks each job's at start too).
+pub fn network_policy(
+    options: &JobOptions,
+    settings: &Settings,
+    allowed: Vec<AllowedHost>,
+) -> Result<NetworkPolicy, InputError> {
+    // A replay never reaches the network, so it needs no network flags.
+    let policy = if options.replay.is_some() {
+        NetworkPolicy::replaying()
+    } else {
+        NetworkPolicy::new(&settings.api_url, allowed, options.allow_private_networks)
+    };
+    if settings.api_url.scheme() != "file" && options.replay.is_none() {
+        policy
+            .check_url(&settings.api_url)
+            .map_err(|d| InputError::NetworkDenied(format!("{}: config.api_url: {d}", options.settings.display())))?;
+    }
+    Ok(policy)
+}
+
+/// Checks a job's network flags and `config.api_url` against them without
+/// running it.
+pub fn check_network(options: &JobOptions, settings: &Settings) -> Result<(), InputError> {
+    let allowed = options
+        .allow_hosts
+        .iter()
+        .map(|h| AllowedHost::parse(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(InputError::Arguments)?;
+    network_policy(options, settings, allowed).map(|_| ())
 }
 
 /// A database that could not be opened because the host ran out of

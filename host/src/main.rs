@@ -143,6 +143,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The slots `serve` claimed or recorded, newest first: how each ended
+    /// (succeeded, a failure kind, missed, skipped, lease_expired) or running.
+    Slots {
+        #[command(flatten)]
+        db: DbArg,
+        /// Only this job's slots.
+        #[arg(long, value_name = "J")]
+        job: Option<String>,
+        /// Only slots that ended so: succeeded, failed, missed, skipped, or a failure kind.
+        #[arg(long, value_name = "O")]
+        outcome: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// A JSON array instead of text (each slot with its `result`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Rows connectors set aside (`delta-run.reject`): the raw row, why, how
     /// often and when it was seen; most recent first.
     Rejected {
@@ -466,6 +484,10 @@ struct ServeArgs {
     /// stream lease unless its job sets one.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = limits::parse_duration)]
     lease: Duration,
+    /// At start, how long to wait (with backoff) for a PostgreSQL database
+    /// that does not answer yet, instead of exiting 2; 0 does not wait.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = limits::parse_duration)]
+    wait_for_db: Duration,
     /// Connector wasm stack, for every job [default: 512KiB].
     #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
     max_stack: Option<usize>,
@@ -807,6 +829,7 @@ fn main() -> ExitCode {
                 max_stack: args.max_stack,
                 log_format: args.log_format,
                 log_level: args.log_level,
+                wait_for_db: args.wait_for_db,
             });
             nuntiq_host::trace::flush();
             return ExitCode::from(code);
@@ -851,6 +874,22 @@ fn main() -> ExitCode {
             limit,
             json,
         } => return admin_exit(admin::runs(&db.db, &streams.filter(), limit, json, &mut stdout)),
+        Command::Slots {
+            db,
+            job,
+            outcome,
+            limit,
+            json,
+        } => {
+            return admin_exit(admin::slots(
+                &db.db,
+                job.as_deref(),
+                outcome.as_deref(),
+                limit,
+                json,
+                &mut stdout,
+            ));
+        }
         Command::Rejected {
             db,
             streams,

@@ -35,6 +35,7 @@ mod otlp;
 mod output;
 mod pg_tls;
 mod secrets;
+mod scheduler;
 mod serve;
 mod stopping;
 mod store_copy;

@@ -11,6 +11,7 @@
 //! allow_hosts = ["http://127.0.0.1:8080"]
 //! timeout = "5m"
 //! max_memory = "64MiB"
+//! missed = "latest"                 # or "skip", "all": which slots run late (see MissedPolicy)
 //! ```
 
 use crate::flags::JobFlags;
@@ -49,6 +50,44 @@ impl Cadence {
     }
 }
 
+/// What happens to a job's slots whose time passed before they could start
+/// (no room on any host, or the job's previous run still going). Every such
+/// slot is recorded (`missed`, or `skipped` when its previous run was going)
+/// unless it is run late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissedPolicy {
+    /// The newest due slot runs as soon as there is room; older ones that
+    /// never started are recorded and not replayed (the next run's cursor
+    /// fetches what changed in between).
+    #[default]
+    Latest,
+    /// A slot runs only on time: one not started within a quarter of its
+    /// interval (at least 1 s, at most 1 minute) is recorded and not run.
+    Skip,
+    /// Every due slot runs, oldest first, up to [`MAX_BACKLOG`] behind; older
+    /// ones are recorded as missed.
+    All,
+}
+
+/// How many slots of one job `missed = "all"` keeps waiting to run.
+pub const MAX_BACKLOG: usize = 100;
+
+impl MissedPolicy {
+    pub const NAMES: [&str; 3] = ["latest", "skip", "all"];
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "latest" => Ok(Self::Latest),
+            "skip" => Ok(Self::Skip),
+            "all" => Ok(Self::All),
+            other => Err(format!(
+                "missed: {other:?} is not a policy; give one of {}",
+                Self::NAMES.map(|n| format!("{n:?}")).join(", ")
+            )),
+        }
+    }
+}
+
 /// A slot as the store keys it.
 pub fn slot_key(slot: DateTime<Utc>) -> String {
     slot.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -64,6 +103,7 @@ pub struct JobSpec {
     pub inline_settings: Option<serde_json::Value>,
     pub params: Vec<String>,
     pub cadence: Cadence,
+    pub missed: MissedPolicy,
     pub flags: JobFlags,
     /// With `serve --db nuntiq+https://…`: where this job's Customer API token
     /// comes from (`api_token_env`, or `api_token_file` relative to the jobs
@@ -79,13 +119,14 @@ struct File {
 }
 
 /// A job's own keys, besides [`JobFlags::KEYS`].
-const JOB_KEYS: [&str; 8] = [
+const JOB_KEYS: [&str; 9] = [
     "name",
     "plugin",
     "settings",
     "every",
     "cron",
     "params",
+    "missed",
     "api_token_env",
     "api_token_file",
 ];
@@ -97,6 +138,7 @@ struct RawJob {
     settings: SettingsSource,
     every: Option<String>,
     cron: Option<String>,
+    missed: Option<String>,
     #[serde(default)]
     params: toml::Table,
     api_token_env: Option<String>,
@@ -178,16 +220,14 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
                 }
                 Cadence::Every(period)
             }
-            (None, Some(cron)) => Cadence::Cron(Box::new(
-                cron.parse::<croner::Cron>()
-                    .map_err(|e| fail(format!("cron {cron:?}: {e}")))?,
-            )),
+            (None, Some(cron)) => Cadence::Cron(Box::new(parse_cron(cron).map_err(fail)?)),
             _ => {
                 return Err(fail(
                     "give exactly one of every = \"15m\" or cron = \"*/15 * * * *\"".into(),
                 ));
             }
         };
+        let missed = raw.missed.as_deref().map_or(Ok(MissedPolicy::Latest), MissedPolicy::parse).map_err(fail)?;
         let params = raw
             .params
             .iter()
@@ -220,6 +260,7 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
             inline_settings,
             params,
             cadence,
+            missed,
             flags: raw.flags,
         });
     }
@@ -230,6 +271,48 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
         ));
     }
     Ok(jobs)
+}
+
+/// The ranges of a cron expression's fields: five (minute first) or six
+/// (second first).
+const CRON_FIELDS: [(&str, u32); 6] = [
+    ("second", 60),
+    ("minute", 60),
+    ("hour", 24),
+    ("day of month", 31),
+    ("month", 12),
+    ("day of week", 7),
+];
+
+/// Parses a cron expression and refuses what would silently misbehave: a
+/// step wider than its field (`*/61` would fire once an hour, not every 61
+/// minutes) and an expression that never fires (`0 0 31 2 *`).
+pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    let cron: croner::Cron = text.parse().map_err(|e| format!("cron {text:?}: {e}"))?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let names = if fields.len() == 6 { &CRON_FIELDS[..] } else { &CRON_FIELDS[1..] };
+    for (field, (name, range)) in fields.iter().zip(names) {
+        for part in field.split(',') {
+            if let Some((_, step)) = part.split_once('/') {
+                let step: u32 = step.parse().map_err(|_| format!("cron {text:?}: {name} step {step:?} is not a number"))?;
+                if step == 0 || step > *range {
+                    return Err(format!(
+                        "cron {text:?}: the {name} step /{step} is outside 1..={range}, so it would not fire every \
+                         {step}; write the times out instead"
+                    ));
+                }
+            }
+        }
+    }
+    // Within the next few years: croner searches forward, and a date that never exists
+    // (February 31st) is never found.
+    let now = Utc::now();
+    match cron.find_next_occurrence(&now, false) {
+        Ok(next) if next < now + chrono::Duration::days(5 * 366) => Ok(cron),
+        _ => Err(format!(
+            "cron {text:?} never fires (no time matches it in the next five years); check the day and month"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +420,34 @@ mod tests {
         for name in ["acme_eu", "acme-us.2", "9lives", &"a".repeat(128)] {
             assert_eq!(check_name(name), Ok(()), "{name}");
         }
+    }
+
+    #[test]
+    fn crons_that_never_fire_or_step_past_their_field_and_unknown_policies_are_refused() {
+        for (cron, expected) in [
+            ("0 0 31 2 *", "never fires"),
+            ("*/61 * * * *", "the minute step /61 is outside 1..=60"),
+            ("0 */25 * * *", "the hour step /25"),
+            ("*/0 * * * *", "cron \"*/0 * * * *\""),
+        ] {
+            let (_dir, path) = write(&format!(
+                "[[job]]\nname = \"a\"\nplugin = \"p\"\nsettings = \"s\"\ncron = \"{cron}\"\n"
+            ));
+            let err = load(&path).unwrap_err();
+            assert!(err.contains("job \"a\"") && err.contains(expected), "{cron}: {err}");
+        }
+        for cron in ["*/15 * * * *", "0 0 29 2 *", "*/60 * * * *", "5,35 */2 * * 1-5"] {
+            assert!(parse_cron(cron).is_ok(), "{cron}");
+        }
+        let (_dir, path) = write(
+            "[[job]]\nname = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\nmissed = \"some\"\n",
+        );
+        let err = load(&path).unwrap_err();
+        assert!(err.contains("missed: \"some\" is not a policy"), "{err}");
+        let (_dir, path) = write(
+            "[[job]]\nname = \"a\"\nplugin = \"p\"\nsettings = \"s\"\nevery = \"1m\"\nmissed = \"all\"\n",
+        );
+        assert_eq!(load(&path).unwrap()[0].missed, MissedPolicy::All);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What `serve` tells Prometheus (`GET /metrics`) and a load balancer
-//! (`GET /healthz`): runs by connector and status, what they used, limits
-//! hit, and how many runs are going and waiting.
+//! (`GET /healthz`: alive; `GET /readyz`: alive and its database answers):
+//! runs by connector and status, what they used, limits hit, how many runs
+//! are going and waiting, how each due slot ended, per-job lag and last
+//! success, store errors, build and process figures.
 
 use crate::meter::Usage;
 use http_body_util::Full;
@@ -11,10 +13,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectorLabel {
@@ -26,6 +29,37 @@ pub struct RunLabels {
     pub connector: String,
     /// `succeeded`, or the error kind of the envelope (`timeout`, `memory_limit`, …).
     pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    pub job: String,
+    /// `succeeded`, a failure kind, `missed` or `skipped`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabel {
+    pub job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CustomerLabels {
+    /// The settings' `customer_number`: one series per customer and status.
+    pub customer: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    /// What the scheduler asked the store: `claim`, `record`, `renew`, `finish`, `ping`.
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    contracts: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +87,9 @@ const LIMIT_KINDS: [&str; 16] = [
     "trap",
 ];
 
+/// The scheduler's store operations, as `nuntiq_store_errors_total` labels them.
+const STORE_OPERATIONS: [&str; 5] = ["claim", "record", "renew", "finish", "ping"];
+
 pub struct Metrics {
     registry: Registry,
     started: Family<ConnectorLabel, Counter>,
@@ -65,15 +102,42 @@ pub struct Metrics {
     http_bytes: Family<ConnectorLabel, Counter>,
     cpu_seconds: Family<ConnectorLabel, Counter<f64>>,
     limit_hits: Family<KindLabel, Counter>,
+    slots: Family<SlotLabels, Counter>,
+    last_success: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    lag: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    taken_over: Family<JobLabel, Counter>,
+    store_errors: Family<OperationLabel, Counter>,
+    customer_runs: Family<CustomerLabels, Counter>,
+    /// Streams whose status is `running` with an expired lease: a run that
+    /// died without its host noticing (the next run takes the stream over).
+    pub stale_streams: Gauge,
+    resident_memory: Gauge,
+    open_fds: Gauge,
     pub running: Gauge,
     pub waiting: Gauge,
     /// False once the process is shutting down: `/healthz` then answers 503.
     pub healthy: AtomicBool,
+    /// False while the database does not answer: `/readyz` then answers 503.
+    pub database_answers: AtomicBool,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("nuntiq");
+        // Process metrics keep their conventional names (no prefix), beside ours.
+        let mut root = Registry::default();
+        let resident_memory = Gauge::default();
+        let open_fds = Gauge::default();
+        root.register(
+            "process_resident_memory_bytes",
+            "Resident memory of this process (from /proc/self/statm)",
+            resident_memory.clone(),
+        );
+        root.register(
+            "process_open_fds",
+            "Open file descriptors of this process (from /proc/self/fd)",
+            open_fds.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("nuntiq");
         let started = Family::<ConnectorLabel, Counter>::default();
         let finished = Family::<RunLabels, Counter>::default();
         let duration = Family::<ConnectorLabel, Histogram>::new_with_constructor(|| {
@@ -89,6 +153,7 @@ impl Metrics {
         let http_bytes = Family::<ConnectorLabel, Counter>::default();
         let cpu_seconds = Family::<ConnectorLabel, Counter<f64>>::default();
         let limit_hits = Family::<KindLabel, Counter>::default();
+        let slots = Family::<SlotLabels, Counter>::default();
         let running = Gauge::default();
         let waiting = Gauge::default();
         registry.register("runs_started", "Runs started, by connector (job name)", started.clone());
@@ -109,14 +174,81 @@ impl Metrics {
             cpu_seconds.clone(),
         );
         registry.register("limit_hits", "Runs ended by a host limit, by kind", limit_hits.clone());
+        registry.register(
+            "slots",
+            "Due slots this host recorded an outcome for, by job and outcome (succeeded, a failure kind, missed, \
+             skipped)",
+            slots.clone(),
+        );
         registry.register("runs_running", "Runs going now", running.clone());
+        let last_success = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
+        let lag = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
+        let taken_over = Family::<JobLabel, Counter>::default();
+        let store_errors = Family::<OperationLabel, Counter>::default();
+        let customer_runs = Family::<CustomerLabels, Counter>::default();
+        let stale_streams = Gauge::default();
+        registry.register(
+            "job_last_success_timestamp_seconds",
+            "When the job's last successful run on this host ended (Unix time)",
+            last_success.clone(),
+        );
+        registry.register(
+            "job_lag_seconds",
+            "How late the job's latest due slot started, or, while it waits, how long it has waited",
+            lag.clone(),
+        );
+        registry.register(
+            "slots_taken_over",
+            "Slots this host took over from a host whose lease expired",
+            taken_over.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store operations of the scheduler that failed, by operation",
+            store_errors.clone(),
+        );
+        registry.register(
+            "customer_runs",
+            "Runs finished, by customer_number and status (one series per customer and status)",
+            customer_runs.clone(),
+        );
+        registry.register(
+            "streams_stale_running",
+            "Streams marked running whose lease expired (a run died unnoticed)",
+            stale_streams.clone(),
+        );
+        registry.register(
+            "build",
+            "This host's version and the contract versions it runs",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                contracts: crate::plugin::Contract::all_runnable().join(","),
+            }),
+        );
         registry.register(
             "runs_waiting",
             "Runs due but waiting for a concurrency slot",
             waiting.clone(),
         );
+        // Counters that alerts take a rate of exist from the start, at 0.
+        for kind in LIMIT_KINDS {
+            let _ = limit_hits.get_or_create(&KindLabel { kind: kind.to_owned() });
+        }
+        for operation in STORE_OPERATIONS {
+            let _ = store_errors.get_or_create(&OperationLabel {
+                operation: operation.to_owned(),
+            });
+        }
         Arc::new(Self {
-            registry,
+            registry: root,
+            last_success,
+            lag,
+            taken_over,
+            store_errors,
+            customer_runs,
+            stale_streams,
+            resident_memory,
+            open_fds,
             started,
             finished,
             duration,
@@ -127,9 +259,11 @@ impl Metrics {
             http_bytes,
             cpu_seconds,
             limit_hits,
+            slots,
             running,
             waiting,
             healthy: AtomicBool::new(true),
+            database_answers: AtomicBool::new(true),
         })
     }
 
@@ -166,12 +300,85 @@ impl Metrics {
         }
     }
 
+    /// This host recorded how a due slot of `job` ended.
+    pub fn slot_ended(&self, job: &str, outcome: &str) {
+        self.slots
+            .get_or_create(&SlotLabels {
+                job: job.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A run of `job` for `customer` ended with `status`.
+    pub fn job_ended(&self, job: &str, customer: &str, status: &str) {
+        if status == "succeeded" {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.last_success.get_or_create(&job_label(job)).set(now);
+        }
+        self.customer_runs
+            .get_or_create(&CustomerLabels {
+                customer: customer.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How late `job`'s due slot started, or how long it has waited so far.
+    pub fn lag(&self, job: &str, seconds: f64) {
+        self.lag.get_or_create(&job_label(job)).set(seconds.max(0.0));
+    }
+
+    /// The jobs this process schedules: their per-job counters exist from the start, at 0.
+    pub fn jobs<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for job in names {
+            let _ = self.taken_over.get_or_create(&job_label(job));
+        }
+    }
+
+    pub fn taken_over(&self, job: &str) {
+        self.taken_over.get_or_create(&job_label(job)).inc();
+    }
+
+    pub fn store_error(&self, operation: &str) {
+        self.store_errors
+            .get_or_create(&OperationLabel {
+                operation: operation.to_owned(),
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.sample_process();
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
+}
+
+impl Metrics {
+    /// Reads this process's resident memory and open descriptors (Linux /proc;
+    /// elsewhere they stay 0).
+    fn sample_process(&self) {
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+            && let Some(pages) = statm.split_whitespace().nth(1).and_then(|p| p.parse::<i64>().ok())
+        {
+            // SAFETY: sysconf reads a constant.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as i64;
+            self.resident_memory.set(pages * page);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // The directory handle being read is one of them.
+            self.open_fds.set(fds.count() as i64 - 1);
+        }
+    }
+}
+
+fn job_label(job: &str) -> JobLabel {
+    JobLabel { job: job.to_owned() }
 }
 
 fn label(connector: &str) -> ConnectorLabel {
@@ -224,10 +431,19 @@ fn answer(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
         ),
         "/healthz" if metrics.healthy.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ok\n".into()),
         "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".into()),
+        "/readyz" if !metrics.healthy.load(Ordering::Relaxed) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".into())
+        }
+        "/readyz" if !metrics.database_answers.load(Ordering::Relaxed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "the database does not answer\n".into(),
+        ),
+        "/readyz" => (StatusCode::OK, "text/plain", "ready\n".into()),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: the paths are /metrics and /healthz\n".into(),
+            "not found: the paths are /metrics, /healthz and /readyz\n".into(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -254,6 +470,12 @@ mod tests {
         m.run_finished("acme_eu", "succeeded", Some(&usage), 0.3);
         m.run_started("hostile");
         m.run_finished("hostile", "memory_limit", None, 0.1);
+        m.slot_ended("acme_eu", "succeeded");
+        m.slot_ended("hostile", "missed");
+        m.slot_ended("hostile", "missed");
+        m.job_ended("acme_eu", "10000001", "succeeded");
+        m.taken_over("acme_eu");
+        m.store_error("claim");
         let text = m.encode();
         for expected in [
             r#"nuntiq_runs_total{connector="acme_eu",status="succeeded"} 1"#,
@@ -262,6 +484,15 @@ mod tests {
             r#"nuntiq_http_requests_total{connector="acme_eu"} 3"#,
             r#"nuntiq_limit_hits_total{kind="memory_limit"} 1"#,
             "nuntiq_runs_running 0",
+            r#"nuntiq_slots_total{job="acme_eu",outcome="succeeded"} 1"#,
+            r#"nuntiq_slots_total{job="hostile",outcome="missed"} 2"#,
+            r#"nuntiq_customer_runs_total{customer="10000001",status="succeeded"} 1"#,
+            r#"nuntiq_slots_taken_over_total{job="acme_eu"} 1"#,
+            r#"nuntiq_store_errors_total{operation="claim"} 1"#,
+            "nuntiq_job_last_success_timestamp_seconds{job=\"acme_eu\"} 1",
+            "nuntiq_build_info{version=",
+            "process_open_fds ",
+            "process_resident_memory_bytes ",
             r#"nuntiq_run_duration_seconds_count{connector="acme_eu"} 1"#,
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
@@ -318,7 +549,10 @@ mod tests {
         let running = &exposition.families["nuntiq_runs_running"];
         assert_eq!(running.iter_samples().map(|s| value(&s.value)).sum::<f64>(), 0.0);
         for (name, family) in &exposition.families {
-            assert!(name.starts_with("nuntiq_"), "{name}:\n{text}");
+            assert!(
+                name.starts_with("nuntiq_") || name.starts_with("process_"),
+                "{name}:\n{text}"
+            );
             for sample in family.iter_samples() {
                 assert_ne!(value(&sample.value), 99999.0, "{name}:\n{text}");
             }

@@ -19,15 +19,17 @@ use crate::limits::{Limits, Stop};
 use crate::log::{Level, LogFormat, LogSink, Redactor};
 use crate::meter::Usage;
 use crate::settings::Settings;
-use crate::store::schedule::{Claim, SlotClaim, SlotOwner};
+use crate::store::delta::JobEnd;
+use crate::store::schedule::{Claim, HEARTBEAT, HostBeat, STALE_AFTER, SlotClaim, SlotOwner, Unrun};
 use crate::store::{Db, Store};
-use jobs::{JobSpec, slot_key};
+use chrono::{DateTime, Utc};
+use jobs::{JobSpec, MAX_BACKLOG, MissedPolicy, slot_key};
 use metrics::Metrics;
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,9 @@ pub struct ServeOptions {
     pub max_stack: Option<usize>,
     pub log_format: LogFormat,
     pub log_level: Level,
+    /// At start, how long to wait for a PostgreSQL database that does not
+    /// answer yet (a host and its database started together).
+    pub wait_for_db: Duration,
 }
 
 /// How often the scheduler looks for due slots.
@@ -70,6 +75,9 @@ const CLAIMS_PER_COMMIT: usize = 50;
 struct Job {
     spec: JobSpec,
     customer: String,
+    /// `config.connector_name`, or the job's name: for a history row of a
+    /// run that failed before any stream began.
+    connector: String,
 }
 
 /// A run going on in this process.
@@ -88,10 +96,27 @@ struct State {
     running: Mutex<HashMap<String, Running>>,
     /// Set by the first SIGTERM or SIGINT.
     stopping: AtomicBool,
+    /// The database outage going on, if any: logged once when it starts and
+    /// once when it ends, with the failures counted in between.
+    outage: Mutex<Option<Outage>>,
+    /// Runs that ended while the database did not answer, recorded (slot,
+    /// history) once it answers again.
+    pending: Mutex<Vec<(JobEnd, &'static str, Option<String>)>>,
+    /// This process's heartbeat row.
+    me: HostBeat,
+    /// `serve` processes whose heartbeat is fresh, this one included: each
+    /// claims about its share of the due slots.
+    live_hosts: AtomicUsize,
+}
+
+struct Outage {
+    since: Instant,
+    failures: u64,
 }
 
 /// Runs the jobs until SIGTERM or SIGINT; returns the process's exit code
-/// (2 when the jobs file, a job's settings or plugin, or the database is unusable).
+/// (2 when the jobs file, a job's settings or plugin, or the database is
+/// unusable; [`EXIT_CANCELLED`] when runs had to be cancelled at the grace deadline).
 pub fn serve(options: ServeOptions) -> u8 {
     let log = LogSink::stderr(options.log_format, options.log_level, Redactor::default()).with_label("serve");
     // What libraries report outside any run's thread; each run's own go to its log.
@@ -121,6 +146,12 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
             None => Settings::load(&spec.settings, &spec.params),
         }
         .map_err(|e| fail(e.to_string()))?;
+        // A URL its network policy refuses would fail every slot as network_denied.
+        crate::job::check_network(&job_options(&options, &spec, "check"), &settings).map_err(|e| {
+            fail(format!(
+                "{e} (set the job's allow_hosts key, or change its settings' config.api_url)"
+            ))
+        })?;
         // Compiled now, so a plugin that cannot run is found before any slot is claimed.
         runner.plugin(&spec.plugin).map_err(|e| fail(e.to_string()))?;
         if matches!(options.db, Db::Nuntiq(_)) {
@@ -133,20 +164,21 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
         }
         jobs.push(Job {
             customer: settings.customer_number.clone(),
+            connector: settings.connector_name.clone().unwrap_or_else(|| spec.name.clone()),
             spec,
         });
     }
-    // On the Customer API, the scheduler's slots and leases live in the ledger.
-    let scheduler_db = match &options.db {
-        Db::Nuntiq(_) => &options.ledger,
-        db => db,
-    };
-    let store = Store::open(scheduler_db).map_err(|e| e.to_string())?;
+    let store = open_store(&options, log)?;
+    let (me, live) = join_hosts(&store, log)?;
     let metrics = Metrics::new();
+    metrics.jobs(jobs.iter().map(|j| j.spec.name.as_str()));
     if let Some(addr) = options.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone()).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
         log.info(
-            &format!("Metrics on http://{bound}/metrics, health on http://{bound}/healthz"),
+            &format!(
+                "Metrics on http://{bound}/metrics, health on http://{bound}/healthz, readiness on \
+                 http://{bound}/readyz"
+            ),
             Some("start"),
             Some(json!({"metrics_addr": bound.to_string()})),
         );
@@ -171,10 +203,107 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
         metrics,
         running: Mutex::default(),
         stopping: AtomicBool::new(false),
+        outage: Mutex::default(),
+        pending: Mutex::default(),
+        me,
+        live_hosts: AtomicUsize::new(live),
     });
     listen_for_signals(state.clone());
     heartbeat(state.clone());
+    watch_database(state.clone());
     Ok((state, jobs))
+}
+
+/// Writes this process's first heartbeat, after marking dead the `serve`
+/// processes of this machine that crashed (their slots are then taken over
+/// at once); returns this process's row and the live hosts.
+fn join_hosts(store: &Store, log: &LogSink) -> Result<(HostBeat, usize), String> {
+    let pid = std::process::id();
+    let me = HostBeat {
+        id: uuid::Uuid::new_v4().to_string(),
+        hostname: crate::store::owner::this_host(),
+        pid,
+        instance: crate::store::owner::this_instance(),
+        process_start: crate::store::owner::process_start(pid),
+        started: crate::store::schema::now_utc(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let freed = runtime
+        .block_on(store.free_dead_here(me.clone()))
+        .map_err(|e| format!("the database: {e}"))?;
+    if !freed.is_empty() {
+        log.warn(
+            &format!(
+                "processes {freed:?} of this machine ended without stopping; their slots are taken over now"
+            ),
+            Some("start"),
+            None,
+        );
+    }
+    let live = runtime
+        .block_on(store.heartbeat(me.clone()))
+        .map_err(|e| format!("the database: {e}"))?;
+    Ok((me, live))
+}
+
+/// Opens the store; a PostgreSQL server that does not answer yet is asked
+/// again with backoff (0.5 s doubling to 5 s) for up to `--wait-for-db`,
+/// with one line when the wait starts and one when it ends.
+/// The store of slots, leases, heartbeats and run history: `--db`, or on the
+/// Customer API its ledger.
+fn scheduler_db(options: &ServeOptions) -> &Db {
+    match &options.db {
+        Db::Nuntiq(_) => &options.ledger,
+        db => db,
+    }
+}
+
+fn open_store(options: &ServeOptions, log: &LogSink) -> Result<Store, String> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(500);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match Store::open(scheduler_db(options)) {
+            Ok(store) => {
+                if attempts > 1 {
+                    log.info(
+                        &format!(
+                            "{} answers after {:.1} s ({attempts} attempts)",
+                            options.db,
+                            started.elapsed().as_secs_f64()
+                        ),
+                        Some("start"),
+                        None,
+                    );
+                }
+                return Ok(store);
+            }
+            Err(e) if matches!(scheduler_db(options), Db::Postgres(_)) && started.elapsed() + pause <= options.wait_for_db => {
+                if attempts == 1 {
+                    log.warn(
+                        &format!(
+                            "{e}; waiting up to {} for the database (--wait-for-db)",
+                            humantime::format_duration(options.wait_for_db)
+                        ),
+                        Some("start"),
+                        None,
+                    );
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) if attempts > 1 => {
+                return Err(format!(
+                    "{e} (still, after waiting {:.0} s: --wait-for-db)",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Descriptors the process keeps for itself: stdio, the database pool, the
@@ -268,11 +397,20 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
         pid: std::process::id(),
         lease: state.options.lease,
     };
-    // Per job: the slot it last claimed or found done, or found held
-    // elsewhere and when to look at it again (its holder may die).
-    let mut handled: HashMap<String, (String, Option<Instant>)> = HashMap::new();
-    let recheck = state.options.lease / 2;
+    let mut tracks: HashMap<String, Track> = HashMap::new();
+    // A slot held elsewhere is asked for again this often: its holder may
+    // have died (lease expired, or heartbeat stale).
+    let recheck = (state.options.lease / 2).min(STALE_AFTER / 2);
+    // Slots that pass while the database is away are recorded, once it
+    // answers, as missed for that reason.
+    let mut database_was_away = false;
     while !state.stopping.load(Ordering::Relaxed) {
+        if state.outage.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            // Nothing is claimed until the database answers (the watcher asks it).
+            database_was_away = true;
+            std::thread::sleep(TICK);
+            continue;
+        }
         let now = chrono::Utc::now();
         let mut waiting = 0;
         // Every due slot this host could run, claimed below until its room is
@@ -281,6 +419,13 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
         // a host that only ever asked for them would never get a slot while
         // a faster one took every other.
         let mut due: Vec<(&Job, SlotClaim)> = Vec::new();
+        // Slots whose time passed without a run, to record, and where each
+        // job's tracking goes once they are.
+        let mut unrun: Vec<Unrun> = Vec::new();
+        let mut passed: Vec<(&str, DateTime<Utc>)> = Vec::new();
+        // Jobs with a due slot, and those whose due slot this host claimed.
+        let (mut considered, mut mine) = (0usize, 0usize);
+        let mut fresh = false;
         let (room, mut of_customer) = {
             let running = state.running.lock().unwrap_or_else(|p| p.into_inner());
             let mut of_customer: HashMap<String, usize> = HashMap::new();
@@ -288,19 +433,45 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                 *of_customer.entry(r.customer.clone()).or_default() += 1;
             }
             for job in &jobs {
-                let Some(slot) = job.spec.cadence.slot(now) else {
+                let name = job.spec.name.as_str();
+                let Some(current) = job.spec.cadence.slot(now) else {
                     continue;
                 };
-                let key = slot_key(slot);
-                if let Some((seen, again)) = handled.get(&job.spec.name)
+                let track = tracks.entry(name.to_owned()).or_insert_with(|| Track::new(current));
+                let (candidate, gone, resume) = track.look(&job.spec, current, now);
+                let (status, reason) = if database_was_away {
+                    ("missed", Some("store_unavailable"))
+                } else if track.busy {
+                    ("skipped", None)
+                } else {
+                    ("missed", None)
+                };
+                unrun.extend(gone.into_iter().map(|slot| Unrun {
+                    job_name: name.to_owned(),
+                    slot_at: slot_key(slot),
+                    status,
+                    reason,
+                }));
+                passed.push((name, resume));
+                let running_here = running.contains_key(name);
+                track.busy = running_here;
+                let Some(candidate) = candidate else { continue };
+                let key = slot_key(candidate);
+                considered += 1;
+                if track.mine && track.handled.as_ref().is_some_and(|(seen, _)| *seen == key) {
+                    mine += 1;
+                }
+                if let Some((seen, again)) = &track.handled
                     && *seen == key
                     && again.is_none_or(|at| Instant::now() < at)
                 {
                     continue;
                 }
-                if running.contains_key(&job.spec.name) {
+                if running_here {
                     continue;
                 }
+                state.metrics.lag(name, (now - candidate).as_seconds_f64());
+                fresh |= (now - candidate).to_std().unwrap_or_default() < SHARE_WINDOW;
                 due.push((
                     job,
                     SlotClaim {
@@ -312,6 +483,25 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
             }
             (state.options.max_concurrent.saturating_sub(running.len()), of_customer)
         };
+        // Fair share: with other live hosts, this one claims about its part
+        // of the jobs due now (plus a little slack), so losing a host strands
+        // only its part. Slots left waiting past the window go to any host
+        // with room.
+        let live = state.live_hosts.load(Ordering::Relaxed).max(1);
+        let room = if live > 1 && fresh {
+            let share = considered.div_ceil(live) + (considered / 20).max(1);
+            room.min(share.saturating_sub(mine))
+        } else {
+            room
+        };
+        if record_unrun(&state, &runtime, unrun, &owner) {
+            database_was_away = false;
+            for (name, resume) in passed {
+                if let Some(track) = tracks.get_mut(name) {
+                    track.from = track.from.max(resume);
+                }
+            }
+        }
         let mut claimed = 0;
         let mut next = 0;
         while next < due.len() && claimed < room && !state.stopping.load(Ordering::Relaxed) {
@@ -340,31 +530,53 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
             let answers = match runtime.block_on(state.store.claim_slots(claims, owner.clone(), room - claimed)) {
                 Ok(answers) => answers,
                 Err(e) => {
-                    state.log.error(
-                        &format!("could not claim {} due slots: {e}; retrying", batch.len()),
-                        Some("claim"),
-                        None,
-                    );
+                    store_failed(&state, "claim", &format!("could not claim {} due slots: {e}", batch.len()));
                     break;
                 }
             };
             for ((job, claim), answer) in batch.into_iter().zip(answers) {
                 let (name, key) = (&job.spec.name, claim.slot_at.clone());
+                let Some(track) = tracks.get_mut(name) else { continue };
+                let settled = |track: &mut Track| {
+                    if let Some(after) = DateTime::parse_from_rfc3339(&key)
+                        .ok()
+                        .and_then(|slot| job.spec.cadence.next(slot.with_timezone(&Utc)))
+                    {
+                        track.from = track.from.max(after);
+                    }
+                };
                 match answer {
                     Some(Claim::Claimed { took_over }) => {
                         claimed += 1;
                         *of_customer.entry(job.customer.clone()).or_default() += 1;
-                        handled.insert(name.clone(), (key.clone(), None));
+                        settled(track);
+                        track.handled = Some((key.clone(), None));
+                        track.mine = true;
                         if let Some(note) = took_over {
+                            state.metrics.taken_over(name);
                             state.log.warn(&format!("{name}: {note}"), Some("claim"), None);
+                        }
+                        if let Ok(slot) = DateTime::parse_from_rfc3339(&key) {
+                            state.metrics.lag(name, (Utc::now() - slot.with_timezone(&Utc)).as_seconds_f64());
                         }
                         start_run(&state, job, key, claim.job_id.clone());
                     }
                     Some(Claim::Done) => {
-                        handled.insert(name.clone(), (key, None));
+                        settled(track);
+                        track.handled = Some((key, None));
+                        track.mine = false;
                     }
-                    Some(Claim::Held | Claim::Busy) => {
-                        handled.insert(name.clone(), (key, Some(Instant::now() + recheck)));
+                    // Running elsewhere: that host records how it ends; looked
+                    // at again later, in case that host dies.
+                    Some(Claim::Held) => {
+                        settled(track);
+                        track.handled = Some((key, Some(Instant::now() + recheck)));
+                        track.mine = false;
+                    }
+                    // The job's previous slot still runs somewhere.
+                    Some(Claim::Busy) => {
+                        track.busy = true;
+                        track.handled = Some((key, Some(Instant::now() + recheck)));
                     }
                     // Not asked: the room filled first.
                     None => waiting += 1,
@@ -379,22 +591,166 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
     shut_down(&state)
 }
 
+/// What the scheduler knows of one job's slots.
+struct Track {
+    /// The earliest slot this host has not seen settled (claimed, run,
+    /// recorded): each tick looks at the slots from here to the current one.
+    from: DateTime<Utc>,
+    /// The job's previous run was going (here, or elsewhere by the store's
+    /// answer) when last looked at: a slot that passed meanwhile was
+    /// `skipped`, not `missed`.
+    busy: bool,
+    /// The slot last asked for and what the answer was: done (`None`), or
+    /// held elsewhere and when to ask again (its holder may die).
+    handled: Option<(String, Option<Instant>)>,
+    /// Whether this host claimed the slot in `handled`.
+    mine: bool,
+}
+
+/// How long after its time a due slot is shared out between the live hosts;
+/// after that, any host with room claims it.
+const SHARE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Slots of one job looked at in one tick, at most: a process that was
+/// stopped (SIGSTOP, a frozen VM) for longer records the rest on later ticks.
+const MAX_SLOTS_PER_TICK: usize = 1000;
+
+impl Track {
+    /// Tracking from the slot due when the process starts: slots before it
+    /// were no one's to run here (the next run's cursor fetches what
+    /// changed meanwhile).
+    fn new(current: DateTime<Utc>) -> Self {
+        Self {
+            from: current,
+            busy: false,
+            handled: None,
+            mine: false,
+        }
+    }
+
+    /// At `now`, with `current` the job's latest due slot: the slot to run
+    /// (if any), the slots whose time passed without a run, by the job's
+    /// missed-slot policy, and where tracking resumes once those are recorded.
+    fn look(
+        &self,
+        spec: &JobSpec,
+        current: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> (Option<DateTime<Utc>>, Vec<DateTime<Utc>>, DateTime<Utc>) {
+        let mut behind = Vec::new();
+        let mut slot = self.from;
+        while slot < current && behind.len() < MAX_SLOTS_PER_TICK {
+            behind.push(slot);
+            match spec.cadence.next(slot) {
+                Some(next) if next > slot => slot = next,
+                _ => break,
+            }
+        }
+        let resume = if behind.len() < MAX_SLOTS_PER_TICK { current } else { slot };
+        match spec.missed {
+            MissedPolicy::Latest => (Some(current), behind, resume),
+            MissedPolicy::Skip => {
+                let interval = spec
+                    .cadence
+                    .next(current)
+                    .and_then(|next| (next - current).to_std().ok())
+                    .unwrap_or(Duration::from_secs(60));
+                let tolerance = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                let late = (now - current).to_std().unwrap_or_default() > tolerance;
+                if late && self.from <= current {
+                    behind.push(current);
+                    let after = spec.cadence.next(current).unwrap_or(current);
+                    (None, behind, after)
+                } else {
+                    (Some(current), behind, resume)
+                }
+            }
+            MissedPolicy::All => {
+                // The oldest slot not run yet runs next; past the backlog, the oldest are missed.
+                let mut waiting = behind;
+                let over = (waiting.len() + 1).saturating_sub(MAX_BACKLOG);
+                let kept = waiting.split_off(over.min(waiting.len()));
+                let candidate = kept.first().copied().unwrap_or(current);
+                (Some(candidate), waiting, candidate)
+            }
+        }
+    }
+}
+
+/// Records slots that passed without a run, with a log line and the slot
+/// metric; false when the store could not (they are looked at again next tick).
+fn record_unrun(state: &State, runtime: &tokio::runtime::Runtime, slots: Vec<Unrun>, owner: &SlotOwner) -> bool {
+    if slots.is_empty() {
+        return true;
+    }
+    let recorded = match runtime.block_on(state.store.record_unrun(slots.clone(), owner.clone())) {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            store_failed(
+                state,
+                "record",
+                &format!("could not record {} slots that passed without a run: {e}", slots.len()),
+            );
+            return false;
+        }
+    };
+    let mine: Vec<&Unrun> = slots.iter().zip(recorded).filter(|(_, r)| *r).map(|(s, _)| s).collect();
+    for (status, reason) in [("missed", None), ("missed", Some("store_unavailable")), ("skipped", None)] {
+        let these: Vec<&&Unrun> = mine.iter().filter(|s| s.status == status && s.reason == reason).collect();
+        if these.is_empty() {
+            continue;
+        }
+        for slot in &these {
+            state.metrics.slot_ended(&slot.job_name, status);
+        }
+        let why = match (status, reason) {
+            ("missed", None) => "their time passed with no room to start them (--max-concurrent, --max-per-customer)",
+            ("missed", _) => "their time passed while the database was unreachable",
+            _ => "the job's previous run was still going",
+        };
+        let shown: Vec<String> = these.iter().take(10).map(|s| format!("{} {}", s.job_name, s.slot_at)).collect();
+        let more = these.len().saturating_sub(shown.len());
+        state.log.warn(
+            &format!(
+                "{} slots {status}: {why}: {}{}; `nuntiq-host slots --outcome {status}` lists them",
+                these.len(),
+                shown.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ),
+            Some("slot"),
+            Some(json!({
+                "outcome": status,
+                "reason": reason,
+                "slots": these.iter().map(|s| json!({"job": s.job_name, "slot": s.slot_at})).collect::<Vec<_>>(),
+            })),
+        );
+    }
+    true
+}
+
+/// What `run-plugin` would be given for one run of `spec`.
+fn job_options(serve: &ServeOptions, spec: &JobSpec, job_id: &str) -> JobOptions {
+    let mut options = JobOptions {
+        params: spec.params.clone(),
+        log_format: serve.log_format,
+        log_level: serve.log_level,
+        lease: serve.lease,
+        compile: serve.compile,
+        job_id: Some(job_id.to_owned()),
+        inline_settings: spec.inline_settings.clone(),
+        ledger: serve.ledger.clone(),
+        api_token: spec.api_token.clone(),
+        ..JobOptions::new(spec.plugin.clone(), spec.settings.clone(), serve.db.clone())
+    };
+    spec.flags.apply(&mut options);
+    options
+}
+
 /// Starts one run on a thread of its own.
 fn start_run(state: &Arc<State>, job: &Job, slot: String, job_id: String) {
     let spec = job.spec.clone();
-    let mut options = JobOptions {
-        params: spec.params.clone(),
-        log_format: state.options.log_format,
-        log_level: state.options.log_level,
-        lease: state.options.lease,
-        compile: state.options.compile,
-        job_id: Some(job_id.clone()),
-        inline_settings: spec.inline_settings.clone(),
-        ledger: state.options.ledger.clone(),
-        api_token: spec.api_token.clone(),
-        ..JobOptions::new(spec.plugin.clone(), spec.settings.clone(), state.options.db.clone())
-    };
-    spec.flags.apply(&mut options);
+    let options = job_options(&state.options, &spec, &job_id);
+    let slot_for_history = slot.clone();
     let stop = Stop::new(options.limits.timeout);
     state.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
         spec.name.clone(),
@@ -413,23 +769,40 @@ fn start_run(state: &Arc<State>, job: &Job, slot: String, job_id: String) {
             let state = state.clone();
             let name = name.clone();
             let job_id = job_id.clone();
-            move || execute(&state, &name, &slot, &job_id, &options, stop)
+            let of = RunOf {
+                name: name.clone(),
+                customer: job.customer.clone(),
+                connector: job.connector.clone(),
+            };
+            move || execute(&state, &of, &slot, &job_id, &options, stop)
         });
     if let Err(e) = spawned {
         let why = crate::limits::Overloaded(format!("the run's thread could not start: {e}"));
         state.log.error(&format!("{name}: {why}"), Some("run"), None);
         state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
         state.metrics.run_finished(&name, "host_overloaded", None, 0.0);
-        if let Err(e) = finish_slot(&state, &job_id, "failed", Some("host_overloaded".into())) {
-            state.log.error(&format!("{name}: could not record how its slot ended: {e}"), Some("run"), None);
-        }
+        let end = JobEnd {
+            job_id: job_id.clone(),
+            job_name: name.clone(),
+            slot_at: slot_for_history,
+            customer_number: job.customer.clone(),
+            connector_name: job.connector.clone(),
+            started_at_utc: crate::store::schema::now_utc(),
+            error: Some(("host_overloaded".into(), why.to_string())),
+            usage: None,
+            host: crate::store::owner::this_host(),
+            pid: std::process::id(),
+        };
+        record_end(&state, end, "failed", Some("host_overloaded".into()));
     }
 }
 
 /// One run, start to slot record; nothing in it can end the process, and
 /// its slot is recorded however it ended.
-fn execute(state: &State, name: &str, slot: &str, job_id: &str, options: &JobOptions, stop: Arc<Stop>) {
+fn execute(state: &State, job: &RunOf, slot: &str, job_id: &str, options: &JobOptions, stop: Arc<Stop>) {
+    let name = job.name.as_str();
     let started = Instant::now();
+    let started_at = crate::store::schema::now_utc();
     let label = name.to_owned();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -437,28 +810,48 @@ fn execute(state: &State, name: &str, slot: &str, job_id: &str, options: &JobOpt
             Err(e) => {
                 let why = crate::limits::Overloaded(format!("the run's async runtime could not start: {e}"));
                 state.log.error(&format!("{name}: slot {slot}: {why}"), Some("run"), None);
-                return ("failed", Some("host_overloaded".to_owned()), None);
+                return ("failed", Some(("host_overloaded".to_owned(), why.to_string())), None);
             }
         };
         let report = runtime.block_on(run_job(&state.runner, options, stop, |format, level, redactor| {
             LogSink::stderr(format, level, redactor).with_label(label.clone())
         }));
         let kind = report.envelope["error"]["kind"].as_str().map(str::to_owned);
+        let message = report.envelope["error"]["message"].as_str().unwrap_or_default().to_owned();
         let usage: Option<Usage> = serde_json::from_value(report.envelope["usage"].clone()).ok();
         match (report.exit_code, kind) {
             (0, _) => ("succeeded", None, usage),
-            (_, kind) => ("failed", Some(kind.unwrap_or_else(|| "internal".into())), usage),
+            (_, kind) => ("failed", Some((kind.unwrap_or_else(|| "internal".into()), message)), usage),
         }
     }));
-    let (status, outcome, usage) = outcome.unwrap_or_else(|_| ("failed", Some("internal".into()), None));
+    let (status, error, usage) = outcome.unwrap_or_else(|_| {
+        let why = "the host's handling of the run panicked (a bug: the log has the panic)";
+        ("failed", Some(("internal".into(), why.into())), None)
+    });
+    let outcome = error.as_ref().map(|(kind, _)| kind.clone());
     // On the scheduler's store handle, whatever happened to the run's own.
-    if let Err(e) = finish_slot(state, job_id, status, outcome.clone()) {
-        state.log.error(&format!("{name}: could not record how slot {slot} ended: {e}"), Some("run"), None);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     let shown = outcome.clone().unwrap_or_else(|| status.to_owned());
+    let end = JobEnd {
+        job_id: job_id.to_owned(),
+        job_name: name.to_owned(),
+        slot_at: slot.to_owned(),
+        customer_number: job.customer.clone(),
+        connector_name: job.connector.clone(),
+        started_at_utc: started_at,
+        error,
+        // A run that ended before the connector started used only the time it took.
+        usage: usage.or(Some(Usage {
+            wall_ms: (started.elapsed().as_millis() as u64).max(1),
+            ..Usage::default()
+        })),
+        host: crate::store::owner::this_host(),
+        pid: std::process::id(),
+    };
+    // Counted before it is recorded: whoever sees the slot ended sees it counted.
+    let seconds = started.elapsed().as_secs_f64();
     state.metrics.run_finished(name, &shown, usage.as_ref(), seconds);
+    record_end(state, end, status, outcome.clone());
+    state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     state.log.info(
         &format!(
             "{name}: slot {slot} {status}{} in {seconds:.1} s",
@@ -467,6 +860,103 @@ fn execute(state: &State, name: &str, slot: &str, job_id: &str, options: &JobOpt
         Some("run"),
         Some(json!({"job": name, "slot": slot, "job_id": job_id, "status": shown, "usage": usage})),
     );
+}
+
+/// What a run's thread knows of its job.
+struct RunOf {
+    name: String,
+    customer: String,
+    connector: String,
+}
+
+/// Records how a run ended: its slot (and the slot metric) and its run
+/// history rows.
+fn record_end(state: &State, end: JobEnd, status: &'static str, outcome: Option<String>) {
+    let shown = outcome.clone().unwrap_or_else(|| status.to_owned());
+    state.metrics.job_ended(&end.job_name, &end.customer_number, &shown);
+    if let Err((end, e)) = try_record_end(state, end, status, outcome.clone()) {
+        let (name, slot) = (end.job_name.clone(), end.slot_at.clone());
+        store_failed(
+            state,
+            "finish",
+            &format!("{name}: could not record how slot {slot} ended ({shown}): {e}; recorded once the database answers"),
+        );
+        state
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((end, status, outcome));
+    }
+}
+
+/// Records a run's slot and history rows (both idempotent, so they may be retried).
+fn try_record_end(
+    state: &State,
+    end: JobEnd,
+    status: &'static str,
+    outcome: Option<String>,
+) -> Result<(), (JobEnd, String)> {
+    let shown = outcome.clone().unwrap_or_else(|| status.to_owned());
+    if let Err(e) = finish_slot(state, &end.job_id, status, outcome) {
+        return Err((end, e));
+    }
+    state.metrics.slot_ended(&end.job_name, &shown);
+    let recorded = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| format!("no runtime to record it on: {e}"))
+        .and_then(|runtime| {
+            runtime
+                .block_on(state.store.record_job_end(end.clone()))
+                .map_err(|e| e.to_string())
+        });
+    recorded.map_err(|e| (end, e))
+}
+
+/// Once the database answers: the runs that ended during the outage are
+/// recorded, and the streams this process still holds for runs no longer
+/// going are failed and released, so their next runs need not wait for
+/// their leases.
+fn settle_after_outage(state: &State, runtime: &tokio::runtime::Runtime) {
+    let waiting: Vec<_> = std::mem::take(&mut *state.pending.lock().unwrap_or_else(|p| p.into_inner()));
+    for (end, status, outcome) in waiting {
+        if let Err((end, _)) = try_record_end(state, end, status, outcome.clone()) {
+            state
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((end, status, outcome));
+        }
+    }
+    let Ok(held) = runtime.block_on(state.store.held_streams(state.me.hostname.clone(), state.me.pid)) else {
+        return;
+    };
+    if held.is_empty() {
+        return;
+    }
+    // Read after the streams: a run that began one since is in this list.
+    let going: Vec<String> = state
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|r| r.job_id.clone())
+        .collect();
+    let orphans: Vec<_> = held
+        .into_iter()
+        .filter(|s| s.job_id.as_ref().is_none_or(|j| !going.contains(j)))
+        .collect();
+    if orphans.is_empty() {
+        return;
+    }
+    let why = "store_unavailable: the run ended while the database was unreachable; released by its host".to_owned();
+    match runtime.block_on(state.store.release_streams(orphans, why)) {
+        Ok(n) if n > 0 => state.log.info(
+            &format!("released {n} streams whose runs ended while the database was unreachable"),
+            Some("store"),
+            None,
+        ),
+        _ => {}
+    }
 }
 
 /// Records how a slot ended, from a run's thread. Its runtime has no I/O
@@ -512,19 +1002,103 @@ fn heartbeat(state: Arc<State>) {
                             run.stop.cancel("slot takeover");
                         }
                     }
-                    Err(e) => state
-                        .log
-                        .warn(&format!("could not renew the slots' leases: {e}"), Some("lease"), None),
+                    Err(e) => store_failed(&state, "renew", &format!("could not renew the slots' leases: {e}")),
                 }
             }
         });
 }
 
+/// How often the scheduler writes its heartbeat and asks how many streams
+/// are stale: its proof that the database answers.
+const DATABASE_WATCH: Duration = HEARTBEAT;
+
+/// Every [`DATABASE_WATCH`]: this process's heartbeat (which counts the live
+/// hosts) and the streams left running with an expired lease. The answers
+/// feed the fair share, `/readyz` and the stale-stream gauge, and end an
+/// outage.
+fn watch_database(state: Arc<State>) {
+    let _ = std::thread::Builder::new()
+        .name("nuntiq-db-watch".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+                return;
+            };
+            loop {
+                let answered = runtime.block_on(async {
+                    let live = state.store.heartbeat(state.me.clone()).await?;
+                    let stale = state.store.stale_streams().await?;
+                    Ok::<_, crate::store::StoreError>((live, stale))
+                });
+                match answered {
+                    Ok((live, stale)) => {
+                        state.live_hosts.store(live, Ordering::Relaxed);
+                        state.metrics.stale_streams.set(stale);
+                        // Recorded before the outage is declared over: until then
+                        // nothing is claimed, so no claim marks those slots abandoned.
+                        settle_after_outage(&state, &runtime);
+                        store_answered(&state);
+                    }
+                    Err(e) => store_failed(&state, "ping", &format!("the database does not answer: {e}")),
+                }
+                std::thread::sleep(DATABASE_WATCH);
+            }
+        });
+}
+
+/// A store operation failed: counted, and logged at ERROR only when it starts
+/// an outage (then `/readyz` answers 503 until the database answers again);
+/// failures during an outage are counted, logged at debug.
+fn store_failed(state: &State, operation: &str, message: &str) {
+    state.metrics.store_error(operation);
+    let mut outage = state.outage.lock().unwrap_or_else(|p| p.into_inner());
+    match outage.as_mut() {
+        Some(o) => {
+            o.failures += 1;
+            state.log.debug(message, Some("store"), None);
+        }
+        None => {
+            *outage = Some(Outage {
+                since: Instant::now(),
+                failures: 1,
+            });
+            state.metrics.database_answers.store(false, Ordering::Relaxed);
+            state.log.error(
+                &format!(
+                    "database outage began: {message}; asking again every {} s, no slot is claimed until it \
+                     answers (/readyz answers 503)",
+                    DATABASE_WATCH.as_secs()
+                ),
+                Some("store"),
+                Some(json!({"operation": operation})),
+            );
+        }
+    }
+}
+
+/// The database answered: an outage, if one was going on, is over.
+fn store_answered(state: &State) {
+    let ended = state.outage.lock().unwrap_or_else(|p| p.into_inner()).take();
+    state.metrics.database_answers.store(true, Ordering::Relaxed);
+    if let Some(o) = ended {
+        state.log.info(
+            &format!(
+                "database outage ended: the database answers again after {:.1} s; {} store operations failed \
+                 meanwhile",
+                o.since.elapsed().as_secs_f64(),
+                o.failures
+            ),
+            Some("store"),
+            Some(json!({"outage_seconds": o.since.elapsed().as_secs_f64(), "failures": o.failures})),
+        );
+    }
+}
+
 /// SIGTERM or SIGINT: stop scheduling, let runs finish; a second one ends the
-/// process at once.
+/// process at once. SIGHUP (a closed terminal, or an operator's reload)
+/// never ends it: see [`reload`].
 fn listen_for_signals(state: Arc<State>) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
         return;
     };
     let _ = std::thread::Builder::new()
@@ -532,6 +1106,10 @@ fn listen_for_signals(state: Arc<State>) {
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload(&state);
+                    continue;
+                }
                 let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
                 seen += 1;
                 if seen == 1 {
@@ -557,8 +1135,25 @@ fn listen_for_signals(state: Arc<State>) {
         });
 }
 
+/// SIGHUP: the hook where re-reading the jobs file belongs. Until then it is
+/// logged and ignored; runs and scheduling go on untouched.
+fn reload(state: &State) {
+    state.log.warn(
+        &format!(
+            "SIGHUP: ignored; serve does not re-read {} yet: restart it (SIGTERM, then start) to apply a change",
+            state.options.jobs_file.display()
+        ),
+        Some("signal"),
+        None,
+    );
+}
+
+/// Exit code of a `serve` that had to cancel runs at the grace deadline.
+pub const EXIT_CANCELLED: u8 = 3;
+
 /// Waits for running jobs up to the grace period, then stops the rest (each
-/// fails cleanly: its cursor stays, its slot records why) and waits for them.
+/// fails cleanly: its cursor stays, its slot records why) and waits for them;
+/// returns the exit code: 0, or [`EXIT_CANCELLED`] when runs were stopped.
 fn shut_down(state: &State) -> u8 {
     let count = || state.running.lock().unwrap_or_else(|p| p.into_inner()).len();
     let deadline = Instant::now() + state.options.grace;
@@ -580,6 +1175,12 @@ fn shut_down(state: &State) -> u8 {
         while count() > 0 && Instant::now() < settle {
             std::thread::sleep(Duration::from_millis(50));
         }
+        state.log.warn(
+            &format!("stopped; {left} runs were cancelled at the grace deadline (exit {EXIT_CANCELLED})"),
+            Some("stop"),
+            None,
+        );
+        return EXIT_CANCELLED;
     }
     state.log.info("stopped", Some("stop"), None);
     0

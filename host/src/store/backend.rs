@@ -10,7 +10,7 @@
 //! batch handed over before it.
 
 use super::delta::{self, Begun, FailOutcome};
-use super::schedule::{self, Claim, SlotClaim, SlotOwner};
+use super::schedule::{self, Claim, HeldStream, HostBeat, SlotClaim, SlotOwner, Unrun};
 use super::sql::Conn;
 use super::{Completion, CursorType, RunOwner, SaveCounts, StoreError, StreamKey, StreamState, SupplierRecord};
 use crate::limits::Stop;
@@ -146,6 +146,36 @@ pub trait Ledger: Send {
         status: &'a str,
         outcome: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Puts a scheduled run's job, slot and error kind on its history rows
+    /// (one row of its own when no stream began).
+    fn record_job_end<'a>(&'a mut self, end: &'a delta::JobEnd) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Streams marked running whose lease expired.
+    fn stale_streams(&mut self) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    /// Writes a `serve` process's heartbeat; returns how many hosts are live.
+    fn heartbeat<'a>(&'a mut self, me: &'a HostBeat) -> BoxFuture<'a, Result<usize, StoreError>>;
+
+    /// Marks dead the `serve` processes of this machine that no longer run.
+    fn free_dead_here<'a>(&'a mut self, me: &'a HostBeat) -> BoxFuture<'a, Result<Vec<i64>, StoreError>>;
+
+    /// The streams marked running by a process.
+    fn held_streams<'a>(&'a mut self, host: &'a str, pid: u32) -> BoxFuture<'a, Result<Vec<HeldStream>, StoreError>>;
+
+    /// Fails and releases streams whose run is over.
+    fn release_streams<'a>(
+        &'a mut self,
+        streams: &'a [HeldStream],
+        why: &'a str,
+    ) -> BoxFuture<'a, Result<usize, StoreError>>;
+
+    /// Records slots that end without a run (missed, skipped); answers which it recorded.
+    fn record_unrun<'a>(
+        &'a mut self,
+        slots: &'a [Unrun],
+        owner: &'a SlotOwner,
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>>;
 }
 
 /// A store: all three capabilities' backends, as the store's worker holds it.
@@ -266,5 +296,41 @@ impl Ledger for Conn {
         outcome: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(schedule::finish(self, job_id, status, outcome))
+    }
+
+    fn record_unrun<'a>(
+        &'a mut self,
+        slots: &'a [Unrun],
+        owner: &'a SlotOwner,
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        Box::pin(schedule::record_unrun(self, slots, owner))
+    }
+
+    fn record_job_end<'a>(&'a mut self, end: &'a delta::JobEnd) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(delta::record_job_end(self, end))
+    }
+
+    fn stale_streams(&mut self) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(schedule::stale_streams(self))
+    }
+
+    fn heartbeat<'a>(&'a mut self, me: &'a HostBeat) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(schedule::heartbeat(self, me))
+    }
+
+    fn free_dead_here<'a>(&'a mut self, me: &'a HostBeat) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+        Box::pin(schedule::free_dead_here(self, me))
+    }
+
+    fn held_streams<'a>(&'a mut self, host: &'a str, pid: u32) -> BoxFuture<'a, Result<Vec<HeldStream>, StoreError>> {
+        Box::pin(schedule::held_streams(self, host, pid))
+    }
+
+    fn release_streams<'a>(
+        &'a mut self,
+        streams: &'a [HeldStream],
+        why: &'a str,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(schedule::release_streams(self, streams, why))
     }
 }

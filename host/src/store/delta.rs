@@ -235,7 +235,12 @@ pub async fn begin_run(
                 let owner_dead_here = same_machine(host, lease.owner_instance.as_deref())
                     && !process_alive(pid, lease.owner_process_start.as_deref());
                 let lease_valid = expires > now.as_str();
-                if lease_valid && !owner_dead_here {
+                // A `serve` elsewhere whose heartbeat stopped: dead, though its lease runs on.
+                let owner_gone = lease_valid
+                    && !owner_dead_here
+                    && !(host == owner.host && pid == owner.pid)
+                    && super::schedule::process_gone(tx, host, i64::from(pid)).await?;
+                if lease_valid && !owner_dead_here && !owner_gone {
                     return Err(StoreError::AlreadyRunning(format!(
                         "stream {key} is already running: run {run_id} started {} by process {pid} on {host}, \
                          its lease runs until {expires}; this run was refused and changed nothing. \
@@ -245,6 +250,8 @@ pub async fn begin_run(
                 }
                 let why = if owner_dead_here {
                     format!("its process {pid} on {host} no longer exists")
+                } else if owner_gone {
+                    format!("its process {pid} on {host} stopped its heartbeat")
                 } else {
                     format!("its lease expired at {expires}")
                 };
@@ -803,6 +810,84 @@ pub struct RunRecord {
     pub plugin: Option<crate::plugin::Metadata>,
     /// The trace id of the job's run (its envelope's `trace_id`, its spans').
     pub trace_id: Option<String>,
+    /// Under `serve`: the job's name and the slot the run was for.
+    #[serde(rename = "job")]
+    pub job_name: Option<String>,
+    #[serde(rename = "slot")]
+    pub slot_at: Option<String>,
+    /// A failed run's error kind (`network_denied`, `timeout`, …), as in its envelope.
+    pub error_kind: Option<String>,
+}
+
+/// How one scheduled run ended, for its run history (see [`record_job_end`]).
+#[derive(Debug, Clone)]
+pub struct JobEnd {
+    pub job_id: String,
+    pub job_name: String,
+    pub slot_at: String,
+    pub customer_number: String,
+    pub connector_name: String,
+    pub started_at_utc: String,
+    /// The envelope's error kind and message, when it failed.
+    pub error: Option<(String, String)>,
+    pub usage: Option<Usage>,
+    pub host: String,
+    pub pid: u32,
+}
+
+/// Puts a scheduled run's job name, slot and error kind on its history rows;
+/// a run that failed before any stream began (`network_denied`, `internal`,
+/// `host_overloaded`, …) gets one row of its own (no stream, status
+/// `failed`), so every run is in the history.
+pub async fn record_job_end(conn: &mut Conn, end: &JobEnd) -> Result<(), StoreError> {
+    let kind = end.error.as_ref().map(|(kind, _)| kind.as_str());
+    let updated = conn
+        .execute(
+            "UPDATE delta_run SET job_name = ?2, slot_at = ?3,
+                 error_kind = CASE WHEN status = 'succeeded' THEN NULL ELSE CAST(?4 AS TEXT) END
+             WHERE job_id = ?1",
+            params![&end.job_id, &end.job_name, &end.slot_at, kind],
+        )
+        .await?;
+    if updated > 0 {
+        return Ok(());
+    }
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let u = end.usage.unwrap_or_default();
+    let message = end.error.as_ref().map(|(_, message)| message.as_str());
+    conn.execute(
+        "INSERT INTO delta_run
+             (run_id, customer_number, connector_name, stream_name, cursor_type, status, started_at_utc,
+              ended_at_utc, error_summary, owner_host, owner_pid, job_id, job_name, slot_at, error_kind,
+              wall_ms, cpu_ms, store_ms, peak_memory_bytes, http_requests, http_retries, http_bytes_in,
+              records_written)
+         VALUES (?1, ?2, ?3, '', '', ?4, ?5, ?6, ?7, ?8, ?9, ?1, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
+                 ?20)",
+        params![
+            &end.job_id,
+            &end.customer_number,
+            &end.connector_name,
+            if end.error.is_some() { "failed" } else { "succeeded" },
+            &end.started_at_utc,
+            &super::schema::now_utc(),
+            message,
+            &end.host,
+            end.pid,
+            &end.job_name,
+            &end.slot_at,
+            kind,
+            n(u.wall_ms),
+            n(u.cpu_ms),
+            n(u.store_ms),
+            n(u.peak_memory_bytes),
+            n(u.http_requests),
+            n(u.http_retries),
+            n(u.http_bytes_in),
+            n(u.records_written)
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Run history, newest first.
@@ -812,7 +897,7 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
                 records_processed, cursor_before, cursor_after, error_summary, plugin_sha256, owner_host, owner_pid,
                 suppliers_inserted, suppliers_updated, suppliers_unchanged, job_id, wall_ms, cpu_ms, store_ms,
                 peak_memory_bytes, http_requests, http_retries, http_bytes_in, records_written, plugin_metadata,
-                trace_id
+                trace_id, job_name, slot_at, error_kind
          FROM delta_run
          WHERE {STREAM_FILTER}
          ORDER BY started_at_utc DESC, {} DESC LIMIT ?4",
@@ -857,6 +942,9 @@ pub async fn list_runs(conn: &mut Conn, filter: &StreamFilter, limit: usize) -> 
             }),
             plugin: r.opt_text(26).and_then(|m| serde_json::from_str(&m).ok()),
             trace_id: r.opt_text(27),
+            job_name: r.opt_text(28),
+            slot_at: r.opt_text(29),
+            error_kind: r.opt_text(30),
         })
         .collect())
 }

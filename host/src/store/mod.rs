@@ -323,6 +323,9 @@ pub struct Store {
     writes: Arc<BackgroundWrites>,
     /// Time the worker spent working, in nanoseconds.
     busy: Arc<AtomicU64>,
+    /// Set once a call found the database unreachable: a run that then
+    /// fails is the store's failure (`store_unavailable`), not the connector's.
+    unavailable: Arc<std::sync::atomic::AtomicBool>,
     /// SQLite's writer thread, waited for when the last handle goes (after
     /// `jobs`, so its queue is closed by then).
     _writer: Option<Arc<SqliteWriter>>,
@@ -459,6 +462,7 @@ impl Store {
                 counts: Mutex::new(SaveCounts::default()),
             }),
             busy,
+            unavailable: Arc::default(),
             _writer: writer,
             _copy: copy,
         }
@@ -583,14 +587,27 @@ impl Store {
     async fn call<R: Send + 'static>(&self, f: impl JobFn<R>) -> Result<R, StoreError> {
         let (job, answer) = Self::job(f);
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.note(answer.await.map_err(|_| StoreError::Closed)?)
+    }
+
+    /// Remembers an unreachable database (see [`Store::saw_unavailable`]).
+    fn note<R>(&self, result: Result<R, StoreError>) -> Result<R, StoreError> {
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            self.unavailable.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Whether a call of this handle found the database unreachable.
+    pub fn saw_unavailable(&self) -> bool {
+        self.unavailable.load(Ordering::Relaxed)
     }
 
     /// Like `call`, for threads outside the async runtime (the lease heartbeat).
     fn call_blocking<R: Send + 'static>(&self, f: impl JobFn<R>) -> Result<R, StoreError> {
         let (job, answer) = Self::job(f);
         self.jobs.blocking_send(job).map_err(|_| StoreError::Closed)?;
-        answer.blocking_recv().map_err(|_| StoreError::Closed)?
+        self.note(answer.blocking_recv().map_err(|_| StoreError::Closed)?)
     }
 
     /// Begins a run; no begin commits once `stop` came. Also returns what this
@@ -762,6 +779,49 @@ impl Store {
     ) -> Result<(), StoreError> {
         let status = status.into();
         self.call(move |c| Box::pin(async move { c.finish_slot(&job_id, &status, outcome.as_deref()).await }))
+            .await
+    }
+
+    /// Records slots that end without a run (see [`schedule::record_unrun`]).
+    pub async fn record_unrun(
+        &self,
+        slots: Vec<schedule::Unrun>,
+        owner: schedule::SlotOwner,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.call(move |c| Box::pin(async move { c.record_unrun(&slots, &owner).await }))
+            .await
+    }
+
+    /// Puts a scheduled run's job, slot and error kind on its history rows
+    /// (see [`delta::record_job_end`]).
+    pub async fn record_job_end(&self, end: delta::JobEnd) -> Result<(), StoreError> {
+        self.call(move |c| Box::pin(async move { c.record_job_end(&end).await }))
+            .await
+    }
+
+    /// Streams marked running whose lease expired (see [`schedule::stale_streams`]).
+    pub async fn stale_streams(&self) -> Result<i64, StoreError> {
+        self.call(move |c| Box::pin(async move { c.stale_streams().await })).await
+    }
+
+    /// Writes a `serve` process's heartbeat; returns how many hosts are live.
+    pub async fn heartbeat(&self, me: schedule::HostBeat) -> Result<usize, StoreError> {
+        self.call(move |c| Box::pin(async move { c.heartbeat(&me).await })).await
+    }
+
+    /// Marks dead the `serve` processes of this machine that no longer run; returns their pids.
+    pub async fn free_dead_here(&self, me: schedule::HostBeat) -> Result<Vec<i64>, StoreError> {
+        self.call(move |c| Box::pin(async move { c.free_dead_here(&me).await })).await
+    }
+
+    /// The streams marked running by process `pid` on `host`.
+    pub async fn held_streams(&self, host: String, pid: u32) -> Result<Vec<schedule::HeldStream>, StoreError> {
+        self.call(move |c| Box::pin(async move { c.held_streams(&host, pid).await })).await
+    }
+
+    /// Fails and releases streams whose run is over (see [`schedule::release_streams`]).
+    pub async fn release_streams(&self, streams: Vec<schedule::HeldStream>, why: String) -> Result<usize, StoreError> {
+        self.call(move |c| Box::pin(async move { c.release_streams(&streams, &why).await }))
             .await
     }
 

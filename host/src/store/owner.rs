@@ -74,7 +74,7 @@ pub fn same_machine(host: &str, instance: Option<&str>) -> bool {
 }
 
 /// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
-fn process_start(pid: u32) -> Option<String> {
+pub fn process_start(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields after it are plain.
     let after_name = &stat[stat.rfind(')')? + 1..];

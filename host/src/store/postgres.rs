@@ -50,6 +50,7 @@ pub fn redacted(url: &str) -> String {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         // The server's own message says what was wrong; the driver's Display alone says "db error".
+        let lost = is_connection_lost(&e);
         let detail = e
             .as_db_error()
             .map(|db| format!("{}: {}", db.code().code(), db.message()))
@@ -62,15 +63,42 @@ impl From<tokio_postgres::Error> for StoreError {
                 }
                 text
             });
-        StoreError::Database(detail)
+        if lost {
+            StoreError::Unavailable(format!("PostgreSQL: {detail}"))
+        } else {
+            StoreError::Database(detail)
+        }
     }
+}
+
+/// The server cannot be reached or went away (connection refused, reset or
+/// closed; the server shutting down or not accepting connections): the
+/// store's fault, not the statement's.
+fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // Class 08: connection exception; 57P01-57P03: shutting down, cannot connect now.
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    if e.is_closed() {
+        return true;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    let text = e.to_string();
+    text.starts_with("error connecting") || text.starts_with("error communicating") || text.contains("timeout")
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => StoreError::Database(format!("no PostgreSQL connection: {other}")),
+            other => StoreError::Unavailable(format!("no PostgreSQL connection: {other}")),
         }
     }
 }
@@ -262,7 +290,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
@@ -454,6 +482,23 @@ CREATE TABLE supplier_bank_account (
     // 5: the trace id of the run that began the stream's run (its spans, its envelope).
     r#"
 ALTER TABLE delta_run ADD COLUMN trace_id TEXT;
+"#,
+    // 6: SQLite's version 9: a scheduled run's job name, slot and error kind; the hosts' heartbeats.
+    r#"
+ALTER TABLE delta_run ADD COLUMN job_name TEXT;
+ALTER TABLE delta_run ADD COLUMN slot_at TEXT;
+ALTER TABLE delta_run ADD COLUMN error_kind TEXT;
+
+CREATE TABLE hosts (
+    id             TEXT PRIMARY KEY,
+    hostname       TEXT NOT NULL,
+    pid            BIGINT NOT NULL,
+    instance       TEXT,
+    process_start  TEXT,
+    started        TEXT NOT NULL,
+    last_heartbeat TEXT NOT NULL
+);
+CREATE INDEX hosts_by_process ON hosts(hostname, pid);
 "#,
 ];
 

@@ -290,6 +290,25 @@ CREATE TABLE supplier_bank_account (
     r#"
 ALTER TABLE delta_run ADD COLUMN trace_id TEXT;
 "#,
+    // 9: a scheduled run's job name, slot and error kind on its history rows;
+    // the `serve` processes' heartbeats, so hosts share the due slots and a
+    // dead host's slots are taken over in seconds.
+    r#"
+ALTER TABLE delta_run ADD COLUMN job_name TEXT;
+ALTER TABLE delta_run ADD COLUMN slot_at TEXT;
+ALTER TABLE delta_run ADD COLUMN error_kind TEXT;
+
+CREATE TABLE hosts (
+    id             TEXT PRIMARY KEY,
+    hostname       TEXT NOT NULL,
+    pid            INTEGER NOT NULL,
+    instance       TEXT,
+    process_start  TEXT,
+    started        TEXT NOT NULL,
+    last_heartbeat TEXT NOT NULL
+);
+CREATE INDEX hosts_by_process ON hosts(hostname, pid);
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.

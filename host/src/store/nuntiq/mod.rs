@@ -24,7 +24,7 @@ pub mod wire;
 
 use super::backend::{BoxFuture, DeltaBackend, Ledger, LoadOptions, Saved, SupplierSink};
 use super::delta::{Begun, FailOutcome};
-use super::schedule::{Claim, SlotClaim, SlotOwner};
+use super::schedule::{Claim, HeldStream, HostBeat, SlotClaim, SlotOwner, Unrun};
 use super::{Completion, CursorType, RunOwner, RunStatus, SaveCounts, Store, StoreError, StreamKey, StreamState};
 use crate::limits::{LimitExceeded, Stop};
 use crate::meter::Usage;
@@ -461,5 +461,41 @@ impl Ledger for NuntiqApi {
             self.ledger
                 .finish_slot(job_id.to_owned(), status.to_owned(), outcome.map(str::to_owned)),
         )
+    }
+
+    fn record_unrun<'a>(
+        &'a mut self,
+        slots: &'a [Unrun],
+        owner: &'a SlotOwner,
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        Box::pin(self.ledger.record_unrun(slots.to_vec(), owner.clone()))
+    }
+
+    fn record_job_end<'a>(&'a mut self, end: &'a super::delta::JobEnd) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.ledger.record_job_end(end.clone()))
+    }
+
+    fn stale_streams(&mut self) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(self.ledger.stale_streams())
+    }
+
+    fn heartbeat<'a>(&'a mut self, me: &'a HostBeat) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(self.ledger.heartbeat(me.clone()))
+    }
+
+    fn free_dead_here<'a>(&'a mut self, me: &'a HostBeat) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+        Box::pin(self.ledger.free_dead_here(me.clone()))
+    }
+
+    fn held_streams<'a>(&'a mut self, host: &'a str, pid: u32) -> BoxFuture<'a, Result<Vec<HeldStream>, StoreError>> {
+        Box::pin(self.ledger.held_streams(host.to_owned(), pid))
+    }
+
+    fn release_streams<'a>(
+        &'a mut self,
+        streams: &'a [HeldStream],
+        why: &'a str,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(self.ledger.release_streams(streams.to_vec(), why.to_owned()))
     }
 }
