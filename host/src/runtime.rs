@@ -509,9 +509,10 @@ impl Runtime {
             limit = ctx.stop.stopped() => Err(limit.into()),
         };
         store.data_mut().http.cancel_pending();
-        // A run its budget stopped failed, whatever the connector did next.
+        // A run its budget or its store stopped failed so, whatever the connector
+        // did next (it may return before the select sees the stop).
         let returned = match ctx.stop.exceeded() {
-            Some(limit @ LimitExceeded::Budget(_)) => Err(limit.into()),
+            Some(limit @ (LimitExceeded::Budget(_) | LimitExceeded::Store { .. })) => Err(limit.into()),
             _ => returned,
         };
         // After a stop, the clean-up has the grace period and no more.

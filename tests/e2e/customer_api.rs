@@ -15,44 +15,35 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `run-plugin acme.wasm` against `mock`, delivering to `api`, with its ledger in `work`.
-fn acme_to_api(mock: &Mock, api: &ApiMock, settings: &Path, work: &Workdir, token: &str, extra: &[&str]) -> Command {
+/// `run-plugin GUEST settings` delivering to `api` with `token`, its ledger in `work`.
+fn to_api(plugin: &str, api: &ApiMock, settings: &Path, work: &Workdir, token: &str) -> Command {
     let mut command = host_command();
     command
         .args([
             "run-plugin",
-            guest("acme").to_str().unwrap(),
+            guest(plugin).to_str().unwrap(),
             settings.to_str().unwrap(),
             "--db",
             &api.store_url(),
             "--ledger",
             work.path("ledger.db").to_str().unwrap(),
-            "--allow-host",
-            &mock.allow_host(),
         ])
-        .args(extra)
         .env("NUNTIQ_API_TOKEN", token)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
 }
 
-/// `run-plugin bank-loader.wasm` delivering to `api`, with `params` as `--param`s.
-fn banks_to_api(api: &ApiMock, settings: &Path, work: &Workdir, params: &[&str]) -> Command {
-    let mut command = host_command();
+/// The Acme job against `mock`, delivering to `api`.
+fn acme_to_api(mock: &Mock, api: &ApiMock, settings: &Path, work: &Workdir, token: &str, extra: &[&str]) -> Command {
+    let mut command = to_api("acme", api, settings, work, token);
+    command.args(["--allow-host", &mock.allow_host()]).args(extra);
     command
-        .args([
-            "run-plugin",
-            guest("bank-loader").to_str().unwrap(),
-            settings.to_str().unwrap(),
-            "--db",
-            &api.store_url(),
-            "--ledger",
-            work.path("ledger.db").to_str().unwrap(),
-        ])
-        .env("NUNTIQ_API_TOKEN", API_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+}
+
+/// The bank loader delivering to `api`, with `params` as `--param`s.
+fn banks_to_api(api: &ApiMock, settings: &Path, work: &Workdir, params: &[&str]) -> Command {
+    let mut command = to_api("bank-loader", api, settings, work, API_TOKEN);
     for p in params {
         command.args(["--param", p]);
     }
