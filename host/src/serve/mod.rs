@@ -55,6 +55,8 @@ pub struct ServeOptions {
     pub cache_dir: Option<PathBuf>,
     /// What compiling a plugin may cost, for the whole process.
     pub compile: CompileLimits,
+    /// Where the jobs' secret references may read on this host.
+    pub secret_policy: crate::secrets::SecretPolicy,
     /// The connectors' wasm stack, for the whole process (one engine).
     pub max_stack: Option<usize>,
     pub log_format: LogFormat,
@@ -145,6 +147,7 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
             Some(value) => Settings::parse(&spec.settings, value.clone(), &spec.params),
             None => Settings::load(&spec.settings, &spec.params),
         }
+        .and_then(|mut settings| settings.merge_secrets(&spec.settings, &spec.secrets).map(|()| settings))
         .map_err(|e| fail(e.to_string()))?;
         // A URL its network policy refuses would fail every slot as network_denied.
         crate::job::check_network(&job_options(&options, &spec, "check"), &settings).map_err(|e| {
@@ -738,6 +741,8 @@ fn job_options(serve: &ServeOptions, spec: &JobSpec, job_id: &str) -> JobOptions
         compile: serve.compile,
         job_id: Some(job_id.to_owned()),
         inline_settings: spec.inline_settings.clone(),
+        job_secrets: spec.secrets.clone(),
+        secret_policy: serve.secret_policy.clone(),
         ledger: serve.ledger.clone(),
         api_token: spec.api_token.clone(),
         ..JobOptions::new(spec.plugin.clone(), spec.settings.clone(), serve.db.clone())
