@@ -59,7 +59,9 @@ impl Resource {
     fn amount(self, n: u64) -> String {
         match self {
             Resource::HostMemory | Resource::StoredBytes => bytesize::ByteSize(n).display().iec().to_string(),
+            Resource::Begins if n == 1 => "1 delta run".to_owned(),
             Resource::Begins => format!("{n} delta runs"),
+            Resource::StoredRows if n == 1 => "1 row".to_owned(),
             Resource::StoredRows => format!("{n} rows"),
         }
     }

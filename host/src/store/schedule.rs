@@ -286,7 +286,8 @@ async fn claim_in(
 }
 
 /// Extends the claims of running slots (by job id); returns the ids whose
-/// claim another host took over.
+/// claim another host took over. A slot this run has just recorded as ended
+/// (its run still on the way out of the running set) is not lost.
 pub async fn renew(conn: &mut Conn, job_ids: &[String], lease: Duration) -> Result<Vec<String>, StoreError> {
     let until = lease_until(lease);
     let mut lost = Vec::new();
@@ -298,7 +299,15 @@ pub async fn renew(conn: &mut Conn, job_ids: &[String], lease: Duration) -> Resu
             )
             .await?;
         if changed == 0 {
-            lost.push(job_id.clone());
+            // A takeover gives the slot the new run's id, so a row still
+            // under this id has ended here.
+            let ended = conn
+                .query_opt("SELECT status FROM schedule_slot WHERE job_id = ?1", params![job_id])
+                .await?
+                .is_some();
+            if !ended {
+                lost.push(job_id.clone());
+            }
         }
     }
     Ok(lost)
@@ -547,6 +556,8 @@ mod tests {
         assert_eq!(renew(conn, &["run-a".into()], a.lease).await.unwrap(), ["run-a"]);
         assert!(renew(conn, &["run-b".into()], b.lease).await.unwrap().is_empty());
         finish(conn, "run-b", "succeeded", None).await.unwrap();
+        // A run that recorded its end before the heartbeat came round lost nothing.
+        assert!(renew(conn, &["run-b".into()], b.lease).await.unwrap().is_empty());
         let slots = list(conn, Some("acme"), None, 10).await.unwrap();
         assert_eq!(slots.len(), 1);
         assert_eq!((slots[0].status.as_str(), slots[0].takeovers), ("succeeded", 1));
