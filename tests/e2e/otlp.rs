@@ -259,7 +259,11 @@ fn serves_runs_each_reach_an_otlp_receiver_as_one_linked_trace_without_secrets()
     let file = jobs.write();
     let db = work.db();
     let endpoint = format!("http://{}", receiver.addr);
-    let serve = Serve::start(&file, db.to_str().unwrap(), &["--otlp-endpoint", &endpoint]);
+    let serve = Serve::start(
+        &file,
+        db.to_str().unwrap(),
+        &["--otlp-endpoint", &endpoint, "--log-format", "json"],
+    );
     let succeeded = || {
         if !db.exists() {
             return 0;
@@ -271,6 +275,18 @@ fn serves_runs_each_reach_an_otlp_receiver_as_one_linked_trace_without_secrets()
     wait_until("both jobs ran twice", Duration::from_secs(60), || succeeded() >= 4);
     let (code, log) = serve.stop();
     assert_eq!(code, 0, "{log}");
+    // Every line of a run names its job's customer, not only its first.
+    let mut of_runs = 0;
+    for line in log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let customer = match line["job"].as_str() {
+            Some("acme_one") => "10000001",
+            Some("acme_two") => "10000002",
+            _ => continue,
+        };
+        assert_eq!(line["customer"], customer, "{line}");
+        of_runs += 1;
+    }
+    assert!(of_runs >= 8, "{log}");
 
     // Flushed as serve ended: one trace per run, rooted at the run.
     let spans = receiver.spans();

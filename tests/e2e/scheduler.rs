@@ -853,4 +853,15 @@ fn a_process_restarted_after_a_crash_takes_over_its_dead_predecessors_slot_at_on
         [[Some("succeeded".to_owned()), Some("1".to_owned())]],
         "{log}"
     );
+    // The dead process's stream lease was freed at once too: its run is
+    // failed as abandoned by a process that no longer exists, and the
+    // restarted one's run committed.
+    let runs = db.rows("SELECT status, error_summary FROM delta_run ORDER BY started_at_utc");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0][0].as_deref(), Some("failed"), "{runs:?}");
+    assert!(
+        runs[0][1].as_deref().is_some_and(|s| s.contains("abandoned") && s.contains("no longer exists")),
+        "{runs:?}"
+    );
+    assert_eq!(runs[1][0].as_deref(), Some("succeeded"), "{runs:?}");
 }
