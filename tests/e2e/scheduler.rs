@@ -865,3 +865,53 @@ fn a_process_restarted_after_a_crash_takes_over_its_dead_predecessors_slot_at_on
     );
     assert_eq!(runs[1][0].as_deref(), Some("succeeded"), "{runs:?}");
 }
+
+#[test]
+fn a_dead_host_on_another_machine_loses_its_slot_and_stream_once_its_heartbeat_is_stale() {
+    let mock = Mock::start(MOCK, 300);
+    // Slow pages: the first process is killed in the middle of its run.
+    mock.faults(json!([{"action": "delay", "delay_ms": 100, "times": 1_000_000}]));
+    let schema = PgSchema::new();
+    let mut jobs = Jobs::new();
+    jobs.add(&mock, "acme_eu", "acme", "10000001", "every = \"1h\"");
+    let file = jobs.write();
+    // The default 60 s lease.
+    let mut first = Serve::start(&file, &schema.url(), &[]);
+    first.wait_for_line("Fetched page 1", Duration::from_secs(60));
+    first.kill();
+    // Made a process of another machine: its pid cannot be looked up here,
+    // so only its heartbeat can say it is gone.
+    let db = Db::open(Path::new(&schema.url()));
+    db.execute("UPDATE hosts SET hostname = 'elsewhere', instance = 'boot:elsewhere'");
+    db.execute("UPDATE schedule_slot SET host = 'elsewhere'");
+    assert_eq!(
+        db.execute("UPDATE delta_stream_state SET owner_host = 'elsewhere', owner_instance = 'boot:elsewhere' WHERE status = 'running'"),
+        1
+    );
+
+    mock.faults(json!([]));
+    let restarted = std::time::Instant::now();
+    let second = Serve::start(&file, &schema.url(), &[]);
+    let line = second.wait_for_line("took over the slot", Duration::from_secs(30));
+    wait_until("the slot ended", Duration::from_secs(60), || {
+        db.scalar::<String>("SELECT status FROM schedule_slot") != "running"
+    });
+    let took = restarted.elapsed();
+    let (code, log) = second.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(line.contains("on elsewhere") && line.contains("heartbeat stopped"), "{line}");
+    assert!(!log.contains("ended without stopping"), "not a process of this machine: {log}");
+    assert!(took < Duration::from_secs(15), "taken over {took:?} after the restart, not after the 60 s lease");
+    assert_eq!(
+        db.rows("SELECT status, takeovers FROM schedule_slot"),
+        [[Some("succeeded".to_owned()), Some("1".to_owned())]],
+        "{log}"
+    );
+    let runs = db.rows("SELECT status, error_summary FROM delta_run ORDER BY started_at_utc");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs[0][1].as_deref().is_some_and(|s| s.contains("stopped its heartbeat")),
+        "the stream was taken over for the stale heartbeat: {runs:?}"
+    );
+    assert_eq!(runs[1][0].as_deref(), Some("succeeded"), "{runs:?}");
+}
