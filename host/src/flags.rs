@@ -33,7 +33,8 @@ pub struct JobFlags {
     #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<Duration>,
     /// After the deadline or SIGTERM/SIGINT: time to stop the connector, settle
-    /// the store and report [default: 10s].
+    /// the store and report; also how long a final commit the database did not
+    /// answer is tried again [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = limits::parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub grace: Option<Duration>,

@@ -488,6 +488,7 @@ pub async fn run_job(
         suppliers: options.suppliers.clone(),
         delta: DeltaConfig {
             connector_name: settings.connector_name.clone(),
+            commit_retry: options.limits.grace,
             ..options.delta.clone()
         },
         deny_secret_read: options.deny_secret_read,

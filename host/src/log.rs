@@ -368,7 +368,10 @@ trait LineFormat: Send + Sync + 'static {
 }
 
 /// The platform's line: `YYYY-MM-DD HH:MM:SS UTC [LEVEL] message`, with
-/// `[job customer]` before the message when one process runs many jobs.
+/// `[job customer]` before the message when one process runs many jobs, and
+/// `[customer C]` in a single run's lines once its settings named C (the
+/// message stays the platform's last field, so a parser of the platform's
+/// lines reads the same level and text).
 struct TextLine;
 
 impl LineFormat for TextLine {
@@ -378,7 +381,8 @@ impl LineFormat for TextLine {
         match (line.job, line.customer) {
             (Some(job), Some(customer)) => format!("{now} [{level}] [{job} {customer}] {}\n", line.message),
             (Some(job), None) => format!("{now} [{level}] [{job}] {}\n", line.message),
-            (None, _) => format!("{now} [{level}] {}\n", line.message),
+            (None, Some(customer)) => format!("{now} [{level}] [customer {customer}] {}\n", line.message),
+            (None, None) => format!("{now} [{level}] {}\n", line.message),
         }
     }
 }
@@ -763,6 +767,20 @@ pub(crate) mod tests {
         json_sink.warn("retrying", Some("http_get"), None);
         let v: Value = serde_json::from_str(out.text().trim()).unwrap();
         assert_eq!((v["job"].as_str(), v["customer"].as_str()), (Some("acme-1"), Some("C001")));
+    }
+
+    #[test]
+    fn a_single_runs_text_lines_name_its_customer_once_it_is_known() {
+        let (sink, out) = sink(LogFormat::Text, &[]);
+        sink.info("before the settings", None, None);
+        sink.set_customer("C001");
+        sink.info("Fetched page 1", None, None);
+        sink.caused(Level::Warn, "from the connector", None, None);
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with(" UTC [INFO] before the settings"), "{text}");
+        assert!(lines[1].ends_with(" UTC [INFO] [customer C001] Fetched page 1"), "{text}");
+        assert!(lines[2].ends_with(" UTC [WARN] [customer C001] from the connector"), "{text}");
     }
 
     #[test]

@@ -366,7 +366,8 @@ failed, the cursor does not move, exit code 1):
   (refused host or address)                                         network_denied
   SIGTERM / SIGINT            stop like the deadline                cancelled
   --grace 10s: after the deadline or a signal, the host settles the store
-  and fails open runs within this time, then reports.
+  and fails open runs within this time, then reports. A final commit the
+  database did not answer is tried again with backoff for this long too.
   --max-log-lines 50000, --max-log-bytes 32MiB: later log lines the connector
   writes or causes (host warnings about its refused requests, retries and
   rejected rows) are dropped and counted (not a failure); log messages are

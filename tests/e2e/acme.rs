@@ -95,8 +95,8 @@ fn first_run_stores_everything_and_second_run_fetches_nothing() {
     assert_eq!(db.count("delta_audit_log"), 1);
 
     // Flushed every 500, logged as it went.
-    assert!(first.stderr.contains("[INFO] Flushed 500 so far"), "{}", first.stderr);
-    assert!(first.stderr.contains("[INFO] Flushed 1000 so far"), "{}", first.stderr);
+    assert!(first.stderr.contains("[INFO] [customer 10000001] Flushed 500 so far"), "{}", first.stderr);
+    assert!(first.stderr.contains("[INFO] [customer 10000001] Flushed 1000 so far"), "{}", first.stderr);
 
     // Nothing changed: the run re-reads only the cursor's last second, and
     // rewrites none of it.

@@ -48,7 +48,7 @@ fn compile_ahead_of_time_then_runs_load_from_the_cache() {
     let run = run_with_cache(&mock, &work, &cache);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stderr.contains("[DEBUG] Loaded acme.wasm from the compile cache"),
+        run.stderr.contains("[DEBUG] [customer 10000001] Loaded acme.wasm from the compile cache"),
         "{}",
         run.stderr
     );
@@ -63,7 +63,7 @@ fn corrupt_truncated_and_foreign_entries_are_recompiled_never_loaded() {
     let first = run_with_cache(&mock, &work, &cache);
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert!(
-        first.stderr.contains("[INFO] Compiled acme.wasm in "),
+        first.stderr.contains("[INFO] [customer 10000001] Compiled acme.wasm in "),
         "{}",
         first.stderr
     );
@@ -84,7 +84,7 @@ fn corrupt_truncated_and_foreign_entries_are_recompiled_never_loaded() {
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert!(
             run.stderr.contains(&format!(
-                "[WARN] The compile cache entry for acme.wasm was unusable: {why}"
+                "[WARN] [customer 10000001] The compile cache entry for acme.wasm was unusable: {why}"
             )) && run.stderr.contains("; recompiled it in "),
             "{}",
             run.stderr

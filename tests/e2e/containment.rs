@@ -306,7 +306,7 @@ fn a_row_from_the_future_is_kept_without_moving_the_cursor_past_the_run() {
     );
     assert!(
         run.stderr.contains(&format!(
-            "[WARN] Supplier {number} has updated_at {later}, after this run began"
+            "[WARN] [customer 10000001] Supplier {number} has updated_at {later}, after this run began"
         )),
         "{}",
         run.stderr

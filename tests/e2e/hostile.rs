@@ -145,7 +145,7 @@ fn log_flood_is_capped_and_counted() {
     assert_eq!(flood_lines, 1000, "exactly the budget was written");
     // 2 000 000 logger lines and 200 000 stdout lines, less the 1000 written.
     assert!(
-        run.stderr.contains("[WARN] 2199000 log lines the connector wrote or caused were dropped"),
+        run.stderr.contains("[WARN] [customer 10000001] 2199000 log lines the connector wrote or caused were dropped"),
         "the drop count is logged once: {}",
         tail(&run.stderr)
     );
@@ -316,7 +316,7 @@ fn panic_mid_run_fails_the_open_run() {
         run.envelope
     );
     assert!(
-        run.stderr.contains("[WARN] page 3 had 0 rows: index out of range"),
+        run.stderr.contains("[WARN] [customer 10000001] page 3 had 0 rows: index out of range"),
         "the panic is logged"
     );
     assert!(run.stderr.contains("wasm backtrace: #0 "), "{}", tail(&run.stderr));

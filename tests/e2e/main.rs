@@ -32,6 +32,7 @@ mod delivery;
 mod hostile;
 mod load_options;
 mod otlp;
+mod outage;
 mod output;
 mod pg_tls;
 mod secret_refs;

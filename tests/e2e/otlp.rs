@@ -245,3 +245,110 @@ fn a_bad_otlp_endpoint_is_refused_before_anything_runs() {
     assert!(run.error_message().contains("--otlp-endpoint"), "{}", run.envelope);
     assert!(!work.db().exists(), "nothing was written");
 }
+
+#[test]
+fn serves_runs_each_reach_an_otlp_receiver_as_one_linked_trace_without_secrets() {
+    use crate::serve::{Jobs, Serve, wait_until};
+    use std::time::Duration;
+    let receiver = Receiver::start();
+    let mock = Mock::start(MOCK, 120);
+    let work = Workdir::new();
+    let mut jobs = Jobs::new();
+    jobs.add(&mock, "acme_one", "acme", "10000001", "every = \"1s\"");
+    jobs.add(&mock, "acme_two", "acme", "10000002", "every = \"1s\"");
+    let file = jobs.write();
+    let db = work.db();
+    let endpoint = format!("http://{}", receiver.addr);
+    let serve = Serve::start(
+        &file,
+        db.to_str().unwrap(),
+        &["--otlp-endpoint", &endpoint, "--log-format", "json"],
+    );
+    let succeeded = || {
+        if !db.exists() {
+            return 0;
+        }
+        Db::open(&db)
+            .try_rows("SELECT job_name FROM schedule_slot WHERE status = 'succeeded'")
+            .map_or(0, |r| r.len())
+    };
+    wait_until("both jobs ran twice", Duration::from_secs(60), || succeeded() >= 4);
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    // Every line of a run names its job's customer, not only its first.
+    let mut of_runs = 0;
+    for line in log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let customer = match line["job"].as_str() {
+            Some("acme_one") => "10000001",
+            Some("acme_two") => "10000002",
+            _ => continue,
+        };
+        assert_eq!(line["customer"], customer, "{line}");
+        of_runs += 1;
+    }
+    assert!(of_runs >= 8, "{log}");
+
+    // Flushed as serve ended: one trace per run, rooted at the run.
+    let spans = receiver.spans();
+    let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
+    let roots: Vec<&Span> = spans.iter().filter(|s| s.parent_span_id.is_empty()).collect();
+    assert!(roots.len() >= 4, "a root per run: {}", roots.len());
+    let mut traces: HashMap<Vec<u8>, &Span> = HashMap::new();
+    for root in &roots {
+        assert_eq!(root.name, "run", "only runs are roots");
+        let job = attribute(&root.attributes, "job").unwrap_or_default();
+        let customer = attribute(&root.attributes, "customer").unwrap_or_default();
+        assert!(
+            matches!(
+                (job.as_str(), customer.as_str()),
+                ("acme_one", "10000001") | ("acme_two", "10000002")
+            ),
+            "the run names its job and customer: {job} {customer}"
+        );
+        assert_eq!(
+            attribute(&root.attributes, "trace_id").as_deref(),
+            Some(hex(&root.trace_id).as_str())
+        );
+        assert!(traces.insert(root.trace_id.clone(), root).is_none(), "one root per trace");
+    }
+    // Every span descends, by its parent links, from its own trace's run.
+    for span in &spans {
+        let root = traces.get(&span.trace_id).unwrap_or_else(|| panic!("{} has a run", span.name));
+        let mut at = span;
+        let mut steps = 0;
+        while at.span_id != root.span_id {
+            let parent = by_id
+                .get(&at.parent_span_id)
+                .unwrap_or_else(|| panic!("{}'s parent was received", at.name));
+            assert_eq!(parent.trace_id, span.trace_id, "a parent in the same trace");
+            at = parent;
+            steps += 1;
+            assert!(steps < 16, "no cycle");
+        }
+    }
+    // Each run that succeeded has its HTTP attempts, delta begin and complete
+    // and store batch in its trace, under the trace id of its runs row.
+    let (code, out, err) = host_output(&["runs", "--json", "--limit", "1000", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let done: Vec<&Value> = runs.iter().filter(|r| r["status"] == "succeeded").collect();
+    assert!(done.len() >= 4, "{out}");
+    for run in done {
+        let trace = run["trace_id"].as_str().unwrap();
+        let (id, _) = traces
+            .iter()
+            .find(|(id, _)| hex(id) == trace)
+            .unwrap_or_else(|| panic!("the runs row's trace {trace} was received"));
+        let names: Vec<&str> = spans.iter().filter(|s| &s.trace_id == id).map(|s| s.name.as_str()).collect();
+        for wanted in ["http", "delta_begin", "delta_complete", "store_batch"] {
+            assert!(names.contains(&wanted), "{wanted} in {trace}: {names:?}");
+        }
+    }
+    // No secret in any attribute, span or event.
+    for span in &spans {
+        let events = span.events.iter().flat_map(|e| e.attributes.iter());
+        for kv in span.attributes.iter().chain(events) {
+            assert!(!text(&kv.value).contains(TOKEN) && !kv.key.contains(TOKEN), "{}: {kv:?}", span.name);
+        }
+    }
+}

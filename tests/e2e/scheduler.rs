@@ -532,6 +532,8 @@ fn the_dashboard_and_the_alert_rules_read_only_metrics_serve_exports() {
 #[test]
 fn two_hosts_with_room_for_everything_share_the_slots_and_a_killed_hosts_jobs_run_again_within_seconds() {
     let mock = Mock::start(MOCK, 20);
+    // Slow pages: runs are going (their slots and streams held) when a host dies.
+    mock.faults(json!([{"action": "delay", "delay_ms": 400, "times": 1_000_000}]));
     let schema = PgSchema::new();
     let mut jobs = Jobs::new();
     for i in 0..20 {
@@ -569,8 +571,23 @@ fn two_hosts_with_room_for_everything_share_the_slots_and_a_killed_hosts_jobs_ru
         );
     }
 
+    // Killed while it holds slots and streams of runs going on.
+    let b_pid = b.pid();
+    let held_by_b = || {
+        db.scalar::<i64>(&format!(
+            "SELECT count(*) FROM delta_stream_state WHERE status = 'running' AND owner_pid = {b_pid}"
+        ))
+    };
+    wait_until("host b is in the middle of runs", Duration::from_secs(10), || held_by_b() > 0);
     b.kill();
     let killed = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let streams_of_b = db.rows(&format!(
+        "SELECT customer_number FROM delta_stream_state WHERE status = 'running' AND owner_pid = {b_pid}"
+    ));
+    let slots_of_b = db.rows(&format!(
+        "SELECT job_name FROM schedule_slot WHERE status = 'running' AND pid = {b_pid}"
+    ));
+    assert!(!streams_of_b.is_empty() && !slots_of_b.is_empty(), "{streams_of_b:?} {slots_of_b:?}");
     let started = std::time::Instant::now();
     wait_until("every job ran again after the kill", Duration::from_secs(10), || {
         db.scalar::<i64>(&format!(
@@ -581,25 +598,45 @@ fn two_hosts_with_room_for_everything_share_the_slots_and_a_killed_hosts_jobs_ru
     let (code, log) = a.stop();
     assert_eq!(code, 0, "{log}");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    // Nothing of the dead host's was left running.
+    // Nothing of the dead host's was left running: its slots were taken
+    // over and its streams began again by the other host's runs.
     assert_eq!(
         db.scalar::<i64>("SELECT count(*) FROM schedule_slot WHERE status = 'running'"),
         0,
         "{log}"
     );
+    assert_eq!(held_by_b(), 0, "{log}");
+    for customer in streams_of_b.iter().map(|r| r[0].clone().unwrap()) {
+        assert!(
+            db.scalar::<i64>(&format!(
+                "SELECT count(*) FROM delta_run WHERE customer_number = '{customer}' AND status = 'succeeded' \
+                 AND started_at_utc > '{killed}'"
+            )) >= 1,
+            "the stream of {customer} that host b held ran again\n{log}"
+        );
+    }
+    // Host b's slots that were going were taken over, or are history blamed
+    // on its death (not on a lease that had not run out).
+    for job in slots_of_b.iter().map(|r| r[0].clone().unwrap()) {
+        let settled = db.scalar::<i64>(&format!(
+            "SELECT count(*) FROM schedule_slot WHERE job_name = '{job}' AND claimed_at >= '{from}' AND \
+             ((pid = {b_pid} AND status = 'abandoned' AND outcome = 'host_died') OR (takeovers > 0 AND status <> 'running'))"
+        ));
+        assert!(settled >= 1, "{job}: {:?}\n{log}", db.rows(&format!("SELECT * FROM schedule_slot WHERE job_name = '{job}'")));
+    }
 }
 
 /// A TCP proxy in front of the shared PostgreSQL: cut and restored by the
 /// test, so an outage is simulated without stopping the server other tests
 /// use. While cut it closes every connection it carried and each new one.
-struct PgProxy {
+pub(crate) struct PgProxy {
     port: u16,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     carried: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl PgProxy {
-    fn start(open: bool) -> Self {
+    pub(crate) fn start(open: bool) -> Self {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -638,18 +675,18 @@ impl PgProxy {
     }
 
     /// `url` (a test schema's) through this proxy.
-    fn url(&self, url: &str) -> String {
+    pub(crate) fn url(&self, url: &str) -> String {
         url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port))
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.open.store(false, std::sync::atomic::Ordering::SeqCst);
         for stream in self.carried.lock().unwrap().drain(..) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
 
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
@@ -663,8 +700,10 @@ fn a_database_outage_is_the_stores_fault_everywhere_and_everything_is_released_o
     assert!(schema.url().contains("127.0.0.1:5432"), "{}", schema.url());
     let proxy = PgProxy::start(true);
     let mut jobs = Jobs::new();
+    // A commit that finds the database away is tried again for the run's
+    // grace: 2 s here, shorter than the outage.
     for i in 0..3 {
-        jobs.add(&mock, &format!("acme_{i}"), "acme", &format!("C{i}"), "every = \"1s\"");
+        jobs.add(&mock, &format!("acme_{i}"), "acme", &format!("C{i}"), "every = \"1s\"\ngrace = \"2s\"");
     }
     let file = jobs.write();
     let serve = Serve::start(&file, &proxy.url(&schema.url()), &["--metrics-addr", "127.0.0.1:0"]);
@@ -814,4 +853,65 @@ fn a_process_restarted_after_a_crash_takes_over_its_dead_predecessors_slot_at_on
         [[Some("succeeded".to_owned()), Some("1".to_owned())]],
         "{log}"
     );
+    // The dead process's stream lease was freed at once too: its run is
+    // failed as abandoned by a process that no longer exists, and the
+    // restarted one's run committed.
+    let runs = db.rows("SELECT status, error_summary FROM delta_run ORDER BY started_at_utc");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0][0].as_deref(), Some("failed"), "{runs:?}");
+    assert!(
+        runs[0][1].as_deref().is_some_and(|s| s.contains("abandoned") && s.contains("no longer exists")),
+        "{runs:?}"
+    );
+    assert_eq!(runs[1][0].as_deref(), Some("succeeded"), "{runs:?}");
+}
+
+#[test]
+fn a_dead_host_on_another_machine_loses_its_slot_and_stream_once_its_heartbeat_is_stale() {
+    let mock = Mock::start(MOCK, 300);
+    // Slow pages: the first process is killed in the middle of its run.
+    mock.faults(json!([{"action": "delay", "delay_ms": 100, "times": 1_000_000}]));
+    let schema = PgSchema::new();
+    let mut jobs = Jobs::new();
+    jobs.add(&mock, "acme_eu", "acme", "10000001", "every = \"1h\"");
+    let file = jobs.write();
+    // The default 60 s lease.
+    let mut first = Serve::start(&file, &schema.url(), &[]);
+    first.wait_for_line("Fetched page 1", Duration::from_secs(60));
+    first.kill();
+    // Made a process of another machine: its pid cannot be looked up here,
+    // so only its heartbeat can say it is gone.
+    let db = Db::open(Path::new(&schema.url()));
+    db.execute("UPDATE hosts SET hostname = 'elsewhere', instance = 'boot:elsewhere'");
+    db.execute("UPDATE schedule_slot SET host = 'elsewhere'");
+    assert_eq!(
+        db.execute("UPDATE delta_stream_state SET owner_host = 'elsewhere', owner_instance = 'boot:elsewhere' WHERE status = 'running'"),
+        1
+    );
+
+    mock.faults(json!([]));
+    let restarted = std::time::Instant::now();
+    let second = Serve::start(&file, &schema.url(), &[]);
+    let line = second.wait_for_line("took over the slot", Duration::from_secs(30));
+    wait_until("the slot ended", Duration::from_secs(60), || {
+        db.scalar::<String>("SELECT status FROM schedule_slot") != "running"
+    });
+    let took = restarted.elapsed();
+    let (code, log) = second.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(line.contains("on elsewhere") && line.contains("heartbeat stopped"), "{line}");
+    assert!(!log.contains("ended without stopping"), "not a process of this machine: {log}");
+    assert!(took < Duration::from_secs(15), "taken over {took:?} after the restart, not after the 60 s lease");
+    assert_eq!(
+        db.rows("SELECT status, takeovers FROM schedule_slot"),
+        [[Some("succeeded".to_owned()), Some("1".to_owned())]],
+        "{log}"
+    );
+    let runs = db.rows("SELECT status, error_summary FROM delta_run ORDER BY started_at_utc");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs[0][1].as_deref().is_some_and(|s| s.contains("stopped its heartbeat")),
+        "the stream was taken over for the stale heartbeat: {runs:?}"
+    );
+    assert_eq!(runs[1][0].as_deref(), Some("succeeded"), "{runs:?}");
 }

@@ -320,7 +320,7 @@ fn a_one_letter_secret_leaves_the_log_readable() {
     let run = arena.attack_with("acme", &settings, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stderr.contains("[INFO] Pulling suppliers updated_after="),
+        run.stderr.contains("[INFO] [customer 10000001] Pulling suppliers updated_after="),
         "{}",
         run.stderr
     );

@@ -139,6 +139,10 @@ impl Serve {
         self.child.wait().unwrap();
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process has not exited.
     pub(crate) fn is_running(&self) -> bool {
         // SAFETY: a non-blocking status query of our own child.

@@ -35,6 +35,9 @@ pub struct DeltaConfig {
     pub max_cursor_skew: Duration,
     /// Rows one run may set aside with `reject`; past it the call fails.
     pub max_rejected: u64,
+    /// How long a `complete` the database did not answer is tried again
+    /// (with backoff) before the connector is told: the run's grace.
+    pub commit_retry: Duration,
 }
 
 impl Default for DeltaConfig {
@@ -44,6 +47,7 @@ impl Default for DeltaConfig {
             max_streams: 100,
             max_cursor_skew: crate::store::cursor::DEFAULT_MAX_CURSOR_SKEW,
             max_rejected: 100,
+            commit_retry: crate::limits::Limits::default().grace,
         }
     }
 }
@@ -131,8 +135,108 @@ impl DeltaCap {
         }
     }
 
-    /// A refusal the connector can handle, remembered so a failure right after
-    /// it is reported under `kind`.
+    /// Completes a run in the store; a commit the database did not answer
+    /// (connection lost, server down) is tried again with backoff (0.25 s
+    /// doubling to 4 s) for up to `commit_retry` (the run's grace) and never
+    /// after the run's stop, then the connector is told. A retry that finds
+    /// the run's lease already given up and the stream committed at this
+    /// run's cursor since the first attempt is the first attempt's commit,
+    /// whose answer the outage swallowed.
+    async fn commit(
+        &self,
+        key: &StreamKey,
+        run_id: &str,
+        completion: Completion,
+        pending: crate::store::Batch,
+        written_at_begin: SaveCounts,
+        stop: Arc<crate::limits::Stop>,
+    ) -> Result<(StreamState, SaveCounts), crate::store::CompleteError> {
+        let first_attempt = crate::store::schema::now_utc();
+        let give_up = Instant::now() + self.config.commit_retry;
+        let mut pause = Duration::from_millis(250);
+        let mut pending = pending;
+        let mut retries = 0u32;
+        loop {
+            let attempt = self
+                .store
+                .complete_run(
+                    key.clone(),
+                    run_id.to_owned(),
+                    completion.clone(),
+                    pending,
+                    written_at_begin,
+                    stop.clone(),
+                )
+                .await;
+            let mut failed = match attempt {
+                Ok(done) => {
+                    if retries > 0 {
+                        self.ctx.log.info(
+                            &format!("The database answered again: stream {key} committed after {retries} retries"),
+                            Some("store"),
+                            Some(serde_json::json!({"retries": retries})),
+                        );
+                    }
+                    return Ok(done);
+                }
+                Err(failed) => failed,
+            };
+            if retries > 0 && matches!(failed.error, StoreError::LeaseLost(_)) {
+                if let Ok(state) = self.store.get_state(key.clone()).await
+                    && state.status == RunStatus::Succeeded
+                    && state.committed_cursor_value.as_deref() == Some(completion.new_cursor_value.as_str())
+                    && state.completed_at_utc.as_deref().is_some_and(|at| at >= first_attempt.as_str())
+                {
+                    self.ctx.log.info(
+                        &format!(
+                            "Stream {key} was committed by the attempt the database did not answer ({retries} \
+                             retries)"
+                        ),
+                        Some("store"),
+                        None,
+                    );
+                    return Ok((state, SaveCounts::default()));
+                }
+                return Err(failed);
+            }
+            let StoreError::Unavailable(why) = &failed.error else {
+                return Err(failed);
+            };
+            let now = Instant::now();
+            if failed.pending.is_none() || stop.reason().is_some() || now + pause > give_up {
+                if retries > 0 {
+                    self.ctx.log.error(
+                        &format!(
+                            "The commit of stream {key} gave up after {retries} retries in {:.1} s: {why}",
+                            self.config.commit_retry.saturating_sub(give_up.saturating_duration_since(now)).as_secs_f64()
+                        ),
+                        Some("store"),
+                        None,
+                    );
+                }
+                return Err(failed);
+            }
+            if retries == 0 {
+                self.ctx.log.warn(
+                    &format!(
+                        "The commit of stream {key} did not reach the database ({why}); trying again for up to {} \
+                         (the run's grace)",
+                        humantime::format_duration(self.config.commit_retry)
+                    ),
+                    Some("store"),
+                    None,
+                );
+            }
+            pending = failed.pending.take().expect("checked above");
+            retries += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.stopped() => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(4));
+        }
+    }
+
     /// The span of one delta call, naming its stream (redacted: the connector chose the name).
     fn stream_span(&self, call: &'static str, key: &StreamKey) -> tracing::Span {
         let stream = format!("{}/{}", key.connector_name, key.stream_name);
@@ -144,6 +248,8 @@ impl DeltaCap {
         }
     }
 
+    /// A refusal the connector can handle, remembered so a failure right after
+    /// it is reported under `kind`.
     fn refuse(&self, kind: &'static str, message: String) -> DeltaError {
         self.ctx.refusals.refused(LimitHit {
             kind,
@@ -555,9 +661,7 @@ impl delta_state::HostDeltaRun for DeltaView<'_> {
         self.cap.ending(&run_id, true);
         let completed = crate::log::in_span(
             self.cap.stream_span("delta_complete", &key),
-            self.cap
-                .store
-                .complete_run(key.clone(), run_id.clone(), completion, pending, written_at_begin, stop),
+            self.cap.commit(&key, &run_id, completion, pending, written_at_begin, stop),
         )
         .await;
         self.cap.ctx.counters.add(Section::StoreWait, started);

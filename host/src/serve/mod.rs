@@ -863,7 +863,7 @@ fn execute(state: &State, job: &RunOf, slot: &str, job_id: &str, options: &JobOp
             outcome.map(|k| format!(" ({k})")).unwrap_or_default()
         ),
         Some("run"),
-        Some(json!({"job": name, "slot": slot, "job_id": job_id, "status": shown, "usage": usage})),
+        Some(json!({"job": name, "customer": job.customer, "slot": slot, "job_id": job_id, "status": shown, "usage": usage})),
     );
 }
 

@@ -687,7 +687,15 @@ impl Store {
             pending: None,
         };
         self.jobs.send(job).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        let result = answer.await.map_err(|_| closed())?;
+        if let Err(CompleteError {
+            error: StoreError::Unavailable(_),
+            ..
+        }) = &result
+        {
+            self.unavailable.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     /// Records in this (ledger) store a completion another backend committed
