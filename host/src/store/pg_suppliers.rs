@@ -261,8 +261,7 @@ impl Batch<'_> {
             return Ok(());
         }
         let sink = client.copy_in(statement).await?;
-        let writer = std::pin::pin!(BinaryCopyInWriter::new(sink, SUPPLIER_TYPES));
-        let mut writer = writer;
+        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, SUPPLIER_TYPES));
         for (s, fingerprint) in &self.split.new {
             let active = s.is_active.map_or(1, i64::from);
             let fingerprint: &[u8] = fingerprint;

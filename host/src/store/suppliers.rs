@@ -547,7 +547,59 @@ pub(crate) mod tests {
         assert_eq!(name_and_city(conn, "S1").await, ("Last version".into(), "Gouda".into()));
     }
 
+    /// After a batch of new suppliers PostgreSQL copies the next one without
+    /// probing: a supplier in it that is stored already fails the copy, and
+    /// the batch is probed and written again.
+    async fn a_stored_supplier_after_a_batch_of_new_ones_is_updated(conn: &mut Conn) {
+        let first = [supplier("S1", "One", Some("Utrecht")), supplier("S2", "Two", None)];
+        let counts = save_suppliers(conn, "c1", &first, Default::default()).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (2, 0, 0));
+        let next = [
+            supplier("S3", "Three", Some("Gouda")),
+            supplier("S1", "One renamed", Some("Delft")),
+        ];
+        let counts = save_suppliers(conn, "c1", &next, Default::default()).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (1, 1, 0));
+        assert_eq!(count(conn, "supplier").await, 3);
+        assert_eq!(count(conn, "supplier_location").await, 2);
+        assert_eq!(count(conn, "supplier_address").await, 2);
+        assert_eq!(name_and_city(conn, "S1").await, ("One renamed".into(), "Delft".into()));
+        assert_eq!(name_and_city(conn, "S3").await, ("Three".into(), "Gouda".into()));
+        let counts = save_suppliers(conn, "c1", &next, Default::default()).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (0, 0, 2));
+    }
+
+    /// Insert-only addresses leave the addresses to `children`, not the
+    /// suppliers and locations: those are written as without the option.
+    async fn address_insert_only_still_writes_suppliers_and_locations(conn: &mut Conn) {
+        let options = LoadOptions {
+            address_insert_only: true,
+            ..LoadOptions::default()
+        };
+        let counts = save_suppliers(conn, "c1", &[supplier("S1", "One", Some("Utrecht"))], options)
+            .await
+            .unwrap();
+        assert_eq!(counts.inserted, 1);
+        assert_eq!(count(conn, "supplier").await, 1);
+        assert_eq!(count(conn, "supplier_location").await, 1);
+        assert_eq!(count(conn, "supplier_address").await, 1);
+        save_suppliers(conn, "c1", &[supplier("S1", "One renamed", Some("Delft"))], options)
+            .await
+            .unwrap();
+        let names: Vec<String> = conn
+            .query("SELECT supplier_name FROM supplier", params![])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.text(0))
+            .collect();
+        assert_eq!(names, ["One renamed"]);
+        assert_eq!(count(conn, "supplier_address").await, 2, "Delft added, Utrecht kept");
+    }
+
     on_both_engines!(
+        a_stored_supplier_after_a_batch_of_new_ones_is_updated,
+        address_insert_only_still_writes_suppliers_and_locations,
         upsert_replaces_in_place_without_duplicates,
         unchanged_suppliers_are_not_rewritten,
         locations_not_listed_are_left_alone,
