@@ -14,6 +14,7 @@ pub mod delta;
 pub mod nuntiq;
 pub mod dry_run;
 pub mod owner;
+mod pg_suppliers;
 pub mod postgres;
 pub mod copy;
 pub mod pg_connect;
@@ -553,12 +554,19 @@ impl Store {
         let busy = Arc::new(AtomicU64::new(0));
         let working = busy.clone();
         runtime.spawn(async move {
+            // Whether the last supplier batch only added suppliers, carried
+            // from one pooled connection to the next (see `pg_suppliers.rs`).
+            let mut inserting = false;
             while let Some(job) = rx.recv().await {
                 let started = std::time::Instant::now();
                 match pool.conn().await {
-                    Ok(conn) => {
+                    Ok(mut conn) => {
+                        conn.inserting = inserting;
                         let mut conn = Conn::Postgres(conn);
                         job(Ok(&mut conn as &mut dyn Backend)).await;
+                        if let Conn::Postgres(c) = &conn {
+                            inserting = c.inserting;
+                        }
                     }
                     Err(e) => job(Err(e)).await,
                 }

@@ -195,6 +195,7 @@ impl PgPool {
         Ok(PgConn {
             client: self.pool.get().await?,
             translated: HashMap::new(),
+            inserting: false,
         })
     }
 }
@@ -203,6 +204,8 @@ pub struct PgConn {
     client: deadpool_postgres::Object,
     /// `?N` placeholders written as PostgreSQL's `$N`, by statement text.
     translated: HashMap<String, String>,
+    /// Whether the last supplier batch only added suppliers (see `pg_suppliers.rs`).
+    pub(crate) inserting: bool,
 }
 
 /// `?1` → `$1`: the store's SQL is written once, with SQLite's placeholders.

@@ -8,7 +8,7 @@
 use super::StoreError;
 use super::backend::LoadOptions;
 use super::children;
-use super::postgres::PgConn;
+use super::pg_suppliers;
 use super::records::SupplierRecord;
 use super::schema::now_utc;
 use super::sql::{Conn, transaction};
@@ -153,13 +153,13 @@ async fn upsert_in_bulk(
             let mut seen = HashSet::new();
             for (i, s) in suppliers.iter().enumerate() {
                 if !seen.insert((s.supplier_number.as_str(), s.organization_key())) {
-                    counts.add(upsert_postgres(c, customer_number, &suppliers[start..i], replace_addresses).await?);
+                    counts.add(pg_suppliers::upsert(c, customer_number, &suppliers[start..i], replace_addresses).await?);
                     start = i;
                     seen.clear();
                     seen.insert((s.supplier_number.as_str(), s.organization_key()));
                 }
             }
-            counts.add(upsert_postgres(c, customer_number, &suppliers[start..], replace_addresses).await?);
+            counts.add(pg_suppliers::upsert(c, customer_number, &suppliers[start..], replace_addresses).await?);
             Ok(counts)
         }
     }
@@ -356,346 +356,6 @@ fn execute_sparse(statement: &mut rusqlite::CachedStatement<'_>, values: &[&dyn 
     statement.raw_execute()
 }
 
-/// PostgreSQL: one batch of distinct suppliers in a few array statements —
-/// read the stored fingerprints, then insert the new, update the changed,
-/// upsert their locations and replace their addresses.
-async fn upsert_postgres(
-    conn: &mut PgConn,
-    customer: &str,
-    suppliers: &[SupplierRecord],
-    replace_addresses: bool,
-) -> Result<SaveCounts, StoreError> {
-    let mut counts = SaveCounts::default();
-    if suppliers.is_empty() {
-        return Ok(counts);
-    }
-    // Only what differs comes back: a batch the store already holds costs one
-    // statement and returns nothing.
-    let fingerprints: Vec<[u8; 16]> = suppliers.iter().map(SupplierRecord::fingerprint).collect();
-    let numbers: Vec<&str> = suppliers.iter().map(|s| s.supplier_number.as_str()).collect();
-    let orgs: Vec<&str> = suppliers.iter().map(SupplierRecord::organization_key).collect();
-    let prints: Vec<&[u8]> = fingerprints.iter().map(|f| f.as_slice()).collect();
-    let differing = conn
-        .prepared(
-            // LATERAL … LIMIT 1: one index probe per key, whatever the table's
-            // statistics say (a join may otherwise hash the customer's every supplier).
-            "SELECT k.i, s.fingerprint IS NOT NULL
-             FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY AS k(number, org, fp, i)
-             LEFT JOIN LATERAL (
-                 SELECT fingerprint FROM supplier
-                 WHERE customer_number = $1 AND supplier_number = k.number AND organization_code = k.org
-                 LIMIT 1
-             ) s ON true
-             WHERE s.fingerprint IS DISTINCT FROM k.fp",
-        )
-        .await?;
-    let now = now_utc();
-    let (mut new, mut changed) = (Vec::new(), Vec::new());
-    for row in conn
-        .client()
-        .query(&differing, &[&customer, &numbers, &orgs, &prints])
-        .await?
-    {
-        let i = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
-        let (Some(s), Some(fingerprint)) = (suppliers.get(i), fingerprints.get(i)) else {
-            continue;
-        };
-        if row.get::<_, bool>(1) {
-            changed.push((s, *fingerprint));
-        } else {
-            new.push((s, *fingerprint));
-        }
-    }
-    counts.unchanged = (suppliers.len() - new.len() - changed.len()) as u64;
-    counts.inserted = new.len() as u64;
-    counts.updated = changed.len() as u64;
-
-    // Every write below depends only on the probe's answer, not on another
-    // write's: prepared first (cached after the first batch), then sent
-    // together and their answers read after — one round trip for all of
-    // them instead of one each (the server runs them in the order sent).
-    let insert_supplier = conn.prepared(INSERT_SUPPLIERS).await?;
-    let update_supplier = conn.prepared(UPDATE_SUPPLIERS).await?;
-    let update_location = conn.prepared(UPDATE_LOCATIONS).await?;
-    let insert_location = conn.prepared(INSERT_LOCATIONS).await?;
-    let delete_address = conn.prepared(DELETE_ADDRESSES).await?;
-    let insert_address = conn.prepared(INSERT_ADDRESSES).await?;
-
-    let new_columns = SupplierColumns::of(&new);
-    let changed_columns = SupplierColumns::of(&changed);
-    let written: Vec<&SupplierRecord> = new.iter().chain(&changed).map(|(s, _)| *s).collect();
-    let locations = LocationColumns::of(&written);
-    let changed_suppliers: Vec<&SupplierRecord> = changed.iter().map(|(s, _)| *s).collect();
-    let keys = LocationColumns::of(&changed_suppliers);
-    let addresses = AddressColumns::of(&written);
-    let new_params = new_columns.params(&customer, &now);
-    let changed_params = changed_columns.params(&customer, &now);
-    let location_params = locations.params(&customer, &now);
-    let key_params: Vec<PgParam<'_>> = vec![&customer, &keys.number, &keys.org, &keys.code];
-    let address_params = addresses.params(&customer);
-
-    let client = conn.client();
-    let mut writes: Vec<(&tokio_postgres::Statement, &[PgParam<'_>])> = Vec::with_capacity(6);
-    if !new.is_empty() {
-        writes.push((&insert_supplier, &new_params));
-    }
-    if !replace_addresses {
-        return Ok(counts);
-    }
-    if !changed.is_empty() {
-        writes.push((&update_supplier, &changed_params));
-    }
-    if locations.len() > 0 {
-        // Existing locations of changed suppliers first (an absent is_active
-        // keeps the stored one), then every location not stored yet.
-        if !changed.is_empty() {
-            writes.push((&update_location, &location_params));
-        }
-        writes.push((&insert_location, &location_params));
-    }
-    if !changed.is_empty() {
-        writes.push((&delete_address, &key_params));
-    }
-    if !addresses.number.is_empty() {
-        writes.push((&insert_address, &address_params));
-    }
-    futures_util::future::try_join_all(
-        writes
-            .into_iter()
-            .map(|(statement, params)| client.execute(statement, params)),
-    )
-    .await?;
-    Ok(counts)
-}
-
-const INSERT_SUPPLIERS: &str = "INSERT INTO supplier
-         (customer_number, supplier_number, organization_code, supplier_name, alternative_supplier_name,
-          supplier_type, is_active, custom_field_1, custom_field_2, custom_field_3, custom_field_4,
-          custom_field_5, fingerprint, created_at, updated_at)
-     SELECT $1, t.number, t.org, t.name, t.alt, t.type, COALESCE(t.active, 1), t.c1, t.c2, t.c3, t.c4, t.c5,
-            t.fp, $14, $14
-     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
-                 $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[])
-          AS t(number, org, name, alt, type, active, c1, c2, c3, c4, c5, fp)
-     ON CONFLICT (customer_number, supplier_number, organization_code) DO UPDATE SET
-         supplier_name = excluded.supplier_name, alternative_supplier_name = excluded.alternative_supplier_name,
-         supplier_type = excluded.supplier_type, is_active = excluded.is_active,
-         custom_field_1 = excluded.custom_field_1, custom_field_2 = excluded.custom_field_2,
-         custom_field_3 = excluded.custom_field_3, custom_field_4 = excluded.custom_field_4,
-         custom_field_5 = excluded.custom_field_5, fingerprint = excluded.fingerprint,
-         updated_at = excluded.updated_at";
-
-const UPDATE_SUPPLIERS: &str = "UPDATE supplier s SET supplier_name = t.name, alternative_supplier_name = t.alt,
-         supplier_type = t.type, is_active = COALESCE(t.active, s.is_active), custom_field_1 = t.c1,
-         custom_field_2 = t.c2, custom_field_3 = t.c3, custom_field_4 = t.c4, custom_field_5 = t.c5,
-         fingerprint = t.fp, updated_at = $14
-     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
-                 $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[])
-          AS t(number, org, name, alt, type, active, c1, c2, c3, c4, c5, fp)
-     WHERE s.customer_number = $1 AND s.supplier_number = t.number AND s.organization_code = t.org";
-
-const UPDATE_LOCATIONS: &str = "UPDATE supplier_location l SET location_name = t.name, organization_code = t.org_code,
-         default_currency_code = t.currency, default_payment_term_code = t.term,
-         default_payment_method = t.method, taxpayer_id = t.taxpayer, duns_number = t.duns,
-         is_active = COALESCE(t.active, l.is_active), custom_field_1 = t.c1, custom_field_2 = t.c2,
-         custom_field_3 = t.c3, custom_field_4 = t.c4, custom_field_5 = t.c5, updated_at = $18
-     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                 $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[],
-                 $14::text[], $15::text[], $16::text[], $17::text[])
-          AS t(number, org, code, name, org_code, currency, term, method, taxpayer, duns, active,
-               c1, c2, c3, c4, c5)
-     WHERE l.customer_number = $1 AND l.supplier_number = t.number
-       AND l.supplier_organization_code = t.org AND l.location_code = t.code";
-
-const INSERT_LOCATIONS: &str = "INSERT INTO supplier_location
-         (customer_number, supplier_number, supplier_organization_code, location_code, location_name,
-          organization_code, default_currency_code, default_payment_term_code, default_payment_method,
-          taxpayer_id, duns_number, is_active, custom_field_1, custom_field_2, custom_field_3,
-          custom_field_4, custom_field_5, created_at, updated_at)
-     SELECT $1, t.number, t.org, t.code, t.name, t.org_code, t.currency, t.term, t.method, t.taxpayer,
-            t.duns, COALESCE(t.active, 1), t.c1, t.c2, t.c3, t.c4, t.c5, $18, $18
-     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                 $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[],
-                 $14::text[], $15::text[], $16::text[], $17::text[])
-          AS t(number, org, code, name, org_code, currency, term, method, taxpayer, duns, active,
-               c1, c2, c3, c4, c5)
-     ON CONFLICT (customer_number, supplier_number, supplier_organization_code, location_code) DO NOTHING";
-
-const DELETE_ADDRESSES: &str = "DELETE FROM supplier_address a
-     USING unnest($2::text[], $3::text[], $4::text[]) AS t(number, org, code)
-     WHERE a.customer_number = $1 AND a.supplier_number = t.number
-       AND a.supplier_organization_code = t.org AND a.location_code = t.code";
-
-const INSERT_ADDRESSES: &str = "INSERT INTO supplier_address
-         (customer_number, supplier_number, supplier_organization_code, location_code, position,
-          street, city, state, postal_code, country_code, custom_field_1, custom_field_2, custom_field_3)
-     SELECT $1, t.* FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[],
-                                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-          AS t";
-
-type PgParam<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-
-/// Suppliers as column arrays (one array per column, a row per index).
-#[derive(Default)]
-struct SupplierColumns<'a> {
-    number: Vec<&'a str>,
-    org: Vec<&'a str>,
-    name: Vec<&'a str>,
-    alt: Vec<Option<&'a str>>,
-    kind: Vec<Option<&'a str>>,
-    active: Vec<Option<i64>>,
-    custom: [Vec<Option<&'a str>>; 5],
-    fingerprint: Vec<Vec<u8>>,
-}
-
-impl<'a> SupplierColumns<'a> {
-    fn of(rows: &[(&'a SupplierRecord, [u8; 16])]) -> Self {
-        let mut c = Self::default();
-        for (s, fingerprint) in rows {
-            c.number.push(&s.supplier_number);
-            c.org.push(s.organization_key());
-            c.name.push(&s.supplier_name);
-            c.alt.push(s.alternative_supplier_name.as_deref());
-            c.kind.push(s.supplier_type.as_deref());
-            c.active.push(s.is_active.map(i64::from));
-            for (column, value) in c.custom.iter_mut().zip([
-                &s.custom_field_1,
-                &s.custom_field_2,
-                &s.custom_field_3,
-                &s.custom_field_4,
-                &s.custom_field_5,
-            ]) {
-                column.push(value.as_deref());
-            }
-            c.fingerprint.push(fingerprint.to_vec());
-        }
-        c
-    }
-
-    fn params(&'a self, customer: &'a &'a str, now: &'a String) -> Vec<PgParam<'a>> {
-        vec![
-            customer,
-            &self.number,
-            &self.org,
-            &self.name,
-            &self.alt,
-            &self.kind,
-            &self.active,
-            &self.custom[0],
-            &self.custom[1],
-            &self.custom[2],
-            &self.custom[3],
-            &self.custom[4],
-            &self.fingerprint,
-            now,
-        ]
-    }
-}
-
-/// The locations of some suppliers as column arrays.
-#[derive(Default)]
-struct LocationColumns<'a> {
-    number: Vec<&'a str>,
-    org: Vec<&'a str>,
-    code: Vec<&'a str>,
-    text: [Vec<Option<&'a str>>; 7],
-    active: Vec<Option<i64>>,
-    custom: [Vec<Option<&'a str>>; 5],
-}
-
-impl<'a> LocationColumns<'a> {
-    fn of(suppliers: &[&'a SupplierRecord]) -> Self {
-        let mut c = Self::default();
-        for s in suppliers {
-            for l in &s.locations {
-                c.number.push(&s.supplier_number);
-                c.org.push(s.organization_key());
-                c.code.push(&l.location_code);
-                for (column, value) in c.text.iter_mut().zip([
-                    &l.location_name,
-                    &l.organization_code,
-                    &l.default_currency_code,
-                    &l.default_payment_term_code,
-                    &l.default_payment_method,
-                    &l.taxpayer_id,
-                    &l.duns_number,
-                ]) {
-                    column.push(value.as_deref());
-                }
-                c.active.push(l.is_active.map(i64::from));
-                for (column, value) in c.custom.iter_mut().zip([
-                    &l.custom_field_1,
-                    &l.custom_field_2,
-                    &l.custom_field_3,
-                    &l.custom_field_4,
-                    &l.custom_field_5,
-                ]) {
-                    column.push(value.as_deref());
-                }
-            }
-        }
-        c
-    }
-
-    fn len(&self) -> usize {
-        self.number.len()
-    }
-
-    fn params(&'a self, customer: &'a &'a str, now: &'a String) -> Vec<PgParam<'a>> {
-        let mut p: Vec<PgParam<'a>> = vec![customer, &self.number, &self.org, &self.code];
-        p.extend(self.text.iter().map(|c| c as PgParam<'a>));
-        p.push(&self.active);
-        p.extend(self.custom.iter().map(|c| c as PgParam<'a>));
-        p.push(now);
-        p
-    }
-}
-
-/// The addresses of some suppliers' locations as column arrays, with their positions.
-#[derive(Default)]
-struct AddressColumns<'a> {
-    number: Vec<&'a str>,
-    org: Vec<&'a str>,
-    code: Vec<&'a str>,
-    position: Vec<i64>,
-    fields: [Vec<Option<&'a str>>; 8],
-}
-
-impl<'a> AddressColumns<'a> {
-    fn of(suppliers: &[&'a SupplierRecord]) -> Self {
-        let mut c = Self::default();
-        for s in suppliers {
-            for l in &s.locations {
-                for (position, a) in l.addresses.iter().enumerate() {
-                    c.number.push(&s.supplier_number);
-                    c.org.push(s.organization_key());
-                    c.code.push(&l.location_code);
-                    c.position.push(position as i64);
-                    for (column, value) in c.fields.iter_mut().zip([
-                        &a.street,
-                        &a.city,
-                        &a.state,
-                        &a.postal_code,
-                        &a.country_code,
-                        &a.custom_field_1,
-                        &a.custom_field_2,
-                        &a.custom_field_3,
-                    ]) {
-                        column.push(value.as_deref());
-                    }
-                }
-            }
-        }
-        c
-    }
-
-    fn params(&'a self, customer: &'a &'a str) -> Vec<PgParam<'a>> {
-        let mut p: Vec<PgParam<'a>> = vec![customer, &self.number, &self.org, &self.code, &self.position];
-        p.extend(self.fields.iter().map(|c| c as PgParam<'a>));
-        p
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -887,7 +547,59 @@ pub(crate) mod tests {
         assert_eq!(name_and_city(conn, "S1").await, ("Last version".into(), "Gouda".into()));
     }
 
+    /// After a batch of new suppliers PostgreSQL copies the next one without
+    /// probing: a supplier in it that is stored already fails the copy, and
+    /// the batch is probed and written again.
+    async fn a_stored_supplier_after_a_batch_of_new_ones_is_updated(conn: &mut Conn) {
+        let first = [supplier("S1", "One", Some("Utrecht")), supplier("S2", "Two", None)];
+        let counts = save_suppliers(conn, "c1", &first, Default::default()).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (2, 0, 0));
+        let next = [
+            supplier("S3", "Three", Some("Gouda")),
+            supplier("S1", "One renamed", Some("Delft")),
+        ];
+        let counts = save_suppliers(conn, "c1", &next, Default::default()).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (1, 1, 0));
+        assert_eq!(count(conn, "supplier").await, 3);
+        assert_eq!(count(conn, "supplier_location").await, 2);
+        assert_eq!(count(conn, "supplier_address").await, 2);
+        assert_eq!(name_and_city(conn, "S1").await, ("One renamed".into(), "Delft".into()));
+        assert_eq!(name_and_city(conn, "S3").await, ("Three".into(), "Gouda".into()));
+        let counts = save_suppliers(conn, "c1", &next, Default::default()).await.unwrap();
+        assert_eq!((counts.inserted, counts.updated, counts.unchanged), (0, 0, 2));
+    }
+
+    /// Insert-only addresses leave the addresses to `children`, not the
+    /// suppliers and locations: those are written as without the option.
+    async fn address_insert_only_still_writes_suppliers_and_locations(conn: &mut Conn) {
+        let options = LoadOptions {
+            address_insert_only: true,
+            ..LoadOptions::default()
+        };
+        let counts = save_suppliers(conn, "c1", &[supplier("S1", "One", Some("Utrecht"))], options)
+            .await
+            .unwrap();
+        assert_eq!(counts.inserted, 1);
+        assert_eq!(count(conn, "supplier").await, 1);
+        assert_eq!(count(conn, "supplier_location").await, 1);
+        assert_eq!(count(conn, "supplier_address").await, 1);
+        save_suppliers(conn, "c1", &[supplier("S1", "One renamed", Some("Delft"))], options)
+            .await
+            .unwrap();
+        let names: Vec<String> = conn
+            .query("SELECT supplier_name FROM supplier", params![])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.text(0))
+            .collect();
+        assert_eq!(names, ["One renamed"]);
+        assert_eq!(count(conn, "supplier_address").await, 2, "Delft added, Utrecht kept");
+    }
+
     on_both_engines!(
+        a_stored_supplier_after_a_batch_of_new_ones_is_updated,
+        address_insert_only_still_writes_suppliers_and_locations,
         upsert_replaces_in_place_without_duplicates,
         unchanged_suppliers_are_not_rewritten,
         locations_not_listed_are_left_alone,
