@@ -596,7 +596,10 @@ mod tests {
     /// without a root certificate is refused before connecting.
     #[tokio::test]
     async fn require_encrypts_and_verify_needs_a_root_certificate() {
-        let url = format!("{}?sslmode=require", crate::store::testing::server_url());
+        // A schema of its own: opening migrates, and the server's public
+        // schema may hold another version's tables.
+        let db = crate::store::testing::postgres_db().await;
+        let url = format!("{}&sslmode=require", db.url());
         let pool = PgPool::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
         let conn = pool.conn().await.unwrap();
         let ssl: bool = conn
@@ -607,7 +610,7 @@ mod tests {
             .get(0);
         assert!(ssl, "sslmode=require must encrypt");
 
-        let url = format!("{}?sslmode=verify-ca", crate::store::testing::server_url());
+        let url = format!("{}&sslmode=verify-ca", db.url());
         let message = PgPool::open(&url).await.err().expect("no root certificate").to_string();
         assert!(message.contains("sslrootcert"), "{message}");
     }
