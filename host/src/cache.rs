@@ -141,7 +141,7 @@ impl CompileCache {
             }
         }
         check_private(&self.dir, "the compile cache directory", 0o022)?;
-        load_or_create_key(&self.key_file)
+        load_or_create_key(&self.key_file, "the cache key")
     }
 
     /// Writes an entry atomically: a reader sees the old file, the new one, or none.
@@ -266,12 +266,13 @@ fn check_private(path: &Path, what: &str, forbidden: u32) -> Result<(), String> 
     Ok(())
 }
 
-/// The cache key: read from `path`, or created there (mode 0600) on first use.
-fn load_or_create_key(path: &Path) -> Result<[u8; 32], String> {
+/// A host's own key (`what`: "the cache key", "the secrets key"): read from
+/// `path`, or created there (mode 0600) on first use.
+pub(crate) fn load_or_create_key(path: &Path, what: &str) -> Result<[u8; 32], String> {
     let shown = path.display();
     if !path.exists() {
         if let Some(parent) = path.parent() {
-            create_private_dir(parent).map_err(|e| format!("the cache key's directory cannot be created ({e})"))?;
+            create_private_dir(parent).map_err(|e| format!("{what}'s directory cannot be created ({e})"))?;
         }
         let mut seed = Vec::with_capacity(64);
         for _ in 0..4 {
@@ -288,14 +289,14 @@ fn load_or_create_key(path: &Path) -> Result<[u8; 32], String> {
             Ok(()) => return Ok(key),
             // Another process created it first: use theirs.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("the cache key {shown} cannot be written ({e})")),
+            Err(e) => return Err(format!("{what} {shown} cannot be written ({e})")),
         }
     }
-    check_private(path, "the cache key", 0o077)?;
-    let bytes = read_entry(path).map_err(|e| format!("the cache key {shown} cannot be read ({e})"))?;
+    check_private(path, what, 0o077)?;
+    let bytes = read_entry(path).map_err(|e| format!("{what} {shown} cannot be read ({e})"))?;
     bytes
         .try_into()
-        .map_err(|_| format!("the cache key {shown} is not 32 bytes; delete it and a new one is made"))
+        .map_err(|_| format!("{what} {shown} is not 32 bytes; delete it and a new one is made"))
 }
 
 #[cfg(test)]

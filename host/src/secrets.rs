@@ -161,8 +161,12 @@ impl SecretPolicy {
             }
             SecretSource::File(path) => self.read_file(path).map_err(fail),
             SecretSource::Sealed(text) => {
-                let key = SealKey::from_env()?
-                    .ok_or_else(|| fail(format!("it is sealed, and this host has no {KEY_ENV} to open it")))?;
+                let key = SealKey::for_host(false)?.ok_or_else(|| {
+                    fail(format!(
+                        "it is sealed, and this host has neither {KEY_ENV} nor a secrets key file to open it: give it \
+                         the key of the host that applied the job"
+                    ))
+                })?;
                 key.open(name, text).map_err(fail)
             }
         }
@@ -242,17 +246,41 @@ impl SealKey {
         }
     }
 
+    /// The key this host seals and opens with: [`KEY_ENV`] when it is set,
+    /// else the host's own key file ([`host_key_file`]), made on first use
+    /// when `create` (one machine needs no setup; hosts sharing a database
+    /// share the key through [`KEY_ENV`]).
+    pub fn for_host(create: bool) -> Result<Option<Self>, String> {
+        if let Some(key) = Self::from_env()? {
+            return Ok(Some(key));
+        }
+        let Some(path) = host_key_file() else {
+            return Ok(None);
+        };
+        if !create && !path.exists() {
+            return Ok(None);
+        }
+        let bytes = crate::cache::load_or_create_key(&path, "the secrets key")?;
+        Ok(Some(Self::from_bytes(&bytes)))
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bytes = STANDARD
+        let bytes: [u8; 32] = STANDARD
             .decode(text.trim())
             .ok()
-            .filter(|b| b.len() == 32)
+            .and_then(|b| b.try_into().ok())
             .ok_or_else(|| {
                 format!("{KEY_ENV} must be 32 random bytes in base64; make one with: head -c 32 /dev/urandom | base64")
             })?;
-        let id = Sha256::digest(&bytes)[..4].iter().map(|b| format!("{b:02x}")).collect();
-        let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|e| format!("{KEY_ENV}: {e}"))?;
-        Ok(Self { cipher, id })
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    fn from_bytes(bytes: &[u8; 32]) -> Self {
+        let id = Sha256::digest(bytes)[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            cipher: XChaCha20Poly1305::new(bytes.into()),
+            id,
+        }
     }
 
     /// `v1:KEYID:base64url(nonce ‖ ciphertext)`; the secret's name is bound
@@ -283,7 +311,7 @@ impl SealKey {
         };
         if id != self.id {
             return Err(format!(
-                "it was sealed with key {id}, and this host's {KEY_ENV} is key {}: give this host the key it was \
+                "it was sealed with key {id}, and this host's key ({KEY_ENV} or its key file) is {}: give this host the key it was \
                  sealed with, or apply the job again",
                 self.id
             ));
@@ -311,11 +339,18 @@ impl SealKey {
     }
 }
 
+/// `$XDG_CONFIG_HOME/nuntiq-host/secrets.key` (usually `~/.config/…`), mode
+/// 0600: the key of a host that has no [`KEY_ENV`].
+pub fn host_key_file() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("nuntiq-host").join("secrets.key"))
+}
+
 /// Makes a job's settings fit to store in a database: each inline secret is
-/// sealed with [`KEY_ENV`], references stay as they are. Without a key an
-/// inline secret is refused, naming it: it would otherwise be stored in clear.
+/// sealed with this host's key ([`SealKey::for_host`]), references stay as
+/// they are. Without a key (no [`KEY_ENV`] and no config directory for a key
+/// file) an inline secret is refused, naming it: it would be stored in clear.
 pub fn seal_for_store(settings: &mut Value) -> Result<(), String> {
-    seal_with(settings, SealKey::from_env()?.as_ref())
+    seal_with(settings, SealKey::for_host(true)?.as_ref())
 }
 
 fn seal_with(settings: &mut Value, key: Option<&SealKey>) -> Result<(), String> {
