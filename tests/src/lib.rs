@@ -699,6 +699,11 @@ impl PgSchema {
         Self { schema }
     }
 
+    /// The schema's name (for `pg_dump --schema`).
+    pub fn name(&self) -> &str {
+        &self.schema
+    }
+
     /// The database URL with this schema first on the search path.
     pub fn url(&self) -> String {
         let base = pg_server();
