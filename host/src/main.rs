@@ -477,6 +477,11 @@ that is refused leaves its jobs on the plugin they had (one warning per change).
 ";
 
 const SERVE_HELP: &str = "\
+Without JOBS_FILE, serve runs the jobs stored in --db (nuntiq-host jobs apply)
+and sees every change to them (apply, pause, resume, trigger, delete) within
+seconds, without a restart. With JOBS_FILE it applies the file first, and
+again on SIGHUP.
+
 The jobs file (TOML; paths are relative to it):
 
   [[job]]
@@ -487,6 +492,7 @@ The jobs file (TOML; paths are relative to it):
   allow_hosts = [\"http://127.0.0.1:8080\"]
   timeout = \"5m\"                    # any run-plugin limit, with _ for -
   params = { lookback_days = 3 }
+  sha256 = \"…\"                     # optional: the plugin's digest it is pinned to
 
 Each slot (a job at one scheduled moment) is claimed in the database: hosts
 sharing it run each slot once, a slot whose host died is taken over once its

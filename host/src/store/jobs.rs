@@ -542,8 +542,8 @@ mod tests {
     async fn an_apply_makes_the_stored_jobs_equal_the_file_and_is_recorded(conn: &mut Conn) {
         let first = [job("a", "c1", "1"), job("b", "c1", "1")];
         let g0 = generation(conn).await.unwrap();
-        let diff = apply(conn, &first, &record()).await.unwrap();
-        assert_eq!((diff.added, diff.removed.len()), (vec!["a".to_owned(), "b".to_owned()], 0));
+        let applied = apply(conn, &first, &record()).await.unwrap();
+        assert_eq!((applied.added, applied.removed.len()), (vec!["a".to_owned(), "b".to_owned()], 0));
         assert!(generation(conn).await.unwrap() > g0);
         let second = [job("b", "c1", "2"), job("c", "c2", "1")];
         assert_eq!(
