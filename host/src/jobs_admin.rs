@@ -66,8 +66,17 @@ pub fn apply_checked(
         })?,
     };
     let verb = if dry_run { "Would apply" } else { "Applied" };
-    writeln!(out, "{verb} {} (sha256 {}) to {db}:", checked.file.display(), checked.file_sha256)?;
-    for (sign, names, what) in [("+", &diff.added, "added"), ("~", &diff.changed, "changed"), ("-", &diff.removed, "removed")] {
+    writeln!(
+        out,
+        "{verb} {} (sha256 {}) to {db}:",
+        checked.file.display(),
+        checked.file_sha256
+    )?;
+    for (sign, names, what) in [
+        ("+", &diff.added, "added"),
+        ("~", &diff.changed, "changed"),
+        ("-", &diff.removed, "removed"),
+    ] {
         for name in names {
             writeln!(out, "  {sign} {}  ({what})", esc(name))?;
         }
@@ -162,7 +171,17 @@ pub fn list(db: &Db, as_json: bool, out: &mut dyn Write) -> Result<(), AdminErro
         writeln!(out, "No jobs are stored; jobs apply FILE stores a jobs file's.")?;
         return Ok(());
     }
-    let header = ["NAME", "CUSTOMER", "CADENCE", "NEXT SLOT", "LAST RUN", "RESULT", "LAST SUCCESS", "LAG", "PAUSED"];
+    let header = [
+        "NAME",
+        "CUSTOMER",
+        "CADENCE",
+        "NEXT SLOT",
+        "LAST RUN",
+        "RESULT",
+        "LAST SUCCESS",
+        "LAG",
+        "PAUSED",
+    ];
     let lines: Vec<[String; 9]> = jobs
         .iter()
         .map(|(_, l)| {
@@ -222,20 +241,26 @@ fn shown_definition(definition: &Value) -> Value {
 pub fn show(db: &Db, name: &str, as_json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
     let (jobs, actions, slots) = with_conn(db, false, async |c: &mut Conn| {
         let jobs = read_listed(c, Some(name)).await?;
-        let customer = jobs.first().map(|(row, _)| row.customer_number.clone()).unwrap_or_default();
+        let customer = jobs
+            .first()
+            .map(|(row, _)| row.customer_number.clone())
+            .unwrap_or_default();
         let actions = stored::actions(c, name, &customer, 10).await?;
         let slots = crate::store::schedule::list(c, Some(name), None, 10).await?;
         Ok((jobs, actions, slots))
     })?;
     let Some((row, l)) = jobs.into_iter().next() else {
-        return Err(AdminError::Refused(format!("no job is named {name:?} (jobs list shows the stored jobs)")));
+        return Err(AdminError::Refused(format!(
+            "no job is named {name:?} (jobs list shows the stored jobs)"
+        )));
     };
     let definition = shown_definition(&row.definition);
     if as_json {
         let mut value = serde_json::to_value(&l).unwrap_or_default();
         value["definition"] = definition;
         value["actions"] = serde_json::to_value(&actions).unwrap_or_default();
-        value["slots"] = json!(slots
+        value["slots"] =
+            json!(slots
             .iter()
             .map(|s| json!({"slot_at": s.slot_at, "result": s.result(), "host": s.host, "claimed_at": s.claimed_at,
                 "ended_at": s.ended_at}))
@@ -259,7 +284,9 @@ pub fn show(db: &Db, name: &str, as_json: bool, out: &mut dyn Write) -> Result<(
                     "slot {} {}{}",
                     esc(slot),
                     esc(result),
-                    l.lag_seconds.map(|s| format!(" (started {s:.1} s late)")).unwrap_or_default()
+                    l.lag_seconds
+                        .map(|s| format!(" (started {s:.1} s late)"))
+                        .unwrap_or_default()
                 ),
                 _ => "-".into(),
             },
@@ -304,18 +331,32 @@ pub enum Target {
 
 /// `jobs pause|resume`: recorded with the reason; slots due while paused are
 /// recorded as skipped (paused).
-pub fn pause(db: &Db, target: &Target, pause: bool, reason: &str, by: &str, out: &mut dyn Write) -> Result<(), AdminError> {
+pub fn pause(
+    db: &Db,
+    target: &Target,
+    pause: bool,
+    reason: &str,
+    by: &str,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
     let verb = if pause { "Paused" } else { "Resumed" };
     match target {
         Target::Job(name) => {
-            with_conn(db, true, async |c: &mut Conn| Ok(stored::pause_job(c, name, pause, reason, by).await?))?;
+            with_conn(db, true, async |c: &mut Conn| {
+                Ok(stored::pause_job(c, name, pause, reason, by).await?)
+            })?;
             writeln!(out, "{verb} {}: {}", esc(name), esc(reason))?;
         }
         Target::Customer(customer) => {
             let jobs = with_conn(db, true, async |c: &mut Conn| {
                 Ok(stored::pause_customer(c, customer, pause, reason, by).await?)
             })?;
-            writeln!(out, "{verb} customer {} ({jobs} jobs now): {}", esc(customer), esc(reason))?;
+            writeln!(
+                out,
+                "{verb} customer {} ({jobs} jobs now): {}",
+                esc(customer),
+                esc(reason)
+            )?;
         }
     }
     Ok(())

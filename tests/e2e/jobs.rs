@@ -27,7 +27,9 @@ fn listed(db: &str) -> Vec<Value> {
 }
 
 fn find<'a>(list: &'a [Value], name: &str) -> &'a Value {
-    list.iter().find(|j| j["name"] == name).unwrap_or_else(|| panic!("{name} in {list:?}"))
+    list.iter()
+        .find(|j| j["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {list:?}"))
 }
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -46,7 +48,10 @@ fn every_command_reads_and_writes_the_stored_jobs(db: &Path) {
     // A dry run says what it would add and writes nothing.
     let (code, out, err) = jobs(db, &["apply", path, "--dry-run"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("+ acme_a  (added)") && out.contains("nothing was written"), "{out}");
+    assert!(
+        out.contains("+ acme_a  (added)") && out.contains("nothing was written"),
+        "{out}"
+    );
     if !db.starts_with("postgres://") {
         assert!(!Path::new(db).exists(), "a dry run makes no store");
     } else {
@@ -55,16 +60,25 @@ fn every_command_reads_and_writes_the_stored_jobs(db: &Path) {
 
     let (code, out, err) = jobs(db, &["apply", path, "--by", "alice"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("+ acme_a  (added)") && out.contains("+ acme_b  (added)"), "{out}");
+    assert!(
+        out.contains("+ acme_a  (added)") && out.contains("+ acme_b  (added)"),
+        "{out}"
+    );
     assert!(out.contains("2 added, 0 changed, 0 removed, 0 unchanged"), "{out}");
     let list = listed(db);
     assert_eq!(list.len(), 2);
     let a = find(&list, "acme_a");
-    assert_eq!((a["customer_number"].as_str(), a["cadence"].as_str()), (Some("C1"), Some("every 1h")));
+    assert_eq!(
+        (a["customer_number"].as_str(), a["cadence"].as_str()),
+        (Some("C1"), Some("every 1h"))
+    );
     assert_eq!(a["paused"], false);
     assert_eq!(a["applied_by"], "alice");
     let next = at(a["next_slot"].as_str().expect("a next slot"));
-    assert!(next > Utc::now() && next <= Utc::now() + chrono::Duration::hours(1), "{next}");
+    assert!(
+        next > Utc::now() && next <= Utc::now() + chrono::Duration::hours(1),
+        "{next}"
+    );
     assert_eq!(a["plugin_sha256"].as_str().unwrap().len(), 64);
 
     // The settings' content is stored: editing the file after the apply changes nothing stored.
@@ -75,7 +89,10 @@ fn every_command_reads_and_writes_the_stored_jobs(db: &Path) {
     assert_eq!(code, 0, "{err}");
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["definition"]["settings"]["config"], original["config"], "{shown}");
-    assert_eq!(shown["definition"]["settings"]["secrets"]["acme_token"], "***", "secrets are masked");
+    assert_eq!(
+        shown["definition"]["settings"]["secrets"]["acme_token"], "***",
+        "secrets are masked"
+    );
     assert!(Path::new(shown["definition"]["plugin"].as_str().unwrap()).is_absolute());
     std::fs::write(&settings, serde_json::to_vec(&original).unwrap()).unwrap();
 
@@ -86,17 +103,32 @@ fn every_command_reads_and_writes_the_stored_jobs(db: &Path) {
     let second_path = second.write();
     let (code, out, err) = jobs(db, &["apply", second_path.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    for line in ["~ acme_b  (changed)", "+ acme_c  (added)", "- acme_a  (removed)", "1 added, 1 changed, 1 removed"] {
+    for line in [
+        "~ acme_b  (changed)",
+        "+ acme_c  (added)",
+        "- acme_a  (removed)",
+        "1 added, 1 changed, 1 removed",
+    ] {
         assert!(out.contains(line), "{line}: {out}");
     }
-    let names: Vec<String> = listed(db).iter().map(|j| j["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = listed(db)
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["acme_b", "acme_c"]);
     assert_eq!(find(&listed(db), "acme_c")["cadence"], "cron 0 3 * * *");
     // Applying it again changes nothing, and is still recorded.
     let (code, out, _) = jobs(db, &["apply", second_path.to_str().unwrap()]);
-    assert!(code == 0 && out.contains("0 added, 0 changed, 0 removed, 2 unchanged"), "{out}");
+    assert!(
+        code == 0 && out.contains("0 added, 0 changed, 0 removed, 2 unchanged"),
+        "{out}"
+    );
     let store = Db::open(Path::new(db));
-    assert_eq!(store.count("job_apply"), 3, "every apply is recorded, the dry run is not");
+    assert_eq!(
+        store.count("job_apply"),
+        3,
+        "every apply is recorded, the dry run is not"
+    );
     assert_eq!(
         store.scalar::<String>("SELECT applied_by FROM job_apply ORDER BY id LIMIT 1"),
         "alice"
@@ -113,16 +145,28 @@ fn every_command_reads_and_writes_the_stored_jobs(db: &Path) {
     assert_eq!(store.count("job_apply"), 3);
 
     // Pause and resume, per job and per customer, with the reason recorded.
-    let (code, out, err) = jobs(db, &["pause", "acme_b", "--reason", "vendor maintenance", "--by", "bob"]);
+    let (code, out, err) = jobs(
+        db,
+        &["pause", "acme_b", "--reason", "vendor maintenance", "--by", "bob"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Paused acme_b"), "{out}");
     let b = find(&listed(db), "acme_b").clone();
     assert_eq!(b["paused"], true);
-    assert!(b["paused_reason"].as_str().unwrap().contains("vendor maintenance"), "{b}");
+    assert!(
+        b["paused_reason"].as_str().unwrap().contains("vendor maintenance"),
+        "{b}"
+    );
     let (_, out, _) = jobs(db, &["show", "acme_b"]);
-    assert!(out.contains("paused") && out.contains("by bob") && out.contains("vendor maintenance"), "{out}");
+    assert!(
+        out.contains("paused") && out.contains("by bob") && out.contains("vendor maintenance"),
+        "{out}"
+    );
     let (code, _, err) = jobs(db, &["trigger", "acme_b"]);
-    assert!(code == 2 && err.contains("resume it first"), "a paused job is not triggered: {err}");
+    assert!(
+        code == 2 && err.contains("resume it first"),
+        "a paused job is not triggered: {err}"
+    );
     let (code, _, err) = jobs(db, &["resume", "acme_b", "--reason", "back"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(find(&listed(db), "acme_b")["paused"], false);
@@ -131,8 +175,15 @@ fn every_command_reads_and_writes_the_stored_jobs(db: &Path) {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("customer C3 (1 jobs now)"), "{out}");
     let c = find(&listed(db), "acme_c").clone();
-    assert!(c["paused"] == true && c["paused_reason"].as_str().unwrap().contains("customer C3"), "{c}");
-    assert_eq!(find(&listed(db), "acme_b")["paused"], false, "another customer's job runs on");
+    assert!(
+        c["paused"] == true && c["paused_reason"].as_str().unwrap().contains("customer C3"),
+        "{c}"
+    );
+    assert_eq!(
+        find(&listed(db), "acme_b")["paused"],
+        false,
+        "another customer's job runs on"
+    );
     assert_eq!(jobs(db, &["resume", "--customer", "C3", "--reason", "paid"]).0, 0);
     assert_eq!(find(&listed(db), "acme_c")["paused"], false);
     let (code, _, err) = jobs(db, &["resume", "--customer", "C3", "--reason", "again"]);
@@ -144,7 +195,12 @@ fn every_command_reads_and_writes_the_stored_jobs(db: &Path) {
     assert!(out.contains("Triggered acme_b: slot "), "{out}");
     let (_, out, _) = jobs(db, &["show", "acme_b", "--json"]);
     let shown: Value = serde_json::from_str(&out).unwrap();
-    let actions: Vec<&str> = shown["actions"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = shown["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["trigger", "resume", "pause"], "{shown}");
     assert_eq!(shown["actions"][0]["by"], "carol");
     assert_eq!(store.count("job_trigger"), 1);
@@ -152,14 +208,25 @@ fn every_command_reads_and_writes_the_stored_jobs(db: &Path) {
     // Delete; unknown names are bad input.
     let (code, out, err) = jobs(db, &["delete", "acme_c"]);
     assert!(code == 0 && out.contains("Deleted acme_c"), "{out}{err}");
-    let names: Vec<String> = listed(db).iter().map(|j| j["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = listed(db)
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["acme_b"]);
-    for args in [&["delete", "acme_c"][..], &["show", "nope"], &["pause", "nope", "--reason", "x"], &["trigger", "nope"]] {
+    for args in [
+        &["delete", "acme_c"][..],
+        &["show", "nope"],
+        &["pause", "nope", "--reason", "x"],
+        &["trigger", "nope"],
+    ] {
         let (code, _, err) = jobs(db, args);
         assert!(code == 2 && err.contains("no job is named"), "{args:?}: {err}");
     }
     let (_, out, _) = jobs(db, &["list"]);
-    assert!(out.starts_with("NAME") && out.contains("acme_b") && out.contains("every 2h"), "{out}");
+    assert!(
+        out.starts_with("NAME") && out.contains("acme_b") && out.contains("every 2h"),
+        "{out}"
+    );
 }
 
 on_both_engines!(
@@ -225,16 +292,23 @@ fn two_serves_on_one_postgres_see_every_change_within_seconds() {
     let (code, _, err) = jobs(&url, &["apply", first.write().to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let applied = Utc::now();
-    wait_until("alpha runs", WITHIN, || succeeded_since(&db, "alpha", applied - chrono::Duration::seconds(1)));
+    wait_until("alpha runs", WITHIN, || {
+        succeeded_since(&db, "alpha", applied - chrono::Duration::seconds(1))
+    });
 
     let mut second = Jobs::new();
     second.add(&mock, "alpha", "acme", "C1", "every = \"1s\"");
     second.add(&mock, "beta", "acme", "C2", "every = \"1s\"");
     second.add(&mock, "gamma", "acme", "C3", "every = \"1h\"");
     let (code, out, err) = jobs(&url, &["apply", second.write().to_str().unwrap()]);
-    assert!(code == 0 && out.contains("+ beta") && out.contains("+ gamma"), "{out}{err}");
+    assert!(
+        code == 0 && out.contains("+ beta") && out.contains("+ gamma"),
+        "{out}{err}"
+    );
     let applied = Utc::now();
-    wait_until("beta runs", WITHIN, || succeeded_since(&db, "beta", applied - chrono::Duration::seconds(1)));
+    wait_until("beta runs", WITHIN, || {
+        succeeded_since(&db, "beta", applied - chrono::Duration::seconds(1))
+    });
 
     // Changed: alpha every 3 s; once the change is everywhere, its slots are 3 s apart.
     let mut third = Jobs::new();
@@ -245,20 +319,31 @@ fn two_serves_on_one_postgres_see_every_change_within_seconds() {
     let (code, out, _) = jobs(&url, &["apply", third_path.to_str().unwrap()]);
     assert!(code == 0 && out.contains("~ alpha  (changed)"), "{out}");
     let changed = Utc::now() + chrono::Duration::seconds(3);
-    wait_until("two alpha slots on the new cadence", WITHIN + Duration::from_secs(3), || {
-        ran_since(&db, "alpha", changed).len() >= 2
-    });
+    wait_until(
+        "two alpha slots on the new cadence",
+        WITHIN + Duration::from_secs(3),
+        || ran_since(&db, "alpha", changed).len() >= 2,
+    );
     for slot in ran_since(&db, "alpha", changed) {
-        assert_eq!(at(&slot).timestamp() % 3, 0, "alpha runs every 3 s: {slot}\n{}", a.log());
+        assert_eq!(
+            at(&slot).timestamp() % 3,
+            0,
+            "alpha runs every 3 s: {slot}\n{}",
+            a.log()
+        );
     }
 
     // Paused (one job): its slots are recorded skipped (paused), none runs.
     let (code, _, err) = jobs(&url, &["pause", "beta", "--reason", "maintenance"]);
     assert_eq!(code, 0, "{err}");
     let paused = Utc::now();
-    wait_until("beta's slots are skipped as paused", WITHIN, || paused_since(&db, "beta", paused) >= 2);
+    wait_until("beta's slots are skipped as paused", WITHIN, || {
+        paused_since(&db, "beta", paused) >= 2
+    });
     let settled = Utc::now();
-    wait_until("two more skipped slots", WITHIN, || paused_since(&db, "beta", settled) >= 2);
+    wait_until("two more skipped slots", WITHIN, || {
+        paused_since(&db, "beta", settled) >= 2
+    });
     assert!(ran_since(&db, "beta", settled).is_empty(), "{:?}", slots(&db, "beta"));
     assert!(succeeded_since(&db, "alpha", settled), "alpha runs on");
     let (code, _, _) = jobs(&url, &["resume", "beta", "--reason", "done"]);
@@ -270,9 +355,13 @@ fn two_serves_on_one_postgres_see_every_change_within_seconds() {
     let (code, _, err) = jobs(&url, &["pause", "--customer", "C1", "--reason", "unpaid"]);
     assert_eq!(code, 0, "{err}");
     let paused = Utc::now();
-    wait_until("alpha's slots are skipped as paused", WITHIN, || paused_since(&db, "alpha", paused) >= 1);
+    wait_until("alpha's slots are skipped as paused", WITHIN, || {
+        paused_since(&db, "alpha", paused) >= 1
+    });
     let settled = Utc::now();
-    wait_until("another skipped alpha slot", WITHIN, || paused_since(&db, "alpha", settled) >= 1);
+    wait_until("another skipped alpha slot", WITHIN, || {
+        paused_since(&db, "alpha", settled) >= 1
+    });
     assert!(ran_since(&db, "alpha", settled).is_empty(), "{:?}", slots(&db, "alpha"));
     assert!(succeeded_since(&db, "beta", settled), "another customer's job runs on");
     assert_eq!(jobs(&url, &["resume", "--customer", "C1", "--reason", "paid"]).0, 0);
@@ -284,7 +373,9 @@ fn two_serves_on_one_postgres_see_every_change_within_seconds() {
     assert_eq!(code, 0, "{err}");
     let slot = out.split("slot ").nth(1).unwrap().split(';').next().unwrap().to_owned();
     wait_until("the triggered slot ran", WITHIN, || {
-        slots(&db, "gamma").iter().any(|(s, status, _)| *s == slot && status == "succeeded")
+        slots(&db, "gamma")
+            .iter()
+            .any(|(s, status, _)| *s == slot && status == "succeeded")
     });
     assert_eq!(
         db.scalar::<i64>(&format!(
@@ -338,17 +429,31 @@ fn a_plugin_whose_digest_differs_is_refused_at_apply_and_at_run_time() {
     let real = {
         use sha2::Digest;
         let bytes = std::fs::read(&plugin).unwrap();
-        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     };
     let db = file.work.db();
     let db_text = db.to_str().unwrap().to_owned();
     let pinned = "ab".repeat(32);
-    file.add(&mock, "pinned", "acme", "C1", &format!("every = \"1s\"\nsha256 = \"{pinned}\""));
-    let toml = file.toml.replace(&guest("acme").display().to_string(), &plugin.display().to_string());
+    file.add(
+        &mock,
+        "pinned",
+        "acme",
+        "C1",
+        &format!("every = \"1s\"\nsha256 = \"{pinned}\""),
+    );
+    let toml = file
+        .toml
+        .replace(&guest("acme").display().to_string(), &plugin.display().to_string());
     std::fs::write(file.work.path("jobs.toml"), &toml).unwrap();
     let (code, _, err) = jobs(&db_text, &["apply", file.work.path("jobs.toml").to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains(&pinned) && err.contains(&real) && err.contains("job \"pinned\""), "{err}");
+    assert!(
+        err.contains(&pinned) && err.contains(&real) && err.contains("job \"pinned\""),
+        "{err}"
+    );
     assert!(!db.exists(), "nothing was written");
 
     // Pinned to the right digest: applied, and runs.
@@ -357,19 +462,25 @@ fn a_plugin_whose_digest_differs_is_refused_at_apply_and_at_run_time() {
     assert_eq!(code, 0, "{err}");
     let serve = Serve::start_from_db(&db_text, &[], &[]);
     let store = || Db::open(&db);
-    wait_until("a run", WITHIN, || succeeded_since(&store(), "pinned", Utc::now() - chrono::Duration::hours(1)));
+    wait_until("a run", WITHIN, || {
+        succeeded_since(&store(), "pinned", Utc::now() - chrono::Duration::hours(1))
+    });
 
     // Replaced in place without an apply: refused, both digests said, not run.
     std::fs::copy(guest("memory-hog"), &plugin).unwrap();
     wait_until("a refused slot", WITHIN, || {
-        slots(&store(), "pinned").iter().any(|(_, _, outcome)| outcome.as_deref() == Some("invalid_plugin"))
+        slots(&store(), "pinned")
+            .iter()
+            .any(|(_, _, outcome)| outcome.as_deref() == Some("invalid_plugin"))
     });
     let (_, log) = serve.stop();
-    let line = log.lines().find(|l| l.contains("is pinned to")).unwrap_or_else(|| panic!("{log}"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("is pinned to"))
+        .unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains(&real) && line.contains("nothing was run"), "{line}");
-    let summary = store().scalar::<String>(
-        "SELECT error_summary FROM delta_run WHERE error_kind = 'invalid_plugin' LIMIT 1",
-    );
+    let summary =
+        store().scalar::<String>("SELECT error_summary FROM delta_run WHERE error_kind = 'invalid_plugin' LIMIT 1");
     assert!(summary.contains(&real), "{summary}");
 }
 
@@ -383,14 +494,18 @@ fn sighup_applies_the_jobs_file_again_and_a_broken_one_changes_nothing() {
     let serve = Serve::start(&path, db.to_str().unwrap(), &[]);
     serve.wait_for_line("Serving 1 jobs", Duration::from_secs(60));
     let store = || Db::open(&db);
-    wait_until("first runs", WITHIN, || succeeded_since(&store(), "first", Utc::now() - chrono::Duration::hours(1)));
+    wait_until("first runs", WITHIN, || {
+        succeeded_since(&store(), "first", Utc::now() - chrono::Duration::hours(1))
+    });
 
     file.add(&mock, "second", "acme", "C2", "every = \"1s\"");
     file.write();
     serve.signal(libc::SIGHUP);
     serve.wait_for_line("SIGHUP: Applied", WITHIN);
     let applied = Utc::now();
-    wait_until("second runs", WITHIN, || succeeded_since(&store(), "second", applied - chrono::Duration::seconds(1)));
+    wait_until("second runs", WITHIN, || {
+        succeeded_since(&store(), "second", applied - chrono::Duration::seconds(1))
+    });
 
     std::fs::write(&path, format!("{}\n[[job]]\nname = \"broken\"\n", file.toml)).unwrap();
     serve.signal(libc::SIGHUP);
@@ -403,5 +518,9 @@ fn sighup_applies_the_jobs_file_again_and_a_broken_one_changes_nothing() {
     assert!(serve.is_running());
     let (code, log) = serve.stop();
     assert_eq!(code, 0, "{log}");
-    assert_eq!(store().count("job_apply"), 2, "the start's apply and the first SIGHUP's");
+    assert_eq!(
+        store().count("job_apply"),
+        2,
+        "the start's apply and the first SIGHUP's"
+    );
 }

@@ -165,7 +165,10 @@ fn changed(state: &State, old: &JobSet, new: &JobSet) {
         .filter(|t| !old.triggers.contains(t))
         .map(|(job, _)| job.as_str())
         .collect();
-    if [&added, &changed, &removed, &paused, &resumed, &triggered].iter().all(|l| l.is_empty()) {
+    if [&added, &changed, &removed, &paused, &resumed, &triggered]
+        .iter()
+        .all(|l| l.is_empty())
+    {
         return;
     }
     state.log.info(
@@ -181,13 +184,22 @@ fn changed(state: &State, old: &JobSet, new: &JobSet) {
             triggered.len()
         ),
         Some("jobs"),
-        Some(json!({"added": added, "changed": changed, "removed": removed, "paused": paused,
-            "resumed": resumed, "triggered": triggered})),
+        Some(
+            json!({"added": added, "changed": changed, "removed": removed, "paused": paused,
+            "resumed": resumed, "triggered": triggered}),
+        ),
     );
-    for job in new.jobs.iter().filter(|j| added.contains(&j.spec.name.as_str()) || changed.contains(&j.spec.name.as_str())) {
+    for job in new
+        .jobs
+        .iter()
+        .filter(|j| added.contains(&j.spec.name.as_str()) || changed.contains(&j.spec.name.as_str()))
+    {
         if let Err(e) = state.runner.plugin(&job.spec.plugin) {
             state.log.error(
-                &format!("{}: its plugin cannot run: {e}; its slots fail as invalid_plugin until it is fixed", job.spec.name),
+                &format!(
+                    "{}: its plugin cannot run: {e}; its slots fail as invalid_plugin until it is fixed",
+                    job.spec.name
+                ),
                 Some("jobs"),
                 Some(json!({"job": job.spec.name})),
             );

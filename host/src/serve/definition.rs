@@ -74,9 +74,8 @@ fn check_job(mut spec: JobSpec) -> Result<(NewJob, JobSpec), String> {
     };
     let settings =
         Settings::parse(&spec.settings, settings_value.clone(), &spec.params).map_err(|e| format!("settings: {e}"))?;
-    crate::job::check_network(&options_for_check(&spec), &settings).map_err(|e| {
-        format!("{e} (set the job's allow_hosts key, or change its settings' config.api_url)")
-    })?;
+    crate::job::check_network(&options_for_check(&spec), &settings)
+        .map_err(|e| format!("{e} (set the job's allow_hosts key, or change its settings' config.api_url)"))?;
     let mut definition = Map::new();
     for (key, value) in &spec.table {
         let value = serde_json::to_value(value).map_err(|e| format!("{key}: {e}"))?;
@@ -95,7 +94,11 @@ fn check_job(mut spec: JobSpec) -> Result<(NewJob, JobSpec), String> {
     seal(&mut settings_value)?;
     let sealed_any = definition.get("settings") != Some(&settings_value);
     definition.insert("settings".into(), settings_value);
-    let definition_digest = if sealed_any { keyed_digest(&unsealed) } else { hex(&Sha256::digest(unsealed.as_bytes())) };
+    let definition_digest = if sealed_any {
+        keyed_digest(&unsealed)
+    } else {
+        hex(&Sha256::digest(unsealed.as_bytes()))
+    };
     let job = NewJob {
         name: spec.name.clone(),
         customer_number: settings.customer_number.clone(),
@@ -143,7 +146,10 @@ fn keyed_digest(text: &str) -> String {
     let mut key = [0u8; 64];
     key[..32].copy_from_slice(&Sha256::digest(format!("nuntiq-jobs-digest:{secret}").as_bytes()));
     let pad = |byte: u8| key.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(text.as_bytes()).finalize();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(text.as_bytes())
+        .finalize();
     hex(&Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize())
 }
 

@@ -122,8 +122,11 @@ fn compare(stored: &[(String, String)], jobs: &[NewJob]) -> Diff {
 /// Bumps the generation; first in every change, so concurrent changes queue
 /// behind its row lock (PostgreSQL) or the write lock (SQLite).
 async fn bump(tx: &mut Conn) -> Result<(), StoreError> {
-    tx.execute("UPDATE jobs_generation SET generation = generation + 1 WHERE id = 1", params![])
-        .await?;
+    tx.execute(
+        "UPDATE jobs_generation SET generation = generation + 1 WHERE id = 1",
+        params![],
+    )
+    .await?;
     Ok(())
 }
 
@@ -141,7 +144,10 @@ pub async fn apply(conn: &mut Conn, jobs: &[NewJob], record: &ApplyRecord) -> Re
             tx.execute("DELETE FROM job_trigger WHERE job_name = ?1", params![name])
                 .await?;
         }
-        for job in jobs.iter().filter(|j| diff.added.contains(&j.name) || diff.changed.contains(&j.name)) {
+        for job in jobs
+            .iter()
+            .filter(|j| diff.added.contains(&j.name) || diff.changed.contains(&j.name))
+        {
             let definition = job.definition.to_string();
             tx.execute(
                 "INSERT INTO jobs (name, customer_number, connector_name, definition, definition_digest,
@@ -360,7 +366,10 @@ pub async fn pause_customer(
             .await?;
         } else {
             let removed = tx
-                .execute("DELETE FROM customer_pause WHERE customer_number = ?1", params![customer])
+                .execute(
+                    "DELETE FROM customer_pause WHERE customer_number = ?1",
+                    params![customer],
+                )
                 .await?;
             if removed == 0 {
                 return Err(StoreError::Invalid(format!(
@@ -371,7 +380,10 @@ pub async fn pause_customer(
         let action = if pause { "pause_customer" } else { "resume_customer" };
         record_action(tx, by, action, None, Some(customer), Some(reason)).await?;
         let jobs = tx
-            .query_opt("SELECT count(*) FROM jobs WHERE customer_number = ?1", params![customer])
+            .query_opt(
+                "SELECT count(*) FROM jobs WHERE customer_number = ?1",
+                params![customer],
+            )
             .await?
             .map_or(0, |r| r.int(0));
         Ok(usize::try_from(jobs).unwrap_or(0))
@@ -389,7 +401,11 @@ fn no_such_job(name: &str) -> StoreError {
 pub async fn trigger(conn: &mut Conn, name: &str, by: &str) -> Result<String, StoreError> {
     transaction(conn, async |tx: &mut Conn| {
         bump(tx).await?;
-        let job = list(tx, Some(name)).await?.into_iter().next().ok_or_else(|| no_such_job(name))?;
+        let job = list(tx, Some(name))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| no_such_job(name))?;
         if let Some(why) = job.paused_because() {
             return Err(StoreError::Invalid(format!(
                 "{name} is not triggered: {why}; resume it first (jobs resume)"
@@ -543,7 +559,10 @@ mod tests {
         let first = [job("a", "c1", "1"), job("b", "c1", "1")];
         let g0 = generation(conn).await.unwrap();
         let applied = apply(conn, &first, &record()).await.unwrap();
-        assert_eq!((applied.added, applied.removed.len()), (vec!["a".to_owned(), "b".to_owned()], 0));
+        assert_eq!(
+            (applied.added, applied.removed.len()),
+            (vec!["a".to_owned(), "b".to_owned()], 0)
+        );
         assert!(generation(conn).await.unwrap() > g0);
         let second = [job("b", "c1", "2"), job("c", "c2", "1")];
         assert_eq!(
@@ -562,24 +581,38 @@ mod tests {
         assert!(again.is_empty() && again.unchanged == 2);
         let applies = applies(conn, 10).await.unwrap();
         assert_eq!(applies.len(), 3);
-        assert_eq!((applies[1].removed.clone(), applies[0].by.as_str()), (vec!["a".to_owned()], "ops@host"));
+        assert_eq!(
+            (applies[1].removed.clone(), applies[0].by.as_str()),
+            (vec!["a".to_owned()], "ops@host")
+        );
     }
 
     async fn pauses_triggers_and_deletes_are_recorded_and_bump_the_generation(conn: &mut Conn) {
-        apply(conn, &[job("a", "c1", "1"), job("b", "c2", "1")], &record()).await.unwrap();
+        apply(conn, &[job("a", "c1", "1"), job("b", "c2", "1")], &record())
+            .await
+            .unwrap();
         let set = load(conn, None).await.unwrap().unwrap();
         assert!(load(conn, Some(set.generation)).await.unwrap().is_none(), "unchanged");
         pause_job(conn, "a", true, "maintenance", "ops").await.unwrap();
         let a = list(conn, Some("a")).await.unwrap().remove(0);
         assert_eq!(a.paused.as_ref().unwrap().reason, "maintenance");
-        assert!(trigger(conn, "a", "ops").await.unwrap_err().to_string().contains("resume it first"));
+        assert!(
+            trigger(conn, "a", "ops")
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("resume it first")
+        );
         pause_job(conn, "a", false, "done", "ops").await.unwrap();
         assert!(list(conn, Some("a")).await.unwrap()[0].paused.is_none());
         assert!(pause_job(conn, "zz", true, "x", "ops").await.is_err());
 
         assert_eq!(pause_customer(conn, "c2", true, "unpaid", "ops").await.unwrap(), 1);
         let b = list(conn, Some("b")).await.unwrap().remove(0);
-        assert!(b.paused_because().unwrap().contains("customer c2 paused by ops"), "{b:?}");
+        assert!(
+            b.paused_because().unwrap().contains("customer c2 paused by ops"),
+            "{b:?}"
+        );
         pause_customer(conn, "c2", false, "paid", "ops").await.unwrap();
         assert!(pause_customer(conn, "c2", false, "again", "ops").await.is_err());
 
@@ -591,7 +624,10 @@ mod tests {
         assert_eq!(kinds, ["trigger", "resume", "pause"]);
         delete(conn, "a", "ops").await.unwrap();
         assert!(list(conn, Some("a")).await.unwrap().is_empty());
-        assert!(load(conn, None).await.unwrap().unwrap().triggers.is_empty(), "its trigger went with it");
+        assert!(
+            load(conn, None).await.unwrap().unwrap().triggers.is_empty(),
+            "its trigger went with it"
+        );
         assert!(delete(conn, "a", "ops").await.is_err());
     }
 
