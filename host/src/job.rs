@@ -13,6 +13,7 @@ use crate::limits::{Limits, Overloaded, Stop};
 use crate::log::{Level, LogFormat, LogSink, MAX_MESSAGE_BYTES, Redactor};
 use crate::policy::{AllowedHost, NetworkPolicy};
 use crate::runtime::{Job, Outcome, Plugin, PluginError, Runtime, Succeeded};
+use crate::secrets::SecretPolicy;
 use crate::settings::{Settings, SettingsError};
 use crate::store::{Db, OpenError, Store};
 use serde_json::{Value, json};
@@ -71,6 +72,10 @@ pub struct JobOptions {
     /// Settings given in place (a `serve` jobs file's `[job.settings]`); then
     /// `settings` only names them in messages.
     pub inline_settings: Option<Value>,
+    /// A jobs file's `[job.secrets]`, put over the settings' own.
+    pub job_secrets: serde_json::Map<String, Value>,
+    /// Which environment variables and directories secret references may read.
+    pub secret_policy: SecretPolicy,
 }
 
 impl JobOptions {
@@ -105,6 +110,8 @@ impl JobOptions {
             job_id: None,
             inline_settings: None,
             plugin_sha256: None,
+            job_secrets: serde_json::Map::new(),
+            secret_policy: SecretPolicy::default(),
         }
     }
 }
@@ -162,6 +169,10 @@ pub enum InputError {
     Arguments(String),
     #[error("{0}")]
     NetworkDenied(String),
+    /// A secret reference did not resolve on this host (its variable or file
+    /// is missing, or a sealed value does not open).
+    #[error("{0}")]
+    SecretUnavailable(String),
     /// The host could not get what the run needs (exit 1: the input is fine).
     #[error(transparent)]
     Overloaded(#[from] Overloaded),
@@ -175,6 +186,7 @@ impl InputError {
             InputError::Database(_) => "invalid_database",
             InputError::Arguments(_) => "invalid_arguments",
             InputError::NetworkDenied(_) => "network_denied",
+            InputError::SecretUnavailable(_) => "secret_unavailable",
             InputError::Overloaded(_) => "host_overloaded",
         }
     }
@@ -628,10 +640,15 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
         .map(|h| AllowedHost::parse(h).map_err(|e| e.replacen("--allow-host", "--bearer-host", 1)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(InputError::Arguments)?;
-    let settings = Arc::new(match &options.inline_settings {
+    let mut settings = match &options.inline_settings {
         Some(value) => Settings::parse(&options.settings, value.clone(), &options.params)?,
         None => Settings::load(&options.settings, &options.params)?,
-    });
+    };
+    settings.merge_secrets(&options.settings, &options.job_secrets)?;
+    settings
+        .resolve_secrets(&options.secret_policy)
+        .map_err(InputError::SecretUnavailable)?;
+    let settings = Arc::new(settings);
     let policy = Arc::new(network_policy(options, &settings, allowed)?);
     let offline = offline_sources(options, &settings)?;
     let Loaded { plugin, fresh, refused } = runner.plugin(&options.plugin)?;

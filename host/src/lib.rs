@@ -22,6 +22,7 @@ pub mod policy;
 pub mod redact;
 pub mod runtime;
 pub mod scaffold;
+pub mod secrets;
 pub mod serve;
 pub mod settings;
 pub mod store;

@@ -552,6 +552,33 @@ impl CompileCacheArgs {
     }
 }
 
+/// Where a job's secret references may read on this host. A job is tenant
+/// input: without these bounds it could name the host's own credentials.
+#[derive(clap::Args)]
+struct SecretSourceArgs {
+    /// A secret { env = "VAR" } may read only variables with this prefix; repeatable [default: NUNTIQ_SECRET_].
+    #[arg(long = "secret-env-prefix", value_name = "PREFIX", value_parser = parse_env_prefix)]
+    secret_env_prefixes: Vec<String>,
+    /// A secret { file = "PATH" } may read only files under DIR (symbolic links
+    /// resolved); repeatable [default: /run/secrets].
+    #[arg(long = "secrets-dir", value_name = "DIR")]
+    secrets_dirs: Vec<PathBuf>,
+}
+
+impl SecretSourceArgs {
+    fn policy(self) -> nuntiq_host::secrets::SecretPolicy {
+        nuntiq_host::secrets::SecretPolicy::new(self.secret_env_prefixes, self.secrets_dirs)
+    }
+}
+
+/// An empty prefix would let a job read every variable of the host.
+fn parse_env_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("an empty prefix would let jobs read every environment variable of this host".into());
+    }
+    Ok(text.to_owned())
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// A jobs file (TOML, one [[job]] table per connector instance) to apply
@@ -595,6 +622,8 @@ struct ServeArgs {
     compile_cache: CompileCacheArgs,
     #[command(flatten)]
     compile_limits: CompileLimitArgs,
+    #[command(flatten)]
+    secret_sources: SecretSourceArgs,
     /// Log line format on stderr; every line names its job.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -642,6 +671,8 @@ struct RunPluginArgs {
     compile_cache: CompileCacheArgs,
     #[command(flatten)]
     compile_limits: CompileLimitArgs,
+    #[command(flatten)]
+    secret_sources: SecretSourceArgs,
     /// Offline: answer file:// URLs (config.api_url may be one) from files in
     /// DIR, confined to it; see the README for how paths and queries map to files.
     #[arg(long, value_name = "DIR")]
@@ -681,6 +712,7 @@ impl RunPluginArgs {
             ledger: self.ledger,
             cache_dir: self.compile_cache.dir(),
             compile: self.compile_limits.limits(),
+            secret_policy: self.secret_sources.policy(),
             ..JobOptions::new(self.plugin, self.settings, self.db)
         };
         self.flags.apply(&mut options);
@@ -926,6 +958,7 @@ fn main() -> ExitCode {
                 lease: args.lease,
                 cache_dir: args.compile_cache.dir(),
                 compile: args.compile_limits.limits(),
+                secret_policy: args.secret_sources.policy(),
                 max_stack: args.max_stack,
                 log_format: args.log_format,
                 log_level: args.log_level,

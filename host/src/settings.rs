@@ -1,6 +1,7 @@
 //! settings.json: parsed in two stages (raw JSON, then validated types) so every
 //! error names the file and the field.
 
+use crate::secrets::{SecretPolicy, SecretSource};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use url::Url;
@@ -9,7 +10,8 @@ use url::Url;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub customer_number: String,
-    /// Secret values by name; always strings.
+    /// Secrets by name: strings, or references ([`crate::secrets::SecretSource`])
+    /// until [`Settings::resolve_secrets`] turns them into strings.
     pub secrets: Map<String, Value>,
     pub config: Map<String, Value>,
     /// `job_params` with every `--param` override applied.
@@ -122,11 +124,8 @@ impl Settings {
         let config = without_nulls(bag("config")?);
         let job_params = without_nulls(bag("job_params")?);
 
-        if let Some((name, value)) = secrets.iter().find(|(_, v)| !v.is_string()) {
-            return Err(field_error(
-                &format!("secrets.{name}"),
-                format!("must be a string, found {}", json_kind(value)),
-            ));
+        for (name, value) in &secrets {
+            SecretSource::parse(value).map_err(|problem| field_error(&format!("secrets.{name}"), problem))?;
         }
 
         let api_url = match config.get("api_url") {
@@ -172,9 +171,35 @@ impl Settings {
         })
     }
 
-    /// Secret values, for redaction.
+    /// Secret values, for redaction (references once resolved).
     pub fn secret_values(&self) -> impl Iterator<Item = &str> {
         self.secrets.values().filter_map(Value::as_str)
+    }
+
+    /// Puts a jobs file's `[job.secrets]` over the settings' own; each is
+    /// checked like the settings' own.
+    pub fn merge_secrets(&mut self, source: &Path, job_secrets: &Map<String, Value>) -> Result<(), SettingsError> {
+        for (name, value) in job_secrets {
+            SecretSource::parse(value).map_err(|problem| SettingsError::Field {
+                path: source.to_owned(),
+                field: format!("secrets.{name}"),
+                problem,
+            })?;
+            self.secrets.insert(name.clone(), value.clone());
+        }
+        Ok(())
+    }
+
+    /// Reads every referenced secret on this host, at the start of a run.
+    /// The error names the secret and where it was looked for, never a value.
+    pub fn resolve_secrets(&mut self, policy: &SecretPolicy) -> Result<(), String> {
+        for (name, value) in self.secrets.iter_mut() {
+            let source = SecretSource::parse(value).map_err(|p| format!("secrets.{name}: {p}"))?;
+            if !matches!(source, SecretSource::Inline(_)) {
+                *value = Value::String(policy.resolve(name, &source)?);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -372,7 +397,7 @@ mod tests {
         let mut v = valid();
         v["secrets"]["acme_token"] = json!(12);
         let e = parse(v).unwrap_err().to_string();
-        assert!(e.contains("secrets.acme_token: must be a string"), "{e}");
+        assert!(e.contains("secrets.acme_token: must be a string, or one of"), "{e}");
     }
 
     #[test]

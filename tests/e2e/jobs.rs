@@ -524,3 +524,75 @@ fn sighup_applies_the_jobs_file_again_and_a_broken_one_changes_nothing() {
         "the start's apply and the first SIGHUP's"
     );
 }
+
+/// A seal key for tests: 32 bytes, base64.
+const SEAL_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+#[test]
+fn pg_dump_of_the_database_holds_no_secret_value() {
+    let mock = Mock::start(MOCK, 5);
+    let schema = PgSchema::new();
+    let url = schema.url();
+    let mut file = Jobs::new();
+    // One job's token comes from the environment of the host that runs it,
+    // the other's is inline in its settings file and sealed at apply.
+    file.add(
+        &mock,
+        "from_env",
+        "acme",
+        "C1",
+        "every = \"1s\"\n[job.secrets]\nacme_token = { env = \"NUNTIQ_SECRET_ACME\" }",
+    );
+    file.add(&mock, "inline", "acme", "C2", "every = \"1s\"");
+    let path = file.write();
+    let apply = |key: Option<&str>| {
+        let mut command = host_command();
+        command.env_remove("NUNTIQ_SECRETS_KEY");
+        if let Some(key) = key {
+            command.env("NUNTIQ_SECRETS_KEY", key);
+        }
+        let out = command
+            .args(["jobs", "apply", path.to_str().unwrap(), "--db", &url])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = apply(None);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("job \"inline\"") && err.contains("secrets.acme_token") && err.contains("NUNTIQ_SECRETS_KEY"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN), "{err}");
+    let (code, err) = apply(Some(SEAL_KEY));
+    assert_eq!(code, 0, "{err}");
+
+    let serve = Serve::start_from_db(
+        &url,
+        &[],
+        &[("NUNTIQ_SECRETS_KEY", SEAL_KEY), ("NUNTIQ_SECRET_ACME", TOKEN)],
+    );
+    let db = Db::open(Path::new(&url));
+    let since = Utc::now() - chrono::Duration::hours(1);
+    wait_until("both jobs run with their secrets", WITHIN, || {
+        succeeded_since(&db, "from_env", since) && succeeded_since(&db, "inline", since)
+    });
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains(TOKEN), "{log}");
+
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--dbname", &pg_server(), "--schema", schema.name()])
+        .output()
+        .expect("pg_dump runs");
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("NUNTIQ_SECRET_ACME") && dump.contains("sealed"),
+        "the jobs are in the dump"
+    );
+    assert!(!dump.contains(TOKEN), "a secret value is in the dump");
+}

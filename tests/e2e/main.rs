@@ -35,6 +35,7 @@ mod load_options;
 mod otlp;
 mod output;
 mod pg_tls;
+mod secret_refs;
 mod secrets;
 mod scheduler;
 mod serve;

@@ -99,12 +99,21 @@ struct Mock {
     token: String,
     faults: Vec<FaultRule>,
     requests: Vec<Value>,
+    /// `/_mock/blob` requests: now being answered, the most at once, all.
+    blobs: BlobStats,
     /// Rendered pages by (updated_after, page, per_page), so the mock is never
     /// the bottleneck of a benchmark; cleared when the data changes.
     pages: HashMap<(Option<DateTime<Utc>>, u64, usize), Bytes>,
 }
 
 type Shared = Arc<Mutex<Mock>>;
+
+#[derive(Default, serde::Serialize)]
+struct BlobStats {
+    now: usize,
+    most_at_once: usize,
+    total: usize,
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -145,6 +154,7 @@ async fn serve(
         token,
         faults: Vec::new(),
         requests: Vec::new(),
+        blobs: BlobStats::default(),
         pages: HashMap::new(),
     }));
     if let Some(path) = url_file {
@@ -184,9 +194,24 @@ async fn handle(mock: Shared, req: Request<Incoming>) -> Result<Response<Full<By
         (Method::GET, "/_mock/blob") => {
             // `bytes` of body after `delay_ms`: a large or a slow answer.
             let n = |k: &str| query.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            {
+                let mut m = mock.lock().unwrap();
+                m.blobs.now += 1;
+                m.blobs.total += 1;
+                m.blobs.most_at_once = m.blobs.most_at_once.max(m.blobs.now);
+            }
+            // Counted out however the wait ends (the client may hang up mid-way).
+            struct Out(Shared);
+            impl Drop for Out {
+                fn drop(&mut self) {
+                    self.0.lock().unwrap().blobs.now -= 1;
+                }
+            }
+            let _out = Out(mock.clone());
             tokio::time::sleep(Duration::from_millis(n("delay_ms"))).await;
             Ok(respond(StatusCode::OK, "x".repeat(n("bytes") as usize)))
         }
+        (Method::GET, "/_mock/blob_stats") => Ok(respond(StatusCode::OK, json_text(&mock.lock().unwrap().blobs))),
         (Method::GET, "/_mock/echo") => Ok(echo(&req)),
         (Method::GET, "/_mock/requests") => Ok(respond(StatusCode::OK, json_text(&mock.lock().unwrap().requests))),
         (Method::GET, "/_mock/suppliers") => {

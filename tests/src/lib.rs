@@ -132,6 +132,11 @@ impl Mock {
             .expect("patch accepted");
     }
 
+    /// `/_mock/blob` requests: `now` being answered, `most_at_once`, `total`.
+    pub fn blob_stats(&self) -> Value {
+        self.get_json("/_mock/blob_stats")
+    }
+
     /// Every supplier request the mock received, oldest first.
     pub fn requests(&self) -> Vec<Value> {
         self.get_json("/_mock/requests").as_array().unwrap().clone()

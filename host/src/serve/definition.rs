@@ -63,21 +63,16 @@ fn check_job(mut spec: JobSpec) -> Result<(NewJob, JobSpec), String> {
         return Err(digest_mismatch(&plugin, pinned, &digest));
     }
     crate::runtime::check_shape(&plugin.display().to_string(), &bytes).map_err(|e| format!("plugin: {e}"))?;
-    // Read now: what is stored is the content, the same for every host.
-    let mut settings_value = match &spec.inline_settings {
-        Some(value) => value.clone(),
-        None => {
-            let text = std::fs::read_to_string(&spec.settings)
-                .map_err(|e| format!("settings: {}: {e}", spec.settings.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("settings: {}: {e}", spec.settings.display()))?
-        }
-    };
+    // Read now: what is stored is the content, the same for every host, with
+    // `[job.secrets]` merged over the settings' own.
+    let mut settings_value = spec.settings_value().map_err(|e| format!("settings: {e}"))?;
     let settings =
         Settings::parse(&spec.settings, settings_value.clone(), &spec.params).map_err(|e| format!("settings: {e}"))?;
     crate::job::check_network(&options_for_check(&spec), &settings)
         .map_err(|e| format!("{e} (set the job's allow_hosts key, or change its settings' config.api_url)"))?;
     let mut definition = Map::new();
-    for (key, value) in &spec.table {
+    // `[job.secrets]` is stored merged into the settings.
+    for (key, value) in spec.table.iter().filter(|(key, _)| *key != "secrets") {
         let value = serde_json::to_value(value).map_err(|e| format!("{key}: {e}"))?;
         definition.insert(key.clone(), value);
     }
@@ -109,7 +104,14 @@ fn check_job(mut spec: JobSpec) -> Result<(NewJob, JobSpec), String> {
     };
     spec.plugin = plugin;
     spec.sha256 = Some(digest);
+    spec.secrets.clear();
+    spec.inline_settings = definition_settings(&job.definition);
     Ok((job, spec))
+}
+
+/// The stored (sealed) settings of a definition.
+fn definition_settings(definition: &Value) -> Option<Value> {
+    definition.get("settings").cloned()
 }
 
 /// What `jobs apply` and `serve` say when a plugin is not the one pinned.
@@ -132,17 +134,14 @@ pub fn options_for_check(spec: &JobSpec) -> JobOptions {
 /// Turns every inline secret of the settings into a sealed value, so no
 /// secret is stored in clear.
 fn seal(settings: &mut Value) -> Result<(), String> {
-    // SECRETS: the call site of `crate::secrets::seal_for_store(settings)`,
-    // which lands with the secrets work; until then settings are stored as given.
-    let _ = settings;
-    Ok(())
+    crate::secrets::seal_for_store(settings).map_err(|e| format!("settings: {e}"))
 }
 
 /// A digest of a definition holding secrets, keyed so that the stored digest
 /// cannot be used to guess a secret: HMAC-SHA256 under a key derived from
 /// `NUNTIQ_SECRETS_KEY` (the key that sealed them).
 fn keyed_digest(text: &str) -> String {
-    let secret = std::env::var("NUNTIQ_SECRETS_KEY").unwrap_or_default();
+    let secret = std::env::var(crate::secrets::KEY_ENV).unwrap_or_default();
     let mut key = [0u8; 64];
     key[..32].copy_from_slice(&Sha256::digest(format!("nuntiq-jobs-digest:{secret}").as_bytes()));
     let pad = |byte: u8| key.iter().map(|k| k ^ byte).collect::<Vec<u8>>();

@@ -12,6 +12,9 @@
 //! timeout = "5m"
 //! max_memory = "64MiB"
 //! missed = "latest"                 # or "skip", "all": which slots run late (see MissedPolicy)
+//!
+//! [job.secrets]                     # over the settings' own; resolved where the slot runs
+//! acme_token = { env = "NUNTIQ_SECRET_ACME_EU" }   # or { file = "/run/secrets/acme_eu" }
 //! ```
 
 use crate::flags::JobFlags;
@@ -101,6 +104,9 @@ pub struct JobSpec {
     /// The settings file, or (for inline settings) the jobs file, for messages.
     pub settings: PathBuf,
     pub inline_settings: Option<serde_json::Value>,
+    /// `[job.secrets]`: each a value or a reference ([`crate::secrets::SecretSource`]),
+    /// put over the settings' own.
+    pub secrets: serde_json::Map<String, serde_json::Value>,
     pub params: Vec<String>,
     pub cadence: Cadence,
     pub missed: MissedPolicy,
@@ -116,6 +122,25 @@ pub struct JobSpec {
     pub table: toml::Table,
 }
 
+impl JobSpec {
+    /// The job's settings as one value: the settings file's content (or the
+    /// inline table) with `[job.secrets]` over its own secrets. Its secrets
+    /// may still be inline values: seal them before storing it anywhere
+    /// ([`crate::secrets::seal_for_store`]).
+    pub fn settings_value(&self) -> Result<serde_json::Value, String> {
+        let mut value = match &self.inline_settings {
+            Some(value) => value.clone(),
+            None => {
+                let text = std::fs::read_to_string(&self.settings)
+                    .map_err(|e| format!("cannot read {}: {e}", self.settings.display()))?;
+                serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", self.settings.display()))?
+            }
+        };
+        crate::secrets::merge(&mut value, &self.secrets);
+        Ok(value)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -124,7 +149,7 @@ struct File {
 }
 
 /// A job's own keys, besides [`JobFlags::KEYS`].
-const JOB_KEYS: [&str; 10] = [
+const JOB_KEYS: [&str; 11] = [
     "name",
     "sha256",
     "plugin",
@@ -135,6 +160,7 @@ const JOB_KEYS: [&str; 10] = [
     "missed",
     "api_token_env",
     "api_token_file",
+    "secrets",
 ];
 
 #[derive(Deserialize)]
@@ -148,6 +174,8 @@ struct RawJob {
     missed: Option<String>,
     #[serde(default)]
     params: toml::Table,
+    #[serde(default)]
+    secrets: toml::Table,
     api_token_env: Option<String>,
     api_token_file: Option<PathBuf>,
     #[serde(flatten)]
@@ -273,6 +301,13 @@ pub fn parse_job(
         ),
         (None, None) => return Err("settings is missing: a path to a settings file, or a [job.settings] table".into()),
     };
+    let secrets = match serde_json::to_value(&raw.secrets) {
+        Ok(serde_json::Value::Object(secrets)) => secrets,
+        _ => return Err("secrets: must be a table".into()),
+    };
+    for (key, value) in &secrets {
+        crate::secrets::SecretSource::parse(value).map_err(|e| format!("secrets.{key}: {e}"))?;
+    }
     let api_token = match (raw.api_token_env, raw.api_token_file) {
         (Some(_), Some(_)) => return Err("give at most one of api_token_env and api_token_file".into()),
         (Some(name), None) => crate::job::ApiTokenSource::Env(name),
@@ -285,6 +320,7 @@ pub fn parse_job(
         plugin: base.join(raw.plugin),
         settings,
         inline_settings,
+        secrets,
         params,
         cadence,
         missed,

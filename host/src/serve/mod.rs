@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub cache_dir: Option<PathBuf>,
     /// What compiling a plugin may cost, for the whole process.
     pub compile: CompileLimits,
+    /// Where the jobs' secret references may read on this host.
+    pub secret_policy: crate::secrets::SecretPolicy,
     /// The connectors' wasm stack, for the whole process (one engine).
     pub max_stack: Option<usize>,
     pub log_format: LogFormat,
@@ -826,6 +828,8 @@ fn job_options(serve: &ServeOptions, spec: &JobSpec, job_id: &str) -> JobOptions
         compile: serve.compile,
         job_id: Some(job_id.to_owned()),
         inline_settings: spec.inline_settings.clone(),
+        job_secrets: spec.secrets.clone(),
+        secret_policy: serve.secret_policy.clone(),
         ledger: serve.ledger.clone(),
         api_token: spec.api_token.clone(),
         plugin_sha256: spec.sha256.clone(),
