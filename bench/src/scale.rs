@@ -206,12 +206,12 @@ fn open_fds(pid: u32) -> Option<u64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
-/// The jobs file: `n` Acme jobs, each its own connector and customer, all due
-/// now (a yearly cron: the slot is this year's, the next one far away), each
-/// fetching the mock's whole data set.
 /// The seal key the benchmark's `serve` stores its jobs' inline secrets with.
 const SEAL_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 
+/// The jobs file: `n` Acme jobs, each its own connector and customer, all due
+/// now (a yearly cron: the slot is this year's, the next one far away), each
+/// fetching the mock's whole data set.
 fn jobs_file(dir: &Path, mock: &MockServer, n: usize, page_size: u32) -> anyhow::Result<PathBuf> {
     jobs_file_with(dir, mock, n, page_size, "cron = \"0 0 1 1 *\"")
 }
