@@ -206,6 +206,9 @@ fn open_fds(pid: u32) -> Option<u64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
+/// The seal key the benchmark's `serve` stores its jobs' inline secrets with.
+const SEAL_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
 /// The jobs file: `n` Acme jobs, each its own connector and customer, all due
 /// now (a yearly cron: the slot is this year's, the next one far away), each
 /// fetching the mock's whole data set.
@@ -325,6 +328,8 @@ fn measure_level(
     let log = std::fs::File::create(&log_path)?;
     let mut command = Command::new(bin("nuntiq-host"));
     command
+        // serve JOBS_FILE stores the jobs, sealing their inline secrets.
+        .env("NUNTIQ_SECRETS_KEY", SEAL_KEY)
         .arg("serve")
         .arg(&jobs)
         .args(["--db", &schema.url(), "--max-concurrent", &n.to_string()])
@@ -642,6 +647,8 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<Value> {
     let log_path = work.path().join("serve.log");
     let mut command = Command::new(bin("nuntiq-host"));
     command
+        // serve JOBS_FILE stores the jobs, sealing their inline secrets.
+        .env("NUNTIQ_SECRETS_KEY", SEAL_KEY)
         .arg("serve")
         .arg(&jobs)
         .args(["--db", &schema.url(), "--max-concurrent", &o.max_concurrent.to_string()])

@@ -41,7 +41,7 @@ impl From<StoreError> for AdminError {
 
 /// Runs an admin command's reads (or, with `write`, its transaction) on a
 /// connection to `db`: a SQLite file must already exist.
-fn with_conn<T>(
+pub(crate) fn with_conn<T>(
     db: &Db,
     write: bool,
     body: impl AsyncFnOnce(&mut Conn) -> Result<T, AdminError>,
@@ -154,7 +154,7 @@ pub fn state_show(db: &Db, filter: &StreamFilter, as_json: bool, out: &mut dyn W
 }
 
 /// An optional field as text for a terminal, "-" when absent.
-fn dash(value: &Option<String>) -> String {
+pub(crate) fn dash(value: &Option<String>) -> String {
     value.as_deref().map_or_else(|| "-".into(), esc)
 }
 
@@ -179,7 +179,7 @@ pub fn esc(text: &str) -> String {
     out
 }
 
-fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), AdminError> {
+pub(crate) fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), AdminError> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
     Ok(())

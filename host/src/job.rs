@@ -66,6 +66,9 @@ pub struct JobOptions {
     pub api_token: ApiTokenSource,
     /// The job's id in the run history (a fresh one when `None`).
     pub job_id: Option<String>,
+    /// The plugin's SHA-256 the job is pinned to: a plugin file whose digest
+    /// differs is refused (`invalid_plugin`, both digests named) and not run.
+    pub plugin_sha256: Option<String>,
     /// Settings given in place (a `serve` jobs file's `[job.settings]`); then
     /// `settings` only names them in messages.
     pub inline_settings: Option<Value>,
@@ -106,6 +109,7 @@ impl JobOptions {
             api_token: ApiTokenSource::default(),
             job_id: None,
             inline_settings: None,
+            plugin_sha256: None,
             job_secrets: serde_json::Map::new(),
             secret_policy: SecretPolicy::default(),
         }
@@ -649,6 +653,15 @@ fn prepare(options: &JobOptions, runner: &Runner) -> Result<Prepared, InputError
     let policy = Arc::new(network_policy(options, &settings, allowed)?);
     let offline = offline_sources(options, &settings)?;
     let Loaded { plugin, fresh, refused } = runner.plugin(&options.plugin)?;
+    if let Some(expected) = &options.plugin_sha256
+        && plugin.sha256 != *expected
+    {
+        return Err(InputError::Plugin(crate::runtime::PluginError::DigestMismatch {
+            path: options.plugin.display().to_string(),
+            expected: expected.clone(),
+            found: plugin.sha256.clone(),
+        }));
+    }
     let mut api_token = None;
     let store = match (&options.db, options.dry_run) {
         (Db::Sqlite(path), true) => Store::open_sqlite_copy(path).map_err(overloaded_or)?,

@@ -13,6 +13,7 @@ pub mod compile;
 pub mod flags;
 pub mod inspect;
 pub mod job;
+pub mod jobs_admin;
 pub mod limits;
 pub mod log;
 pub mod meter;

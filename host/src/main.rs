@@ -48,10 +48,19 @@ enum Command {
     /// stderr carries the log.
     #[command(after_long_help = SECURITY_MODEL)]
     RunPlugin(RunPluginArgs),
-    /// Run every job of a jobs file on its cadence, on this host or on many
-    /// sharing one PostgreSQL database (each scheduled slot runs once).
+    /// Run the jobs stored in --db on their cadence, on this host or on many
+    /// sharing one PostgreSQL database (each scheduled slot runs once); with
+    /// a jobs file, apply it first (the one-machine shortcut).
     #[command(after_long_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// The jobs every serve of a database runs, stored in it: apply a jobs
+    /// file, list, show, pause, resume, trigger and delete them. Exit 0 done,
+    /// 2 bad input (a jobs file with a mistake: nothing is written; no such
+    /// job), 1 the database failed.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Delta-state rows (the platform's DeltaStreamState).
     State {
         #[command(subcommand)]
@@ -175,6 +184,89 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Make the stored jobs equal FILE's: prints what it adds, changes and
+    /// removes, and records who applied which file when. Each job's plugin is
+    /// read (its SHA-256 recorded, and checked against the job's `sha256`
+    /// when it names one) and its settings file's content is stored, so
+    /// every host runs the same job. Anything wrong: exit 2, nothing written.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who applies, for the record [default: $USER@hostname].
+        #[arg(long, value_name = "WHO")]
+        by: Option<String>,
+    },
+    /// Every stored job: customer, cadence, next slot, last run and its
+    /// result, last success, lag (how late the last run started) and pause.
+    List {
+        #[command(flatten)]
+        db: DbArg,
+        /// A JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: its stored definition (secrets masked or sealed), pause,
+    /// last run and success, recent actions and slots.
+    Show {
+        name: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// A JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop starting a job's runs (or, with --customer, every job of a
+    /// customer's, those applied later too): each slot due meanwhile is
+    /// recorded as skipped (paused); a run going finishes.
+    Pause(PauseArgs),
+    /// Start a paused job's (or customer's) runs again from its next slot.
+    Resume(PauseArgs),
+    /// One run of NAME now, as a slot of its own, claimed by one serve under
+    /// the same leases (after the job's run going, if one is).
+    Trigger {
+        name: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// Who triggers, for the record [default: $USER@hostname].
+        #[arg(long, value_name = "WHO")]
+        by: Option<String>,
+    },
+    /// Remove a job: no new slot starts (a run going finishes; its slots
+    /// and run history stay).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// Who deletes, for the record [default: $USER@hostname].
+        #[arg(long, value_name = "WHO")]
+        by: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct PauseArgs {
+    /// The job.
+    #[arg(required_unless_present = "customer", conflicts_with = "customer")]
+    name: Option<String>,
+    /// Every job of this customer (customer_number) instead.
+    #[arg(long, value_name = "C")]
+    customer: Option<String>,
+    /// Why (required; recorded).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    db: DbArg,
+    /// Who, for the record [default: $USER@hostname].
+    #[arg(long, value_name = "WHO")]
+    by: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -386,6 +478,11 @@ that is refused leaves its jobs on the plugin they had (one warning per change).
 ";
 
 const SERVE_HELP: &str = "\
+Without JOBS_FILE, serve runs the jobs stored in --db (nuntiq-host jobs apply)
+and sees every change to them (apply, pause, resume, trigger, delete) within
+seconds, without a restart. With JOBS_FILE it applies the file first, and
+again on SIGHUP.
+
 The jobs file (TOML; paths are relative to it):
 
   [[job]]
@@ -396,6 +493,7 @@ The jobs file (TOML; paths are relative to it):
   allow_hosts = [\"http://127.0.0.1:8080\"]
   timeout = \"5m\"                    # any run-plugin limit, with _ for -
   params = { lookback_days = 3 }
+  sha256 = \"…\"                     # optional: the plugin's digest it is pinned to
 
 Each slot (a job at one scheduled moment) is claimed in the database: hosts
 sharing it run each slot once, a slot whose host died is taken over once its
@@ -484,8 +582,10 @@ fn parse_env_prefix(text: &str) -> Result<String, String> {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// The jobs file (TOML): one [[job]] table per connector instance.
-    jobs: PathBuf,
+    /// A jobs file (TOML, one [[job]] table per connector instance) to apply
+    /// to --db first, and again on SIGHUP; without it, the jobs stored in
+    /// --db (nuntiq-host jobs apply) are run.
+    jobs: Option<PathBuf>,
     /// The store: a SQLite file (one host), postgres://USER@HOST:PORT/DATABASE
     /// (one host or many), or the Customer API, nuntiq+https://HOST/api (with --ledger).
     #[arg(long, env = "NUNTIQ_DB", default_value = "nuntiq.db", value_name = "PATH|URL", value_parser = parse_db)]
@@ -902,6 +1002,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Jobs { command } => return jobs_command(command, &mut stdout),
         Command::Runs {
             db,
             streams,
@@ -955,6 +1056,32 @@ fn main() -> ExitCode {
     // The spans still queued go out before the process ends (bounded wait).
     nuntiq_host::trace::flush();
     ExitCode::from(report.exit_code)
+}
+
+/// `nuntiq-host jobs …`.
+fn jobs_command(command: JobsCommand, out: &mut dyn Write) -> ExitCode {
+    use nuntiq_host::jobs_admin::{self as jobs, actor};
+    let done = match command {
+        JobsCommand::Apply { file, db, dry_run, by } => jobs::apply(&db.db, &file, dry_run, &actor(by), out).map(|_| ()),
+        JobsCommand::List { db, json } => jobs::list(&db.db, json, out),
+        JobsCommand::Show { name, db, json } => jobs::show(&db.db, &name, json, out),
+        JobsCommand::Pause(args) => pause_command(args, true, out),
+        JobsCommand::Resume(args) => pause_command(args, false, out),
+        JobsCommand::Trigger { name, db, by } => jobs::trigger(&db.db, &name, &actor(by), out),
+        JobsCommand::Delete { name, db, by } => jobs::delete(&db.db, &name, &actor(by), out),
+    };
+    admin_exit(done)
+}
+
+/// `jobs pause|resume`, of a job or a customer.
+fn pause_command(args: PauseArgs, pause: bool, out: &mut dyn Write) -> Result<(), AdminError> {
+    use nuntiq_host::jobs_admin::{Target, actor, pause as set_pause};
+    let target = match (args.name, args.customer) {
+        (Some(name), _) => Target::Job(name),
+        (None, Some(customer)) => Target::Customer(customer),
+        (None, None) => return Err(AdminError::Refused("name a job, or --customer C".into())),
+    };
+    set_pause(&args.db.db, &target, pause, &args.reason, &actor(args.by), out)
 }
 
 /// Who runs an admin command, for the audit log: `user@host (nuntiq-host)`.

@@ -114,6 +114,13 @@ pub enum PluginError {
     /// The compile ran into `--max-compile-memory` or `--max-compile-time`.
     #[error("{path} could not be compiled: {reason}; nothing was cached")]
     CompileLimit { path: String, reason: CompileError },
+    /// The file is not the plugin the job is pinned to (its `sha256`, or the
+    /// digest `jobs apply` recorded): it was replaced without a new apply.
+    #[error(
+        "{path} has SHA-256 {found}, not the {expected} the job is pinned to (replaced without a new jobs \
+         apply?); nothing was run: put the pinned plugin back, or run jobs apply to record the new one"
+    )]
+    DigestMismatch { path: String, expected: String, found: String },
     /// The compile process failed for a reason of the host's; the next load tries again.
     #[error("{path} could not be compiled: {reason}")]
     CompileFailed { path: String, reason: String },

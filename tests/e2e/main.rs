@@ -30,6 +30,7 @@ mod containment;
 mod customer_api;
 mod delivery;
 mod hostile;
+mod jobs;
 mod load_options;
 mod otlp;
 mod outage;

@@ -214,18 +214,24 @@ fn every_run_is_in_the_history_with_its_job_slot_and_error_kind_even_one_that_ne
     let mut jobs = Jobs::new();
     jobs.add(&mock, "good", "acme", "C1", "every = \"1s\"");
     jobs.add(&mock, "broken", "acme", "C2", "every = \"1s\"");
+    // The broken job's plugin is a copy of its own.
+    let plugin = jobs.work.path("broken.wasm");
+    std::fs::copy(guest("acme"), &plugin).unwrap();
+    let at = jobs.toml.find("name = \"broken\"").unwrap();
+    let tail = jobs.toml[at..].replacen(&guest("acme").display().to_string(), &plugin.display().to_string(), 1);
+    jobs.toml.replace_range(at.., &tail);
     let file = jobs.write();
     let serve = Serve::start(&file, &schema.url(), &["--lease", "5s"]);
     serve.wait_for_line("Serving 2 jobs", Duration::from_secs(60));
-    // Its settings vanish: each run fails before any stream begins.
-    std::fs::remove_file(jobs.work.path("broken.json")).unwrap();
+    // Its plugin is replaced without an apply: each run is refused before any stream begins.
+    std::fs::copy(guest("memory-hog"), &plugin).unwrap();
     std::thread::sleep(Duration::from_secs(5));
     let (code, log) = serve.stop();
     assert_eq!(code, 0, "{log}");
 
     let db = Db::open(Path::new(&schema.url()));
     let failed_slots = db.scalar::<i64>(
-        "SELECT count(*) FROM schedule_slot WHERE job_name = 'broken' AND status = 'failed' AND outcome = 'invalid_settings'",
+        "SELECT count(*) FROM schedule_slot WHERE job_name = 'broken' AND status = 'failed' AND outcome = 'invalid_plugin'",
     );
     assert!(failed_slots >= 2, "{log}");
     let (code, out, err) = host_output(&["runs", "--db", &schema.url(), "--limit", "1000", "--json"]);
@@ -246,10 +252,10 @@ fn every_run_is_in_the_history_with_its_job_slot_and_error_kind_even_one_that_ne
     );
     for r in &broken {
         assert_eq!(r["status"], "failed");
-        assert_eq!(r["error_kind"], "invalid_settings");
+        assert_eq!(r["error_kind"], "invalid_plugin");
         assert_eq!(r["customer_number"], "C2");
         assert!(r["slot"].as_str().unwrap().ends_with('Z'), "{r}");
-        assert!(r["error_summary"].as_str().unwrap().contains("broken.json"), "{r}");
+        assert!(r["error_summary"].as_str().unwrap().contains("broken.wasm"), "{r}");
         assert!(r["usage"].is_object(), "{r}");
     }
     let good = of("good");
@@ -270,7 +276,7 @@ fn every_run_is_in_the_history_with_its_job_slot_and_error_kind_even_one_that_ne
     let (code, text, _) = host_output(&["runs", "--db", &schema.url(), "--connector", "broken"]);
     assert_eq!(code, 0);
     assert!(
-        text.contains("job broken  slot ") && text.contains("error (invalid_settings):"),
+        text.contains("job broken  slot ") && text.contains("error (invalid_plugin):"),
         "{text}"
     );
 }
@@ -338,7 +344,7 @@ fn sighup_does_not_stop_serve_and_its_jobs_go_on() {
     assert!(serve.is_running());
     let (code, log) = serve.stop();
     assert_eq!(code, 0, "exits as after any SIGTERM: {log}");
-    assert_eq!(log.matches("SIGHUP: ignored").count(), 2, "{log}");
+    assert_eq!(log.matches("SIGHUP: Applied").count(), 2, "each SIGHUP applies the file again: {log}");
 }
 
 /// The sample names a scrape can hold, from its `# TYPE` lines (a family

@@ -1,7 +1,7 @@
 //! `nuntiq-host serve`: scheduled runs on one host or many sharing one
 //! PostgreSQL database — every slot once, no stream overlapping, a dead
 //! host's slot taken over, a hostile run failing alone among hundreds, a
-//! changed plugin picked up, SIGTERM settling cleanly, metrics served.
+//! changed plugin refused until it is applied, SIGTERM settling cleanly, metrics served.
 
 use crate::MOCK;
 use chrono::{DateTime, Duration as Days, Utc};
@@ -78,15 +78,20 @@ impl Serve {
 
     /// `serve` with these environment variables set.
     pub(crate) fn start_env(jobs: &Path, db: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::spawn(jobs, db, extra, None, env)
+        Self::spawn(Some(jobs), db, extra, None, env)
+    }
+
+    /// `serve --db DB` without a jobs file: the jobs stored in the database.
+    pub(crate) fn start_from_db(db: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(None, db, extra, None, env)
     }
 
     /// `serve` under `ulimit -n open_files` (soft and hard), when given.
     fn start_with_open_files(jobs: &Path, db: &str, extra: &[&str], open_files: Option<u64>) -> Self {
-        Self::spawn(jobs, db, extra, open_files, &[])
+        Self::spawn(Some(jobs), db, extra, open_files, &[])
     }
 
-    fn spawn(jobs: &Path, db: &str, extra: &[&str], open_files: Option<u64>, env: &[(&str, &str)]) -> Self {
+    fn spawn(jobs: Option<&Path>, db: &str, extra: &[&str], open_files: Option<u64>, env: &[(&str, &str)]) -> Self {
         let mut command = host_command();
         command.envs(env.iter().copied());
         if let Some(n) = open_files {
@@ -104,7 +109,9 @@ impl Serve {
             }
         }
         let mut child = command
-            .args(["serve", jobs.to_str().unwrap(), "--db", db])
+            .arg("serve")
+            .args(jobs.map(|j| j.to_str().unwrap()))
+            .args(["--db", db])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -454,7 +461,7 @@ fn a_dead_hosts_slot_is_taken_over_after_its_lease() {
 }
 
 #[test]
-fn a_changed_plugin_is_picked_up_by_the_next_run() {
+fn a_changed_plugin_is_refused_until_applied_then_picked_up_by_the_next_run() {
     let mock = Mock::start(MOCK, 60);
     let work = Workdir::new();
     let plugin = work.path("connector.wasm");
@@ -495,6 +502,14 @@ fn a_changed_plugin_is_picked_up_by_the_next_run() {
             .collect()
     };
     let (old, new) = (sha(guest("acme")), sha(guest("acme-v0_1")));
+    // Replaced without an apply: reported and not run, both digests named.
+    wait_until("the replaced plugin refused", Duration::from_secs(30), || {
+        runs("SELECT 1 FROM schedule_slot WHERE outcome = 'invalid_plugin'") >= 1
+    });
+    let refusal = serve.wait_for_line("is pinned to", Duration::from_secs(5));
+    assert!(refusal.contains(&old) && refusal.contains(&new), "{refusal}");
+    // SIGHUP applies the jobs file again, which records the new plugin's digest.
+    serve.signal(libc::SIGHUP);
     wait_until("a run of the new plugin", Duration::from_secs(30), || {
         runs(&format!("SELECT 1 FROM delta_run WHERE plugin_sha256 = '{new}'")) >= 1
     });

@@ -34,9 +34,15 @@ pub fn host_bin() -> PathBuf {
 
 /// The host binary, with its compile cache and cache key in target/ (shared by
 /// the tests, never the user's).
+/// The e2e hosts' `NUNTIQ_SECRETS_KEY`: 32 bytes, base64.
+pub const TEST_SEAL_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
 pub fn host_command() -> Command {
     let mut command = Command::new(host_bin());
     command.env("XDG_CACHE_HOME", workspace_root().join("target/e2e-cache"));
+    // A seal key, as every host that stores jobs has: `serve JOBS_FILE` stores
+    // the file's jobs, sealing their inline secrets (a test may unset it).
+    command.env("NUNTIQ_SECRETS_KEY", TEST_SEAL_KEY);
     command.env("XDG_CONFIG_HOME", workspace_root().join("target/e2e-config"));
     command
 }
@@ -702,6 +708,11 @@ impl PgSchema {
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .unwrap_or_else(|e| panic!("cannot create a test schema: {e}"));
         Self { schema }
+    }
+
+    /// The schema's name (for `pg_dump --schema`).
+    pub fn name(&self) -> &str {
+        &self.schema
     }
 
     /// The database URL with this schema first on the search path.

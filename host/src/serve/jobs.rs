@@ -115,6 +115,11 @@ pub struct JobSpec {
     /// comes from (`api_token_env`, or `api_token_file` relative to the jobs
     /// file; `NUNTIQ_API_TOKEN` when neither is given).
     pub api_token: crate::job::ApiTokenSource,
+    /// The plugin's digest the job is pinned to: a file that differs is
+    /// refused (named in the file, or recorded by `jobs apply`).
+    pub sha256: Option<String>,
+    /// The job's table as written, for `jobs apply` to store.
+    pub table: toml::Table,
 }
 
 impl JobSpec {
@@ -144,8 +149,9 @@ struct File {
 }
 
 /// A job's own keys, besides [`JobFlags::KEYS`].
-const JOB_KEYS: [&str; 10] = [
+const JOB_KEYS: [&str; 11] = [
     "name",
+    "sha256",
     "plugin",
     "settings",
     "every",
@@ -161,7 +167,8 @@ const JOB_KEYS: [&str; 10] = [
 struct RawJob {
     name: String,
     plugin: PathBuf,
-    settings: SettingsSource,
+    settings: Option<SettingsSource>,
+    sha256: Option<String>,
     every: Option<String>,
     cron: Option<String>,
     missed: Option<String>,
@@ -217,88 +224,13 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
             .and_then(|n| n.as_str())
             .map_or_else(|| format!("job {}", index + 1), |n| format!("job {n:?}"));
         let fail = |problem: String| format!("{}: {named}: {problem}", path.display());
-        // Checked by hand: serde cannot refuse unknown keys next to flattened ones.
-        if let Some(key) = table
-            .keys()
-            .find(|k| !JOB_KEYS.contains(&k.as_str()) && !JobFlags::KEYS.contains(&k.as_str()))
-        {
-            return Err(fail(format!(
-                "unknown key {key:?} (the keys are {}, and run-plugin's per-job flags with _ for -: {})",
-                JOB_KEYS.join(", "),
-                JobFlags::KEYS.join(", ")
-            )));
-        }
-        if table.contains_key("max_stack") {
-            return Err(fail(
-                "max_stack is set for the whole process (serve --max-stack): its jobs share one engine".into(),
-            ));
-        }
-        let raw: RawJob = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| fail(e.to_string()))?;
-        check_name(&raw.name).map_err(fail)?;
-        if jobs.iter().any(|j| j.name == raw.name) {
+        let spec = parse_job(table, base, path, None).map_err(fail)?;
+        if jobs.iter().any(|j| j.name == spec.name) {
             return Err(fail(
                 "two jobs have this name; a name keys the job's slots, so it must be unique".into(),
             ));
         }
-        let cadence = match (&raw.every, &raw.cron) {
-            (Some(every), None) => {
-                let period = crate::limits::parse_duration(every).map_err(|e| fail(format!("every: {e}")))?;
-                if period < Duration::from_secs(1) {
-                    return Err(fail("every must be at least 1s".into()));
-                }
-                Cadence::Every(period)
-            }
-            (None, Some(cron)) => Cadence::Cron(Box::new(parse_cron(cron).map_err(fail)?)),
-            _ => {
-                return Err(fail(
-                    "give exactly one of every = \"15m\" or cron = \"*/15 * * * *\"".into(),
-                ));
-            }
-        };
-        let missed = raw.missed.as_deref().map_or(Ok(MissedPolicy::Latest), MissedPolicy::parse).map_err(fail)?;
-        let params = raw
-            .params
-            .iter()
-            .map(|(k, v)| {
-                serde_json::to_value(v)
-                    .map(|json| format!("{k}={json}"))
-                    .map_err(|e| fail(format!("params.{k}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (settings, inline_settings) = match raw.settings {
-            SettingsSource::Path(p) => (base.join(p), None),
-            SettingsSource::Inline(table) => (
-                PathBuf::from(format!("{} [job.settings of {}]", path.display(), raw.name)),
-                Some(serde_json::to_value(table).map_err(|e| fail(format!("settings: {e}")))?),
-            ),
-        };
-        let secrets = match serde_json::to_value(&raw.secrets) {
-            Ok(serde_json::Value::Object(secrets)) => secrets,
-            _ => return Err(fail("secrets: must be a table".into())),
-        };
-        for (key, value) in &secrets {
-            crate::secrets::SecretSource::parse(value).map_err(|e| fail(format!("secrets.{key}: {e}")))?;
-        }
-        let api_token = match (raw.api_token_env, raw.api_token_file) {
-            (Some(_), Some(_)) => {
-                return Err(fail("give at most one of api_token_env and api_token_file".into()));
-            }
-            (Some(name), None) => crate::job::ApiTokenSource::Env(name),
-            (None, Some(file)) => crate::job::ApiTokenSource::File(base.join(file)),
-            (None, None) => crate::job::ApiTokenSource::default(),
-        };
-        jobs.push(JobSpec {
-            api_token,
-            name: raw.name,
-            plugin: base.join(raw.plugin),
-            settings,
-            inline_settings,
-            secrets,
-            params,
-            cadence,
-            missed,
-            flags: raw.flags,
-        });
+        jobs.push(spec);
     }
     if jobs.is_empty() {
         return Err(format!(
@@ -307,6 +239,106 @@ pub fn load(path: &Path) -> Result<Vec<JobSpec>, String> {
         ));
     }
     Ok(jobs)
+}
+
+/// Checks one `[[job]]` table; paths in it are relative to `base`. With
+/// `stored_settings`, the table has no `settings` key: they are given (a
+/// job read back from the database, its settings' content stored at apply).
+pub fn parse_job(
+    table: toml::Table,
+    base: &Path,
+    file: &Path,
+    stored_settings: Option<serde_json::Value>,
+) -> Result<JobSpec, String> {
+    // Checked by hand: serde cannot refuse unknown keys next to flattened ones.
+    if let Some(key) = table
+        .keys()
+        .find(|k| !JOB_KEYS.contains(&k.as_str()) && !JobFlags::KEYS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown key {key:?} (the keys are {}, and run-plugin's per-job flags with _ for -: {})",
+            JOB_KEYS.join(", "),
+            JobFlags::KEYS.join(", ")
+        ));
+    }
+    if table.contains_key("max_stack") {
+        return Err("max_stack is set for the whole process (serve --max-stack): its jobs share one engine".into());
+    }
+    let kept = table.clone();
+    let raw: RawJob = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| e.to_string())?;
+    check_name(&raw.name)?;
+    let cadence = match (&raw.every, &raw.cron) {
+        (Some(every), None) => {
+            let period = crate::limits::parse_duration(every).map_err(|e| format!("every: {e}"))?;
+            if period < Duration::from_secs(1) {
+                return Err("every must be at least 1s".into());
+            }
+            Cadence::Every(period)
+        }
+        (None, Some(cron)) => Cadence::Cron(Box::new(parse_cron(cron)?)),
+        _ => return Err("give exactly one of every = \"15m\" or cron = \"*/15 * * * *\"".into()),
+    };
+    let missed = raw.missed.as_deref().map_or(Ok(MissedPolicy::Latest), MissedPolicy::parse)?;
+    let sha256 = raw.sha256.map(|digest| check_sha256(&digest)).transpose()?;
+    let params = raw
+        .params
+        .iter()
+        .map(|(k, v)| {
+            serde_json::to_value(v)
+                .map(|json| format!("{k}={json}"))
+                .map_err(|e| format!("params.{k}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (settings, inline_settings) = match (raw.settings, stored_settings) {
+        (_, Some(stored)) => (
+            PathBuf::from(format!("the settings of job {} stored by jobs apply", raw.name)),
+            Some(stored),
+        ),
+        (Some(SettingsSource::Path(p)), None) => (base.join(p), None),
+        (Some(SettingsSource::Inline(table)), None) => (
+            PathBuf::from(format!("{} [job.settings of {}]", file.display(), raw.name)),
+            Some(serde_json::to_value(table).map_err(|e| format!("settings: {e}"))?),
+        ),
+        (None, None) => return Err("settings is missing: a path to a settings file, or a [job.settings] table".into()),
+    };
+    let secrets = match serde_json::to_value(&raw.secrets) {
+        Ok(serde_json::Value::Object(secrets)) => secrets,
+        _ => return Err("secrets: must be a table".into()),
+    };
+    for (key, value) in &secrets {
+        crate::secrets::SecretSource::parse(value).map_err(|e| format!("secrets.{key}: {e}"))?;
+    }
+    let api_token = match (raw.api_token_env, raw.api_token_file) {
+        (Some(_), Some(_)) => return Err("give at most one of api_token_env and api_token_file".into()),
+        (Some(name), None) => crate::job::ApiTokenSource::Env(name),
+        (None, Some(file)) => crate::job::ApiTokenSource::File(base.join(file)),
+        (None, None) => crate::job::ApiTokenSource::default(),
+    };
+    Ok(JobSpec {
+        api_token,
+        name: raw.name,
+        plugin: base.join(raw.plugin),
+        settings,
+        inline_settings,
+        secrets,
+        params,
+        cadence,
+        missed,
+        sha256,
+        flags: raw.flags,
+        table: kept,
+    })
+}
+
+/// A `sha256` key: 64 hex digits, compared in lower case.
+fn check_sha256(digest: &str) -> Result<String, String> {
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(digest.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "sha256: {digest:?} is not a SHA-256 digest (64 hex digits; `nuntiq-host inspect PLUGIN` prints it)"
+        ))
+    }
 }
 
 /// The ranges of a cron expression's fields: five (minute first) or six

@@ -10,6 +10,8 @@
 //! the plugin they had, with one warning). A global cap and a per-customer cap bound how many
 //! runs go at once; a host at its cap leaves due slots for other hosts.
 
+mod control;
+pub mod definition;
 pub mod jobs;
 pub mod metrics;
 
@@ -18,11 +20,11 @@ use crate::job::{JobOptions, Runner, run_job};
 use crate::limits::{Limits, Stop};
 use crate::log::{Level, LogFormat, LogSink, Redactor};
 use crate::meter::Usage;
-use crate::settings::Settings;
 use crate::store::delta::JobEnd;
 use crate::store::schedule::{Claim, HEARTBEAT, HostBeat, STALE_AFTER, SlotClaim, SlotOwner, Unrun};
 use crate::store::{Db, Store};
 use chrono::{DateTime, Utc};
+use control::Job;
 use jobs::{JobSpec, MAX_BACKLOG, MissedPolicy, slot_key};
 use metrics::Metrics;
 use serde_json::json;
@@ -36,7 +38,10 @@ use std::time::{Duration, Instant};
 /// The operator's choices for a `serve` process.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub jobs_file: PathBuf,
+    /// The one-machine shortcut: this jobs file is applied to the database
+    /// at start (and again on SIGHUP). Without it the jobs are the ones
+    /// stored in the database (`jobs apply`).
+    pub jobs_file: Option<PathBuf>,
     pub db: Db,
     /// With `db` the Customer API: where slots, leases, run history and
     /// rejected rows are kept (the scheduler's store).
@@ -73,15 +78,6 @@ const TICK: Duration = Duration::from_millis(200);
 /// while the first runs start before the last are claimed.
 const CLAIMS_PER_COMMIT: usize = 50;
 
-/// A job, checked at start.
-struct Job {
-    spec: JobSpec,
-    customer: String,
-    /// `config.connector_name`, or the job's name: for a history row of a
-    /// run that failed before any stream began.
-    connector: String,
-}
-
 /// A run going on in this process.
 struct Running {
     job_id: String,
@@ -91,6 +87,8 @@ struct Running {
 
 struct State {
     options: ServeOptions,
+    /// The jobs, as last read from the database.
+    control: control::Control,
     runner: Runner,
     store: Store,
     metrics: Arc<Metrics>,
@@ -124,7 +122,7 @@ pub fn serve(options: ServeOptions) -> u8 {
     // What libraries report outside any run's thread; each run's own go to its log.
     let _ = tracing::dispatcher::set_global_default(log.dispatch().clone());
     match start(options, &log) {
-        Ok((state, jobs)) => run(state, jobs),
+        Ok(state) => run(state),
         Err(message) => {
             log.error(&format!("Nothing was started: {message}"), Some("start"), None);
             2
@@ -132,29 +130,17 @@ pub fn serve(options: ServeOptions) -> u8 {
     }
 }
 
-fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Job>), String> {
-    let specs = jobs::load(&options.jobs_file)?;
-    options.max_concurrent = size_to_descriptors(&options, &specs, log)?;
+fn start(mut options: ServeOptions, log: &LogSink) -> Result<Arc<State>, String> {
+    // A jobs file is checked whole (plugins, settings, network policy) before
+    // anything is written; then it is applied, and served from the database.
+    let checked = options.jobs_file.as_deref().map(definition::check_file).transpose()?;
     let mut limits = Limits::default();
     if let Some(stack) = options.max_stack {
         limits.max_wasm_stack_bytes = stack;
     }
     let runner = Runner::new(&limits, options.cache_dir.clone(), options.compile).map_err(|e| e.to_string())?;
-    let mut jobs = Vec::new();
-    for spec in specs {
+    for spec in checked.iter().flat_map(|c| &c.specs) {
         let fail = |e: String| format!("job {:?}: {e}", spec.name);
-        let settings = match &spec.inline_settings {
-            Some(value) => Settings::parse(&spec.settings, value.clone(), &spec.params),
-            None => Settings::load(&spec.settings, &spec.params),
-        }
-        .and_then(|mut settings| settings.merge_secrets(&spec.settings, &spec.secrets).map(|()| settings))
-        .map_err(|e| fail(e.to_string()))?;
-        // A URL its network policy refuses would fail every slot as network_denied.
-        crate::job::check_network(&job_options(&options, &spec, "check"), &settings).map_err(|e| {
-            fail(format!(
-                "{e} (set the job's allow_hosts key, or change its settings' config.api_url)"
-            ))
-        })?;
         // Compiled now, so a plugin that cannot run is found before any slot is claimed.
         runner.plugin(&spec.plugin).map_err(|e| fail(e.to_string()))?;
         if matches!(options.db, Db::Nuntiq(_)) {
@@ -165,16 +151,32 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
                 ))
             })?;
         }
-        jobs.push(Job {
-            customer: settings.customer_number.clone(),
-            connector: settings.connector_name.clone().unwrap_or_else(|| spec.name.clone()),
-            spec,
-        });
     }
     let store = open_store(&options, log)?;
+    if let (Some(checked), Some(file)) = (&checked, &options.jobs_file) {
+        let mut said = Vec::new();
+        let by = format!("{} (serve)", crate::jobs_admin::actor(None));
+        crate::jobs_admin::apply_checked(scheduler_db(&options), checked, false, &by, &mut said)
+            .map_err(|e| format!("{}: could not apply it: {e}", file.display()))?;
+        log.info(String::from_utf8_lossy(&said).trim_end(), Some("start"), None);
+    }
+    let set = control::load(&store, log)?;
+    if checked.is_none() {
+        // Jobs from the database: one that cannot run fails its own slots, never the start.
+        for job in &set.jobs {
+            if let Err(e) = runner.plugin(&job.spec.plugin) {
+                log.error(
+                    &format!("{}: its plugin cannot run: {e}; its slots fail as invalid_plugin", job.spec.name),
+                    Some("start"),
+                    None,
+                );
+            }
+        }
+    }
+    let specs: Vec<JobSpec> = set.jobs.iter().map(|j| j.spec.clone()).collect();
+    options.max_concurrent = size_to_descriptors(&options, &specs, log)?;
     let (me, live) = join_hosts(&store, log)?;
     let metrics = Metrics::new();
-    metrics.jobs(jobs.iter().map(|j| j.spec.name.as_str()));
     if let Some(addr) = options.metrics_addr {
         let bound = metrics::serve(addr, metrics.clone()).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
         log.info(
@@ -188,9 +190,13 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
     }
     log.info(
         &format!(
-            "Serving {} jobs from {} on {} (at most {} runs at once, {} per customer)",
-            jobs.len(),
-            options.jobs_file.display(),
+            "Serving {} jobs from {} on {} (at most {} runs at once, {} per customer); changes made with \
+             jobs apply, pause, resume, trigger and delete apply within seconds",
+            set.jobs.len(),
+            options
+                .jobs_file
+                .as_ref()
+                .map_or_else(|| "the database".to_owned(), |f| f.display().to_string()),
             options.db,
             options.max_concurrent,
             options.max_per_customer
@@ -201,6 +207,7 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
     let state = Arc::new(State {
         log: LogSink::stderr(options.log_format, options.log_level, Redactor::default()).with_label("serve"),
         options,
+        control: control::Control::default(),
         runner,
         store,
         metrics,
@@ -211,10 +218,12 @@ fn start(mut options: ServeOptions, log: &LogSink) -> Result<(Arc<State>, Vec<Jo
         me,
         live_hosts: AtomicUsize::new(live),
     });
+    control::install(&state, set);
     listen_for_signals(state.clone());
     heartbeat(state.clone());
     watch_database(state.clone());
-    Ok((state, jobs))
+    control::watch(state.clone());
+    Ok(state)
 }
 
 /// Writes this process's first heartbeat, after marking dead the `serve`
@@ -385,7 +394,7 @@ fn raise_open_files_limit() -> u64 {
 
 /// The scheduler: claims due slots and starts their runs until told to stop,
 /// then lets running jobs finish for the grace period and stops the rest.
-fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
+fn run(state: Arc<State>) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -407,6 +416,8 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
     // Slots that pass while the database is away are recorded, once it
     // answers, as missed for that reason.
     let mut database_was_away = false;
+    let mut triggers = control::Triggers::default();
+    let mut generation = None;
     while !state.stopping.load(Ordering::Relaxed) {
         if state.outage.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             // Nothing is claimed until the database answers (the watcher asks it).
@@ -416,12 +427,22 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
         }
         let now = chrono::Utc::now();
         let mut waiting = 0;
+        // This tick's jobs; a change in the database swaps in another set.
+        let snapshot = state.control.snapshot();
+        let jobs = &snapshot.jobs;
+        if snapshot.generation != generation {
+            generation = snapshot.generation;
+            let names: std::collections::HashSet<&str> = jobs.iter().map(|j| j.spec.name.as_str()).collect();
+            tracks.retain(|name, _| names.contains(name.as_str()));
+            triggers.keep(&snapshot.triggers);
+        }
         // Every due slot this host could run, claimed below until its room is
         // full. Not only as many as it has room for: those may all be held
         // by another host already (hosts see the jobs in the same order), and
         // a host that only ever asked for them would never get a slot while
         // a faster one took every other.
-        let mut due: Vec<(&Job, SlotClaim)> = Vec::new();
+        // Each with whether it is a triggered slot (`jobs trigger`).
+        let mut due: Vec<(&Job, SlotClaim, bool)> = Vec::new();
         // Slots whose time passed without a run, to record, and where each
         // job's tracking goes once they are.
         let mut unrun: Vec<Unrun> = Vec::new();
@@ -435,13 +456,31 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
             for r in running.values() {
                 *of_customer.entry(r.customer.clone()).or_default() += 1;
             }
-            for job in &jobs {
+            for job in jobs {
                 let name = job.spec.name.as_str();
                 let Some(current) = job.spec.cadence.slot(now) else {
                     continue;
                 };
-                let track = tracks.entry(name.to_owned()).or_insert_with(|| Track::new(current));
+                let track = tracks
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Track::new(current, &job.digest));
+                // A changed definition (its cadence, say) is tracked afresh.
+                if track.digest != job.digest {
+                    *track = Track::new(current, &job.digest);
+                }
                 let (candidate, gone, resume) = track.look(&job.spec, current, now);
+                if job.paused.is_some() {
+                    let (slots, resume) = track.paused(&job.spec, candidate, gone, resume);
+                    unrun.extend(slots.into_iter().map(|slot| Unrun {
+                        job_name: name.to_owned(),
+                        slot_at: slot_key(slot),
+                        status: "skipped",
+                        reason: Some("paused"),
+                    }));
+                    passed.push((name, resume));
+                    track.busy = running.contains_key(name);
+                    continue;
+                }
                 let (status, reason) = if database_was_away {
                     ("missed", Some("store_unavailable"))
                 } else if track.busy {
@@ -482,8 +521,12 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                         slot_at: key,
                         job_id: uuid::Uuid::new_v4().to_string(),
                     },
+                    false,
                 ));
             }
+            let (asked, paused) = triggers.due(&snapshot, &running);
+            unrun.extend(paused);
+            due.extend(asked.into_iter().map(|(job, claim)| (job, claim, true)));
             (state.options.max_concurrent.saturating_sub(running.len()), of_customer)
         };
         // Fair share: with other live hosts, this one claims about its part
@@ -514,7 +557,7 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
             let mut batch = Vec::new();
             let mut in_batch: HashMap<&str, usize> = HashMap::new();
             while next < due.len() && batch.len() < CLAIMS_PER_COMMIT {
-                let (job, claim) = &due[next];
+                let (job, claim, trigger) = &due[next];
                 next += 1;
                 let customer = job.customer.as_str();
                 let taken =
@@ -524,12 +567,12 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                     continue;
                 }
                 *in_batch.entry(customer).or_default() += 1;
-                batch.push((*job, claim.clone()));
+                batch.push((*job, claim.clone(), *trigger));
             }
             if batch.is_empty() {
                 break;
             }
-            let claims: Vec<SlotClaim> = batch.iter().map(|(_, c)| c.clone()).collect();
+            let claims: Vec<SlotClaim> = batch.iter().map(|(_, c, _)| c.clone()).collect();
             let answers = match runtime.block_on(state.store.claim_slots(claims, owner.clone(), room - claimed)) {
                 Ok(answers) => answers,
                 Err(e) => {
@@ -537,7 +580,20 @@ fn run(state: Arc<State>, jobs: Vec<Job>) -> u8 {
                     break;
                 }
             };
-            for ((job, claim), answer) in batch.into_iter().zip(answers) {
+            for ((job, claim, trigger), answer) in batch.into_iter().zip(answers) {
+                if trigger {
+                    if let Some(Claim::Claimed { took_over }) = &answer {
+                        claimed += 1;
+                        *of_customer.entry(job.customer.clone()).or_default() += 1;
+                        if let Some(note) = took_over {
+                            state.log.warn(&format!("{}: {note}", job.spec.name), Some("claim"), None);
+                        }
+                        start_run(&state, job, claim.slot_at.clone(), claim.job_id.clone());
+                    }
+                    waiting += i64::from(answer.is_none());
+                    triggers.answered(&claim, answer.as_ref(), recheck);
+                    continue;
+                }
                 let (name, key) = (&job.spec.name, claim.slot_at.clone());
                 let Some(track) = tracks.get_mut(name) else { continue };
                 let settled = |track: &mut Track| {
@@ -608,6 +664,8 @@ struct Track {
     handled: Option<(String, Option<Instant>)>,
     /// Whether this host claimed the slot in `handled`.
     mine: bool,
+    /// The definition tracked (see [`Job::digest`]).
+    digest: String,
 }
 
 /// How long after its time a due slot is shared out between the live hosts;
@@ -622,13 +680,36 @@ impl Track {
     /// Tracking from the slot due when the process starts: slots before it
     /// were no one's to run here (the next run's cursor fetches what
     /// changed meanwhile).
-    fn new(current: DateTime<Utc>) -> Self {
+    fn new(current: DateTime<Utc>, digest: &str) -> Self {
         Self {
             from: current,
             busy: false,
             handled: None,
             mine: false,
+            digest: digest.to_owned(),
         }
+    }
+
+    /// While the job or its customer is paused: the slots to record as
+    /// skipped (those that passed, and the due one once), and where tracking
+    /// resumes once they are (past the due one, so it is not looked at again).
+    fn paused(
+        &mut self,
+        spec: &JobSpec,
+        candidate: Option<DateTime<Utc>>,
+        mut gone: Vec<DateTime<Utc>>,
+        mut resume: DateTime<Utc>,
+    ) -> (Vec<DateTime<Utc>>, DateTime<Utc>) {
+        if let Some(slot) = candidate {
+            let key = slot_key(slot);
+            if self.handled.as_ref().is_none_or(|(seen, _)| *seen != key) {
+                gone.push(slot);
+                self.handled = Some((key, None));
+                self.mine = false;
+            }
+            resume = resume.max(spec.cadence.next(slot).unwrap_or(slot));
+        }
+        (gone, resume)
     }
 
     /// At `now`, with `current` the job's latest due slot: the slot to run
@@ -698,7 +779,12 @@ fn record_unrun(state: &State, runtime: &tokio::runtime::Runtime, slots: Vec<Unr
         }
     };
     let mine: Vec<&Unrun> = slots.iter().zip(recorded).filter(|(_, r)| *r).map(|(s, _)| s).collect();
-    for (status, reason) in [("missed", None), ("missed", Some("store_unavailable")), ("skipped", None)] {
+    for (status, reason) in [
+        ("missed", None),
+        ("missed", Some("store_unavailable")),
+        ("skipped", None),
+        ("skipped", Some("paused")),
+    ] {
         let these: Vec<&&Unrun> = mine.iter().filter(|s| s.status == status && s.reason == reason).collect();
         if these.is_empty() {
             continue;
@@ -709,6 +795,7 @@ fn record_unrun(state: &State, runtime: &tokio::runtime::Runtime, slots: Vec<Unr
         let why = match (status, reason) {
             ("missed", None) => "their time passed with no room to start them (--max-concurrent, --max-per-customer)",
             ("missed", _) => "their time passed while the database was unreachable",
+            ("skipped", Some(_)) => "the job or its customer is paused (jobs resume)",
             _ => "the job's previous run was still going",
         };
         let shown: Vec<String> = these.iter().take(10).map(|s| format!("{} {}", s.job_name, s.slot_at)).collect();
@@ -745,6 +832,7 @@ fn job_options(serve: &ServeOptions, spec: &JobSpec, job_id: &str) -> JobOptions
         secret_policy: serve.secret_policy.clone(),
         ledger: serve.ledger.clone(),
         api_token: spec.api_token.clone(),
+        plugin_sha256: spec.sha256.clone(),
         ..JobOptions::new(spec.plugin.clone(), spec.settings.clone(), serve.db.clone())
     };
     spec.flags.apply(&mut options);
@@ -1140,17 +1228,39 @@ fn listen_for_signals(state: Arc<State>) {
         });
 }
 
-/// SIGHUP: the hook where re-reading the jobs file belongs. Until then it is
-/// logged and ignored; runs and scheduling go on untouched.
+/// SIGHUP: with a jobs file, checks it and applies it to the database (every
+/// host sees the change within seconds; a file with a mistake changes
+/// nothing and says why). Without one there is nothing to re-read: the jobs
+/// are the database's. Runs and scheduling go on untouched either way.
 fn reload(state: &State) {
-    state.log.warn(
-        &format!(
-            "SIGHUP: ignored; serve does not re-read {} yet: restart it (SIGTERM, then start) to apply a change",
-            state.options.jobs_file.display()
+    let Some(file) = &state.options.jobs_file else {
+        state.log.info(
+            "SIGHUP: this serve reads its jobs from the database, which it watches; change them with \
+             nuntiq-host jobs apply",
+            Some("signal"),
+            None,
+        );
+        return;
+    };
+    let mut said = Vec::new();
+    let by = format!("{} (serve, SIGHUP)", crate::jobs_admin::actor(None));
+    let applied = definition::check_file(file)
+        .map_err(crate::admin::AdminError::Refused)
+        .and_then(|checked| {
+            crate::jobs_admin::apply_checked(scheduler_db(&state.options), &checked, false, &by, &mut said)
+        });
+    match applied {
+        Ok(_) => state.log.info(
+            &format!("SIGHUP: {}", String::from_utf8_lossy(&said).trim_end()),
+            Some("signal"),
+            None,
         ),
-        Some("signal"),
-        None,
-    );
+        Err(e) => state.log.error(
+            &format!("SIGHUP: {} was not applied, the jobs stay as they were: {e}", file.display()),
+            Some("signal"),
+            None,
+        ),
+    }
 }
 
 /// Exit code of a `serve` that had to cancel runs at the grace deadline.

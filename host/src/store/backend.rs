@@ -170,6 +170,9 @@ pub trait Ledger: Send {
         why: &'a str,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
 
+    /// The stored jobs (control plane), unless their generation is still `known`.
+    fn load_jobs(&mut self, known: Option<i64>) -> BoxFuture<'_, Result<Option<super::jobs::JobSet>, StoreError>>;
+
     /// Records slots that end without a run (missed, skipped); answers which it recorded.
     fn record_unrun<'a>(
         &'a mut self,
@@ -332,5 +335,9 @@ impl Ledger for Conn {
         why: &'a str,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(schedule::release_streams(self, streams, why))
+    }
+
+    fn load_jobs(&mut self, known: Option<i64>) -> BoxFuture<'_, Result<Option<super::jobs::JobSet>, StoreError>> {
+        Box::pin(super::jobs::load(self, known))
     }
 }

@@ -26,11 +26,21 @@ pub const TABLES: &[&str] = &[
     "supplier_bank_account",
     "rejected_record",
     "schedule_slot",
+    "jobs",
+    "job_apply",
+    "job_action",
+    "customer_pause",
+    "job_trigger",
 ];
 
+/// Tables whose rows are numbered in the order they were written (`id`):
+/// the numbers are kept, and PostgreSQL's sequence goes on from them.
+const NUMBERED: &[&str] = &["delta_audit_log", "job_apply", "job_action"];
+
 /// Tables not copied: the `serve` processes' heartbeats belong to the
-/// processes on the source's database, not to the data.
-pub const NOT_COPIED: &[&str] = &["hosts"];
+/// processes on the source's database, not to the data; the jobs'
+/// generation is the target's own (its `serve`s see the copied jobs as new).
+pub const NOT_COPIED: &[&str] = &["hosts", "jobs_generation"];
 
 /// Columns one engine keeps for itself: PostgreSQL's insertion order of run
 /// history (SQLite's is the rowid). Not copied: the target numbers the rows
@@ -176,7 +186,7 @@ async fn copy_in(from: &mut Conn, to: &mut Conn, force: bool) -> Result<Copied, 
             )));
         }
         let order = match *table {
-            "delta_audit_log" => " ORDER BY id".to_owned(),
+            t if NUMBERED.contains(&t) => " ORDER BY id".to_owned(),
             "delta_run" => format!(" ORDER BY {}", from.insertion_order()),
             _ => String::new(),
         };
@@ -186,7 +196,7 @@ async fn copy_in(from: &mut Conn, to: &mut Conn, force: bool) -> Result<Copied, 
             .await?;
         // The audit log's ids are kept (they order it); PostgreSQL generates
         // them unless told otherwise.
-        let overriding = if *table == "delta_audit_log" && to.engine() == Engine::Postgres {
+        let overriding = if NUMBERED.contains(table) && to.engine() == Engine::Postgres {
             " OVERRIDING SYSTEM VALUE"
         } else {
             ""
@@ -219,13 +229,17 @@ async fn copy_in(from: &mut Conn, to: &mut Conn, force: bool) -> Result<Copied, 
         }
     }
     if to.engine() == Engine::Postgres {
-        // The next audit entry numbers on from the copied ones.
-        to.query(
-            "SELECT setval(pg_get_serial_sequence('delta_audit_log', 'id'), COALESCE(max(id), 0) + 1, false) \
-             FROM delta_audit_log",
-            params![],
-        )
-        .await?;
+        // The next audit entry (apply, action) numbers on from the copied ones.
+        for table in NUMBERED {
+            to.query(
+                &format!(
+                    "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(max(id), 0) + 1, false) \
+                     FROM {table}"
+                ),
+                params![],
+            )
+            .await?;
+        }
     }
 
     // Checked inside the target's transaction: a copy that differs is not committed.

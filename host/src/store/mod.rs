@@ -11,6 +11,7 @@ pub mod backend;
 mod children;
 pub mod cursor;
 pub mod delta;
+pub mod jobs;
 pub mod nuntiq;
 pub mod dry_run;
 pub mod owner;
@@ -813,6 +814,11 @@ impl Store {
     pub async fn record_job_end(&self, end: delta::JobEnd) -> Result<(), StoreError> {
         self.call(move |c| Box::pin(async move { c.record_job_end(&end).await }))
             .await
+    }
+
+    /// The stored jobs, unless their generation is still `known` (see [`jobs::load`]).
+    pub async fn load_jobs(&self, known: Option<i64>) -> Result<Option<jobs::JobSet>, StoreError> {
+        self.call(move |c| Box::pin(async move { c.load_jobs(known).await })).await
     }
 
     /// Streams marked running whose lease expired (see [`schedule::stale_streams`]).

@@ -293,7 +293,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
@@ -502,6 +502,68 @@ CREATE TABLE hosts (
     last_heartbeat TEXT NOT NULL
 );
 CREATE INDEX hosts_by_process ON hosts(hostname, pid);
+"#,
+    // 7: SQLite's version 10, the control plane: jobs as rows (applied with `jobs apply`), the
+    // record of each apply and each operator action, per-customer pauses,
+    // triggered runs, and a generation every `serve` polls to see a change.
+    r#"
+CREATE TABLE jobs (
+    name              TEXT PRIMARY KEY,
+    customer_number   TEXT NOT NULL,
+    connector_name    TEXT,
+    definition        TEXT NOT NULL,
+    definition_digest TEXT NOT NULL,
+    plugin_sha256     TEXT NOT NULL,
+    applied_at        TEXT NOT NULL,
+    applied_by        TEXT NOT NULL,
+    paused            BIGINT NOT NULL DEFAULT 0,
+    paused_reason     TEXT,
+    paused_by         TEXT,
+    paused_at         TEXT
+);
+CREATE INDEX jobs_by_customer ON jobs(customer_number);
+
+CREATE TABLE job_apply (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    applied_by  TEXT NOT NULL,
+    applied_at  TEXT NOT NULL,
+    file        TEXT NOT NULL,
+    file_sha256 TEXT NOT NULL,
+    added       TEXT NOT NULL,
+    changed     TEXT NOT NULL,
+    removed     TEXT NOT NULL
+);
+
+CREATE TABLE job_action (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at              TEXT NOT NULL,
+    actor           TEXT NOT NULL,
+    action          TEXT NOT NULL,
+    job_name        TEXT,
+    customer_number TEXT,
+    reason          TEXT
+);
+
+CREATE TABLE customer_pause (
+    customer_number TEXT PRIMARY KEY,
+    reason          TEXT NOT NULL,
+    paused_by       TEXT NOT NULL,
+    paused_at       TEXT NOT NULL
+);
+
+CREATE TABLE job_trigger (
+    job_name     TEXT NOT NULL,
+    slot_at      TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    PRIMARY KEY (job_name, slot_at)
+);
+
+CREATE TABLE jobs_generation (
+    id         BIGINT PRIMARY KEY CHECK (id = 1),
+    generation BIGINT NOT NULL
+);
+INSERT INTO jobs_generation (id, generation) VALUES (1, 0);
 "#,
 ];
 

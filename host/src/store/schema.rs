@@ -309,6 +309,68 @@ CREATE TABLE hosts (
 );
 CREATE INDEX hosts_by_process ON hosts(hostname, pid);
 "#,
+    // 10: the control plane: jobs as rows (applied with `jobs apply`), the
+    // record of each apply and each operator action, per-customer pauses,
+    // triggered runs, and a generation every `serve` polls to see a change.
+    r#"
+CREATE TABLE jobs (
+    name              TEXT PRIMARY KEY,
+    customer_number   TEXT NOT NULL,
+    connector_name    TEXT,
+    definition        TEXT NOT NULL,
+    definition_digest TEXT NOT NULL,
+    plugin_sha256     TEXT NOT NULL,
+    applied_at        TEXT NOT NULL,
+    applied_by        TEXT NOT NULL,
+    paused            INTEGER NOT NULL DEFAULT 0,
+    paused_reason     TEXT,
+    paused_by         TEXT,
+    paused_at         TEXT
+);
+CREATE INDEX jobs_by_customer ON jobs(customer_number);
+
+CREATE TABLE job_apply (
+    id          INTEGER PRIMARY KEY,
+    applied_by  TEXT NOT NULL,
+    applied_at  TEXT NOT NULL,
+    file        TEXT NOT NULL,
+    file_sha256 TEXT NOT NULL,
+    added       TEXT NOT NULL,
+    changed     TEXT NOT NULL,
+    removed     TEXT NOT NULL
+);
+
+CREATE TABLE job_action (
+    id              INTEGER PRIMARY KEY,
+    at              TEXT NOT NULL,
+    actor           TEXT NOT NULL,
+    action          TEXT NOT NULL,
+    job_name        TEXT,
+    customer_number TEXT,
+    reason          TEXT
+);
+
+CREATE TABLE customer_pause (
+    customer_number TEXT PRIMARY KEY,
+    reason          TEXT NOT NULL,
+    paused_by       TEXT NOT NULL,
+    paused_at       TEXT NOT NULL
+);
+
+CREATE TABLE job_trigger (
+    job_name     TEXT NOT NULL,
+    slot_at      TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    PRIMARY KEY (job_name, slot_at)
+);
+
+CREATE TABLE jobs_generation (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL
+);
+INSERT INTO jobs_generation (id, generation) VALUES (1, 0);
+"#,
 ];
 
 /// Opens the database, sets the pragmas and runs pending migrations.

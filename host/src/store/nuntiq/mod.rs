@@ -498,4 +498,8 @@ impl Ledger for NuntiqApi {
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(self.ledger.release_streams(streams.to_vec(), why.to_owned()))
     }
+
+    fn load_jobs(&mut self, known: Option<i64>) -> BoxFuture<'_, Result<Option<super::jobs::JobSet>, StoreError>> {
+        Box::pin(self.ledger.load_jobs(known))
+    }
 }
