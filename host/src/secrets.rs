@@ -225,6 +225,8 @@ impl SecretPolicy {
 /// [`KEY_ENV`] (`head -c 32 /dev/urandom | base64`).
 pub struct SealKey {
     cipher: XChaCha20Poly1305,
+    /// For [`SealKey::keyed_digest`]: derived, so the sealing key itself is never a MAC key.
+    digest_key: [u8; 32],
     /// Names the key in a sealed value, so a wrong key is told apart from a damaged value.
     id: String,
 }
@@ -279,8 +281,16 @@ impl SealKey {
         let id = Sha256::digest(bytes)[..4].iter().map(|b| format!("{b:02x}")).collect();
         Self {
             cipher: XChaCha20Poly1305::new(bytes.into()),
+            digest_key: blake3::derive_key("nuntiq-host 2026-12 keyed digest of stored definitions", bytes),
             id,
         }
+    }
+
+    /// A digest of `text` (which may hold secrets) that tells a change
+    /// without letting anyone who lacks the key guess what it holds: keyed
+    /// BLAKE3 under a key derived from this one.
+    pub fn keyed_digest(&self, text: &str) -> String {
+        blake3::keyed_hash(&self.digest_key, text.as_bytes()).to_hex().to_string()
     }
 
     /// `v1:KEYID:base64url(nonce ‖ ciphertext)`; the secret's name is bound
@@ -504,6 +514,10 @@ mod tests {
         let e = other.open("acme_token", &sealed).unwrap_err();
         assert!(e.contains("sealed with key") && e.contains(&key.id), "{e}");
         assert!(SealKey::parse("c2hvcnQ=").unwrap_err().contains("32 random bytes"));
+        // The keyed digest tells texts apart and depends on the key.
+        assert_eq!(key.keyed_digest("x"), key.keyed_digest("x"));
+        assert_ne!(key.keyed_digest("x"), key.keyed_digest("y"));
+        assert_ne!(key.keyed_digest("x"), other.keyed_digest("x"));
     }
 
     #[test]

@@ -544,9 +544,11 @@ fn pg_dump_of_the_database_holds_no_secret_value() {
     );
     file.add(&mock, "inline", "acme", "C2", "every = \"1s\"");
     let path = file.write();
+    // A host without NUNTIQ_SECRETS_KEY seals with a key file of its own.
+    let config = Workdir::new();
     let apply = |key: Option<&str>| {
         let mut command = host_command();
-        command.env_remove("NUNTIQ_SECRETS_KEY");
+        command.env_remove("NUNTIQ_SECRETS_KEY").env("XDG_CONFIG_HOME", config.path(""));
         if let Some(key) = key {
             command.env("NUNTIQ_SECRETS_KEY", key);
         }
@@ -560,22 +562,41 @@ fn pg_dump_of_the_database_holds_no_secret_value() {
         )
     };
     let (code, err) = apply(None);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("job \"inline\"") && err.contains("secrets.acme_token") && err.contains("NUNTIQ_SECRETS_KEY"),
-        "{err}"
-    );
-    assert!(!err.contains(TOKEN), "{err}");
-    let (code, err) = apply(Some(SEAL_KEY));
     assert_eq!(code, 0, "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+    let key_file = config.path("nuntiq-host/secrets.key");
+    let mode = std::fs::metadata(&key_file).expect("the host's key file").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
 
+    // Hosts with another key cannot open it: the inline job fails as
+    // secret_unavailable, naming the key, while the referenced one runs.
+    let db = Db::open(Path::new(&url));
     let serve = Serve::start_from_db(
         &url,
         &[],
         &[("NUNTIQ_SECRETS_KEY", SEAL_KEY), ("NUNTIQ_SECRET_ACME", TOKEN)],
     );
-    let db = Db::open(Path::new(&url));
     let since = Utc::now() - chrono::Duration::hours(1);
+    wait_until("the referenced job runs and the sealed one cannot open", WITHIN, || {
+        succeeded_since(&db, "from_env", since)
+            && db.scalar::<i64>(
+                "SELECT count(*) FROM schedule_slot WHERE job_name = 'inline' AND outcome = 'secret_unavailable'",
+            ) > 0
+    });
+    let (code, log) = serve.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("sealed with key"), "{log}");
+    assert!(!log.contains(TOKEN), "{log}");
+
+    // Applied again under the shared key, every host opens it.
+    let (code, err) = apply(Some(SEAL_KEY));
+    assert_eq!(code, 0, "{err}");
+    let serve = Serve::start_from_db(
+        &url,
+        &[],
+        &[("NUNTIQ_SECRETS_KEY", SEAL_KEY), ("NUNTIQ_SECRET_ACME", TOKEN)],
+    );
+    let since = Utc::now();
     wait_until("both jobs run with their secrets", WITHIN, || {
         succeeded_since(&db, "from_env", since) && succeeded_since(&db, "inline", since)
     });
