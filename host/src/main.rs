@@ -557,11 +557,13 @@ impl CompileCacheArgs {
 /// input: without these bounds it could name the host's own credentials.
 #[derive(clap::Args)]
 struct SecretSourceArgs {
-    /// A secret { env = "VAR" } may read only variables with this prefix; repeatable [default: NUNTIQ_SECRET_].
+    /// A secret { env = "VAR" } may read only variables with this prefix; {customer} in it is
+    /// the job's customer number (scopes each tenant to its own); repeatable [default: NUNTIQ_SECRET_].
     #[arg(long = "secret-env-prefix", value_name = "PREFIX", value_parser = parse_env_prefix)]
     secret_env_prefixes: Vec<String>,
     /// A secret { file = "PATH" } may read only files under DIR (symbolic links
-    /// resolved); repeatable [default: /run/secrets].
+    /// resolved); {customer} in it is the job's customer number, e.g.
+    /// /run/secrets/{customer}; repeatable [default: /run/secrets].
     #[arg(long = "secrets-dir", value_name = "DIR")]
     secrets_dirs: Vec<PathBuf>,
 }

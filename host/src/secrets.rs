@@ -36,6 +36,8 @@ pub const DEFAULT_ENV_PREFIX: &str = "NUNTIQ_SECRET_";
 /// Where `file` references may point unless the operator allows others
 /// (where Docker, Kubernetes and systemd-creds put secrets).
 pub const DEFAULT_DIR: &str = "/run/secrets";
+/// In a prefix or a directory: the job's customer number.
+pub const CUSTOMER: &str = "{customer}";
 /// Largest secret file read: a secret is a token or a key, not a data set.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024;
 const SEALED_VERSION: &str = "v1";
@@ -129,6 +131,28 @@ impl SecretPolicy {
                 env_prefixes
             },
             dirs: if dirs.is_empty() { default.dirs } else { dirs },
+        }
+    }
+
+    /// This policy for one customer's job: `{customer}` in a prefix or a
+    /// directory becomes its customer number, so one tenant's job cannot
+    /// name another's secrets (`--secrets-dir /run/secrets/{customer}`). A
+    /// customer number that is not a safe name (letters, digits, `_`, `-`)
+    /// gets no scoped source at all.
+    pub fn for_customer(&self, customer: &str) -> Self {
+        let safe = !customer.is_empty() && customer.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        let scope = |template: &str| match template.contains(CUSTOMER) {
+            false => Some(template.to_owned()),
+            true if safe => Some(template.replace(CUSTOMER, customer)),
+            true => None,
+        };
+        Self {
+            env_prefixes: self.env_prefixes.iter().filter_map(|p| scope(p)).collect(),
+            dirs: self
+                .dirs
+                .iter()
+                .filter_map(|d| scope(&d.to_string_lossy()).map(PathBuf::from))
+                .collect(),
         }
     }
 
@@ -459,6 +483,29 @@ mod tests {
             .resolve("t", &SecretSource::Env("NUNTIQ_SECRET_SURELY_UNSET_1234".into()))
             .unwrap_err();
         assert!(e.contains("is not set on this host"), "{e}");
+    }
+
+    #[test]
+    fn a_customer_scope_keeps_each_tenant_to_its_own_secrets() {
+        let root = tempfile::tempdir().unwrap();
+        for customer in ["C1", "C2"] {
+            std::fs::create_dir(root.path().join(customer)).unwrap();
+            std::fs::write(root.path().join(customer).join("token"), customer).unwrap();
+        }
+        let policy = SecretPolicy::new(
+            vec!["NUNTIQ_SECRET_{customer}_".into()],
+            vec![root.path().join("{customer}")],
+        );
+        let c1 = policy.for_customer("C1");
+        assert_eq!(c1.resolve("t", &SecretSource::File(root.path().join("C1/token"))).unwrap(), "C1");
+        let e = c1.resolve("t", &SecretSource::File(root.path().join("C2/token"))).unwrap_err();
+        assert!(e.contains("not in a directory jobs may read"), "{e}");
+        let e = c1.resolve("t", &SecretSource::Env("NUNTIQ_SECRET_C2_TOKEN".into())).unwrap_err();
+        assert!(e.contains("NUNTIQ_SECRET_C1_"), "{e}");
+        // A customer number that could walk out of its directory gets none.
+        let odd = policy.for_customer("../C2");
+        assert!(odd.dirs.is_empty() && odd.env_prefixes.is_empty(), "{odd:?}");
+        assert!(odd.resolve("t", &SecretSource::File(root.path().join("C2/token"))).is_err());
     }
 
     #[test]

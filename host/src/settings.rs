@@ -193,6 +193,7 @@ impl Settings {
     /// Reads every referenced secret on this host, at the start of a run.
     /// The error names the secret and where it was looked for, never a value.
     pub fn resolve_secrets(&mut self, policy: &SecretPolicy) -> Result<(), String> {
+        let policy = policy.for_customer(&self.customer_number);
         for (name, value) in self.secrets.iter_mut() {
             let source = SecretSource::parse(value).map_err(|p| format!("secrets.{name}: {p}"))?;
             if !matches!(source, SecretSource::Inline(_)) {

@@ -124,6 +124,26 @@ fn a_reference_may_not_reach_the_hosts_own_variables_or_files_outside_its_secret
         );
         assert!(!format!("{}{}", run.envelope, run.stderr).contains("not-for-jobs"));
     }
+    // Scoped by customer: a tenant's job reads its own directory only.
+    let root = Workdir::new();
+    for customer in ["10000001", "10000002"] {
+        std::fs::create_dir(root.path(customer)).unwrap();
+        std::fs::write(root.path(customer).join("acme_token"), TOKEN).unwrap();
+    }
+    let scope = format!("{}/{{customer}}", root.path("").display());
+    for (customer, code) in [("10000001", 0), ("10000002", 2)] {
+        let mut settings = settings_with_secret(&mock, json!({"file": root.path(customer).join("acme_token")}));
+        settings["customer_number"] = json!(if code == 0 { customer } else { "10000001" });
+        let settings = work.write_settings("scoped.json", &settings);
+        let fresh = Workdir::new();
+        let run = run_with_env(&mock, &settings, &fresh.db(), &["--secrets-dir", &scope], &[]);
+        assert_eq!(run.code, code, "{customer}: {}", run.envelope);
+        if code != 0 {
+            assert_eq!(run.error_kind(), "secret_unavailable");
+            assert!(run.error_message().contains("not in a directory jobs may read secrets from"));
+        }
+    }
+
     // A relative path would mean different files on different hosts.
     let relative = work.write_settings("rel.json", &settings_with_secret(&mock, json!({"file": "acme_token"})));
     let run = run_with_env(&mock, &relative, &fresh.db(), &[], &[]);
