@@ -415,8 +415,8 @@ fn two_serves_on_one_postgres_see_every_change_within_seconds() {
         ),
         0
     );
-    let hosts = db.scalar::<i64>("SELECT count(DISTINCT pid) FROM schedule_slot WHERE status = 'succeeded'");
-    assert_eq!(hosts, 2, "both hosts ran slots");
+    // Which host claims which slot is the fair share's business (scheduler.rs
+    // tests it with room for everything); with two jobs one host may take them all.
 }
 
 #[test]
