@@ -13,7 +13,6 @@ use crate::settings::Settings;
 use crate::store::Db;
 use crate::store::jobs::{JobRow, NewJob};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// A jobs file, checked and ready to store.
@@ -43,12 +42,8 @@ pub fn check_file(path: &Path) -> Result<Checked, String> {
         jobs: stored,
         specs: runnable,
         file: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
-        file_sha256: hex(&Sha256::digest(&bytes)),
+        file_sha256: crate::runtime::hex_sha256(&bytes),
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One job: its plugin read and its digest checked against a pinned one,
@@ -92,7 +87,7 @@ fn check_job(mut spec: JobSpec) -> Result<(NewJob, JobSpec), String> {
     let definition_digest = if sealed_any {
         keyed_digest(&unsealed)?
     } else {
-        hex(&Sha256::digest(unsealed.as_bytes()))
+        crate::runtime::hex_sha256(unsealed.as_bytes())
     };
     let job = NewJob {
         name: spec.name.clone(),
