@@ -574,10 +574,10 @@ pub fn plain(api_url: &str, token: &str, since: Option<&str>, page_size: u32, db
 
 /// Contender "plain PostgreSQL": the same fetch thread, written by the
 /// program a Rust author would write for PostgreSQL — tokio-postgres, the
-/// platform's tables (as [`SCHEMA`], without SQLite's `WITHOUT ROWID`), 1000
-/// suppliers per transaction, each table written by one multi-row
-/// `unnest()` upsert, and a transaction's statements pipelined (sent
-/// together, the server's answers read after). Batches commit without
+/// host's PostgreSQL table ([`PG_SCHEMA`]: a supplier per row, its locations
+/// a JSON document built with `serde_json`), 1000 suppliers per transaction
+/// written by one multi-row `unnest()` upsert, and a transaction's
+/// statements pipelined (sent together, the server's answers read after). Batches commit without
 /// waiting for the WAL flush; the last one, with the cursor, waits. It does
 /// less than the host: no change detection (a re-read rewrites every row),
 /// and only the columns the Acme feed fills.
@@ -586,43 +586,50 @@ pub fn plain_pg(api_url: &str, token: &str, since: Option<&str>, page_size: u32,
     runtime.block_on(plain_pg_async(api_url, token, since, page_size, url))
 }
 
+/// The host's PostgreSQL supplier table: one row per supplier, its locations
+/// (with their addresses) a JSON document on it, which the host's views show
+/// as the location and address tables. Without the host's change-detection
+/// fingerprint, which this loader does not do.
+const PG_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS supplier (
+    customer_number           TEXT NOT NULL,
+    supplier_number           TEXT NOT NULL,
+    organization_code         TEXT NOT NULL,
+    supplier_name             TEXT NOT NULL,
+    alternative_supplier_name TEXT,
+    supplier_type             TEXT,
+    is_active                 BIGINT NOT NULL,
+    custom_field_1            TEXT,
+    custom_field_2            TEXT,
+    custom_field_3            TEXT,
+    custom_field_4            TEXT,
+    custom_field_5            TEXT,
+    created_at                TEXT NOT NULL,
+    updated_at                TEXT NOT NULL,
+    locations                 JSON NOT NULL DEFAULT '[]',
+    PRIMARY KEY (customer_number, supplier_number, organization_code)
+);
+CREATE TABLE IF NOT EXISTS sync_state (
+    customer_number TEXT NOT NULL,
+    connector_name  TEXT NOT NULL,
+    stream_name     TEXT NOT NULL,
+    cursor          TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    PRIMARY KEY (customer_number, connector_name, stream_name)
+);
+"#;
+
 const PG_UPSERT_SUPPLIER: &str = "
 INSERT INTO supplier (customer_number, supplier_number, organization_code, supplier_name, is_active, created_at,
-    updated_at)
-SELECT $1, t.number, '', t.name, t.active, $4, $4 FROM unnest($2::text[], $3::text[], $5::int8[]) AS t(number, name, active)
+    updated_at, locations)
+SELECT $1, t.number, '', t.name, t.active, $4, $4, t.locations::json
+FROM unnest($2::text[], $3::text[], $5::int8[], $6::text[]) AS t(number, name, active, locations)
 ON CONFLICT (customer_number, supplier_number, organization_code) DO UPDATE SET
     supplier_name = excluded.supplier_name, alternative_supplier_name = excluded.alternative_supplier_name,
     supplier_type = excluded.supplier_type, is_active = excluded.is_active,
     custom_field_1 = excluded.custom_field_1, custom_field_2 = excluded.custom_field_2,
     custom_field_3 = excluded.custom_field_3, custom_field_4 = excluded.custom_field_4,
-    custom_field_5 = excluded.custom_field_5, updated_at = excluded.updated_at";
-
-const PG_UPSERT_LOCATION: &str = "
-INSERT INTO supplier_location (customer_number, supplier_number, supplier_organization_code, location_code,
-    location_name, is_active, created_at, updated_at)
-SELECT $1, t.number, '', 'MAIN', 'Headquarters', 1, $3, $3 FROM unnest($2::text[]) AS t(number)
-ON CONFLICT (customer_number, supplier_number, supplier_organization_code, location_code) DO UPDATE SET
-    location_name = excluded.location_name, organization_code = excluded.organization_code,
-    default_currency_code = excluded.default_currency_code,
-    default_payment_term_code = excluded.default_payment_term_code,
-    default_payment_method = excluded.default_payment_method, taxpayer_id = excluded.taxpayer_id,
-    duns_number = excluded.duns_number, is_active = excluded.is_active,
-    custom_field_1 = excluded.custom_field_1, custom_field_2 = excluded.custom_field_2,
-    custom_field_3 = excluded.custom_field_3, custom_field_4 = excluded.custom_field_4,
-    custom_field_5 = excluded.custom_field_5, updated_at = excluded.updated_at";
-
-// The feed has one address per location, at position 0: an upsert on its key
-// replaces it (a DELETE of the location's addresses by an array of keys would
-// do the same, at a plan's mercy on a table that grows as it loads).
-const PG_UPSERT_ADDRESS: &str = "
-INSERT INTO supplier_address (customer_number, supplier_number, supplier_organization_code, location_code,
-    position, street, city, country_code)
-SELECT $1, t.number, '', 'MAIN', 0, t.street, t.city, t.country
-FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS t(number, street, city, country)
-ON CONFLICT (customer_number, supplier_number, supplier_organization_code, location_code, position) DO UPDATE SET
-    street = excluded.street, city = excluded.city, state = excluded.state, postal_code = excluded.postal_code,
-    country_code = excluded.country_code, custom_field_1 = excluded.custom_field_1,
-    custom_field_2 = excluded.custom_field_2, custom_field_3 = excluded.custom_field_3";
+    custom_field_5 = excluded.custom_field_5, updated_at = excluded.updated_at, locations = excluded.locations";
 
 /// One transaction's rows as column arrays.
 #[derive(Default)]
@@ -630,15 +637,13 @@ struct PgColumns {
     number: Vec<String>,
     name: Vec<String>,
     active: Vec<i64>,
-    located: Vec<String>,
-    street: Vec<String>,
-    city: Vec<String>,
-    country: Vec<String>,
+    /// Each supplier's locations document, as JSON text.
+    locations: Vec<String>,
 }
 
 impl PgColumns {
     fn clear(&mut self) {
-        for c in [&mut self.number, &mut self.name, &mut self.located, &mut self.street, &mut self.city, &mut self.country] {
+        for c in [&mut self.number, &mut self.name, &mut self.locations] {
             c.clear();
         }
         self.active.clear();
@@ -647,12 +652,10 @@ impl PgColumns {
 
 struct PgStatements {
     upsert_supplier: tokio_postgres::Statement,
-    upsert_location: tokio_postgres::Statement,
-    upsert_address: tokio_postgres::Statement,
 }
 
-/// One transaction: BEGIN, the rows' three upserts, the cursor if given,
-/// COMMIT — all sent before the first answer is read.
+/// One transaction: BEGIN, the rows' upsert, the cursor if given, COMMIT —
+/// all sent before the first answer is read.
 async fn write_pg(
     client: &tokio_postgres::Client,
     s: &PgStatements,
@@ -661,9 +664,7 @@ async fn write_pg(
     cursor: Option<(&tokio_postgres::Statement, &str)>,
 ) -> Result<(), tokio_postgres::Error> {
     type P<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let supplier: [P<'_>; 5] = [&CUSTOMER, &cols.number, &cols.name, &now, &cols.active];
-    let location: [P<'_>; 3] = [&CUSTOMER, &cols.located, &now];
-    let address: [P<'_>; 5] = [&CUSTOMER, &cols.located, &cols.street, &cols.city, &cols.country];
+    let supplier: [P<'_>; 6] = [&CUSTOMER, &cols.number, &cols.name, &now, &cols.active, &cols.locations];
     let cursor_value = cursor.map(|(_, c)| c).unwrap_or_default();
     let saved: [P<'_>; 5] = [&CUSTOMER, &CONNECTOR, &STREAM, &cursor_value, &now];
     // A batch commits without waiting for its WAL flush: the cursor's own
@@ -676,8 +677,6 @@ async fn write_pg(
     tokio::try_join!(
         client.batch_execute(begin),
         client.execute(&s.upsert_supplier, &supplier),
-        client.execute(&s.upsert_location, &location),
-        client.execute(&s.upsert_address, &address),
         async {
             match cursor {
                 Some((statement, _)) => client.execute(statement, &saved).await,
@@ -699,11 +698,7 @@ async fn plain_pg_async(
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     let connection = tokio::spawn(connection);
     client
-        .batch_execute(&format!(
-            "{}\n{}",
-            SCHEMA.replace(") WITHOUT ROWID;", ");"),
-            "SET synchronous_commit = on"
-        ))
+        .batch_execute(&format!("{PG_SCHEMA}\nSET synchronous_commit = on"))
         .await?;
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
     let since = match since {
@@ -720,8 +715,6 @@ async fn plain_pg_async(
     };
     let (fetcher, full_rx, empty_tx) = spawn_fetch(api_url, token, &since, page_size)?;
     let upsert_supplier = client.prepare(PG_UPSERT_SUPPLIER).await?;
-    let upsert_location = client.prepare(PG_UPSERT_LOCATION).await?;
-    let upsert_address = client.prepare(PG_UPSERT_ADDRESS).await?;
 
     // The fetch thread's channel is blocking: read it on a blocking thread.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(PAGES_AHEAD);
@@ -733,11 +726,7 @@ async fn plain_pg_async(
         }
     });
 
-    let statements = PgStatements {
-        upsert_supplier,
-        upsert_location,
-        upsert_address,
-    };
+    let statements = PgStatements { upsert_supplier };
     let mut cols = PgColumns::default();
     let mut written = 0usize;
     let write = async {
@@ -747,12 +736,22 @@ async fn plain_pg_async(
                 cols.number.push(number.to_owned());
                 cols.name.push(batch.get(row.name).to_owned());
                 cols.active.push(row.active.into());
-                if let Some([street, city, country]) = row.address {
-                    cols.located.push(number.to_owned());
-                    cols.street.push(batch.get(street).to_owned());
-                    cols.city.push(batch.get(city).to_owned());
-                    cols.country.push(batch.get(country).to_owned());
-                }
+                let locations = match row.address {
+                    Some([street, city, country]) => serde_json::json!([{
+                        "location_code": "MAIN",
+                        "location_name": "Headquarters",
+                        "is_active": 1,
+                        "created_at": now,
+                        "updated_at": now,
+                        "addresses": [{
+                            "street": batch.get(street),
+                            "city": batch.get(city),
+                            "country_code": batch.get(country),
+                        }],
+                    }]),
+                    None => serde_json::json!([]),
+                };
+                cols.locations.push(locations.to_string());
                 if cols.number.len() == SUPPLIERS_PER_TRANSACTION {
                     write_pg(&client, &statements, &cols, &now, None).await?;
                     written += cols.number.len();

@@ -882,7 +882,7 @@ pub fn pg_load(
             "G2",
             "plain Rust loader → PostgreSQL",
             "first load",
-            "tokio-postgres without TLS, unnest() upserts of every row (no change detection), 1000 per transaction, pipelined, batch commits without a WAL flush".into(),
+            "tokio-postgres without TLS, the host's table (a row per supplier, its locations a JSON document built with serde_json), unnest() upserts of every row (no change detection), 1000 per transaction, pipelined, batch commits without a WAL flush".into(),
         ),
     ];
     let (sqlite_first, sqlite_again) = (rows[0].wall_s_median, rows[1].wall_s_median);

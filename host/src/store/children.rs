@@ -1,8 +1,9 @@
-//! The rows a location owns besides its addresses' bulk path: bank accounts
-//! (contract 0.3.0), and addresses under `address-insert-only`. They are
-//! written statement by statement after the batch's suppliers and locations,
-//! and only for the suppliers the batch changed, on SQLite and PostgreSQL
-//! alike. Most loads carry neither, and then this costs one query per batch.
+//! SQLite: the rows a location owns besides its addresses' bulk path: bank
+//! accounts (contract 0.3.0), and addresses under `address-insert-only`. They
+//! are written statement by statement after the batch's suppliers and
+//! locations, and only for the suppliers the batch changed. Most loads carry
+//! neither, and then this costs one query per batch. (PostgreSQL merges them
+//! into the supplier's document by the same rules: `supplier_doc.rs`.)
 //!
 //! Insert-only follows the Customer API: an address is new when no stored
 //! address of its location is equal to it; a bank account is new when no stored
@@ -23,8 +24,14 @@ pub(super) struct Plan {
 }
 
 /// Deletes every supplier of `customer` with its locations, addresses and bank
-/// accounts: the start of a full load.
+/// accounts: the start of a full load. On PostgreSQL these are the
+/// supplier's document (`supplier_doc.rs`), gone with its row.
 pub(super) async fn delete_all(conn: &mut Conn, customer: &str) -> Result<(), StoreError> {
+    if conn.engine() == super::sql::Engine::Postgres {
+        conn.execute("DELETE FROM supplier WHERE customer_number = ?1", &params![customer])
+            .await?;
+        return Ok(());
+    }
     for table in [
         "supplier_bank_account",
         "supplier_address",

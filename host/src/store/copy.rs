@@ -43,9 +43,15 @@ const NUMBERED: &[&str] = &["delta_audit_log", "job_apply", "job_action"];
 pub const NOT_COPIED: &[&str] = &["hosts", "jobs_generation"];
 
 /// Columns one engine keeps for itself: PostgreSQL's insertion order of run
-/// history (SQLite's is the rowid). Not copied: the target numbers the rows
-/// anew, in the source's order.
-const ENGINE_ONLY: &[(&str, &str)] = &[("delta_run", "seq")];
+/// history (SQLite's is the rowid), and its suppliers' locations document,
+/// which both engines show as the location, address and bank account tables
+/// (views on PostgreSQL). Not copied: the target numbers the rows anew, in
+/// the source's order, and builds the document from the rows of those views.
+const ENGINE_ONLY: &[(&str, &str)] = &[("delta_run", "seq"), ("supplier", "locations")];
+
+/// PostgreSQL's views of a supplier's document: rows inserted into them are
+/// appended to it, in the order they come; deleting the suppliers deletes them.
+const SUPPLIER_VIEWS: &[&str] = &["supplier_location", "supplier_address", "supplier_bank_account"];
 
 /// The most parameters one statement carries (SQLite allows 32 766,
 /// PostgreSQL 65 535).
@@ -167,6 +173,9 @@ async fn copy_in(from: &mut Conn, to: &mut Conn, force: bool) -> Result<Copied, 
             )));
         }
         for table in TABLES.iter().rev() {
+            if to.engine() == Engine::Postgres && SUPPLIER_VIEWS.contains(table) {
+                continue;
+            }
             to.execute(&format!("DELETE FROM {table}"), params![]).await?;
         }
     }
@@ -188,6 +197,11 @@ async fn copy_in(from: &mut Conn, to: &mut Conn, force: bool) -> Result<Copied, 
         let order = match *table {
             t if NUMBERED.contains(&t) => " ORDER BY id".to_owned(),
             "delta_run" => format!(" ORDER BY {}", from.insertion_order()),
+            // Appended in order, so each lands at its position.
+            "supplier_address" | "supplier_bank_account" => {
+                " ORDER BY customer_number, supplier_number, supplier_organization_code, location_code, position"
+                    .to_owned()
+            }
             _ => String::new(),
         };
         let list = source_columns.join(", ");

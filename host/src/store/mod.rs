@@ -16,6 +16,7 @@ pub mod nuntiq;
 pub mod dry_run;
 pub mod owner;
 mod pg_suppliers;
+mod supplier_doc;
 pub mod postgres;
 pub mod copy;
 pub mod pg_connect;

@@ -293,7 +293,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 /// Schema versions, applied in order; `nuntiq_schema.version` records how many
 /// ran. The tables and columns are SQLite's (`schema.rs`) with PostgreSQL's
 /// types, so the same statements serve both.
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     r#"
 CREATE TABLE delta_stream_state (
     customer_number        TEXT NOT NULL,
@@ -564,6 +564,142 @@ CREATE TABLE jobs_generation (
     generation BIGINT NOT NULL
 );
 INSERT INTO jobs_generation (id, generation) VALUES (1, 0);
+"#,
+    // 8: a supplier is one row. Its locations, with their addresses and bank
+    // accounts, are a JSON document on it (`supplier_doc.rs`): a first load
+    // wrote three rows into three natural-key indexes per supplier, and that
+    // was most of the server's time. `json`, not `jsonb`: the server only
+    // checks the text, where building jsonb took as long again as the row
+    // (the views cast it once per supplier). The old tables become views of the
+    // same name and columns, so every reader (export, `store copy`, SQL by
+    // hand) sees what it saw; inserting into a view appends to the document.
+    r#"
+ALTER TABLE supplier ADD COLUMN locations JSON NOT NULL DEFAULT '[]';
+
+UPDATE supplier s SET locations = d.doc::json
+FROM (
+    SELECT l.customer_number, l.supplier_number, l.supplier_organization_code,
+           jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'location_code', l.location_code, 'location_name', l.location_name,
+               'organization_code', l.organization_code, 'default_currency_code', l.default_currency_code,
+               'default_payment_term_code', l.default_payment_term_code,
+               'default_payment_method', l.default_payment_method, 'taxpayer_id', l.taxpayer_id,
+               'duns_number', l.duns_number, 'is_active', l.is_active,
+               'custom_field_1', l.custom_field_1, 'custom_field_2', l.custom_field_2,
+               'custom_field_3', l.custom_field_3, 'custom_field_4', l.custom_field_4,
+               'custom_field_5', l.custom_field_5, 'created_at', l.created_at, 'updated_at', l.updated_at,
+               'addresses', (
+                   SELECT jsonb_agg(jsonb_strip_nulls(to_jsonb(a) - 'customer_number' - 'supplier_number'
+                                    - 'supplier_organization_code' - 'location_code' - 'position')
+                                    ORDER BY a.position)
+                   FROM supplier_address a
+                   WHERE a.customer_number = l.customer_number AND a.supplier_number = l.supplier_number
+                     AND a.supplier_organization_code = l.supplier_organization_code
+                     AND a.location_code = l.location_code),
+               'bank_accounts', (
+                   SELECT jsonb_agg(jsonb_strip_nulls(to_jsonb(b) - 'customer_number' - 'supplier_number'
+                                    - 'supplier_organization_code' - 'location_code' - 'position')
+                                    ORDER BY b.position)
+                   FROM supplier_bank_account b
+                   WHERE b.customer_number = l.customer_number AND b.supplier_number = l.supplier_number
+                     AND b.supplier_organization_code = l.supplier_organization_code
+                     AND b.location_code = l.location_code)
+           )) ORDER BY l.location_code) AS doc
+    FROM supplier_location l
+    GROUP BY l.customer_number, l.supplier_number, l.supplier_organization_code
+) d
+WHERE s.customer_number = d.customer_number AND s.supplier_number = d.supplier_number
+  AND s.organization_code = d.supplier_organization_code;
+
+DROP TABLE supplier_bank_account;
+DROP TABLE supplier_address;
+DROP TABLE supplier_location;
+
+CREATE VIEW supplier_location AS
+SELECT s.customer_number, s.supplier_number, s.organization_code AS supplier_organization_code,
+       l.doc->>'location_code' AS location_code, l.doc->>'location_name' AS location_name,
+       l.doc->>'organization_code' AS organization_code,
+       l.doc->>'default_currency_code' AS default_currency_code,
+       l.doc->>'default_payment_term_code' AS default_payment_term_code,
+       l.doc->>'default_payment_method' AS default_payment_method,
+       l.doc->>'taxpayer_id' AS taxpayer_id, l.doc->>'duns_number' AS duns_number,
+       (l.doc->>'is_active')::bigint AS is_active,
+       l.doc->>'custom_field_1' AS custom_field_1, l.doc->>'custom_field_2' AS custom_field_2,
+       l.doc->>'custom_field_3' AS custom_field_3, l.doc->>'custom_field_4' AS custom_field_4,
+       l.doc->>'custom_field_5' AS custom_field_5,
+       l.doc->>'created_at' AS created_at, l.doc->>'updated_at' AS updated_at
+FROM supplier s CROSS JOIN LATERAL jsonb_array_elements(s.locations::jsonb) AS l(doc);
+
+CREATE VIEW supplier_address AS
+SELECT s.customer_number, s.supplier_number, s.organization_code AS supplier_organization_code,
+       l.doc->>'location_code' AS location_code, a.n - 1 AS position,
+       a.doc->>'street' AS street, a.doc->>'city' AS city, a.doc->>'state' AS state,
+       a.doc->>'postal_code' AS postal_code, a.doc->>'country_code' AS country_code,
+       a.doc->>'custom_field_1' AS custom_field_1, a.doc->>'custom_field_2' AS custom_field_2,
+       a.doc->>'custom_field_3' AS custom_field_3
+FROM supplier s CROSS JOIN LATERAL jsonb_array_elements(s.locations::jsonb) AS l(doc)
+     CROSS JOIN LATERAL jsonb_array_elements(l.doc->'addresses') WITH ORDINALITY AS a(doc, n);
+
+CREATE VIEW supplier_bank_account AS
+SELECT s.customer_number, s.supplier_number, s.organization_code AS supplier_organization_code,
+       l.doc->>'location_code' AS location_code, b.n - 1 AS position,
+       b.doc->>'bank_name' AS bank_name, b.doc->>'bank_branch' AS bank_branch,
+       b.doc->>'bank_account_number' AS bank_account_number,
+       b.doc->>'bank_routing_number' AS bank_routing_number, b.doc->>'swift_code' AS swift_code,
+       b.doc->>'account_currency' AS account_currency, (b.doc->>'is_primary')::bigint AS is_primary,
+       b.doc->>'custom_field_1' AS custom_field_1, b.doc->>'custom_field_2' AS custom_field_2,
+       b.doc->>'custom_field_3' AS custom_field_3
+FROM supplier s CROSS JOIN LATERAL jsonb_array_elements(s.locations::jsonb) AS l(doc)
+     CROSS JOIN LATERAL jsonb_array_elements(l.doc->'bank_accounts') WITH ORDINALITY AS b(doc, n);
+
+-- A row inserted into a view is appended to its supplier's document (what
+-- `store copy` writes); its position is where it lands. No supplier, or no
+-- location for an address or account, is an error, as the foreign key was.
+CREATE FUNCTION nuntiq_location_inserted() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    UPDATE supplier SET locations = (locations::jsonb || jsonb_build_array(jsonb_strip_nulls(
+        to_jsonb(NEW) - 'customer_number' - 'supplier_number' - 'supplier_organization_code')))::json
+    WHERE customer_number = NEW.customer_number AND supplier_number = NEW.supplier_number
+      AND organization_code = NEW.supplier_organization_code;
+    IF NOT FOUND THEN
+        RAISE foreign_key_violation USING MESSAGE = format(
+            'location %s: customer %s has no supplier %s (organization %L)',
+            NEW.location_code, NEW.customer_number, NEW.supplier_number, NEW.supplier_organization_code);
+    END IF;
+    RETURN NEW;
+END
+$f$;
+
+CREATE FUNCTION nuntiq_location_child_inserted() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE
+    list text := TG_ARGV[0];
+    child jsonb := jsonb_strip_nulls(to_jsonb(NEW) - 'customer_number' - 'supplier_number'
+                                      - 'supplier_organization_code' - 'location_code' - 'position');
+BEGIN
+    UPDATE supplier s SET locations = (
+        SELECT jsonb_agg(CASE WHEN l.doc->>'location_code' = NEW.location_code
+                              THEN jsonb_set(l.doc, ARRAY[list],
+                                             COALESCE(l.doc->list, '[]') || jsonb_build_array(child))
+                              ELSE l.doc END ORDER BY l.n)::json
+        FROM jsonb_array_elements(s.locations::jsonb) WITH ORDINALITY AS l(doc, n))
+    WHERE s.customer_number = NEW.customer_number AND s.supplier_number = NEW.supplier_number
+      AND s.organization_code = NEW.supplier_organization_code
+      AND s.locations::jsonb @> jsonb_build_array(jsonb_build_object('location_code', NEW.location_code));
+    IF NOT FOUND THEN
+        RAISE foreign_key_violation USING MESSAGE = format(
+            '%s of location %s: customer %s has no such location of supplier %s (organization %L)',
+            list, NEW.location_code, NEW.customer_number, NEW.supplier_number, NEW.supplier_organization_code);
+    END IF;
+    RETURN NEW;
+END
+$f$;
+
+CREATE TRIGGER supplier_location_insert INSTEAD OF INSERT ON supplier_location
+    FOR EACH ROW EXECUTE FUNCTION nuntiq_location_inserted();
+CREATE TRIGGER supplier_address_insert INSTEAD OF INSERT ON supplier_address
+    FOR EACH ROW EXECUTE FUNCTION nuntiq_location_child_inserted('addresses');
+CREATE TRIGGER supplier_bank_account_insert INSTEAD OF INSERT ON supplier_bank_account
+    FOR EACH ROW EXECUTE FUNCTION nuntiq_location_child_inserted('bank_accounts');
 "#,
 ];
 

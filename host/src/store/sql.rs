@@ -249,7 +249,20 @@ pub async fn transaction<T>(
     conn: &mut Conn,
     body: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.begin().await?;
+    transaction_opened_by(conn, None, body).await
+}
+
+/// [`transaction`], begun on PostgreSQL by `opening` instead of `BEGIN`
+/// alone (e.g. `BEGIN; SET LOCAL …`: one round trip, not two).
+pub async fn transaction_opened_by<T>(
+    conn: &mut Conn,
+    opening: Option<&str>,
+    body: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match (opening, conn.engine()) {
+        (Some(sql), Engine::Postgres) => conn.batch(sql).await?,
+        _ => conn.begin().await?,
+    }
     match body(conn).await {
         Ok(value) => {
             conn.commit().await?;
