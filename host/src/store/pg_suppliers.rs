@@ -43,6 +43,13 @@ pub(super) async fn upsert(
     let statements = Statements::prepare(conn).await?;
     let now = now_utc();
     let mut guess = conn.inserting;
+    // A transaction not begun yet goes out with the copy's savepoint; a
+    // probe must read inside it, so then it goes first.
+    let mut opening = conn.opening.take();
+    if let (Some(sql), false) = (opening, guess) {
+        conn.client().batch_execute(sql).await?;
+        opening = None;
+    }
     let mut copy = true;
     let counts = loop {
         let split = if guess {
@@ -55,6 +62,7 @@ pub(super) async fn upsert(
             now: &now,
             split: &split,
             options,
+            opening: opening.take(),
         };
         let written = if copy {
             batch.copy_and_update(conn.client(), &statements).await
@@ -189,6 +197,8 @@ struct Batch<'a> {
     now: &'a String,
     split: &'a Split<'a>,
     options: LoadOptions,
+    /// The transaction's `BEGIN`, sent before the savepoint when not sent yet.
+    opening: Option<&'static str>,
 }
 
 type PgParam<'a> = &'a (dyn ToSql + Sync);
@@ -200,8 +210,12 @@ impl Batch<'_> {
     /// released: the commit ends it, and a later batch of the transaction
     /// rolls back to its own savepoint of the same name.
     async fn copy_and_update(&self, client: &Client, st: &Statements) -> Written {
+        let savepoint = match self.opening {
+            Some(opening) => format!("{opening}; SAVEPOINT nuntiq_batch"),
+            None => "SAVEPOINT nuntiq_batch".to_owned(),
+        };
         let (savepoint, copied) = futures_util::join!(
-            client.batch_execute("SAVEPOINT nuntiq_batch"),
+            client.batch_execute(&savepoint),
             self.copy_suppliers(client, &st.copy_suppliers),
         );
         savepoint?;

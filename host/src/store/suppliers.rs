@@ -91,18 +91,42 @@ pub async fn save_suppliers(
     let mut counts = SaveCounts::default();
     let mut options = options;
     for chunk in suppliers.chunks(SUPPLIERS_PER_TRANSACTION) {
-        counts.add(
-            transaction_opened_by(
-                conn,
-                Some("BEGIN; SET LOCAL synchronous_commit = off"),
-                async |tx: &mut Conn| upsert_suppliers(tx, customer_number, chunk, options).await,
-            )
-            .await?,
-        );
+        let written = match conn {
+            // The upsert begins the transaction with its first statements.
+            Conn::Postgres(c) if !options.full_load => {
+                c.opening = Some(PG_BATCH_OPENING);
+                let written = upsert_suppliers(conn, customer_number, chunk, options).await;
+                let begun = match conn {
+                    Conn::Postgres(c) => c.opening.take().is_none(),
+                    Conn::Sqlite(_) => false,
+                };
+                match (written, begun) {
+                    (Ok(counts), true) => conn.commit().await.map(|()| counts),
+                    (Ok(counts), false) => Ok(counts),
+                    (Err(e), begun) => {
+                        if begun {
+                            let _ = conn.rollback().await;
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            _ => {
+                transaction_opened_by(conn, Some(PG_BATCH_OPENING), async |tx: &mut Conn| {
+                    upsert_suppliers(tx, customer_number, chunk, options).await
+                })
+                .await
+            }
+        };
+        counts.add(written?);
         options.full_load = false;
     }
     Ok(counts)
 }
+
+/// How a PostgreSQL batch transaction begins (one round trip, or none of its
+/// own when the upsert sends it with its first statements).
+const PG_BATCH_OPENING: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 /// Upserts on (customer_number, supplier_number, organization_code), inside
 /// the caller's transaction: a new supplier is inserted with its locations
