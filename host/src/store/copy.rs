@@ -393,6 +393,21 @@ mod tests {
         )
         .await
         .unwrap();
+        // Its location, addresses and bank account: rows of tables on SQLite,
+        // appended to the supplier's document through the views on PostgreSQL.
+        for sql in [
+            "INSERT INTO supplier_location (customer_number, supplier_number, supplier_organization_code, \
+             location_code, location_name, is_active, created_at, updated_at) \
+             VALUES ('1', 'S1', '', 'MAIN', 'Head \"office\"', 1, 'a', 'b')",
+            "INSERT INTO supplier_address (customer_number, supplier_number, supplier_organization_code, \
+             location_code, position, street, city) VALUES ('1', 'S1', '', 'MAIN', 0, '1 Main St', 'Delft')",
+            "INSERT INTO supplier_address (customer_number, supplier_number, supplier_organization_code, \
+             location_code, position, city) VALUES ('1', 'S1', '', 'MAIN', 1, 'Gouda')",
+            "INSERT INTO supplier_bank_account (customer_number, supplier_number, supplier_organization_code, \
+             location_code, position, bank_account_number, is_primary) VALUES ('1', 'S1', '', 'MAIN', 0, 'NL01', 1)",
+        ] {
+            conn.execute(sql, params![]).await.unwrap();
+        }
     }
 
     async fn round_trip(from: &mut Conn, to: &mut Conn) {
@@ -411,6 +426,14 @@ mod tests {
         );
         assert_eq!(copy(from, to, true).await.unwrap(), before);
         assert_eq!(rows(to, "supplier").await, 1);
+        assert_eq!(rows(to, "supplier_address").await, 2);
+        assert_eq!(rows(to, "supplier_bank_account").await, 1);
+        let gouda = to
+            .query_opt("SELECT position FROM supplier_address WHERE city = 'Gouda'", params![])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gouda.int(0), 1, "each address lands at its position");
 
         // The next audit entry gets a new id on the target.
         to.execute(
