@@ -9,6 +9,7 @@ use super::StoreError;
 use super::backend::LoadOptions;
 use super::children;
 use super::pg_suppliers;
+use super::postgres::PgConn;
 use super::records::SupplierRecord;
 use super::schema::now_utc;
 use super::sql::{Conn, transaction_opened_by};
@@ -58,11 +59,9 @@ pub const ANALYZE_AFTER_WRITES: u64 = 5_000;
 /// Refreshes the supplier tables' statistics (PostgreSQL; SQLite plans by its indexes).
 pub async fn refresh_statistics(conn: &mut Conn) -> Result<(), StoreError> {
     if let Conn::Postgres(_) = conn {
-        // The key columns only: every statement here finds rows by key, and
-        // the other columns' statistics (the locations document above all)
-        // cost many times as long to gather.
-        // A sample of 3 000 rows (not 30 000) tells the planner how the
-        // customers and keys spread, at a tenth of the time.
+        // The key columns only, from a sample of 3 000 rows (not 30 000):
+        // every statement here finds rows by key, and that is enough to tell
+        // the planner how customers and keys spread, at a fifth of the time.
         conn.batch(
             "BEGIN; SET LOCAL default_statistics_target = 10;
              ANALYZE supplier (customer_number, supplier_number, organization_code); COMMIT",
@@ -92,25 +91,7 @@ pub async fn save_suppliers(
     let mut options = options;
     for chunk in suppliers.chunks(SUPPLIERS_PER_TRANSACTION) {
         let written = match conn {
-            // The upsert begins the transaction with its first statements.
-            Conn::Postgres(c) if !options.full_load => {
-                c.opening = Some(PG_BATCH_OPENING);
-                let written = upsert_suppliers(conn, customer_number, chunk, options).await;
-                let begun = match conn {
-                    Conn::Postgres(c) => c.opening.take().is_none(),
-                    Conn::Sqlite(_) => false,
-                };
-                match (written, begun) {
-                    (Ok(counts), true) => conn.commit().await.map(|()| counts),
-                    (Ok(counts), false) => Ok(counts),
-                    (Err(e), begun) => {
-                        if begun {
-                            let _ = conn.rollback().await;
-                        }
-                        Err(e)
-                    }
-                }
-            }
+            Conn::Postgres(c) if !options.full_load => pg_batch(c, customer_number, chunk, options).await,
             _ => {
                 transaction_opened_by(conn, Some(PG_BATCH_OPENING), async |tx: &mut Conn| {
                     upsert_suppliers(tx, customer_number, chunk, options).await
@@ -127,6 +108,30 @@ pub async fn save_suppliers(
 /// How a PostgreSQL batch transaction begins (one round trip, or none of its
 /// own when the upsert sends it with its first statements).
 const PG_BATCH_OPENING: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
+/// One PostgreSQL batch transaction (not a full load) whose `BEGIN` the
+/// upsert sends with its first statements; committed, or rolled back on error.
+async fn pg_batch(
+    c: &mut PgConn,
+    customer_number: &str,
+    suppliers: &[SupplierRecord],
+    options: LoadOptions,
+) -> Result<SaveCounts, StoreError> {
+    c.opening = Some(PG_BATCH_OPENING);
+    let written = upsert_postgres(c, customer_number, suppliers, options).await;
+    // Still pending: nothing was sent, so there is no transaction to end.
+    let begun = c.opening.take().is_none();
+    match written {
+        Ok(counts) if begun => c.commit().await.map(|()| counts),
+        Ok(counts) => Ok(counts),
+        Err(e) => {
+            if begun {
+                let _ = c.rollback().await;
+            }
+            Err(e)
+        }
+    }
+}
 
 /// Upserts on (customer_number, supplier_number, organization_code), inside
 /// the caller's transaction: a new supplier is inserted with its locations
@@ -171,7 +176,7 @@ pub(super) async fn upsert_suppliers(
 /// PostgreSQL: batches of distinct suppliers; a repeat starts the next
 /// batch, so it sees what the earlier one wrote.
 async fn upsert_postgres(
-    c: &mut super::postgres::PgConn,
+    c: &mut PgConn,
     customer_number: &str,
     suppliers: &[SupplierRecord],
     options: LoadOptions,
