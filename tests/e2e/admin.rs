@@ -71,3 +71,36 @@ fn admin_commands_refuse_a_missing_database() {
     assert!(err.contains("missing.db: no such database"), "{err}");
     assert!(!missing.exists(), "a read-only view creates nothing");
 }
+
+/// PostgreSQL keeps a supplier's locations and addresses as a document on its
+/// row (SQLite as rows of their own): the same runs, a first load and an
+/// incremental one with changed and new suppliers, export the same suppliers
+/// from both engines.
+#[test]
+fn the_same_runs_export_the_same_suppliers_from_sqlite_and_postgres() {
+    let mock = Mock::start(MOCK, 600);
+    let work = Workdir::new();
+    let settings = work.write_settings("settings.json", &acme_settings(&mock.api_url(), "acme_eu"));
+    let sqlite = work.db();
+    let pg = PgSchema::new();
+    let pg_url = pg.url();
+    let export = |db: &str| {
+        let (code, out, err) = host_output(&["suppliers", "export", "--db", db]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    for round in 0..2 {
+        for db in [sqlite.as_path(), std::path::Path::new(&pg_url)] {
+            let run = run_acme(&mock, &settings, db, &[]);
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            if round == 1 {
+                assert!(run.envelope["updated"].as_u64().unwrap() > 0, "{}", run.envelope);
+            }
+        }
+        let (lite, postgres) = (export(sqlite.to_str().unwrap()), export(&pg_url));
+        // The mock's window holds most of its 600 suppliers.
+        assert!(lite.lines().count() > 500, "{}", lite.lines().count());
+        assert_eq!(lite, postgres, "round {round}");
+        mock.mutate(20, 5);
+    }
+}
