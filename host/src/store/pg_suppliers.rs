@@ -115,9 +115,14 @@ impl<'a> Split<'a> {
 }
 
 /// Reads which suppliers of the batch are new and which differ from what the
-/// store holds, with the stored document of those that differ. Only what
-/// differs comes back: a batch the store already holds costs this one
-/// statement and returns nothing.
+/// store holds. Only what differs comes back: a batch the store already holds
+/// costs this one statement, returns nothing and locks nothing.
+///
+/// The documents of the changed ones are then read again under a row lock,
+/// in key order: a changed supplier's document is merged from the one its
+/// update replaces, so another writer's change to a location this batch does
+/// not list is kept, not overwritten from an older read. A changed supplier
+/// deleted meanwhile is written as new.
 async fn probe<'a>(
     conn: &mut PgConn,
     customer: &str,
@@ -133,10 +138,10 @@ async fn probe<'a>(
         .prepared(
             // LATERAL … LIMIT 1: one index probe per key, whatever the table's
             // statistics say (a join may otherwise hash the customer's every supplier).
-            "SELECT k.i, s.fingerprint IS NOT NULL, s.locations::text
+            "SELECT k.i, s.fingerprint IS NOT NULL
              FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY AS k(number, org, fp, i)
              LEFT JOIN LATERAL (
-                 SELECT fingerprint, locations FROM supplier
+                 SELECT fingerprint FROM supplier
                  WHERE customer_number = $1 AND supplier_number = k.number AND organization_code = k.org
                  LIMIT 1
              ) s ON true
@@ -147,6 +152,7 @@ async fn probe<'a>(
         new: Vec::new(),
         changed: Vec::new(),
     };
+    let mut changed = Vec::new();
     for row in conn
         .client()
         .query(&differing, &[&customer, &numbers, &orgs, &prints])
@@ -156,20 +162,47 @@ async fn probe<'a>(
         let (Some(s), Some(fingerprint)) = (suppliers.get(i), fingerprints.get(i)) else {
             continue;
         };
-        if row.get::<_, bool>(1) {
-            let text: Option<String> = row.get(2);
-            let stored = supplier_doc::parse(text.as_deref().unwrap_or("[]")).map_err(|e| {
-                StoreError::Database(format!(
-                    "the stored locations of supplier {} (customer {customer}) are not a document this host \
-                     reads ({e}); write the supplier with a full load to replace them",
-                    s.supplier_number
-                ))
-            })?;
-            let doc = supplier_doc::merged(stored, s, now, options);
-            split.changed.push((s, *fingerprint, Json(doc)));
-        } else {
-            split.new.push((s, *fingerprint));
+        match row.get::<_, bool>(1) {
+            true => changed.push((s, *fingerprint)),
+            false => split.new.push((s, *fingerprint)),
         }
+    }
+    if changed.is_empty() {
+        return Ok(split);
+    }
+    let locked = conn
+        .prepared(
+            "SELECT s.supplier_number, s.organization_code, s.locations::text FROM supplier s
+             JOIN unnest($2::text[], $3::text[]) AS k(number, org)
+               ON s.supplier_number = k.number AND s.organization_code = k.org
+             WHERE s.customer_number = $1
+             ORDER BY s.supplier_number, s.organization_code
+             FOR UPDATE OF s",
+        )
+        .await?;
+    let numbers: Vec<&str> = changed.iter().map(|(s, _)| s.supplier_number.as_str()).collect();
+    let orgs: Vec<&str> = changed.iter().map(|(s, _)| s.organization_key()).collect();
+    let mut stored: std::collections::HashMap<(String, String), String> = conn
+        .client()
+        .query(&locked, &[&customer, &numbers, &orgs])
+        .await?
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+    for (s, fingerprint) in changed {
+        let key = (s.supplier_number.clone(), s.organization_key().to_owned());
+        let Some(text) = stored.remove(&key) else {
+            split.new.push((s, fingerprint));
+            continue;
+        };
+        let doc = supplier_doc::parse(&text).map_err(|e| {
+            StoreError::Database(format!(
+                "the stored locations of supplier {} (customer {customer}) are not a document this host \
+                 reads ({e}); write the supplier with a full load to replace them",
+                s.supplier_number
+            ))
+        })?;
+        split.changed.push((s, fingerprint, Json(supplier_doc::merged(doc, s, now, options))));
     }
     Ok(split)
 }

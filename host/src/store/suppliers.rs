@@ -627,6 +627,51 @@ pub(crate) mod tests {
         assert_eq!(count(conn, "supplier_address").await, 2, "Delft added, Utrecht kept");
     }
 
+    /// Another writer adds a location to a supplier while this batch is
+    /// written: the batch's update waits for it and merges over what it
+    /// committed, so the location it did not list is kept.
+    #[tokio::test]
+    async fn postgres_keeps_a_location_another_writer_added_meanwhile() {
+        let db = crate::store::testing::postgres_db().await;
+        let pool = crate::store::postgres::PgPool::open(&db.url()).await.unwrap();
+        let mut conn = Conn::Postgres(pool.conn().await.unwrap());
+        // Twice: after a batch with nothing new the next one is probed, not copied blindly.
+        for _ in 0..2 {
+            save_suppliers(&mut conn, "c1", &[supplier("S1", "One", Some("Delft"))], Default::default())
+                .await
+                .unwrap();
+        }
+
+        let (other, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        other
+            .batch_execute(
+                "BEGIN; UPDATE supplier SET locations = (locations::jsonb ||
+                    '[{\"location_code\": \"BRANCH\", \"is_active\": 1, \"created_at\": \"T\", \"updated_at\": \"T\"}]')::json
+                 WHERE supplier_number = 'S1'",
+            )
+            .await
+            .unwrap();
+        let writing = tokio::spawn(async move {
+            let renamed = [supplier("S1", "One renamed", Some("Gouda"))];
+            save_suppliers(&mut conn, "c1", &renamed, Default::default()).await.map(|c| (c, conn))
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!writing.is_finished(), "the batch waits for the other writer's transaction");
+        other.batch_execute("COMMIT").await.unwrap();
+        let (counts, mut conn) = writing.await.unwrap().unwrap();
+        assert_eq!(counts.updated, 1);
+        let locations: Vec<String> = conn
+            .query("SELECT location_code FROM supplier_location ORDER BY 1", params![])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.text(0))
+            .collect();
+        assert_eq!(locations, ["BRANCH", "MAIN"]);
+        assert_eq!(name_and_city(&mut conn, "S1").await, ("One renamed".into(), "Gouda".into()));
+    }
+
     on_both_engines!(
         a_stored_supplier_after_a_batch_of_new_ones_is_updated,
         address_insert_only_still_writes_suppliers_and_locations,
