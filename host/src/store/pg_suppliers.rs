@@ -44,16 +44,15 @@ pub(super) async fn upsert(
     let now = now_utc();
     let mut guess = conn.inserting;
     // A transaction not begun yet goes out with the copy's savepoint; a
-    // probe must read inside it, so then it goes first.
-    let mut opening = conn.opening.take();
-    if let (Some(sql), false) = (opening, guess) {
+    // probe must read inside it, so then it goes first. (Left pending until
+    // it is sent: a batch refused before that has no transaction to end.)
+    if !guess && let Some(sql) = conn.opening.take() {
         conn.client().batch_execute(sql).await?;
-        opening = None;
     }
     let mut copy = true;
     let counts = loop {
         let split = if guess {
-            Split::all_new(suppliers, &fingerprints)
+            Split::all_new(suppliers, &fingerprints, customer, &now, options)?
         } else {
             probe(conn, customer, suppliers, &fingerprints, &now, options).await?
         };
@@ -61,8 +60,7 @@ pub(super) async fn upsert(
             customer,
             now: &now,
             split: &split,
-            options,
-            opening: opening.take(),
+            opening: conn.opening.take(),
         };
         let written = if copy {
             batch.copy_and_update(conn.client(), &statements).await
@@ -89,19 +87,29 @@ pub(super) async fn upsert(
     Ok(counts)
 }
 
-/// A batch's suppliers by what the store holds of them; the unchanged are in
-/// neither list. A changed supplier carries its merged document.
+/// A batch's suppliers by what the store holds of them, each with the
+/// document it is written with; the unchanged are in neither list.
 struct Split<'a> {
-    new: Vec<(&'a SupplierRecord, [u8; 16])>,
+    new: Vec<(&'a SupplierRecord, [u8; 16], Json)>,
     changed: Vec<(&'a SupplierRecord, [u8; 16], Json)>,
 }
 
 impl<'a> Split<'a> {
-    fn all_new(suppliers: &'a [SupplierRecord], fingerprints: &[[u8; 16]]) -> Self {
-        Self {
-            new: suppliers.iter().zip(fingerprints.iter().copied()).collect(),
-            changed: Vec::new(),
+    fn all_new(
+        suppliers: &'a [SupplierRecord],
+        fingerprints: &[[u8; 16]],
+        customer: &str,
+        now: &'a str,
+        options: LoadOptions,
+    ) -> Result<Self, StoreError> {
+        let mut new = Vec::with_capacity(suppliers.len());
+        for (s, fingerprint) in suppliers.iter().zip(fingerprints) {
+            new.push((s, *fingerprint, document(Vec::new(), s, customer, now, options)?));
         }
+        Ok(Self {
+            new,
+            changed: Vec::new(),
+        })
     }
 
     fn counts(&self, total: usize) -> SaveCounts {
@@ -164,7 +172,7 @@ async fn probe<'a>(
         };
         match row.get::<_, bool>(1) {
             true => changed.push((s, *fingerprint)),
-            false => split.new.push((s, *fingerprint)),
+            false => split.new.push((s, *fingerprint, document(Vec::new(), s, customer, now, options)?)),
         }
     }
     if changed.is_empty() {
@@ -192,7 +200,7 @@ async fn probe<'a>(
     for (s, fingerprint) in changed {
         let key = (s.supplier_number.clone(), s.organization_key().to_owned());
         let Some(text) = stored.remove(&key) else {
-            split.new.push((s, fingerprint));
+            split.new.push((s, fingerprint, document(Vec::new(), s, customer, now, options)?));
             continue;
         };
         let doc = supplier_doc::parse(&text).map_err(|e| {
@@ -202,9 +210,32 @@ async fn probe<'a>(
                 s.supplier_number
             ))
         })?;
-        split.changed.push((s, fingerprint, Json(supplier_doc::merged(doc, s, now, options))));
+        split.changed.push((s, fingerprint, document(doc, s, customer, now, options)?));
     }
     Ok(split)
+}
+
+/// `s` merged over its stored locations, refused past
+/// [`supplier_doc::MAX_DOCUMENT_BYTES`] naming the supplier.
+fn document<'a>(
+    stored: Vec<supplier_doc::LocationDoc<'a>>,
+    s: &'a SupplierRecord,
+    customer: &str,
+    now: &'a str,
+    options: LoadOptions,
+) -> Result<Json, StoreError> {
+    let doc = supplier_doc::merged(stored, s, now, options);
+    if doc.len() > supplier_doc::MAX_DOCUMENT_BYTES {
+        return Err(StoreError::Database(format!(
+            "supplier {} (customer {customer}) would hold {} bytes of locations, addresses and bank \
+             accounts, over the {} this host stores for one supplier; send fewer or smaller locations \
+             (a full load replaces what earlier runs stored)",
+            s.supplier_number,
+            doc.len(),
+            supplier_doc::MAX_DOCUMENT_BYTES
+        )));
+    }
+    Ok(Json(doc))
 }
 
 /// The statements of a batch, prepared once per connection (cached after that).
@@ -229,7 +260,6 @@ struct Batch<'a> {
     customer: &'a str,
     now: &'a String,
     split: &'a Split<'a>,
-    options: LoadOptions,
     /// The transaction's `BEGIN`, sent before the savepoint when not sent yet.
     opening: Option<&'static str>,
 }
@@ -259,13 +289,7 @@ impl Batch<'_> {
     /// Every supplier written by upserts: the way that holds whatever another
     /// writer stored meanwhile.
     async fn upsert(&self, client: &Client, st: &Statements) -> Written {
-        let new: Vec<(&SupplierRecord, [u8; 16], Json)> = self
-            .split
-            .new
-            .iter()
-            .map(|(s, fp)| (*s, *fp, Json(supplier_doc::merged(Vec::new(), s, self.now, self.options))))
-            .collect();
-        let columns = SupplierColumns::of(&new);
+        let columns = SupplierColumns::of(&self.split.new);
         let (inserted, updated) = futures_util::join!(
             async {
                 match columns.number.is_empty() {
@@ -298,8 +322,7 @@ impl Batch<'_> {
             return Ok(());
         }
         let mut rows = CopyRows::with_capacity(self.split.new.len() * 400);
-        for (s, fingerprint) in &self.split.new {
-            let locations = supplier_doc::merged(Vec::new(), s, self.now, self.options);
+        for (s, fingerprint, locations) in &self.split.new {
             rows.row(16);
             rows.text(Some(self.customer));
             rows.text(Some(&s.supplier_number));
@@ -320,7 +343,7 @@ impl Batch<'_> {
             rows.bytes(fingerprint);
             rows.text(Some(self.now));
             rows.text(Some(self.now));
-            rows.bytes(&locations);
+            rows.bytes(&locations.0);
         }
         let sink = client.copy_in::<_, bytes::Bytes>(statement).await?;
         let mut sink = std::pin::pin!(sink);

@@ -147,9 +147,9 @@ impl<'a> BankDoc<'a> {
 
 impl<'a> LocationDoc<'a> {
     /// A location not stored yet: active unless it says otherwise, no
-    /// addresses or bank accounts until [`merge_children`] adds them.
+    /// addresses or bank accounts until [`Self::merge_children`] adds them.
     fn new(l: &'a LocationRecord, now: &'a str) -> Self {
-        Self {
+        let mut doc = Self {
             location_code: Cow::Borrowed(&l.location_code),
             location_name: None,
             organization_code: None,
@@ -168,13 +168,14 @@ impl<'a> LocationDoc<'a> {
             updated_at: Cow::Borrowed(now),
             addresses: Vec::new(),
             bank_accounts: Vec::new(),
-        }
-        .with_fields_of(l, now)
+        };
+        doc.set_fields(l, now);
+        doc
     }
 
     /// The listed location's fields over the stored ones; an absent
     /// `is_active` keeps the stored one, `created_at` stays.
-    fn with_fields_of(mut self, l: &'a LocationRecord, now: &'a str) -> Self {
+    fn set_fields(&mut self, l: &'a LocationRecord, now: &'a str) {
         self.location_name = text(&l.location_name);
         self.organization_code = text(&l.organization_code);
         self.default_currency_code = text(&l.default_currency_code);
@@ -191,7 +192,6 @@ impl<'a> LocationDoc<'a> {
         self.custom_field_4 = text(&l.custom_field_4);
         self.custom_field_5 = text(&l.custom_field_5);
         self.updated_at = Cow::Borrowed(now);
-        self
     }
 
     /// The listed addresses and bank accounts: replacing the stored ones, or
@@ -224,24 +224,41 @@ impl<'a> LocationDoc<'a> {
 
 /// The locations document of `s` written over `stored` (empty for a new
 /// supplier), in stored order with new locations after; as JSON text.
-pub(super) fn merged(stored: Vec<LocationDoc<'_>>, s: &SupplierRecord, now: &str, options: LoadOptions) -> Vec<u8> {
+pub(super) fn merged<'a>(
+    stored: Vec<LocationDoc<'a>>,
+    s: &'a SupplierRecord,
+    now: &'a str,
+    options: LoadOptions,
+) -> Vec<u8> {
     let mut docs = stored;
+    // By code, once: a supplier may list a thousand locations.
+    let mut at: std::collections::HashMap<String, usize> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.location_code.to_string(), i))
+        .collect();
     for l in &s.locations {
-        let at = match docs.iter().position(|d| d.location_code == l.location_code.as_str()) {
-            Some(i) => {
-                let stored = docs.remove(i);
-                docs.insert(i, stored.with_fields_of(l, now));
+        let i = match at.get(l.location_code.as_str()) {
+            Some(&i) => {
+                docs[i].set_fields(l, now);
                 i
             }
             None => {
                 docs.push(LocationDoc::new(l, now));
+                at.insert(l.location_code.clone(), docs.len() - 1);
                 docs.len() - 1
             }
         };
-        docs[at].merge_children(l, options);
+        docs[i].merge_children(l, options);
     }
     serde_json::to_vec(&docs).unwrap_or_else(|_| b"[]".to_vec())
 }
+
+/// The largest locations document the host writes for one supplier. A
+/// supplier's document is read whole when it changes, in the store's shared
+/// threads, so it is bounded: far above any real supplier (a hundred
+/// locations with their addresses and accounts take tens of KiB).
+pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// The stored document of a supplier, as the probe read it.
 pub(super) fn parse(stored: &str) -> Result<Vec<LocationDoc<'static>>, serde_json::Error> {

@@ -672,6 +672,27 @@ pub(crate) mod tests {
         assert_eq!(name_and_city(&mut conn, "S1").await, ("One renamed".into(), "Gouda".into()));
     }
 
+    /// A supplier's document on PostgreSQL is bounded: one past it fails the
+    /// batch naming the supplier and the bound, and nothing is written.
+    #[tokio::test]
+    async fn postgres_refuses_a_supplier_document_past_its_bound() {
+        let (_db, mut conn) = crate::store::testing::postgres().await;
+        let mut big = supplier("S1", "One", None);
+        big.locations = (0..1000)
+            .map(|n| {
+                let mut l = crate::store::LocationRecord::new(format!("L{n}"));
+                l.location_name = Some("x".repeat(4500));
+                l
+            })
+            .collect();
+        let err = save_suppliers(&mut conn, "c1", &[big, supplier("S2", "Two", None)], Default::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("supplier S1") && err.contains("4194304"), "{err}");
+        assert_eq!(count(&mut conn, "supplier").await, 0);
+    }
+
     on_both_engines!(
         a_stored_supplier_after_a_batch_of_new_ones_is_updated,
         address_insert_only_still_writes_suppliers_and_locations,
