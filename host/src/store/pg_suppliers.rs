@@ -178,9 +178,11 @@ async fn probe<'a>(
     if changed.is_empty() {
         return Ok(split);
     }
-    let locked = conn
+    // Locked first, measured, and only then read: the documents are held
+    // in the store's shared threads while the batch is merged and written.
+    let lock = conn
         .prepared(
-            "SELECT s.supplier_number, s.organization_code, s.locations::text FROM supplier s
+            "SELECT octet_length(s.locations::text) FROM supplier s
              JOIN unnest($2::text[], $3::text[]) AS k(number, org)
                ON s.supplier_number = k.number AND s.organization_code = k.org
              WHERE s.customer_number = $1
@@ -190,6 +192,29 @@ async fn probe<'a>(
         .await?;
     let numbers: Vec<&str> = changed.iter().map(|(s, _)| s.supplier_number.as_str()).collect();
     let orgs: Vec<&str> = changed.iter().map(|(s, _)| s.organization_key()).collect();
+    let stored_bytes: i64 = conn
+        .client()
+        .query(&lock, &[&customer, &numbers, &orgs])
+        .await?
+        .iter()
+        .map(|row| row.get::<_, Option<i32>>(0).map_or(0, i64::from))
+        .sum();
+    if stored_bytes > MAX_BATCH_DOCUMENT_BYTES {
+        return Err(StoreError::Database(format!(
+            "the {} suppliers this batch changes (customer {customer}) hold {stored_bytes} bytes of stored \
+             locations together, over the {MAX_BATCH_DOCUMENT_BYTES} the host reads for one batch; save \
+             fewer of them at a time (call save-all more often)",
+            changed.len()
+        )));
+    }
+    let locked = conn
+        .prepared(
+            "SELECT s.supplier_number, s.organization_code, s.locations::text FROM supplier s
+             JOIN unnest($2::text[], $3::text[]) AS k(number, org)
+               ON s.supplier_number = k.number AND s.organization_code = k.org
+             WHERE s.customer_number = $1",
+        )
+        .await?;
     let mut stored: std::collections::HashMap<(String, String), String> = conn
         .client()
         .query(&locked, &[&customer, &numbers, &orgs])
@@ -214,6 +239,10 @@ async fn probe<'a>(
     }
     Ok(split)
 }
+
+/// The stored documents one batch reads at most, together: they are held
+/// in the store's shared threads while the batch is merged and written.
+const MAX_BATCH_DOCUMENT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// `s` merged over its stored locations, refused past
 /// [`supplier_doc::MAX_DOCUMENT_BYTES`] naming the supplier.

@@ -693,6 +693,43 @@ pub(crate) mod tests {
         assert_eq!(count(&mut conn, "supplier").await, 0);
     }
 
+    /// The stored documents a batch of changed suppliers reads are bounded
+    /// together: past it the batch fails naming the bound, and writes nothing.
+    #[tokio::test]
+    async fn postgres_refuses_a_batch_whose_stored_documents_are_too_large_together() {
+        let (_db, mut conn) = crate::store::testing::postgres().await;
+        let big = |n: usize, name: &str| {
+            let mut s = supplier(&format!("S{n:02}"), name, None);
+            s.locations = (0..1000)
+                .map(|l| {
+                    let mut l = crate::store::LocationRecord::new(format!("L{l}"));
+                    l.location_name = Some("x".repeat(3900));
+                    l
+                })
+                .collect();
+            s
+        };
+        let first: Vec<SupplierRecord> = (0..17).map(|n| big(n, "One")).collect();
+        save_suppliers(&mut conn, "c1", &first, Default::default()).await.unwrap();
+        let changed: Vec<SupplierRecord> = (0..17).map(|n| big(n, "Renamed")).collect();
+        let err = save_suppliers(&mut conn, "c1", &changed, Default::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("17 suppliers") && err.contains("67108864"), "{err}");
+        let renamed = conn
+            .query_opt("SELECT count(*) FROM supplier WHERE supplier_name = 'Renamed'", params![])
+            .await
+            .unwrap()
+            .unwrap()
+            .int(0);
+        assert_eq!(renamed, 0);
+        // A few at a time, the same changes go through.
+        for few in changed.chunks(8) {
+            save_suppliers(&mut conn, "c1", few, Default::default()).await.unwrap();
+        }
+    }
+
     on_both_engines!(
         a_stored_supplier_after_a_batch_of_new_ones_is_updated,
         address_insert_only_still_writes_suppliers_and_locations,
