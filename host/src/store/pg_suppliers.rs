@@ -350,7 +350,9 @@ impl Batch<'_> {
         if self.split.new.is_empty() {
             return Ok(());
         }
-        let mut rows = CopyRows::with_capacity(self.split.new.len() * 400);
+        // Each row's document, and room for its other fields.
+        let bytes = self.split.new.iter().map(|(_, _, doc)| doc.0.len() + 256).sum();
+        let mut rows = CopyRows::with_capacity(bytes);
         for (s, fingerprint, locations) in &self.split.new {
             rows.row(16);
             rows.text(Some(self.customer));
